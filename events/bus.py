@@ -1,0 +1,181 @@
+"""The one NATS connection of a process, and the one way to publish an event.
+
+`Bus.publish` stamps every message with the envelope id as ``Nats-Msg-Id`` (JetStream drops
+duplicates inside the stream's window, so a retry after an ack timeout reuses the id and can
+never store the event twice), the event type as ``Dim-Type``, and the W3C trace context
+(``traceparent`` / ``tracestate``) of the current span. `Bus.publish_async` sends without waiting
+for the ack, for hot paths such as token chunks; `PendingAcks` awaits a batch of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from nats.js.errors import APIError, NoStreamResponseError
+from opentelemetry import propagate
+
+from events.envelope import Envelope
+from events.errors import PublishError, WrongLastSequence
+from events.subjects import Names
+
+log = logging.getLogger(__name__)
+
+TYPE_HEADER = "Dim-Type"
+MSG_ID_HEADER = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+_WRONG_LAST_SEQUENCE = 10071
+
+
+def event_headers(envelope: Envelope) -> dict[str, str]:
+    """Headers every event message carries: id, type and the current trace context."""
+    headers = {MSG_ID_HEADER: envelope.id, TYPE_HEADER: envelope.type}
+    propagate.inject(headers)
+    return headers
+
+
+@dataclass(slots=True)
+class Bus:
+    """A connected client plus the namespace's names; create with `Bus.connect`."""
+
+    nc: Client
+    js: JetStreamContext
+    names: Names
+    publish_timeout_s: float = 5.0
+    publish_retries: int = 3
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        names: Names,
+        *,
+        name: str = "dim",
+        connect_timeout_s: float = 5.0,
+        publish_timeout_s: float = 5.0,
+        publish_retries: int = 3,
+        on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    ) -> Bus:
+        """Connect to NATS (reconnecting forever once connected) and open JetStream."""
+
+        async def error_cb(exc: Exception) -> None:
+            log.warning("nats: %s", exc)
+
+        async def reconnected_cb() -> None:
+            log.info("nats: reconnected to %s", nc.connected_url)
+            if on_reconnect is not None:
+                await on_reconnect()
+
+        servers = [s.strip() for s in url.split(",") if s.strip()]
+        try:
+            nc = await nats.connect(
+                servers=servers,
+                name=name,
+                connect_timeout=connect_timeout_s,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+                error_cb=error_cb,
+                reconnected_cb=reconnected_cb,
+            )
+        except Exception as exc:
+            raise PublishError(
+                f"cannot reach NATS at {url}: {exc!r}; is nats-server running? "
+                "`dim up` starts one, or set DIM_NATS_URL"
+            ) from exc
+        js = nc.jetstream(timeout=publish_timeout_s, publish_async_max_pending=8192)
+        return cls(nc, js, names, publish_timeout_s, publish_retries)
+
+    async def close(self) -> None:
+        """Flush what is buffered and close the connection."""
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                await self.nc.close()
+
+    async def publish(
+        self,
+        subject: str,
+        envelope: Envelope,
+        *,
+        expected_last_seq: int | None = None,
+        expected_last_subject: str | None = None,
+    ) -> PubAck:
+        """Store one event and wait for its ack, retrying with the same id on timeout.
+
+        With `expected_last_seq`, the append succeeds only if the last message on
+        `expected_last_subject` (default: `subject`; wildcards allowed) has that sequence
+        (0: none yet); otherwise `WrongLastSequence` is raised.
+        """
+        headers = event_headers(envelope)
+        if expected_last_seq is not None:
+            headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expected_last_seq)
+            if expected_last_subject is not None:
+                headers[EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = expected_last_subject
+        payload = envelope.encode()
+        delay = 0.1
+        for attempt in range(self.publish_retries + 1):
+            try:
+                return await self.js.publish(
+                    subject, payload, timeout=self.publish_timeout_s, headers=dict(headers)
+                )
+            except APIError as exc:
+                if exc.err_code == _WRONG_LAST_SEQUENCE:
+                    raise WrongLastSequence(
+                        f"{subject}: {exc.description} (expected last {expected_last_seq})"
+                    ) from None
+                if exc.code != 503:
+                    raise PublishError(f"JetStream refused {subject}: {exc.description}") from exc
+                last: Exception = exc
+            except (nats.errors.TimeoutError, NoStreamResponseError, nats.errors.NoRespondersError) as exc:
+                last = exc
+            except nats.errors.ConnectionClosedError as exc:
+                raise PublishError(f"connection closed while publishing {subject}") from exc
+            if attempt < self.publish_retries:
+                log.warning("publish %s (%s) retry %d: %r", subject, envelope.id, attempt + 1, last)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise PublishError(
+            f"no JetStream ack for {subject} after {self.publish_retries + 1} tries: {last!r}"
+        )
+
+    async def publish_async(self, subject: str, envelope: Envelope) -> asyncio.Future[PubAck]:
+        """Send one event without waiting; the future resolves to its ack."""
+        return await self.js.publish_async(
+            subject, envelope.encode(), headers=event_headers(envelope)
+        )
+
+
+@dataclass(slots=True)
+class PendingAcks:
+    """Events published with `Bus.publish_async`, awaited together; failures are re-sent."""
+
+    bus: Bus
+    _sent: list[tuple[str, Envelope, asyncio.Future[PubAck]]] = field(default_factory=list)
+
+    async def add(self, subject: str, envelope: Envelope) -> None:
+        """Publish without waiting."""
+        self._sent.append((subject, envelope, await self.bus.publish_async(subject, envelope)))
+
+    async def flush(self) -> None:
+        """Wait for every ack; re-publish (same id, so never twice) whatever failed or timed out."""
+        sent, self._sent = self._sent, []
+        if not sent:
+            return
+        futures = [f for _, _, f in sent]
+        _, pending = await asyncio.wait(futures, timeout=self.bus.publish_timeout_s)
+        for subject, envelope, future in sent:
+            if future in pending:
+                future.cancel()
+            elif future.exception() is None:
+                continue
+            await self.bus.publish(subject, envelope)

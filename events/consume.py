@@ -1,0 +1,411 @@
+"""The one consume loop: pull consumers, and ack / in-progress / nak / term decided in one place.
+
+Pulling: instead of `fetch` (whose batched form waits out its whole timeout once the first
+message of a lingering request arrives), a `_Puller` keeps pull requests outstanding on the
+server, as nats.go's ``Consume`` does, so a message is handled the moment it arrives. Requests
+carry an idle heartbeat; a puller that hears nothing for two heartbeats assumes its requests were
+lost (reconnect, leader change) and asks again — the guard against stalls.
+
+Settling, the only place that decides:
+- the handler returns: ack (unless it marked the delivery otherwise);
+- `Retry` raised or `Delivery.retry()`: nak with a delay;
+- `Reject` raised, `Delivery.reject()`, or bytes that do not decode: term, and a
+  `message.rejected` event with the payload and reason goes to the DEAD stream first;
+- any other exception: nak with exponential backoff, or — on the last allowed delivery —
+  term and record, so nothing loops forever and nothing disappears.
+
+Two shapes of consumer use it: `run_pool` keeps up to `capacity` messages in flight at once
+(workers), and `run_ordered` handles a batch at a time in lanes keyed by e.g. job id — the same
+key in order, different keys concurrently (orchestrator, projector).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+
+from events.bus import Bus
+from events.envelope import Envelope, decode
+from events.errors import DimError, EventDecodeError
+from events.work import MessageRejected
+
+log = logging.getLogger(__name__)
+
+
+class Retry(DimError):
+    """Raise from a handler to have the message redelivered after `delay_s`."""
+
+    def __init__(self, reason: str, delay_s: float = 1.0) -> None:
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
+class Reject(DimError, ValueError):
+    """Raise from a handler for a message that can never be processed (terminated and recorded)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """A durable pull consumer as dim wants it."""
+
+    stream: str
+    durable: str
+    filter_subjects: tuple[str, ...]
+    ack_wait_s: float = 30.0
+    max_deliver: int = -1
+    max_ack_pending: int = 1000
+    deliver_policy: DeliverPolicy = DeliverPolicy.ALL
+    inactive_threshold_s: float | None = None
+    description: str | None = None
+
+    def config(self) -> ConsumerConfig:
+        """The nats-py config for this spec."""
+        single = len(self.filter_subjects) == 1
+        return ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            description=self.description,
+            deliver_policy=self.deliver_policy,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            max_deliver=self.max_deliver,
+            max_ack_pending=self.max_ack_pending,
+            filter_subject=self.filter_subjects[0] if single else None,
+            filter_subjects=None if single else list(self.filter_subjects),
+            inactive_threshold=self.inactive_threshold_s,
+            max_waiting=512,
+        )
+
+
+async def ensure_consumer(bus: Bus, spec: ConsumerSpec) -> ConsumerInfo:
+    """Create the durable, or update it to `spec` if it exists (pull_subscribe never updates)."""
+    return await bus.js.add_consumer(spec.stream, config=spec.config())
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One decoded message and what JetStream says about it."""
+
+    msg: Msg
+    envelope: Envelope
+    stream_seq: int
+    deliveries: int
+    _settled: tuple[str, float | str] | None = field(default=None, repr=False)
+
+    @property
+    def subject(self) -> str:
+        """The subject the message was stored on."""
+        return self.msg.subject
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The message headers (trace context among them)."""
+        return self.msg.headers or {}
+
+    async def in_progress(self) -> None:
+        """Tell JetStream the message is still being worked on (resets the ack timer)."""
+        await self.msg.in_progress()
+
+    def retry(self, delay_s: float = 1.0) -> None:
+        """Settle as nak-with-delay when the handler returns."""
+        self._settled = ("nak", delay_s)
+
+    def reject(self, reason: str) -> None:
+        """Settle as terminated-and-recorded when the handler returns."""
+        self._settled = ("term", reason)
+
+
+def _backoff(deliveries: int) -> float:
+    return float(min(0.5 * 2 ** (deliveries - 1), 30.0))
+
+
+class _Puller:
+    """Keeps pull requests outstanding for one consumer and queues what arrives."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        spec: ConsumerSpec,
+        queue: asyncio.Queue[tuple[_Puller, Msg]],
+        *,
+        expires_s: float = 10.0,
+    ) -> None:
+        self.bus = bus
+        self.spec = spec
+        self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
+        self.inbox = bus.nc.new_inbox()
+        self.expires_s = expires_s
+        self.heartbeat_s = max(1.0, expires_s / 4)
+        self.queue = queue
+        self.outstanding = 0
+        self.last_heard = time.monotonic()
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        await ensure_consumer(self.bus, self.spec)
+        self._sub = await self.bus.nc.subscribe(self.inbox, cb=self._on_msg)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self.last_heard = time.monotonic()
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is None:
+            self.outstanding = max(0, self.outstanding - 1)
+            self.queue.put_nowait((self, msg))
+        elif status in ("404", "408", "409"):
+            # The request ended; the header says how many of its messages never came.
+            left = (msg.headers or {}).get("Nats-Pending-Messages")
+            if left is not None and left.isdigit():
+                self.outstanding = max(0, self.outstanding - int(left))
+            else:
+                self.outstanding = 0
+        # "100" is an idle heartbeat: it only proves the request is alive.
+
+    async def request(self, n: int) -> None:
+        if n <= 0:
+            return
+        body = {
+            "batch": n,
+            "expires": int(self.expires_s * 1e9),
+            "idle_heartbeat": int(self.heartbeat_s * 1e9),
+        }
+        await self.bus.nc.publish(self.next_subject, json.dumps(body).encode(), reply=self.inbox)
+        self.outstanding += n
+        self.last_heard = time.monotonic()
+
+    def check_stall(self) -> None:
+        if self.outstanding and time.monotonic() - self.last_heard > 2 * self.heartbeat_s + 1:
+            log.warning("pull on %s went quiet; asking again", self.next_subject)
+            self.outstanding = 0
+
+
+async def _next(
+    queue: asyncio.Queue[tuple[_Puller, Msg]], timeout: float
+) -> tuple[_Puller, Msg] | None:
+    try:
+        return await asyncio.wait_for(queue.get(), timeout)
+    except TimeoutError:
+        return None
+
+
+async def _hand_back(queue: asyncio.Queue[tuple[_Puller, Msg]]) -> None:
+    while not queue.empty():
+        _, msg = queue.get_nowait()
+        try:
+            await msg.nak()
+        except Exception:  # noqa: BLE001 - it will be redelivered after ack_wait anyway
+            log.debug("could not hand back %s", msg.subject)
+
+
+class _Settler:
+    """Decodes messages and settles them; records rejects on the DEAD stream."""
+
+    def __init__(self, bus: Bus, spec: ConsumerSpec) -> None:
+        self.bus = bus
+        self.spec = spec
+        self.max_deliver = spec.max_deliver
+
+    def open(self, msg: Msg) -> Delivery | str:
+        """Decode `msg`; the error text if it cannot be."""
+        try:
+            envelope = decode(msg.data)
+        except EventDecodeError as exc:
+            return str(exc)
+        meta = msg.metadata
+        return Delivery(msg, envelope, meta.sequence.stream, meta.num_delivered)
+
+    async def reject(self, msg: Msg, reason: str) -> None:
+        meta = msg.metadata
+        log.error(
+            "%s: rejecting %s seq %d: %s", self.spec.durable, msg.subject, meta.sequence.stream, reason
+        )
+        try:
+            payload = msg.data.decode()
+        except UnicodeDecodeError:
+            payload = "base64:" + base64.b64encode(msg.data).decode()
+        record = MessageRejected(
+            consumer=self.spec.durable,
+            stream=self.spec.stream,
+            subject=msg.subject,
+            stream_seq=meta.sequence.stream,
+            deliveries=meta.num_delivered,
+            error=reason[:4000],
+            payload=payload[:64_000],
+            headers={k: v for k, v in (msg.headers or {}).items()},
+        )
+        try:
+            await self.bus.publish(
+                self.bus.names.dead(self.spec.durable), Envelope(record, actor=self.spec.durable)
+            )
+        except Exception:  # noqa: BLE001 - never term what we could not record
+            log.exception("could not record a rejected message; it will be redelivered")
+            await msg.nak(delay=5.0)
+            return
+        await msg.term()
+
+    async def settle(self, delivery: Delivery, error: BaseException | None) -> None:
+        msg = delivery.msg
+        try:
+            if error is None and delivery._settled is None:
+                await msg.ack()
+            elif error is None:
+                kind, arg = delivery._settled  # type: ignore[misc]
+                if kind == "nak":
+                    await msg.nak(delay=float(arg))
+                else:
+                    await self.reject(msg, str(arg))
+            elif isinstance(error, Retry):
+                await msg.nak(delay=error.delay_s)
+            elif isinstance(error, Reject):
+                await self.reject(msg, str(error))
+            elif 0 < self.max_deliver <= delivery.deliveries:
+                await self.reject(
+                    msg, f"failed on its last allowed delivery ({delivery.deliveries}): {error!r}"
+                )
+            else:
+                await msg.nak(delay=_backoff(delivery.deliveries))
+        except Exception:  # noqa: BLE001 - a lost ack means a redelivery, which handlers tolerate
+            log.warning("could not settle %s seq %d", msg.subject, delivery.stream_seq, exc_info=True)
+
+
+async def run_pool(
+    bus: Bus,
+    specs: list[ConsumerSpec],
+    handle: Callable[[Delivery], Awaitable[None]],
+    *,
+    capacity: int,
+    stop: asyncio.Event,
+) -> None:
+    """Handle messages of one or more consumers concurrently, up to `capacity` at once.
+
+    Each consumer asks for at most the free capacity, so a worker never holds leases on work
+    it cannot start. On `stop` it asks for nothing more, hands back (nak) what arrived but was
+    not started, and returns once every started handler has finished.
+    """
+    queue: asyncio.Queue[tuple[_Puller, Msg]] = asyncio.Queue()
+    pullers = [_Puller(bus, spec, queue) for spec in specs]
+    settlers = {id(p): _Settler(bus, p.spec) for p in pullers}
+    running: set[asyncio.Task[None]] = set()
+    for puller in pullers:
+        await puller.start()
+
+    async def one(settler: _Settler, msg: Msg) -> None:
+        opened = settler.open(msg)
+        if isinstance(opened, str):
+            await settler.reject(msg, opened)
+            return
+        error: BaseException | None = None
+        try:
+            await handle(opened)
+        except Exception as exc:  # noqa: BLE001 - settled below
+            error = exc
+            if not isinstance(exc, (Retry, Reject)):
+                log.exception("%s: handler failed on %s", settler.spec.durable, msg.subject)
+        await settler.settle(opened, error)
+
+    try:
+        while not stop.is_set():
+            free = capacity - len(running) - queue.qsize()
+            for puller in pullers:
+                puller.check_stall()
+                want = free - puller.outstanding
+                if want > 0 and (puller.outstanding == 0 or want >= max(1, capacity // 4)):
+                    await puller.request(want)
+            if len(running) >= capacity:
+                await asyncio.wait(running, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            got = await _next(queue, timeout=0.25)
+            if got is None:
+                continue
+            puller, msg = got
+            task = asyncio.create_task(one(settlers[id(puller)], msg))
+            running.add(task)
+            task.add_done_callback(running.discard)
+    finally:
+        await _hand_back(queue)
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        await _hand_back(queue)
+        for puller in pullers:
+            await puller.stop()
+
+
+async def run_ordered(
+    bus: Bus,
+    spec: ConsumerSpec,
+    handle_group: Callable[[list[Delivery]], Awaitable[None]],
+    *,
+    key: Callable[[Delivery], str],
+    stop: asyncio.Event,
+    max_batch: int = 256,
+    attempts: int = 5,
+) -> None:
+    """Handle what has arrived in lanes: one group per key, in stream order within the group.
+
+    A group whose handler raises is retried in-process (keeping order; progress is signalled
+    so leases do not lapse) up to `attempts` times, then terminated and recorded.
+    """
+    queue: asyncio.Queue[tuple[_Puller, Msg]] = asyncio.Queue()
+    puller = _Puller(bus, spec, queue)
+    settler = _Settler(bus, spec)
+    await puller.start()
+
+    async def lane(group: list[Delivery]) -> None:
+        error: BaseException | None = None
+        for attempt in range(1, attempts + 1):
+            try:
+                await handle_group(group)
+                error = None
+                break
+            except Exception as exc:  # noqa: BLE001 - retried, then settled below
+                error = exc
+                log.warning("%s: group failed (try %d): %r", spec.durable, attempt, exc)
+                if stop.is_set() or isinstance(exc, Reject):
+                    break
+                await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+                for d in group:
+                    await d.in_progress()
+        for d in group:
+            if error is None or stop.is_set() and not isinstance(error, Reject):
+                if error is not None:
+                    d.retry(0.5)
+                await settler.settle(d, None)
+            else:
+                await settler.reject(d.msg, f"handler failed {attempts} times: {error!r}")
+
+    try:
+        while not stop.is_set():
+            puller.check_stall()
+            want = max_batch - puller.outstanding - queue.qsize()
+            if want >= max_batch // 2:
+                await puller.request(want)
+            first = await _next(queue, timeout=0.25)
+            if first is None:
+                continue
+            msgs = [first[1]]
+            while len(msgs) < max_batch and not queue.empty():
+                msgs.append(queue.get_nowait()[1])
+            groups: dict[str, list[Delivery]] = {}
+            for msg in msgs:
+                opened = settler.open(msg)
+                if isinstance(opened, str):
+                    await settler.reject(msg, opened)
+                    continue
+                groups.setdefault(key(opened), []).append(opened)
+            await asyncio.gather(*(lane(g) for g in groups.values()))
+    finally:
+        await _hand_back(queue)
+        await puller.stop()

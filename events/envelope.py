@@ -1,0 +1,142 @@
+"""The event envelope, the registry of event types, and the codec with its upcasting chain.
+
+Wire format (JSON): ``{"id", "type", "version", "at", "actor", "data"}``. ``id`` is sortable and
+unique and doubles as the ``Nats-Msg-Id``. Events never change once stored, so readers upcast
+old versions on read through small functions registered next to the model, and ignore unknown
+fields (adding an optional field needs no version bump).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from events.errors import EventDecodeError, UnknownEventType, UnsupportedEventVersion
+from events.ids import new_id
+
+
+class Event(BaseModel):
+    """Base of every event payload: frozen, named in the past tense, versioned by its class."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    type: ClassVar[str]
+    version: ClassVar[int] = 1
+
+
+E = TypeVar("E", bound=Event)
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+_TYPES: dict[str, type[Event]] = {}
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def event_type(cls: type[E]) -> type[E]:
+    """Class decorator: make an event type known to the decoder."""
+    name = cls.__dict__.get("type")
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls.__name__} must set a class attribute 'type'")
+    if name in _TYPES and _TYPES[name] is not cls:
+        raise TypeError(f"event type {name!r} is registered twice")
+    _TYPES[name] = cls
+    return cls
+
+
+def upcaster(type_name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Decorator: register a function turning version `from_version` data into the next version."""
+
+    def register(fn: Upcaster) -> Upcaster:
+        _UPCASTERS[(type_name, from_version)] = fn
+        return fn
+
+    return register
+
+
+def known_types() -> dict[str, type[Event]]:
+    """Every registered event type by name."""
+    return dict(_TYPES)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One stored event: metadata plus the typed payload."""
+
+    data: Event
+    actor: str
+    id: str = field(default_factory=new_id)
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def type(self) -> str:
+        """The event type name, e.g. ``job.submitted``."""
+        return self.data.type
+
+    @property
+    def version(self) -> int:
+        """The schema version the payload is written in."""
+        return self.data.version
+
+    def encode(self) -> bytes:
+        """The envelope as JSON bytes."""
+        head = json.dumps(
+            {
+                "id": self.id,
+                "type": self.type,
+                "version": self.version,
+                "at": self.at.isoformat().replace("+00:00", "Z"),
+                "actor": self.actor,
+            },
+            separators=(",", ":"),
+        )
+        return head[:-1].encode() + b',"data":' + self.data.__pydantic_serializer__.to_json(
+            self.data
+        ) + b"}"
+
+
+def decode(raw: bytes | str) -> Envelope:
+    """Parse, upcast and validate one envelope; raises `EventDecodeError` or `UnknownEventType`."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventDecodeError(f"not a JSON event envelope: {exc}") from None
+    if not isinstance(doc, dict):
+        raise EventDecodeError(f"an event envelope is a JSON object, got {type(doc).__name__}")
+    missing = [k for k in ("id", "type", "version", "at", "actor", "data") if k not in doc]
+    if missing:
+        raise EventDecodeError(f"event envelope is missing {', '.join(missing)}")
+    name, version, data = doc["type"], doc["version"], doc["data"]
+    cls = _TYPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise UnknownEventType(
+            f"unknown event type {name!r}; known types: {', '.join(sorted(_TYPES))}"
+        )
+    if not isinstance(version, int) or version < 1:
+        raise EventDecodeError(f"event {name!r} has an invalid version {version!r}")
+    if version > cls.version:
+        raise UnsupportedEventVersion(
+            f"event {name!r} is version {version} but this dim reads up to version "
+            f"{cls.version}; upgrade dim to read it"
+        )
+    if not isinstance(data, dict):
+        raise EventDecodeError(f"event {name!r} data must be an object")
+    while version < cls.version:
+        step = _UPCASTERS.get((name, version))
+        if step is None:
+            raise EventDecodeError(f"no upcaster for {name!r} from version {version}")
+        data = step(data)
+        version += 1
+    try:
+        payload = cls.model_validate(data)
+        at = datetime.fromisoformat(doc["at"])
+    except ValidationError as exc:
+        raise EventDecodeError(f"invalid {name!r} event: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise EventDecodeError(f"invalid 'at' in {name!r} event: {exc}") from None
+    if not isinstance(doc["id"], str) or not isinstance(doc["actor"], str):
+        raise EventDecodeError(f"event {name!r} needs string 'id' and 'actor'")
+    return Envelope(data=payload, actor=doc["actor"], id=doc["id"], at=at)

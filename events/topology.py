@@ -1,0 +1,212 @@
+"""Declarative specs of every stream and bucket, and their idempotent provisioning.
+
+`provision` creates what is missing and reports — never silently rewrites — what differs from the
+spec, because changing a live stream's retention or storage is an operator's decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from events.errors import ProvisioningError
+from events.subjects import Names
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """One stream as dim wants it."""
+
+    name: str
+    subjects: tuple[str, ...]
+    retention: RetentionPolicy = RetentionPolicy.LIMITS
+    storage: StorageType = StorageType.FILE
+    max_age_s: float = 0.0
+    deny_delete: bool = False
+    deny_purge: bool = False
+    duplicate_window_s: float = 120.0
+    replicas: int = 1
+
+    def config(self) -> StreamConfig:
+        """The nats-py config for this spec."""
+        return StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            retention=self.retention,
+            storage=self.storage,
+            max_age=self.max_age_s or None,
+            deny_delete=self.deny_delete,
+            deny_purge=self.deny_purge,
+            duplicate_window=self.duplicate_window_s,
+            num_replicas=self.replicas,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,
+        )
+
+    def differences(self, actual: StreamConfig) -> list[str]:
+        """What a live stream's config has other than this spec, in words."""
+        want: dict[str, Any] = {
+            "subjects": sorted(self.subjects),
+            "retention": self.retention,
+            "storage": self.storage,
+            "max_age": self.max_age_s or 0.0,
+            "deny_delete": self.deny_delete,
+            "deny_purge": self.deny_purge,
+            "num_replicas": self.replicas,
+        }
+        have: dict[str, Any] = {
+            "subjects": sorted(actual.subjects or []),
+            "retention": actual.retention,
+            "storage": actual.storage,
+            "max_age": actual.max_age or 0.0,
+            "deny_delete": actual.deny_delete,
+            "deny_purge": actual.deny_purge,
+            "num_replicas": actual.num_replicas or 1,
+        }
+        return [
+            f"stream {self.name}: {k} is {have[k]!r}, spec says {want[k]!r}"
+            for k in want
+            if _norm(have[k]) != _norm(want[k])
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    """One key-value bucket as dim wants it."""
+
+    name: str
+    ttl_s: float = 0.0
+    history: int = 1
+    storage: StorageType = StorageType.FILE
+    replicas: int = 1
+
+    def config(self) -> KeyValueConfig:
+        """The nats-py config for this spec."""
+        return KeyValueConfig(
+            bucket=self.name,
+            ttl=self.ttl_s or None,
+            history=self.history,
+            storage=self.storage,
+            replicas=self.replicas,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Every stream and bucket of one namespace."""
+
+    streams: tuple[StreamSpec, ...]
+    buckets: tuple[BucketSpec, ...]
+
+
+@dataclass(slots=True)
+class ProvisionReport:
+    """What `provision` found and did."""
+
+    created: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)
+
+
+def topology(
+    names: Names,
+    *,
+    replicas: int = 1,
+    dedupe_window_s: float = 120.0,
+    tokens_max_age_s: float = 900.0,
+    node_ttl_s: float = 6.0,
+) -> Topology:
+    """The streams and buckets the architecture names, under `names.ns`."""
+    return Topology(
+        streams=(
+            StreamSpec(
+                names.jobs_stream,
+                (names.jobs_all,),
+                deny_delete=True,
+                deny_purge=True,
+                duplicate_window_s=dedupe_window_s,
+                replicas=replicas,
+            ),
+            StreamSpec(
+                names.tasks_stream,
+                (names.tasks_all,),
+                retention=RetentionPolicy.WORK_QUEUE,
+                duplicate_window_s=dedupe_window_s,
+                replicas=replicas,
+            ),
+            StreamSpec(
+                names.tokens_stream,
+                (names.tokens_all,),
+                storage=StorageType.MEMORY,
+                max_age_s=tokens_max_age_s,
+                duplicate_window_s=min(dedupe_window_s, tokens_max_age_s),
+                replicas=replicas,
+            ),
+            StreamSpec(
+                names.accounts_stream,
+                (f"{names.ns}.accounts.>",),
+                deny_delete=True,
+                deny_purge=True,
+                duplicate_window_s=dedupe_window_s,
+                replicas=replicas,
+            ),
+            StreamSpec(
+                names.dead_stream,
+                (names.dead_all,),
+                deny_delete=True,
+                duplicate_window_s=dedupe_window_s,
+                replicas=replicas,
+            ),
+        ),
+        buckets=(
+            BucketSpec(names.bucket("nodes"), ttl_s=node_ttl_s, replicas=replicas),
+            BucketSpec(names.bucket("sessions"), replicas=replicas),
+            BucketSpec(names.bucket("jobs"), replicas=replicas),
+            BucketSpec(names.bucket("usage"), replicas=replicas),
+        ),
+    )
+
+
+async def provision(js: JetStreamContext, topo: Topology) -> ProvisionReport:
+    """Create every missing stream and bucket of `topo`; report the ones that differ."""
+    report = ProvisionReport()
+    try:
+        for spec in topo.streams:
+            try:
+                info = await js.stream_info(spec.name)
+            except NotFoundError:
+                await js.add_stream(spec.config())
+                report.created.append(f"stream {spec.name}")
+                continue
+            report.present.append(f"stream {spec.name}")
+            report.differences.extend(spec.differences(info.config))
+        for bucket in topo.buckets:
+            try:
+                info = await js.stream_info(f"KV_{bucket.name}")
+            except NotFoundError:
+                await js.create_key_value(config=bucket.config())
+                report.created.append(f"bucket {bucket.name}")
+                continue
+            report.present.append(f"bucket {bucket.name}")
+            have_ttl = info.config.max_age or 0.0
+            if abs(have_ttl - bucket.ttl_s) > 1e-6:
+                report.differences.append(
+                    f"bucket {bucket.name}: ttl is {have_ttl}s, spec says {bucket.ttl_s}s"
+                )
+    except Exception as exc:
+        raise ProvisioningError(f"could not provision JetStream: {exc!r}") from exc
+    return report
+
+
+def _norm(value: Any) -> Any:
+    return getattr(value, "value", value)

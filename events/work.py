@@ -1,0 +1,52 @@
+"""Events outside the job history: work for workers (TASKS), token chunks (TOKENS), rejects (DEAD)."""
+
+from __future__ import annotations
+
+from events.envelope import Event, event_type
+from events.inference import FinishReason
+from events.jobs import TaskSpec
+
+
+@event_type
+class TaskRequested(Event):
+    """Work for a worker: one attempt of a task, on ``NS.tasks.model.<m>`` or ``NS.tasks.node.<id>``."""
+
+    type = "task.requested"
+    job_id: str
+    attempt: int
+    task: TaskSpec
+
+
+@event_type
+class TokensProduced(Event):
+    """A chunk of generated text; chunks of one attempt are numbered from 0 with their offset.
+
+    ``offset`` is the character offset of ``text`` in the attempt's output, so a reader can
+    drop text it already has when an attempt is redelivered to another worker.
+    """
+
+    type = "tokens.produced"
+    job_id: str
+    task_id: str
+    attempt: int
+    node_id: str
+    index: int
+    offset: int
+    text: str
+    tokens: int
+    finish_reason: FinishReason | None = None
+
+
+@event_type
+class MessageRejected(Event):
+    """A message that could not be processed was terminated; this keeps it and the reason."""
+
+    type = "message.rejected"
+    consumer: str
+    stream: str
+    subject: str
+    stream_seq: int
+    deliveries: int
+    error: str
+    payload: str
+    headers: dict[str, str] = {}

