@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Inference engines behind one protocol: simulated (no GPU), and later vLLM and OpenAI upstreams."""

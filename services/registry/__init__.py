@@ -1,1 +1,1 @@
-"""placeholder"""
+"""The node registry: node records in the nodes bucket and a live in-memory view of them."""

@@ -1,0 +1,35 @@
+# dim — run `./dev <recipe>` (it installs everything first) or `just <recipe>` inside .venv.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+python := ".venv/bin/python"
+
+# list the recipes
+default:
+    @just --list
+
+# bring the whole mesh up: embedded nats-server, orchestrator, projector, 2 simulated workers
+up *ARGS:
+    .venv/bin/dim up {{ARGS}}
+
+# run the full test suite (unit, integration against a real nats-server, end to end)
+test *ARGS:
+    {{python}} -m pytest {{ARGS}}
+
+# unit tests only (no server, seconds)
+unit *ARGS:
+    {{python}} -m pytest tests/unit {{ARGS}}
+
+# ruff (lint and format check) and mypy
+lint:
+    .venv/bin/ruff check .
+    .venv/bin/ruff format --check .
+    .venv/bin/mypy
+
+# format the code
+fmt:
+    .venv/bin/ruff format .
+    .venv/bin/ruff check --fix .
+
+# benchmarks: jobs/s and latency through the mesh (prints a table; not a test)
+bench *ARGS:
+    {{python}} -m tests.bench.bench_jobs {{ARGS}}

@@ -1,0 +1,167 @@
+"""The projector process: keeps the jobs bucket equal to the fold of JOBS, and rebuilds it.
+
+Writes are coalesced: a batch's events are grouped per job and each job's view is written once
+per batch, with compare-and-set on the key's revision so two projector instances never
+overwrite each other with an older view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+
+from events.bus import Bus
+from events.consume import ConsumerSpec, Delivery, run_ordered
+from events.history import read_events
+from projections.job_status import apply, decode_view, encode_view, fold
+from services.orchestrator.runner import job_key
+from services.orchestrator.state import JobState
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_CACHE = 50_000
+
+
+class JobStatusProjector:
+    """Folds JOBS into the jobs bucket."""
+
+    def __init__(self, bus: Bus, settings: Settings) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.names = bus.names
+        self.cache: OrderedDict[str, tuple[JobState, int]] = OrderedDict()
+        self._kv: KeyValue | None = None
+
+    def consumer(self) -> ConsumerSpec:
+        """This instance's durable consumer on JOBS."""
+        return ConsumerSpec(
+            stream=self.names.jobs_stream,
+            durable=f"projector-{self.settings.instance_id}",
+            filter_subjects=(self.names.jobs_all,),
+            deliver_policy=DeliverPolicy.ALL,
+            inactive_threshold_s=7 * 24 * 3600.0,
+            max_ack_pending=10_000,
+            description="dim job-status projector instance",
+        )
+
+    async def kv(self) -> KeyValue:
+        """The jobs bucket."""
+        if self._kv is None:
+            self._kv = await self.bus.js.key_value(self.names.bucket("jobs"))
+        return self._kv
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Project until `stop` is set."""
+        await self.kv()
+        await run_ordered(self.bus, self.consumer(), self.handle, key=job_key, stop=stop, max_batch=512)
+
+    async def handle(self, group: list[Delivery]) -> None:
+        """Apply one job's new events and write its view once."""
+        job_id = job_key(group[0])
+        kv = await self.kv()
+        for _ in range(10):
+            view, revision = await self._current(kv, job_id)
+            new = fold(view, ((d.stream_seq, d.envelope) for d in group))
+            if new is None or new is view:
+                return
+            try:
+                if revision is None:
+                    revision = await kv.create(job_id, encode_view(new))
+                else:
+                    revision = await kv.update(job_id, encode_view(new), last=revision)
+            except KeyWrongLastSequenceError:
+                self.cache.pop(job_id, None)  # another writer: read again and refold
+                continue
+            self.cache[job_id] = (new, revision)
+            self.cache.move_to_end(job_id)
+            if len(self.cache) > _CACHE:
+                self.cache.popitem(last=False)
+            return
+        raise RuntimeError(f"job {job_id}: view kept changing under us; will retry")
+
+    async def _current(self, kv: KeyValue, job_id: str) -> tuple[JobState | None, int | None]:
+        cached = self.cache.get(job_id)
+        if cached is not None:
+            return cached
+        try:
+            entry = await kv.get(job_id)
+        except KeyNotFoundError:
+            return None, None
+        assert entry.value is not None and entry.revision is not None
+        return decode_view(entry.value), entry.revision
+
+
+@dataclass(slots=True)
+class RebuildReport:
+    """What a rebuild found (and, unless checking, did)."""
+
+    jobs: int = 0
+    events: int = 0
+    written: int = 0
+    unchanged: int = 0
+    skipped_newer: int = 0
+    deleted: int = 0
+    differences: list[str] = field(default_factory=list)
+
+
+async def rebuild(bus: Bus, *, check_only: bool = False) -> RebuildReport:
+    """Replay JOBS from the start and make the jobs bucket equal to the result.
+
+    With `check_only`, write nothing and list the views that differ. A view the live projector
+    has already advanced past the replay's end is left as it is.
+    """
+    names = bus.names
+    report = RebuildReport()
+    views: dict[str, JobState] = {}
+    async for seq, envelope in read_events(bus, names.jobs_stream, names.jobs_all):
+        report.events += 1
+        apply(views, seq, envelope)
+    report.jobs = len(views)
+    horizon = max((v.last_seq for v in views.values()), default=0)
+    kv = await bus.js.key_value(names.bucket("jobs"))
+    for job_id, view in views.items():
+        want = encode_view(view)
+        try:
+            entry = await kv.get(job_id)
+            have, revision = entry.value, entry.revision
+        except KeyNotFoundError:
+            have, revision = None, None
+        if have == want:
+            report.unchanged += 1
+            continue
+        if have is not None and decode_view(have).last_seq > view.last_seq:
+            report.skipped_newer += 1
+            continue
+        report.differences.append(job_id)
+        if check_only:
+            continue
+        if revision is None:
+            await kv.create(job_id, want)
+        else:
+            await kv.update(job_id, want, last=revision)
+        report.written += 1
+    for key in await _keys(kv):
+        if key in views:
+            continue
+        entry = await kv.get(key)
+        if entry.value is not None and decode_view(entry.value).last_seq > horizon:
+            continue
+        report.differences.append(key)
+        if not check_only:
+            await kv.delete(key)
+            report.deleted += 1
+    return report
+
+
+async def _keys(kv: KeyValue) -> list[str]:
+    try:
+        return list(await kv.keys())
+    except NoKeysError:
+        return []

@@ -1,0 +1,360 @@
+"""The `dim` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from events.bus import Bus
+from events.errors import DimError
+from events.inference import Prompt, SamplingParams
+from events.jobs import JobCancelled, JobCompleted, JobFailed
+from events.work import TokensProduced
+from services.settings import Settings
+
+
+def _settings(args: argparse.Namespace, **more: Any) -> Settings:
+    update: dict[str, Any] = {k: v for k, v in more.items() if v is not None}
+    for flag, field in (("nats_url", "nats_url"), ("namespace", "namespace")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            update[field] = value
+    base = Settings()
+    return Settings(**{**base.model_dump(), **update}) if update else base
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from services.up import up
+
+    settings = _settings(
+        args,
+        models=tuple(args.models.split(",")) if args.models else None,
+        nats_port=args.nats_port,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        sim_ttft_ms=args.sim_ttft_ms,
+        sim_tokens_per_s=args.sim_tokens_per_s,
+    )
+    try:
+        return asyncio.run(up(settings, args.workers))
+    except DimError as exc:
+        print(f"dim up: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from services.engines.factory import build_engine
+    from services.process import serve
+    from services.worker.runner import Worker
+
+    settings = _settings(
+        args,
+        node_id=args.node_id,
+        models=tuple(args.models.split(",")) if args.models else None,
+        capacity=args.capacity,
+    )
+
+    async def body(bus: Bus, stop: asyncio.Event) -> None:
+        await Worker(bus, build_engine(settings), settings).run(stop)
+
+    return serve(settings, f"worker {settings.node_id}", body)
+
+
+def cmd_orchestrator(args: argparse.Namespace) -> int:
+    from services.orchestrator.runner import Orchestrator
+    from services.process import serve
+
+    settings = _settings(args, instance_id=args.instance_id)
+
+    async def body(bus: Bus, stop: asyncio.Event) -> None:
+        await Orchestrator(bus, settings).run(stop)
+
+    return serve(settings, "orchestrator", body)
+
+
+def cmd_projector(args: argparse.Namespace) -> int:
+    from projections.projector import JobStatusProjector
+    from services.process import serve
+
+    settings = _settings(args, instance_id=args.instance_id)
+
+    async def body(bus: Bus, stop: asyncio.Event) -> None:
+        await JobStatusProjector(bus, settings).run(stop)
+
+    return serve(settings, "projector", body)
+
+
+async def _with_bus(settings: Settings, fn: Any) -> int:
+    from services.process import connect
+
+    bus = await connect(settings, "dim-cli")
+    try:
+        return int(await fn(bus))
+    finally:
+        await bus.close()
+
+
+def _run(args: argparse.Namespace, fn: Any, **more: Any) -> int:
+    try:
+        return asyncio.run(_with_bus(_settings(args, **more), fn))
+    except DimError as exc:
+        print(f"dim: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from services.process import ensure_topology, setup_logging
+
+    settings = _settings(args)
+    setup_logging(settings, "provision")
+
+    async def go(bus: Bus) -> int:
+        await ensure_topology(bus, settings)
+        print(f"namespace {settings.namespace!r} is provisioned")
+        return 0
+
+    return _run(args, go)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from services.client import TextAssembler, follow, submit
+
+    params = SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        stop=tuple(args.stop or ()),
+        seed=args.seed,
+    )
+
+    async def go(bus: Bus) -> int:
+        job = await submit(
+            bus,
+            model=args.model,
+            prompt=Prompt(text=args.prompt),
+            params=params,
+            owner=args.owner,
+            node_id=args.node,
+        )
+        if not args.json:
+            print(f"job {job.job_id} submitted", file=sys.stderr)
+        text = TextAssembler()
+        last = None
+        async for envelope in follow(bus, job.job_id):
+            data = envelope.data
+            if isinstance(data, TokensProduced):
+                new = text.add(data.offset, data.text)
+                if new and not args.json:
+                    sys.stdout.write(new)
+                    sys.stdout.flush()
+            elif isinstance(data, (JobCompleted, JobFailed, JobCancelled)):
+                last = data
+        if args.json:
+            print(json.dumps(last.model_dump(mode="json") if last else None))
+        elif isinstance(last, JobCompleted):
+            if last.output.startswith(text.text):
+                sys.stdout.write(last.output[len(text.text) :])
+            else:
+                print("\n[the answer was regenerated after a retry; final output:]\n" + last.output)
+            u = last.usage
+            print(
+                f"\n\ncompleted ({last.finish_reason})  prompt {u.prompt_tokens} + completion "
+                f"{u.completion_tokens} = {u.total_tokens} tokens   job {job.job_id}",
+                file=sys.stderr,
+            )
+        elif isinstance(last, JobFailed):
+            print(f"\nfailed ({last.code}): {last.reason}", file=sys.stderr)
+        elif isinstance(last, JobCancelled):
+            print(f"\ncancelled: {last.reason}", file=sys.stderr)
+        return 0 if isinstance(last, JobCompleted) else 1
+
+    return _run(args, go)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from nats.js.errors import NoKeysError
+
+    from projections.job_status import decode_view
+    from services.render import jobs_table
+
+    async def go(bus: Bus) -> int:
+        kv = await bus.js.key_value(bus.names.bucket("jobs"))
+        try:
+            keys = sorted(await kv.keys(), reverse=True)  # ids sort by creation time
+        except NoKeysError:
+            keys = []
+        views = []
+        for key in keys:
+            entry = await kv.get(key)
+            if entry.value:
+                view = decode_view(entry.value)
+                if args.status is None or view.status == args.status:
+                    views.append(view)
+            if len(views) >= args.limit:
+                break
+        if args.json:
+            print(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
+        else:
+            print(jobs_table(views))
+        return 0
+
+    return _run(args, go)
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from nats.js.errors import KeyNotFoundError
+
+    from projections.job_status import decode_view
+    from services.client import history
+    from services.render import job_detail
+
+    async def go(bus: Bus) -> int:
+        kv = await bus.js.key_value(bus.names.bucket("jobs"))
+        try:
+            entry = await kv.get(args.job_id)
+            view = decode_view(entry.value) if entry.value else None
+        except KeyNotFoundError:
+            view = None
+        events = await history(bus, args.job_id)
+        if view is None and not events:
+            print(f"dim: no job {args.job_id!r}", file=sys.stderr)
+            return 1
+        if args.json:
+            doc = {
+                "job": view.model_dump(mode="json") if view else None,
+                "events": [
+                    {"seq": s, "id": e.id, "type": e.type, "at": e.at.isoformat(), "actor": e.actor,
+                     "data": e.data.model_dump(mode="json")}
+                    for s, e in events
+                ],
+            }
+            print(json.dumps(doc, indent=2))
+        else:
+            print(job_detail(view, events))
+        return 0
+
+    return _run(args, go)
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from services.registry.live import LiveNodes
+    from services.render import nodes_table
+
+    settings = _settings(args)
+
+    async def go(bus: Bus) -> int:
+        nodes = LiveNodes(bus, settings.node_ttl_s)
+        await nodes.start()
+        await nodes.stop()
+        records = list(nodes.nodes.values())
+        if args.json:
+            print(json.dumps([n.model_dump(mode="json") for n in records], indent=2))
+        else:
+            print(nodes_table(records, settings.node_ttl_s))
+        return 0
+
+    return _run(args, go)
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from projections.projector import rebuild
+
+    async def go(bus: Bus) -> int:
+        report = await rebuild(bus, check_only=args.check)
+        print(
+            f"replayed {report.events} events into {report.jobs} job views: "
+            f"{report.unchanged} identical, {report.written} written, {report.deleted} deleted, "
+            f"{report.skipped_newer} already newer"
+        )
+        if args.check and report.differences:
+            print(f"{len(report.differences)} views differ from the log: {', '.join(report.differences[:20])}")
+            return 1
+        return 0
+
+    return _run(args, go)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of `dim`."""
+    p = argparse.ArgumentParser(prog="dim", description="dim: a distributed LLM inference mesh on NATS JetStream")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--nats-url", help="NATS server URL (env DIM_NATS_URL)")
+    common.add_argument("--namespace", help="namespace of subjects, streams and buckets (env DIM_NAMESPACE)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("up", parents=[common], help="run the whole mesh here: nats-server, orchestrator, projector, workers")
+    s.add_argument("--workers", type=int, default=2, help="simulated workers to start (default 2)")
+    s.add_argument("--models", help="models the simulated workers serve, comma-separated (default sim-small)")
+    s.add_argument("--nats-port", type=int, help="client port of the embedded nats-server (default 4222)")
+    s.add_argument("--data-dir", help="where nats-server keeps its store (default .dim)")
+    s.add_argument("--sim-ttft-ms", type=float, help="simulated time to first token")
+    s.add_argument("--sim-tokens-per-s", type=float, help="simulated decode speed (0: no delay)")
+    s.set_defaults(fn=cmd_up)
+
+    s = sub.add_parser("worker", parents=[common], help="run a worker node")
+    s.add_argument("--node-id", help="this node's id (env DIM_NODE_ID; default: host name)")
+    s.add_argument("--models", help="models to serve, comma-separated (env DIM_MODELS)")
+    s.add_argument("--capacity", type=int, help="requests in flight at once (env DIM_CAPACITY)")
+    s.set_defaults(fn=cmd_worker)
+
+    for name, fn, what in (
+        ("orchestrator", cmd_orchestrator, "run an orchestrator instance"),
+        ("projector", cmd_projector, "run a job-status projector instance"),
+    ):
+        s = sub.add_parser(name, parents=[common], help=what)
+        s.add_argument("--instance-id", help="stable id of this instance (env DIM_INSTANCE_ID; default 0)")
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("provision", parents=[common], help="create missing streams and buckets; report differences")
+    s.set_defaults(fn=cmd_provision)
+
+    s = sub.add_parser("submit", parents=[common], help="submit a prompt, stream its tokens, print status and usage")
+    s.add_argument("prompt")
+    s.add_argument("--model", "-m", required=True)
+    s.add_argument("--max-tokens", type=int, default=256)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--stop", action="append", help="stop string (repeatable)")
+    s.add_argument("--node", help="pin the job to this node id")
+    s.add_argument("--owner", default="cli")
+    s.add_argument("--json", action="store_true", help="print only the final event as JSON")
+    s.set_defaults(fn=cmd_submit)
+
+    s = sub.add_parser("jobs", parents=[common], help="list recent jobs")
+    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--status", choices=["queued", "running", "completed", "failed", "cancelled"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_jobs)
+
+    s = sub.add_parser("job", parents=[common], help="show a job and its event history")
+    s.add_argument("job_id")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_job)
+
+    s = sub.add_parser("nodes", parents=[common], help="list worker nodes")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_nodes)
+
+    s = sub.add_parser("projections", parents=[common], help="manage read models")
+    psub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    r = psub.add_parser("rebuild", parents=[common], help="replay JOBS from the start into the jobs bucket")
+    r.add_argument("--check", action="store_true", help="only compare; exit 1 if any view differs")
+    r.set_defaults(fn=cmd_rebuild)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `dim`."""
+    args = parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The narrow engine protocol every backend implements (after vLLM's ``EngineClient``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from events.inference import FinishReason, Prompt, SamplingParams, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One generation: a request id unique among the engine's in-flight requests."""
+
+    request_id: str
+    model: str
+    prompt: Prompt
+    params: SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """New text since the previous chunk; the last chunk has `finish_reason` and `usage`."""
+
+    text: str
+    tokens: int
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What a worker needs of an inference engine."""
+
+    @property
+    def kind(self) -> str:
+        """Short name of the backend, e.g. ``simulated``."""
+        ...
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Models this engine serves."""
+        ...
+
+    @property
+    def capacity(self) -> int:
+        """Requests the engine can batch at once; the worker keeps this many in flight."""
+        ...
+
+    async def start(self) -> None:
+        """Load and warm the model(s); return when ready to serve."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        """Stream the completion of `request`; raises `EngineError` on failure."""
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop an in-flight request; its stream ends with finish reason ``abort``."""
+        ...
+
+    async def check_health(self) -> None:
+        """Raise `EngineError` if the engine cannot serve."""
+        ...
+
+    async def close(self) -> None:
+        """Release the engine's resources."""
+        ...

@@ -1,0 +1,162 @@
+"""The simulated engine: deterministic text with realistic timing, for machines without a GPU.
+
+It is a real engine, not a test double: `dim up` runs it so the whole mesh works on a laptop,
+and load tests use it at zero delay. Output is a pure function of (model, prompt, seed): the
+same request always produces the same text, which makes failover and replay checkable.
+
+Knobs (all from settings, ``DIM_SIM_*``): time to first token, decode speed (0 = no delay),
+an error rate and a hang rate (decided per request id, deterministically) for fault tests.
+Tokens are words: a prompt's token count is its number of words and punctuation marks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import re
+import time
+from collections.abc import AsyncIterator
+
+from events.errors import EngineError
+from events.inference import FinishReason, Usage
+from services.engines.protocol import Chunk, GenerationRequest
+from services.engines.stops import StopMatcher
+
+_WORDS = (
+    "the mesh routes every request to a node that serves its model and streams tokens back "
+    "through the gateway while each event lands in the log so the history explains what "
+    "happened workers pull tasks from subjects keep their batch full and report usage when "
+    "they finish an orchestrator folds those events into jobs and projections keep read "
+    "models fresh for clients that ask about status quotas and traces across every hop"
+).split()
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def count_tokens(text: str) -> int:
+    """The simulated tokenizer: words and punctuation marks."""
+    return len(_TOKEN.findall(text))
+
+
+def simulated_tokens(model: str, prompt: str, seed: int) -> list[str]:
+    """The full natural completion (before max_tokens and stops) as token strings."""
+    digest = hashlib.blake2b(f"{model}\x00{seed}\x00{prompt}".encode(), digest_size=16).digest()
+    rng = random.Random(digest)
+    length = rng.randint(12, 60)
+    out: list[str] = []
+    sentence = 0
+    for i in range(length):
+        word = rng.choice(_WORDS)
+        out.append((" " if i else "") + (word.capitalize() if sentence == 0 else word))
+        sentence += 1
+        if sentence >= rng.randint(6, 14) or i == length - 1:
+            out.append(".")
+            sentence = 0
+    return out
+
+
+class SimulatedEngine:
+    """Deterministic generation with configurable latency and failure knobs."""
+
+    kind = "simulated"
+
+    def __init__(
+        self,
+        models: tuple[str, ...],
+        *,
+        capacity: int = 32,
+        ttft_ms: float = 30.0,
+        tokens_per_s: float = 80.0,
+        error_rate: float = 0.0,
+        hang_rate: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        self._models = models
+        self._capacity = capacity
+        self.ttft_s = ttft_ms / 1000
+        self.token_s = 1 / tokens_per_s if tokens_per_s > 0 else 0.0
+        self.error_rate = error_rate
+        self.hang_rate = hang_rate
+        self.seed = seed
+        self._aborted: set[str] = set()
+        self._running: set[str] = set()
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Models this engine answers for."""
+        return self._models
+
+    @property
+    def capacity(self) -> int:
+        """Concurrent requests it accepts."""
+        return self._capacity
+
+    async def start(self) -> None:
+        """Nothing to load."""
+
+    async def check_health(self) -> None:
+        """Always healthy."""
+
+    async def close(self) -> None:
+        """Abort whatever runs."""
+        self._aborted |= self._running
+
+    async def abort(self, request_id: str) -> None:
+        """End `request_id` at its next token with finish reason ``abort``."""
+        if request_id in self._running:
+            self._aborted.add(request_id)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        """Stream the deterministic completion of `request`."""
+        if request.model not in self._models:
+            raise EngineError(
+                f"model {request.model!r} is not served here (serving {', '.join(self._models)})",
+                retriable=False,
+                kind="invalid_request",
+            )
+        fate = random.Random(f"{self.seed}:{request.request_id}").random()
+        prompt = request.prompt.render()
+        seed = self.seed if request.params.seed is None else request.params.seed
+        tokens = simulated_tokens(request.model, prompt, seed)
+        usage_prompt = count_tokens(prompt)
+        stops = StopMatcher(request.params.stop)
+        self._running.add(request.request_id)
+        start = time.monotonic()
+        try:
+            if self.ttft_s:
+                await asyncio.sleep(self.ttft_s)
+            if fate < self.error_rate:
+                raise EngineError("simulated engine failure (DIM_SIM_ERROR_RATE)", retriable=True)
+            if fate < self.error_rate + self.hang_rate:
+                while request.request_id not in self._aborted:
+                    await asyncio.sleep(0.05)
+            finish: FinishReason = "stop"
+            produced = held = 0
+            for i, token in enumerate(tokens):
+                if request.request_id in self._aborted:
+                    finish = "abort"
+                    break
+                if produced >= request.params.max_tokens:
+                    finish = "length"
+                    break
+                if self.token_s and i:
+                    # Pace against the clock so per-token sleep overhead does not slow decoding.
+                    lag = start + self.ttft_s + i * self.token_s - time.monotonic()
+                    if lag > 0:
+                        await asyncio.sleep(lag)
+                elif i and i % 64 == 0:
+                    await asyncio.sleep(0)
+                produced += 1
+                held += 1
+                text = stops.feed(token)
+                if text:
+                    yield Chunk(text, held)
+                    held = 0
+                if stops.stopped:
+                    break
+            tail = stops.flush() if finish != "abort" else ""
+            usage = Usage(prompt_tokens=usage_prompt, completion_tokens=produced)
+            yield Chunk(tail, held, finish, usage)
+        finally:
+            self._running.discard(request.request_id)
+            self._aborted.discard(request.request_id)

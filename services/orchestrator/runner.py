@@ -1,0 +1,197 @@
+"""The orchestrator process: folds JOBS events into job state and appends what `decide` says.
+
+Every instance has its own durable consumer on JOBS and so sees every job's events in order
+(no gaps, unlike a shared durable). Appends are optimistic: each carries the job's last known
+sequence (``Nats-Expected-Last-Subject-Sequence`` over ``NS.jobs.<id>.>``); when another instance
+or a worker got there first the append is refused and nothing is lost — the newer events arrive
+on this instance's consumer and the job is decided again from them. Any instance can be killed
+and restarted at any time: its state is the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from datetime import UTC, datetime
+
+from nats.js.api import DeliverPolicy
+
+from events.bus import Bus
+from events.consume import ConsumerSpec, Delivery, run_ordered
+from events.envelope import Envelope
+from events.errors import WrongLastSequence
+from events.history import read_events
+from events.jobs import JobSubmitted, TaskDispatched
+from events.work import TaskRequested
+from events.jobs import TaskSpec
+from services.orchestrator.decide import Mesh, decide
+from services.orchestrator.state import JobState, evolve
+from services.registry.live import LiveNodes
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_MAX_ACTIVE = 200_000
+_MAX_FINISHED = 100_000
+
+
+def job_key(delivery: Delivery) -> str:
+    """The job id of a JOBS message, from its subject ``NS.jobs.<job_id>.<type>``."""
+    return delivery.subject.split(".", 3)[2]
+
+
+class Orchestrator:
+    """One orchestrator instance."""
+
+    def __init__(self, bus: Bus, settings: Settings) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.names = bus.names
+        self.actor = f"orchestrator/{settings.instance_id}"
+        self.nodes = LiveNodes(bus, settings.node_ttl_s)
+        self.active: OrderedDict[str, JobState] = OrderedDict()
+        self.finished: OrderedDict[str, int] = OrderedDict()
+        self._sent: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def mesh(self) -> Mesh:
+        """The node view `decide` consults."""
+        return Mesh(
+            serves=lambda model: bool(self.nodes.serving(model)),
+            node_live=lambda node: any(n.node_id == node for n in self.nodes.live()),
+            live_models=self.nodes.live_models,
+        )
+
+    def consumer(self) -> ConsumerSpec:
+        """This instance's durable consumer on JOBS."""
+        return ConsumerSpec(
+            stream=self.names.jobs_stream,
+            durable=f"orchestrator-{self.settings.instance_id}",
+            filter_subjects=(self.names.jobs_all,),
+            ack_wait_s=30.0,
+            deliver_policy=DeliverPolicy.ALL,
+            inactive_threshold_s=7 * 24 * 3600.0,
+            max_ack_pending=10_000,
+            description="dim orchestrator instance",
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Orchestrate until `stop` is set."""
+        await self.nodes.start()
+        ticker = asyncio.create_task(self._tick(stop))
+        try:
+            await run_ordered(self.bus, self.consumer(), self.handle, key=job_key, stop=stop)
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            await self.nodes.stop()
+
+    async def handle(self, group: list[Delivery]) -> None:
+        """Fold one job's newly delivered events, perform their effects, and advance the job."""
+        job_id = job_key(group[0])
+        if job_id in self.finished:
+            return
+        state = self.active.get(job_id)
+        if state is None:
+            first = group[0].envelope.data
+            state = None if isinstance(first, JobSubmitted) else await self._load(job_id)
+        for d in group:
+            state = evolve(state, d.envelope, d.stream_seq)
+        if state is None:
+            log.warning("events for job %s, which has no job.submitted; ignoring", job_id)
+            return
+        for d in group:
+            if isinstance(d.envelope.data, TaskDispatched):
+                await self._send_task(state, d.envelope)
+        await self._advance(state)
+
+    async def _load(self, job_id: str) -> JobState | None:
+        state: JobState | None = None
+        async for seq, envelope in read_events(
+            self.bus, self.names.jobs_stream, self.names.job_all(job_id)
+        ):
+            state = evolve(state, envelope, seq)
+        return state
+
+    async def _advance(self, state: JobState) -> None:
+        for _ in range(8):  # bounded: each round appends at least one event or stops
+            events = decide(
+                state,
+                datetime.now(UTC),
+                self.mesh,
+                self.names,
+                dispatch_timeout_s=self.settings.dispatch_timeout_s,
+            )
+            if not events:
+                break
+            for event in events:
+                envelope = Envelope(event, actor=self.actor)
+                try:
+                    ack = await self.bus.publish(
+                        self.names.job(state.job_id, event.type),
+                        envelope,
+                        expected_last_seq=state.last_seq,
+                        expected_last_subject=self.names.job_all(state.job_id),
+                    )
+                except WrongLastSequence:
+                    # Someone appended first; their events are on their way to us.
+                    self._remember(state)
+                    return
+                state = evolve(state, envelope, ack.seq) or state
+                if isinstance(event, TaskDispatched):
+                    await self._send_task(state, envelope)
+        self._remember(state)
+
+    async def _send_task(self, state: JobState, dispatched: Envelope) -> None:
+        event = dispatched.data
+        assert isinstance(event, TaskDispatched)
+        task = state.task(event.task_id)
+        if task is None or task.attempt != event.attempt or task.status != "dispatched":
+            return  # superseded, or already running
+        if dispatched.id in self._sent:
+            return
+        request = TaskRequested(
+            job_id=state.job_id,
+            attempt=event.attempt,
+            task=TaskSpec(
+                task_id=task.task_id,
+                model=task.model,
+                prompt=task.prompt,
+                params=task.params,
+                node_id=task.node_id,
+            ),
+        )
+        # The work message reuses the dispatch event's id: JetStream drops a re-send.
+        await self.bus.publish(event.subject, Envelope(request, actor=self.actor, id=dispatched.id))
+        self._sent[dispatched.id] = None
+        if len(self._sent) > _MAX_FINISHED:
+            self._sent.popitem(last=False)
+
+    def _remember(self, state: JobState) -> None:
+        current = self.active.get(state.job_id)
+        if current is not None and current.last_seq > state.last_seq:
+            return
+        if state.terminal:
+            self.active.pop(state.job_id, None)
+            self.finished[state.job_id] = state.last_seq
+            if len(self.finished) > _MAX_FINISHED:
+                self.finished.popitem(last=False)
+            return
+        self.active[state.job_id] = state
+        self.active.move_to_end(state.job_id)
+        if len(self.active) > _MAX_ACTIVE:
+            self.active.popitem(last=False)  # reloaded from the log if it speaks again
+
+    async def _tick(self, stop: asyncio.Event) -> None:
+        """Re-decide active jobs once a second, for decisions that depend on time."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            for state in list(self.active.values()):
+                try:
+                    await self._advance(state)
+                except Exception:  # noqa: BLE001 - the next tick tries again
+                    log.warning("tick failed for job %s", state.job_id, exc_info=True)

@@ -1,0 +1,224 @@
+"""The job aggregate: state folded from a job's events by the pure `evolve`.
+
+The orchestrator decides from this state and the job-status projection stores it as the job
+view, so both read the log the same way. Timestamps come from the events, never the clock, so a
+rebuild from the log produces byte-identical views.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from events.envelope import Envelope
+from events.inference import FinishReason, Prompt, SamplingParams, Usage
+from events.jobs import (
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobPlanned,
+    JobSubmitted,
+    TaskCompleted,
+    TaskDispatched,
+    TaskFailed,
+    TaskStarted,
+)
+
+JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+TaskStatus = Literal["planned", "dispatched", "running", "completed", "failed"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class _State(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class TaskState(_State):
+    """One task of a job."""
+
+    task_id: str
+    model: str
+    prompt: Prompt
+    params: SamplingParams
+    node_id: str | None = None
+    status: TaskStatus = "planned"
+    attempt: int = 0
+    subject: str | None = None
+    ran_on: str | None = None
+    dispatched_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    output: str | None = None
+    finish_reason: FinishReason | None = None
+    usage: Usage = Usage()
+    ttft_ms: float | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    retriable: bool = True
+
+
+class JobState(_State):
+    """Everything known about one job; also its public view."""
+
+    job_id: str
+    status: JobStatus = "queued"
+    pattern: str
+    model: str
+    owner: str
+    tenant: str
+    node_id: str | None = None
+    max_attempts: int
+    prompt: Prompt
+    params: SamplingParams
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    tasks: tuple[TaskState, ...] = ()
+    output: str | None = None
+    finish_reason: FinishReason | None = None
+    usage: Usage = Usage()
+    ttft_ms: float | None = None
+    error: str | None = None
+    error_code: str | None = None
+    events: int = 0
+    last_seq: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the job has ended."""
+        return self.status in TERMINAL
+
+    @property
+    def planned(self) -> bool:
+        """Whether the job has been split into tasks."""
+        return bool(self.tasks)
+
+    def task(self, task_id: str) -> TaskState | None:
+        """The task with `task_id`, if planned."""
+        return next((t for t in self.tasks if t.task_id == task_id), None)
+
+
+def _with_task(state: JobState, task_id: str, **changes: object) -> JobState:
+    tasks = tuple(t.model_copy(update=changes) if t.task_id == task_id else t for t in state.tasks)
+    return state.model_copy(update={"tasks": tasks})
+
+
+def evolve(state: JobState | None, envelope: Envelope, seq: int) -> JobState | None:
+    """Fold one event (stored at stream sequence `seq`) into the job's state.
+
+    Events at or below `last_seq` were already applied and are ignored (JetStream delivers at
+    least once). Events that do not fit the state (a result for an attempt that is no longer
+    current, anything after the end) leave it as it was, apart from the tracking fields.
+    """
+    event = envelope.data
+    if state is None:
+        if not isinstance(event, JobSubmitted):
+            return None
+        return JobState(
+            job_id=event.job_id,
+            pattern=event.pattern,
+            model=event.model,
+            owner=event.owner,
+            tenant=event.tenant,
+            node_id=event.node_id,
+            max_attempts=event.max_attempts,
+            prompt=event.prompt,
+            params=event.params,
+            created_at=envelope.at,
+            events=1,
+            last_seq=seq,
+        )
+    if seq <= state.last_seq:
+        return state
+    new = _apply(state, envelope)
+    return new.model_copy(update={"events": state.events + 1, "last_seq": seq})
+
+
+def _apply(state: JobState, envelope: Envelope) -> JobState:
+    event, at = envelope.data, envelope.at
+    if state.terminal:
+        return state
+    if isinstance(event, JobPlanned) and not state.planned:
+        tasks = tuple(
+            TaskState(
+                task_id=t.task_id,
+                model=t.model,
+                prompt=t.prompt,
+                params=t.params,
+                node_id=t.node_id,
+            )
+            for t in event.tasks
+        )
+        return state.model_copy(update={"tasks": tasks})
+    if isinstance(event, TaskDispatched):
+        task = state.task(event.task_id)
+        if task is None or event.attempt <= task.attempt:
+            return state
+        return _with_task(
+            state,
+            event.task_id,
+            status="dispatched",
+            attempt=event.attempt,
+            subject=event.subject,
+            dispatched_at=at,
+            error=None,
+            error_kind=None,
+        )
+    if isinstance(event, TaskStarted):
+        task = state.task(event.task_id)
+        if task is None or event.attempt != task.attempt or task.status not in ("dispatched", "running"):
+            return state
+        new = _with_task(state, event.task_id, status="running", ran_on=event.node_id, started_at=at)
+        if state.started_at is None:
+            new = new.model_copy(update={"status": "running", "started_at": at})
+        return new
+    if isinstance(event, TaskCompleted):
+        task = state.task(event.task_id)
+        if task is None or event.attempt != task.attempt or task.status in ("completed", "failed"):
+            return state
+        return _with_task(
+            state,
+            event.task_id,
+            status="completed",
+            ran_on=event.node_id,
+            finished_at=at,
+            output=event.output,
+            finish_reason=event.finish_reason,
+            usage=event.usage,
+            ttft_ms=event.ttft_ms,
+        )
+    if isinstance(event, TaskFailed):
+        task = state.task(event.task_id)
+        if task is None or event.attempt != task.attempt or task.status in ("completed", "failed"):
+            return state
+        return _with_task(
+            state,
+            event.task_id,
+            status="failed",
+            finished_at=at,
+            error=event.error,
+            error_kind=event.kind,
+            retriable=event.retriable,
+        )
+    if isinstance(event, JobCompleted):
+        return state.model_copy(
+            update={
+                "status": "completed",
+                "finished_at": at,
+                "output": event.output,
+                "finish_reason": event.finish_reason,
+                "usage": event.usage,
+                "ttft_ms": min((t.ttft_ms for t in state.tasks if t.ttft_ms is not None), default=None),
+            }
+        )
+    if isinstance(event, JobFailed):
+        return state.model_copy(
+            update={"status": "failed", "finished_at": at, "error": event.reason, "error_code": event.code}
+        )
+    if isinstance(event, JobCancelled):
+        return state.model_copy(
+            update={"status": "cancelled", "finished_at": at, "error": event.reason, "error_code": "cancelled"}
+        )
+    return state

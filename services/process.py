@@ -1,0 +1,84 @@
+"""Running one long-lived service in a process: logging, signals, connect, provision, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from events.bus import Bus
+from events.topology import provision, topology
+from services.settings import Settings
+
+log = logging.getLogger("dim")
+
+
+def setup_logging(settings: Settings, role: str) -> None:
+    """Log lines as ``time level role: message`` on stderr."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s {role}: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("nats").setLevel(logging.WARNING)
+
+
+async def connect(settings: Settings, name: str) -> Bus:
+    """Connect to the settings' NATS as `name`."""
+    return await Bus.connect(
+        settings.nats_url,
+        settings.names,
+        name=name,
+        connect_timeout_s=settings.connect_timeout_s,
+        publish_timeout_s=settings.publish_timeout_s,
+        publish_retries=settings.publish_retries,
+    )
+
+
+async def ensure_topology(bus: Bus, settings: Settings) -> None:
+    """Provision streams and buckets (idempotent); warn about what differs from the spec."""
+    report = await provision(
+        bus.js,
+        topology(
+            settings.names,
+            replicas=settings.replicas,
+            dedupe_window_s=settings.dedupe_window_s,
+            tokens_max_age_s=settings.tokens_max_age_s,
+            node_ttl_s=settings.node_ttl_s,
+        ),
+    )
+    for created in report.created:
+        log.info("created %s", created)
+    for diff in report.differences:
+        log.warning("%s (left as it is; change it deliberately if the spec is right)", diff)
+
+
+def serve(
+    settings: Settings,
+    role: str,
+    body: Callable[[Bus, asyncio.Event], Awaitable[None]],
+) -> int:
+    """Run `body` until SIGINT/SIGTERM, then let it finish; returns the exit code."""
+    setup_logging(settings, role)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        bus = await connect(settings, f"dim-{role}")
+        try:
+            await ensure_topology(bus, settings)
+            await body(bus, stop)
+        finally:
+            await bus.close()
+        return 0
+
+    try:
+        return asyncio.run(main())
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+        log.error("%s failed: %s", role, exc, exc_info=settings.log_level.upper() == "DEBUG")
+        return 1

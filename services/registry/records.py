@@ -1,0 +1,32 @@
+"""The node record a worker keeps in the nodes bucket while it is alive."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict
+
+
+class NodeRecord(BaseModel):
+    """What a node tells the mesh about itself, refreshed by every heartbeat."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    node_id: str
+    models: tuple[str, ...]
+    engine: str
+    capacity: int
+    in_flight: int = 0
+    version: str
+    hostname: str = ""
+    pid: int = 0
+    started_at: datetime
+    heartbeat_at: datetime
+    tasks_completed: int = 0
+    tasks_failed: int = 0
+    tokens_out: int = 0
+    draining: bool = False
+
+    def live(self, now: datetime, ttl_s: float) -> bool:
+        """Whether the node heartbeated within `ttl_s` and is not draining."""
+        return not self.draining and now - self.heartbeat_at <= timedelta(seconds=ttl_s)

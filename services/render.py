@@ -1,0 +1,95 @@
+"""Terminal rendering of jobs, events and nodes for the CLI."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from events.envelope import Envelope
+from services.orchestrator.state import JobState
+from services.registry.records import NodeRecord
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain left-aligned text table."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def _ago(at: datetime | None, now: datetime) -> str:
+    if at is None:
+        return "-"
+    s = (now - at).total_seconds()
+    return f"{s:.1f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.0f}h ago"
+
+
+def jobs_table(views: list[JobState]) -> str:
+    """One line per job."""
+    now = datetime.now(UTC)
+    rows = [
+        [
+            v.job_id,
+            v.status,
+            v.model,
+            v.pattern,
+            str(v.usage.total_tokens),
+            _ago(v.created_at, now),
+            (v.error or "")[:60],
+        ]
+        for v in views
+    ]
+    return table(["JOB", "STATUS", "MODEL", "PATTERN", "TOKENS", "CREATED", "ERROR"], rows)
+
+
+def job_detail(view: JobState | None, events: list[tuple[int, Envelope]]) -> str:
+    """A job's view and its event history."""
+    out = []
+    if view is not None:
+        u = view.usage
+        out += [
+            f"job      {view.job_id}",
+            f"status   {view.status}" + (f" ({view.error_code}: {view.error})" if view.error else ""),
+            f"model    {view.model}   pattern {view.pattern}   owner {view.owner}   tenant {view.tenant}",
+            f"usage    prompt {u.prompt_tokens}  completion {u.completion_tokens}  total {u.total_tokens}"
+            + (f"   ttft {view.ttft_ms:.1f} ms" if view.ttft_ms is not None else ""),
+        ]
+        if view.output is not None:
+            out.append(f"output   {view.output}")
+        out.append("")
+    start = events[0][1].at if events else None
+    rows = []
+    for seq, e in events:
+        offset = f"+{(e.at - start).total_seconds() * 1000:.1f}ms" if start else ""
+        rows.append([str(seq), e.at.strftime("%H:%M:%S.%f")[:-3], offset, e.type, e.actor, _summary(e)])
+    out.append(table(["SEQ", "AT", "", "EVENT", "ACTOR", "DETAIL"], rows))
+    return "\n".join(out)
+
+
+def _summary(e: Envelope) -> str:
+    d = e.data.model_dump(exclude={"job_id", "prompt", "params", "tasks", "output"}, exclude_none=True)
+    return " ".join(f"{k}={v}" for k, v in d.items())[:100]
+
+
+def nodes_table(nodes: list[NodeRecord], ttl_s: float) -> str:
+    """One line per node."""
+    now = datetime.now(UTC)
+    rows = [
+        [
+            n.node_id,
+            "draining" if n.draining else "live" if n.live(now, ttl_s) else "stale",
+            ",".join(n.models),
+            n.engine,
+            f"{n.in_flight}/{n.capacity}",
+            str(n.tasks_completed),
+            str(n.tasks_failed),
+            str(n.tokens_out),
+            _ago(n.started_at, now),
+            _ago(n.heartbeat_at, now),
+            n.version,
+        ]
+        for n in sorted(nodes, key=lambda n: n.node_id)
+    ]
+    return table(
+        ["NODE", "STATE", "MODELS", "ENGINE", "IN-FLIGHT", "DONE", "FAILED", "TOKENS", "STARTED", "HEARTBEAT", "VERSION"],
+        rows,
+    )

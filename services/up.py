@@ -1,0 +1,166 @@
+"""`dim up`: the whole mesh on one machine — embedded nats-server, orchestrator, projector, workers.
+
+Each service runs as its own process (as in production), started from this one; their log
+lines come through here prefixed with their name. Ctrl-C stops them in order: workers drain
+first, then the orchestrator and projector, then nats-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from events.bus import Bus
+from services.nats_server import EmbeddedNats
+from services.process import connect, ensure_topology
+from services.registry.live import LiveNodes
+from services.settings import Settings
+
+_RESTARTS_PER_MINUTE = 5
+
+
+def say(line: str) -> None:
+    """A start-up or shutdown line of `dim up` itself."""
+    print(f"dim up | {line}", flush=True)
+
+
+@dataclass
+class Child:
+    """One supervised service process."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    proc: asyncio.subprocess.Process | None = None
+    starts: list[float] = field(default_factory=list)
+
+    async def start(self) -> None:
+        self.starts = [t for t in self.starts if time.monotonic() - t < 60] + [time.monotonic()]
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", *self.args,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only `dim up`, which stops children in order
+        )
+
+    async def pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            print(f"{self.name:>13} | {raw.decode(errors='replace').rstrip()}", flush=True)
+
+    async def stop(self, timeout_s: float) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a child: this process's, with the settings every child must share."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIM_")}
+    shared = settings.model_dump(
+        include={
+            "nats_url", "namespace", "replicas", "log_level", "heartbeat_s", "node_ttl_s",
+            "task_ack_wait_s", "task_max_deliver", "dispatch_timeout_s", "capacity",
+            "sim_ttft_ms", "sim_tokens_per_s", "sim_error_rate", "sim_hang_rate", "sim_seed",
+            "token_flush_ms", "token_flush_chars", "dedupe_window_s", "tokens_max_age_s",
+        }
+    )
+    env.update({f"DIM_{k.upper()}": str(v) for k, v in shared.items()})
+    env["DIM_MODELS"] = ",".join(settings.models)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+async def wait_for_workers(bus: Bus, settings: Settings, count: int, timeout_s: float) -> int:
+    """Wait until `count` workers are live; returns how many are."""
+    nodes = LiveNodes(bus, settings.node_ttl_s)
+    await nodes.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(nodes.live()) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return len(nodes.live())
+    finally:
+        await nodes.stop()
+
+
+async def up(settings: Settings, workers: int) -> int:
+    """Bring the mesh up and keep it up until Ctrl-C or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    server = EmbeddedNats(settings.data_dir / "nats", port=settings.nats_port)
+    say(f"starting nats-server {server.version()} (store: {server.data_dir / 'jetstream'})")
+    url = await asyncio.to_thread(server.start)
+    settings = settings.model_copy(update={"nats_url": url})
+    say(f"nats-server listening on {url}")
+    children: list[Child] = []
+    pumps: list[asyncio.Task[None]] = []
+    try:
+        bus = await connect(settings, "dim-up")
+        await ensure_topology(bus, settings)
+        say(f"streams and buckets ready in namespace {settings.namespace!r}")
+        children.append(Child("orchestrator", ["orchestrator"], child_env(settings)))
+        children.append(Child("projector", ["projector"], child_env(settings)))
+        for i in range(1, workers + 1):
+            node = f"sim-{i}"
+            children.append(Child(node, ["worker"], child_env(settings, DIM_NODE_ID=node)))
+        for child in children:
+            await child.start()
+            pumps.append(asyncio.create_task(child.pump()))
+        live = await wait_for_workers(bus, settings, workers, timeout_s=30)
+        await bus.close()
+        models = ", ".join(settings.models)
+        say(f"ready: {live}/{workers} simulated workers serving {models}; orchestrator and projector running")
+        say(f'try:  dim submit "hello" --model {settings.models[0]}   (Ctrl-C stops everything)')
+        await supervise(children, pumps, stop)
+        say("stopping: draining workers")
+        workers_ = [c for c in children if c.name.startswith("sim-")]
+        await asyncio.gather(*(c.stop(settings.drain_timeout_s) for c in workers_))
+        say("stopping orchestrator and projector")
+        await asyncio.gather(*(c.stop(10) for c in children if c not in workers_))
+        return 0
+    finally:
+        for child in children:
+            await child.stop(2)
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.to_thread(server.stop)
+        say("nats-server stopped; bye")
+
+
+async def supervise(children: list[Child], pumps: list[asyncio.Task[None]], stop: asyncio.Event) -> None:
+    """Restart a child that exits on its own (at most a few times a minute) until `stop`."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
+        if stop.is_set():
+            return
+        for child in children:
+            if child.proc is None or child.proc.returncode is None:
+                continue
+            code = child.proc.returncode
+            if len(child.starts) >= _RESTARTS_PER_MINUTE:
+                say(f"{child.name} exited with code {code} {len(child.starts)} times in a minute; not restarting it")
+                child.proc = None
+                continue
+            say(f"{child.name} exited with code {code}; restarting it")
+            await child.start()
+            pumps.append(asyncio.create_task(child.pump()))

@@ -1,0 +1,74 @@
+"""Coalescing of token text into chunks: the first piece at once, then by time or size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Piece:
+    """A chunk ready to publish: text, token count, and its offset in the output."""
+
+    index: int
+    offset: int
+    text: str
+    tokens: int
+
+
+class Coalescer:
+    """Buffers streamed text; `add` returns a piece when it is time to publish one.
+
+    The first text goes out at once (time to first token is what users feel); after that a
+    piece is cut when `flush_ms` has passed since the last one or `flush_chars` are buffered,
+    so fast engines do not publish one message per token.
+    """
+
+    def __init__(self, flush_ms: float, flush_chars: int) -> None:
+        self.flush_s = flush_ms / 1000
+        self.flush_chars = flush_chars
+        self._text: list[str] = []
+        self._chars = 0
+        self._tokens = 0
+        self._offset = 0
+        self._index = 0
+        self._last_cut: float | None = None
+
+    @property
+    def emitted_chars(self) -> int:
+        """Characters handed out in pieces so far."""
+        return self._offset
+
+    def add(self, text: str, tokens: int, now: float) -> Piece | None:
+        """Buffer `text`; a piece if one is due at time `now` (seconds, monotonic)."""
+        self._text.append(text)
+        self._chars += len(text)
+        self._tokens += tokens
+        if not self._chars:
+            return None
+        due = (
+            self._last_cut is None
+            or self._chars >= self.flush_chars
+            or now - self._last_cut >= self.flush_s
+        )
+        return self.cut(now) if due else None
+
+    def finish(self, text: str, tokens: int, now: float) -> Piece:
+        """The last piece: whatever is buffered plus `text`, even if empty (it marks the end)."""
+        self._text.append(text)
+        self._chars += len(text)
+        self._tokens += tokens
+        return self._cut(now)
+
+    def cut(self, now: float) -> Piece | None:
+        """Whatever is buffered, as a piece (None if nothing is)."""
+        if not self._chars and not self._tokens:
+            return None
+        return self._cut(now)
+
+    def _cut(self, now: float) -> Piece:
+        piece = Piece(self._index, self._offset, "".join(self._text), self._tokens)
+        self._index += 1
+        self._offset += self._chars
+        self._text, self._chars, self._tokens = [], 0, 0
+        self._last_cut = now
+        return piece

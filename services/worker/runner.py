@@ -1,0 +1,279 @@
+"""The worker process: registers its node, pulls tasks for its models, drives the engine.
+
+Per task it publishes ``task.started``, token chunks to TOKENS (coalesced, sent without waiting
+for each ack; all acks are awaited before the result), then ``task.completed`` with usage — or
+``task.failed`` with a cause, for the orchestrator to retry or fail the job. A long generation
+sends in-progress acks so its lease does not lapse; a worker killed mid-task simply stops doing
+so and JetStream redelivers the task to another worker. On SIGTERM it drains: asks for no more
+work, finishes what it has, removes its node record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+
+from nats.js.kv import KeyValue
+from opentelemetry import propagate, trace
+
+from events.bus import Bus, PendingAcks
+from events.consume import ConsumerSpec, Delivery, Reject, run_pool
+from events.envelope import Envelope
+from events.errors import EngineError, PublishError
+from events.jobs import FailureKind, TaskCompleted, TaskFailed, TaskStarted
+from events.subjects import encode_token
+from events.work import TaskRequested, TokensProduced
+from services.engines.protocol import Engine, GenerationRequest
+from services.registry.records import NodeRecord
+from services.settings import Settings
+from services.worker.coalesce import Coalescer, Piece
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("dim.worker")
+
+
+def dim_version() -> str:
+    """The installed dim version."""
+    try:
+        return metadata.version("dim")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class Worker:
+    """One worker node serving `engine`'s models."""
+
+    def __init__(self, bus: Bus, engine: Engine, settings: Settings) -> None:
+        self.bus = bus
+        self.engine = engine
+        self.settings = settings
+        self.names = bus.names
+        self.node_id = settings.node_id
+        self.actor = f"worker/{self.node_id}"
+        self.capacity = min(settings.capacity, engine.capacity)
+        self.in_flight = 0
+        self.completed = 0
+        self.failed = 0
+        self.tokens_out = 0
+        self.draining = False
+        self.started_at = datetime.now(UTC)
+
+    def consumers(self) -> list[ConsumerSpec]:
+        """One durable per served model (shared by every worker serving it) and one for this node."""
+        common = {
+            "stream": self.names.tasks_stream,
+            "ack_wait_s": self.settings.task_ack_wait_s,
+            "max_deliver": self.settings.task_max_deliver,
+            "max_ack_pending": 100_000,
+        }
+        specs = [
+            ConsumerSpec(
+                durable=f"model-{encode_token(m)}",
+                filter_subjects=(self.names.tasks_for_model(m),),
+                description=f"tasks for model {m}",
+                **common,  # type: ignore[arg-type]
+            )
+            for m in self.engine.models
+        ]
+        specs.append(
+            ConsumerSpec(
+                durable=f"node-{self.node_id}",
+                filter_subjects=(self.names.tasks_for_node(self.node_id),),
+                inactive_threshold_s=24 * 3600.0,
+                description=f"tasks pinned to node {self.node_id}",
+                **common,  # type: ignore[arg-type]
+            )
+        )
+        return specs
+
+    def record(self) -> NodeRecord:
+        """This node's current registry record."""
+        return NodeRecord(
+            node_id=self.node_id,
+            models=self.engine.models,
+            engine=self.engine.kind,
+            capacity=self.capacity,
+            in_flight=self.in_flight,
+            version=dim_version(),
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self.started_at,
+            heartbeat_at=datetime.now(UTC),
+            tasks_completed=self.completed,
+            tasks_failed=self.failed,
+            tokens_out=self.tokens_out,
+            draining=self.draining,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set, then drain and deregister."""
+        await self.engine.start()
+        kv = await self.bus.js.key_value(self.names.bucket("nodes"))
+        await kv.put(self.node_id, self.record().model_dump_json().encode())
+        heartbeat = asyncio.create_task(self._heartbeat(kv, stop))
+        log.info("worker %s serving %s (capacity %d)", self.node_id, ", ".join(self.engine.models), self.capacity)
+        try:
+            await run_pool(
+                self.bus, self.consumers(), self.handle, capacity=self.capacity, stop=stop
+            )
+        finally:
+            self.draining = True
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            with contextlib.suppress(Exception):
+                await kv.delete(self.node_id)
+            await self.engine.close()
+            log.info("worker %s stopped (%d completed, %d failed)", self.node_id, self.completed, self.failed)
+
+    async def _heartbeat(self, kv: KeyValue, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.heartbeat_s)
+            if stop.is_set():
+                self.draining = True
+            try:
+                await kv.put(self.node_id, self.record().model_dump_json().encode())
+            except Exception:  # noqa: BLE001 - the next beat tries again
+                log.warning("heartbeat failed", exc_info=True)
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Run one task attempt end to end."""
+        request = delivery.envelope.data
+        if not isinstance(request, TaskRequested):
+            raise Reject(f"expected task.requested on a task subject, got {request.type}")
+        ctx = propagate.extract(delivery.headers)
+        with tracer.start_as_current_span(
+            "worker.task", context=ctx, kind=trace.SpanKind.CONSUMER
+        ) as span:
+            span.set_attribute("dim.job_id", request.job_id)
+            span.set_attribute("dim.task_id", request.task.task_id)
+            span.set_attribute("dim.node_id", self.node_id)
+            self.in_flight += 1
+            try:
+                await self._run(delivery, request)
+            finally:
+                self.in_flight -= 1
+
+    async def _run(self, delivery: Delivery, request: TaskRequested) -> None:
+        task, job_id = request.task, request.job_id
+        await self._append(
+            job_id,
+            TaskStarted(
+                job_id=job_id,
+                task_id=task.task_id,
+                attempt=request.attempt,
+                node_id=self.node_id,
+                delivery=delivery.deliveries,
+            ),
+        )
+        keepalive = asyncio.create_task(self._keep_lease(delivery))
+        request_id = f"{task.task_id}.{request.attempt}.{delivery.deliveries}"
+        started = time.monotonic()
+        try:
+            completed = await asyncio.wait_for(
+                self._generate(request, request_id, started), timeout=self.settings.task_timeout_s
+            )
+        except TimeoutError:
+            await self.engine.abort(request_id)
+            await self._fail(request, "timeout", f"no result within {self.settings.task_timeout_s:g}s", True)
+            return
+        except EngineError as exc:
+            await self._fail(request, exc.kind, str(exc), exc.retriable)  # type: ignore[arg-type]
+            return
+        finally:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+        await self._append(job_id, completed)
+        self.completed += 1
+
+    async def _generate(self, request: TaskRequested, request_id: str, started: float) -> TaskCompleted:
+        task = request.task
+        pending = PendingAcks(self.bus)
+        coalescer = Coalescer(self.settings.token_flush_ms, self.settings.token_flush_chars)
+        subject = self.names.tokens(request.job_id)
+        output: list[str] = []
+        ttft: float | None = None
+        finish = None
+        usage = None
+
+        async def send(piece: Piece, finish_reason: str | None = None) -> None:
+            chunk = TokensProduced(
+                job_id=request.job_id,
+                task_id=task.task_id,
+                attempt=request.attempt,
+                node_id=self.node_id,
+                index=piece.index,
+                offset=piece.offset,
+                text=piece.text,
+                tokens=piece.tokens,
+                finish_reason=finish_reason,  # type: ignore[arg-type]
+            )
+            await pending.add(subject, Envelope(chunk, actor=self.actor))
+
+        gen = GenerationRequest(request_id, task.model, task.prompt, task.params)
+        async for chunk in self.engine.generate(gen):
+            now = time.monotonic()
+            if chunk.text:
+                if ttft is None:
+                    ttft = now - started
+                output.append(chunk.text)
+            if chunk.finish_reason is not None:
+                finish, usage = chunk.finish_reason, chunk.usage
+                # Always sent, even empty: it tells readers the stream is complete.
+                await send(coalescer.finish(chunk.text, chunk.tokens, now), finish)
+                break
+            piece = coalescer.add(chunk.text, chunk.tokens, now)
+            if piece is not None:
+                await send(piece)
+        if finish is None or usage is None:
+            raise EngineError("the engine ended the stream without a finish reason")
+        try:
+            await pending.flush()
+        except PublishError as exc:
+            raise EngineError(f"could not store token chunks: {exc}") from exc
+        self.tokens_out += usage.completion_tokens
+        return TaskCompleted(
+            job_id=request.job_id,
+            task_id=task.task_id,
+            attempt=request.attempt,
+            node_id=self.node_id,
+            output="".join(output),
+            finish_reason=finish,
+            usage=usage,
+            ttft_ms=round((ttft if ttft is not None else time.monotonic() - started) * 1000, 3),
+            duration_ms=round((time.monotonic() - started) * 1000, 3),
+        )
+
+    async def _fail(self, request: TaskRequested, kind: FailureKind, error: str, retriable: bool) -> None:
+        self.failed += 1
+        log.warning("task %s attempt %d failed (%s): %s", request.task.task_id, request.attempt, kind, error)
+        await self._append(
+            request.job_id,
+            TaskFailed(
+                job_id=request.job_id,
+                task_id=request.task.task_id,
+                attempt=request.attempt,
+                node_id=self.node_id,
+                kind=kind,
+                error=error,
+                retriable=retriable,
+            ),
+        )
+
+    async def _append(self, job_id: str, event: TaskStarted | TaskCompleted | TaskFailed) -> None:
+        await self.bus.publish(self.names.job(job_id, event.type), Envelope(event, actor=self.actor))
+
+    async def _keep_lease(self, delivery: Delivery) -> None:
+        interval = max(0.2, self.settings.task_ack_wait_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await delivery.in_progress()

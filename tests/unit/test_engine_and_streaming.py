@@ -1,0 +1,128 @@
+"""The simulated engine, stop strings, token coalescing and text assembly."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from events.errors import EngineError
+from events.inference import Prompt, SamplingParams
+from services.client import TextAssembler
+from services.engines.protocol import Chunk, Engine, GenerationRequest
+from services.engines.simulated import SimulatedEngine, count_tokens
+from services.engines.stops import StopMatcher
+from services.worker.coalesce import Coalescer
+
+
+def _req(text: str = "hello world", rid: str = "r1", **params: object) -> GenerationRequest:
+    return GenerationRequest(rid, "m", Prompt(text=text), SamplingParams(**params))  # type: ignore[arg-type]
+
+
+async def _run(engine: SimulatedEngine, req: GenerationRequest) -> list[Chunk]:
+    return [c async for c in engine.generate(req)]
+
+
+def _engine(**kw: object) -> SimulatedEngine:
+    return SimulatedEngine(("m",), ttft_ms=0, tokens_per_s=0, **kw)  # type: ignore[arg-type]
+
+
+async def test_output_is_deterministic_and_counts_usage() -> None:
+    engine = _engine()
+    assert isinstance(engine, Engine)
+    a = await _run(engine, _req())
+    b = await _run(engine, _req(rid="other"))
+    text = "".join(c.text for c in a)
+    assert text == "".join(c.text for c in b) and text
+    last = a[-1]
+    assert last.finish_reason == "stop" and last.usage is not None
+    assert last.usage.prompt_tokens == count_tokens("hello world") == 2
+    assert last.usage.completion_tokens == sum(c.tokens for c in a)
+    other = "".join(c.text for c in await _run(engine, _req(text="something else")))
+    assert other != text
+    seeded = "".join(c.text for c in await _run(engine, _req(seed=7)))
+    assert seeded != text
+
+
+async def test_max_tokens_ends_with_length() -> None:
+    chunks = await _run(_engine(), _req(max_tokens=3))
+    assert chunks[-1].finish_reason == "length"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+
+
+async def test_stop_strings_cut_the_output_before_them() -> None:
+    full = "".join(c.text for c in await _run(_engine(), _req()))
+    word = full.split()[3]
+    chunks = await _run(_engine(), _req(stop=(" " + word,)))
+    text = "".join(c.text for c in chunks)
+    assert chunks[-1].finish_reason == "stop"
+    assert text == full[: full.index(" " + word)]
+
+
+async def test_error_knob_raises_a_retriable_engine_error() -> None:
+    with pytest.raises(EngineError) as err:
+        await _run(_engine(error_rate=1.0), _req())
+    assert err.value.retriable
+
+
+async def test_unknown_model_is_a_final_error() -> None:
+    with pytest.raises(EngineError, match="not served") as err:
+        await _run(_engine(), GenerationRequest("r", "x", Prompt(text="a"), SamplingParams()))
+    assert not err.value.retriable
+
+
+async def test_hang_knob_hangs_until_aborted() -> None:
+    engine = _engine(hang_rate=1.0)
+    task = asyncio.create_task(_run(engine, _req(rid="h")))
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    await engine.abort("h")
+    chunks = await asyncio.wait_for(task, 2)
+    assert chunks[-1].finish_reason == "abort"
+
+
+async def test_paced_engine_streams_over_time() -> None:
+    engine = SimulatedEngine(("m",), ttft_ms=20, tokens_per_s=500)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    stamps = [loop.time() - start async for _ in engine.generate(_req())]
+    assert stamps[0] >= 0.02
+    assert stamps[-1] > stamps[0]  # tokens arrive over time, not in one burst
+
+
+@pytest.mark.parametrize(
+    ("pieces", "stops", "out", "stopped"),
+    [
+        (["ab", "cd", "ef"], ("cde",), "ab", True),
+        (["hello", " wor", "ld"], ("xyz",), "hello world", False),
+        (["a", "b", "c"], ("c", "bc"), "a", True),
+        (["stop"], ("stop",), "", True),
+    ],
+)
+def test_stop_matcher(pieces: list[str], stops: tuple[str, ...], out: str, stopped: bool) -> None:
+    m = StopMatcher(stops)
+    text = "".join(m.feed(p) for p in pieces) + m.flush()
+    assert (text, m.stopped) == (out, stopped)
+
+
+def test_coalescer_sends_the_first_piece_at_once_then_batches() -> None:
+    c = Coalescer(flush_ms=10, flush_chars=8)
+    first = c.add("a", 1, now=0.0)
+    assert first is not None and (first.index, first.offset, first.text) == (0, 0, "a")
+    assert c.add("b", 1, now=0.001) is None
+    assert c.add("c", 1, now=0.002) is None
+    by_time = c.add("d", 1, now=0.011)
+    assert by_time is not None and (by_time.offset, by_time.text, by_time.tokens) == (1, "bcd", 3)
+    by_size = c.add("123456789", 1, now=0.012)
+    assert by_size is not None and by_size.offset == 4
+    last = c.finish("", 0, now=0.013)
+    assert (last.index, last.offset, last.text, last.tokens) == (3, 13, "", 0)
+
+
+def test_text_assembler_drops_repeats_and_waits_for_gaps() -> None:
+    t = TextAssembler()
+    assert t.add(0, "Hello") == "Hello"
+    assert t.add(0, "Hello") == ""  # a redelivered attempt starts over
+    assert t.add(9, "ld") == ""  # arrived early
+    assert t.add(3, "lo wor") == " wor" + "ld"
+    assert t.text == "Hello world"

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from events.errors import InvalidName
+from events.ids import id_time_ms, new_id
+from events.subjects import Names, check_id, decode_token, encode_token
+
+
+def test_ids_are_unique_sortable_and_monotonic() -> None:
+    ids = [new_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{26}", i) for i in ids[:100])
+
+
+def test_id_encodes_its_time() -> None:
+    import time
+
+    before = time.time_ns() // 1_000_000
+    ms = id_time_ms(new_id())
+    assert before <= ms <= before + 1000
+
+
+@pytest.mark.parametrize(
+    ("model", "token"),
+    [
+        ("sim-small", "sim-small"),
+        ("meta-llama/Llama-3.1-8B", "meta-llama_2FLlama-3_2E1-8B"),
+        ("my model", "my_20model"),
+        ("a_b", "a_5Fb"),
+        ("qwen2.5:7b*>", "qwen2_2E5_3A7b_2A_3E"),
+    ],
+)
+def test_model_names_encode_to_readable_tokens(model: str, token: str) -> None:
+    assert encode_token(model) == token
+    assert decode_token(token) == model
+
+
+@given(st.text(min_size=1, max_size=200))
+def test_any_name_round_trips_into_a_safe_single_token(name: str) -> None:
+    token = encode_token(name)
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", token)  # no '.', '*', '>', whitespace
+    assert decode_token(token) == name
+
+
+@given(st.text(min_size=1, max_size=50), st.text(min_size=1, max_size=50))
+def test_encoding_is_injective(a: str, b: str) -> None:
+    if a != b:
+        assert encode_token(a) != encode_token(b)
+
+
+def test_subjects_are_namespaced() -> None:
+    names = Names("prod")
+    assert names.job("J1", "task.started") == "prod.jobs.J1.task.started"
+    assert names.tasks_for_model("org/m.1") == "prod.tasks.model.org_2Fm_2E1"
+    assert names.tasks_for_node("gpu-1") == "prod.tasks.node.gpu-1"
+    assert names.tokens("J1") == "prod.tokens.J1"
+    assert names.jobs_stream == "prod_JOBS"
+    assert names.bucket("nodes") == "prod_nodes"
+
+
+@pytest.mark.parametrize("bad", ["", "1abc", "a.b", "a b", "x" * 40, "a>"])
+def test_bad_namespaces_are_refused_with_the_rule(bad: str) -> None:
+    with pytest.raises(InvalidName, match="namespace"):
+        Names(bad)
+
+
+def test_bad_ids_are_refused() -> None:
+    with pytest.raises(InvalidName, match="node id 'a.b'"):
+        Names().tasks_for_node("a.b")
+    assert check_id("id", "gpu_1-a") == "gpu_1-a"
+    with pytest.raises(InvalidName):
+        decode_token("bad_zz")
+    with pytest.raises(InvalidName):
+        encode_token("")
