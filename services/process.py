@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from events.bus import Bus
-from events.topology import provision, topology
+from events.topology import Topology, provision, topology
 from services.settings import Settings
 
 log = logging.getLogger("dim")
@@ -38,18 +38,20 @@ async def connect(settings: Settings, name: str) -> Bus:
     )
 
 
+def settings_topology(settings: Settings) -> Topology:
+    """The streams and buckets these settings ask for."""
+    return topology(
+        settings.names,
+        replicas=settings.replicas,
+        dedupe_window_s=settings.dedupe_window_s,
+        tokens_max_age_s=settings.tokens_max_age_s,
+        node_ttl_s=settings.node_ttl_s,
+    )
+
+
 async def ensure_topology(bus: Bus, settings: Settings) -> None:
     """Provision streams and buckets (idempotent); warn about what differs from the spec."""
-    report = await provision(
-        bus.js,
-        topology(
-            settings.names,
-            replicas=settings.replicas,
-            dedupe_window_s=settings.dedupe_window_s,
-            tokens_max_age_s=settings.tokens_max_age_s,
-            node_ttl_s=settings.node_ttl_s,
-        ),
-    )
+    report = await provision(bus.js, settings_topology(settings))
     for created in report.created:
         log.info("created %s", created)
     for diff in report.differences:

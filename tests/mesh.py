@@ -7,8 +7,9 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +89,12 @@ async def mesh(settings: Settings) -> AsyncIterator[Mesh]:
         await m.close()
 
 
-def spawn(settings: Settings, *args: str, **env: str) -> subprocess.Popen[bytes]:
-    """Start `dim <args>` as a real child process with the settings in its environment."""
+@contextlib.contextmanager
+def spawn(settings: Settings, *args: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `dim <args>` as a real child process with the settings in its environment.
+
+    Its output goes to a temporary file, printed when the block ends (pytest shows it on failure).
+    """
     full = {k: v for k, v in os.environ.items() if not k.startswith("DIM_")}
     dump = settings.model_dump(
         include={
@@ -100,12 +105,17 @@ def spawn(settings: Settings, *args: str, **env: str) -> subprocess.Popen[bytes]
     full.update({f"DIM_{k.upper()}": str(v) for k, v in dump.items()})
     full["DIM_MODELS"] = ",".join(settings.models)
     full.update(env)
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", *args],
-        env=full,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args], env=full, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            out.seek(0)
+            print(f"--- dim {' '.join(args)} (exit {proc.returncode}) ---")
+            print(out.read().decode(errors="replace"))
 
 
 async def job_events(bus: Bus, job_id: str) -> list[Envelope]:

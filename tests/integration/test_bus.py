@@ -1,0 +1,154 @@
+"""The publish helper, provisioning and the consume loop against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from events.bus import Bus
+from events.consume import ConsumerSpec, Delivery, Reject, run_ordered, run_pool
+from events.envelope import Envelope, decode
+from events.errors import WrongLastSequence
+from events.history import read_events
+from events.inference import Prompt
+from events.jobs import JobCancelled, JobSubmitted
+from events.topology import provision
+from events.work import MessageRejected
+from services.process import settings_topology
+from services.settings import Settings
+
+
+def _submitted(job_id: str = "J1") -> Envelope:
+    return Envelope(JobSubmitted(job_id=job_id, model="m", prompt=Prompt(text="hi")), actor="test")
+
+
+async def test_provisioning_is_idempotent_and_reports_differences(bus: Bus, settings: Settings) -> None:
+    topo = settings_topology(settings)
+    again = await provision(bus.js, topo)
+    assert again.created == [] and again.differences == []
+    assert len(again.present) == len(topo.streams) + len(topo.buckets)
+    info = await bus.js.stream_info(settings.names.tokens_stream)
+    changed = dataclasses.replace(info.config, max_age=60.0, duplicate_window=30.0)
+    await bus.js.update_stream(changed)
+    report = await provision(bus.js, topo)
+    assert report.created == []
+    assert any("TOKENS" in d and "max_age" in d for d in report.differences)
+
+
+async def test_a_retried_event_is_stored_once(bus: Bus, settings: Settings) -> None:
+    env = _submitted()
+    first = await bus.publish(settings.names.job("J1", env.type), env)
+    second = await bus.publish(settings.names.job("J1", env.type), env)
+    assert second.seq == first.seq and second.duplicate
+    stored = [e async for e in read_events(bus, settings.names.jobs_stream, settings.names.job_all("J1"))]
+    assert [e.id for _, e in stored] == [env.id]
+
+
+async def test_optimistic_append_over_a_whole_job(bus: Bus, settings: Settings) -> None:
+    names = settings.names
+    sub = await bus.publish(names.job("J2", "job.submitted"), _submitted("J2"),
+                            expected_last_seq=0, expected_last_subject=names.job_all("J2"))
+    with pytest.raises(WrongLastSequence):  # the job already has an event
+        await bus.publish(names.job("J2", "job.submitted"), _submitted("J2"),
+                          expected_last_seq=0, expected_last_subject=names.job_all("J2"))
+    cancel = Envelope(JobCancelled(job_id="J2"), actor="t")
+    ok = await bus.publish(names.job("J2", cancel.type), cancel,
+                           expected_last_seq=sub.seq, expected_last_subject=names.job_all("J2"))
+    assert ok.seq > sub.seq
+
+
+async def test_trace_context_rides_in_headers(bus: Bus, settings: Settings) -> None:
+    tracer = TracerProvider().get_tracer("test")
+    env = _submitted("J3")
+    with tracer.start_as_current_span("submit") as span:
+        await bus.publish(settings.names.job("J3", env.type), env)
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    msg = await bus.js.get_last_msg(settings.names.jobs_stream, settings.names.job("J3", env.type))
+    assert msg.headers is not None
+    assert msg.headers["Nats-Msg-Id"] == env.id
+    assert msg.headers["Dim-Type"] == "job.submitted"
+    assert msg.headers["traceparent"].split("-")[1] == trace_id
+    assert b"traceparent" not in (msg.data or b"")
+
+
+async def _dead_records(bus: Bus, settings: Settings) -> list[MessageRejected]:
+    out = []
+    async for _, env in read_events(bus, settings.names.dead_stream, settings.names.dead_all):
+        assert isinstance(env.data, MessageRejected)
+        out.append(env.data)
+    return out
+
+
+async def test_malformed_messages_are_terminated_and_recorded_without_a_crash_loop(
+    bus: Bus, settings: Settings
+) -> None:
+    names = settings.names
+    await bus.nc.publish(names.job("BAD", "junk"), b"\x00not an event")
+    await bus.nc.publish(names.job("BAD2", "job.submitted"), b'{"type": "job.exploded"}')
+    good = _submitted("OK")
+    await bus.publish(names.job("OK", good.type), good)
+    seen: list[str] = []
+
+    async def handle(group: list[Delivery]) -> None:
+        seen.extend(d.envelope.id for d in group)
+
+    spec = ConsumerSpec(names.jobs_stream, "c-malformed", (names.jobs_all,), ack_wait_s=1.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_ordered(bus, spec, handle, key=lambda d: d.subject, stop=stop))
+    try:
+        async def two_records() -> list[MessageRejected]:
+            while len(recs := await _dead_records(bus, settings)) < 2:
+                await asyncio.sleep(0.05)
+            return recs
+
+        records = await asyncio.wait_for(two_records(), 10)
+        await asyncio.sleep(1.5)  # longer than ack_wait: a nak'd or unacked message would return
+    finally:
+        stop.set()
+        await task
+    assert seen == [good.id]
+    assert sorted(r.subject for r in records) == sorted([names.job("BAD", "junk"), names.job("BAD2", "job.submitted")])
+    assert all(r.consumer == "c-malformed" and r.deliveries == 1 for r in records)
+    assert "not a JSON" in next(r.error for r in records if r.subject.endswith("junk"))
+    assert len(await _dead_records(bus, settings)) == 2  # recorded once, not once per redelivery
+    info = await bus.js.consumer_info(names.jobs_stream, "c-malformed")
+    assert info.num_ack_pending == 0 and info.num_redelivered == 0
+
+
+async def test_handler_failures_are_retried_then_terminated_on_the_last_delivery(
+    bus: Bus, settings: Settings
+) -> None:
+    names = settings.names
+    for i in range(2):
+        env = _submitted(f"P{i}")
+        await bus.publish(names.tasks_for_model(f"m{i}"), env)
+    attempts: dict[str, list[int]] = {}
+
+    async def handle(d: Delivery) -> None:
+        job = d.envelope.data.job_id  # type: ignore[attr-defined]
+        attempts.setdefault(job, []).append(d.deliveries)
+        if job == "P0":
+            raise RuntimeError("transient")  # always fails: redelivered, then terminated
+        if job == "P1":
+            raise Reject("never processable")
+
+    spec = ConsumerSpec(names.tasks_stream, "c-fail", (names.tasks_all,), ack_wait_s=5.0, max_deliver=3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_pool(bus, [spec], handle, capacity=4, stop=stop))
+    try:
+        async def settled() -> None:
+            while len(await _dead_records(bus, settings)) < 2:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(settled(), 20)
+    finally:
+        stop.set()
+        await task
+    assert attempts["P0"] == [1, 2, 3]  # backoff naks, then the last allowed delivery
+    assert attempts["P1"] == [1]
+    errors = {r.payload and decode(r.payload).data.job_id: r.error for r in await _dead_records(bus, settings)}  # type: ignore[attr-defined]
+    assert "last allowed delivery (3)" in errors["P0"] and "transient" in errors["P0"]
+    assert errors["P1"] == "never processable"

@@ -1,0 +1,224 @@
+"""Jobs through real NATS: orchestrator, projector and workers as in production."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from nats.js.errors import KeyNotFoundError
+
+from events.bus import Bus
+from events.inference import Prompt, SamplingParams
+from events.work import TokensProduced
+from projections.job_status import decode_view
+from projections.projector import rebuild
+from services.client import TextAssembler, follow, submit
+from services.engines.simulated import simulated_tokens
+from services.settings import Settings
+from tests.mesh import job_events, mesh, spawn, wait_terminal, wait_until
+
+
+def _expected(prompt: str, model: str = "sim-small") -> str:
+    return "".join(simulated_tokens(model, prompt, 0))
+
+
+async def _view(bus: Bus, job_id: str):  # type: ignore[no-untyped-def]
+    kv = await bus.js.key_value(bus.names.bucket("jobs"))
+    try:
+        entry = await kv.get(job_id)
+    except KeyNotFoundError:
+        return None
+    return decode_view(entry.value) if entry.value else None
+
+
+async def test_job_round_trip(bus: Bus, settings: Settings) -> None:
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        await m.projector()
+        await m.worker("w1")
+        await wait_until(lambda: _live(bus, 1), what="worker to register")
+        job = await submit(bus, model="sim-small", prompt=Prompt(text="hello"), owner="alice")
+        text = TextAssembler()
+        seen = []
+        async for env in follow(bus, job.job_id):
+            seen.append(env.type)
+            if isinstance(env.data, TokensProduced):
+                text.add(env.data.offset, env.data.text)
+        assert seen[-1] == "job.completed"
+        assert text.text == _expected("hello")
+        events = await job_events(bus, job.job_id)
+        assert [e.type for e in events] == [
+            "job.submitted", "job.planned", "task.dispatched", "task.started", "task.completed", "job.completed",
+        ]
+        completed = events[-1].data
+        assert completed.output == _expected("hello")  # type: ignore[attr-defined]
+        assert completed.usage.prompt_tokens == 1 and completed.usage.completion_tokens > 0  # type: ignore[attr-defined]
+
+        async def projected() -> bool:
+            view = await _view(bus, job.job_id)
+            return view is not None and view.status == "completed"
+
+        await wait_until(projected, what="job view")
+        view = await _view(bus, job.job_id)
+        assert view.owner == "alice" and view.model == "sim-small" and view.pattern == "single"
+        assert view.usage == completed.usage and view.output == completed.output  # type: ignore[attr-defined]
+        assert view.created_at <= view.started_at <= view.finished_at
+        assert view.tasks[0].ran_on == "w1" and view.last_seq > 0
+
+
+async def _live(bus: Bus, n: int) -> bool:
+    kv = await bus.js.key_value(bus.names.bucket("nodes"))
+    try:
+        return len(await kv.keys()) >= n
+    except Exception:  # noqa: BLE001 - no keys yet
+        return False
+
+
+async def test_a_model_no_node_serves_fails_fast_with_a_reason(bus: Bus, settings: Settings) -> None:
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        await m.worker("w1")
+        await wait_until(lambda: _live(bus, 1), what="worker")
+        job = await submit(bus, model="no-such-model", prompt=Prompt(text="hi"))
+        events = await wait_terminal(bus, job.job_id, timeout_s=5)
+        failed = events[-1].data
+        assert failed.type == "job.failed" and failed.code == "model_not_served"  # type: ignore[attr-defined]
+        assert "'no-such-model'" in failed.reason and "sim-small" in failed.reason  # type: ignore[attr-defined]
+
+
+async def test_two_workers_share_the_load(bus: Bus, settings: Settings) -> None:
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        w1 = await m.worker("w1", capacity=4, sim_ttft_ms=20, sim_tokens_per_s=400)
+        w2 = await m.worker("w2", capacity=4, sim_ttft_ms=20, sim_tokens_per_s=400)
+        await wait_until(lambda: _live(bus, 2), what="two workers")
+        jobs = await asyncio.gather(
+            *(submit(bus, model="sim-small", prompt=Prompt(text=f"job {i}")) for i in range(24))
+        )
+        for job in jobs:
+            events = await wait_terminal(bus, job.job_id)
+            assert events[-1].type == "job.completed"
+        done = {w.name: w.obj.completed for w in (w1, w2)}
+        assert sum(done.values()) == 24
+        assert min(done.values()) >= 4, done  # both took a real share
+
+
+async def test_worker_killed_mid_task_is_redelivered_and_the_job_completes_once(
+    bus: Bus, settings: Settings
+) -> None:
+    slow = settings.model_copy(update={"sim_ttft_ms": 0, "sim_tokens_per_s": 10})
+    with spawn(slow, "worker", DIM_NODE_ID="victim") as victim:
+        async with mesh(settings) as m:
+            await m.orchestrator()
+            await wait_until(lambda: _live(bus, 1), what="victim worker")
+            job = await submit(bus, model="sim-small", prompt=Prompt(text="long answer please"))
+
+            async def started() -> bool:
+                return any(e.type == "task.started" for e in await job_events(bus, job.job_id))
+
+            await wait_until(started, what="task to start on the victim")
+            await asyncio.sleep(0.3)  # let it stream a little
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait(5)
+            await m.worker("rescuer")
+            events = await wait_terminal(bus, job.job_id, timeout_s=30)
+    types = [e.type for e in events]
+    assert types.count("job.completed") == 1 and types.count("task.completed") == 1
+    starts = [e.data for e in events if e.type == "task.started"]
+    assert [(s.node_id, s.delivery) for s in starts] == [("victim", 1), ("rescuer", 2)]  # type: ignore[attr-defined]
+    assert events[-1].data.output == _expected("long answer please")  # type: ignore[attr-defined]
+
+
+async def test_orchestrator_killed_mid_job_is_restarted_and_the_job_completes(
+    bus: Bus, settings: Settings
+) -> None:
+    with spawn(settings, "orchestrator") as orchestrator:
+        async with mesh(settings) as m:
+            await m.worker("w1", sim_ttft_ms=0, sim_tokens_per_s=20)
+            await wait_until(lambda: _live(bus, 1), what="worker")
+            job = await submit(bus, model="sim-small", prompt=Prompt(text="survive this"))
+
+            async def started() -> bool:
+                return any(e.type == "task.started" for e in await job_events(bus, job.job_id))
+
+            await wait_until(started, what="task to start")
+            os.kill(orchestrator.pid, signal.SIGKILL)
+            orchestrator.wait(5)
+            # While no orchestrator runs, the task completes; its result waits in the log.
+            await wait_until(
+                lambda: _has(bus, job.job_id, "task.completed"), timeout_s=20, what="task to complete"
+            )
+            assert not await _has(bus, job.job_id, "job.completed")
+            await m.orchestrator()
+            events = await wait_terminal(bus, job.job_id)
+    assert [e.type for e in events].count("job.completed") == 1
+
+
+async def _has(bus: Bus, job_id: str, event_type: str) -> bool:
+    return any(e.type == event_type for e in await job_events(bus, job_id))
+
+
+async def test_failing_engine_is_retried_then_the_job_fails_with_the_cause(
+    bus: Bus, settings: Settings
+) -> None:
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        await m.worker("flaky", sim_error_rate=1.0)
+        await wait_until(lambda: _live(bus, 1), what="worker")
+        job = await submit(bus, model="sim-small", prompt=Prompt(text="x"), max_attempts=3)
+        events = await wait_terminal(bus, job.job_id)
+    assert [e.type for e in events].count("task.failed") == 3
+    assert [e.data.attempt for e in events if e.type == "task.dispatched"] == [1, 2, 3]  # type: ignore[attr-defined]
+    failed = events[-1].data
+    assert failed.type == "job.failed" and failed.code == "task_failed"  # type: ignore[attr-defined]
+    assert "failed 3 times" in failed.reason and "simulated engine failure" in failed.reason  # type: ignore[attr-defined]
+
+
+async def test_worker_drains_on_sigterm(bus: Bus, settings: Settings) -> None:
+    slow = settings.model_copy(update={"sim_tokens_per_s": 20})
+    with spawn(slow, "worker", DIM_NODE_ID="drainer") as worker:
+        async with mesh(settings) as m:
+            await m.orchestrator()
+            await wait_until(lambda: _live(bus, 1), what="worker")
+            job = await submit(bus, model="sim-small", prompt=Prompt(text="finish me"))
+            await wait_until(lambda: _has(bus, job.job_id, "task.started"), what="start")
+            worker.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(worker.wait, 20)
+            events = await job_events(bus, job.job_id)
+            # It finished the task it had before exiting, and left the registry.
+            assert code == 0
+            assert any(e.type == "task.completed" and e.data.node_id == "drainer" for e in events)  # type: ignore[attr-defined]
+            assert not await _live(bus, 1)
+            await wait_terminal(bus, job.job_id)
+
+
+async def test_projection_rebuild_equals_the_live_view(bus: Bus, settings: Settings) -> None:
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        await m.projector()
+        await m.worker("w1", sim_error_rate=0.0)
+        await wait_until(lambda: _live(bus, 1), what="worker")
+        jobs = [
+            await submit(bus, model="sim-small", prompt=Prompt(text=f"p{i}"), params=SamplingParams(max_tokens=3 + i))
+            for i in range(6)
+        ] + [await submit(bus, model="missing", prompt=Prompt(text="x"))]
+        for job in jobs:
+            await wait_terminal(bus, job.job_id)
+
+        async def all_projected() -> bool:
+            views = [await _view(bus, j.job_id) for j in jobs]
+            return all(v is not None and v.status in ("completed", "failed") for v in views)
+
+        await wait_until(all_projected, what="projections")
+        await asyncio.sleep(0.3)
+    kv = await bus.js.key_value(bus.names.bucket("jobs"))
+    live = {j.job_id: (await kv.get(j.job_id)).value for j in jobs}
+    check = await rebuild(bus, check_only=True)
+    assert check.differences == [] and check.unchanged == len(jobs)
+    for j in jobs:
+        await kv.purge(j.job_id)
+    report = await rebuild(bus)
+    assert report.written == len(jobs)
+    rebuilt = {j.job_id: (await kv.get(j.job_id)).value for j in jobs}
+    assert rebuilt == live  # byte for byte
