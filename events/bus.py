@@ -23,7 +23,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from opentelemetry import propagate
 
 from events.envelope import Envelope
-from events.errors import PublishError, WrongLastSequence
+from events.errors import ConnectError, PublishError, WrongLastSequence
 from events.subjects import Names
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,11 @@ class Bus:
     ) -> Bus:
         """Connect to NATS (reconnecting forever once connected) and open JetStream."""
 
+        connected = False
+
         async def error_cb(exc: Exception) -> None:
-            log.warning("nats: %s", exc)
+            if connected:  # before that, the bounded connect below reports one clear error
+                log.warning("nats: %s", exc)
 
         async def reconnected_cb() -> None:
             log.info("nats: reconnected to %s", nc.connected_url)
@@ -76,18 +79,24 @@ class Bus:
 
         servers = [s.strip() for s in url.split(",") if s.strip()]
         try:
-            nc = await nats.connect(
-                servers=servers,
-                name=name,
-                connect_timeout=connect_timeout_s,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-                error_cb=error_cb,
-                reconnected_cb=reconnected_cb,
+            # Reconnect forever once connected, but bound the first connect: nats-py would
+            # otherwise retry an unreachable server for ever.
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=servers,
+                    name=name,
+                    connect_timeout=connect_timeout_s,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    allow_reconnect=True,
+                    error_cb=error_cb,
+                    reconnected_cb=reconnected_cb,
+                ),
+                timeout=connect_timeout_s,
             )
+            connected = True
         except Exception as exc:
-            raise PublishError(
+            raise ConnectError(
                 f"cannot reach NATS at {url}: {exc!r}; is nats-server running? "
                 "`dim up` starts one, or set DIM_NATS_URL"
             ) from exc
@@ -99,7 +108,7 @@ class Bus:
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
-            except Exception:  # noqa: BLE001 - closing is best effort
+            except Exception:
                 await self.nc.close()
 
     async def publish(
@@ -136,7 +145,11 @@ class Bus:
                 if exc.code != 503:
                     raise PublishError(f"JetStream refused {subject}: {exc.description}") from exc
                 last: Exception = exc
-            except (nats.errors.TimeoutError, NoStreamResponseError, nats.errors.NoRespondersError) as exc:
+            except (
+                nats.errors.TimeoutError,
+                NoStreamResponseError,
+                nats.errors.NoRespondersError,
+            ) as exc:
                 last = exc
             except nats.errors.ConnectionClosedError as exc:
                 raise PublishError(f"connection closed while publishing {subject}") from exc

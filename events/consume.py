@@ -206,7 +206,7 @@ async def _hand_back(queue: asyncio.Queue[tuple[_Puller, Msg]]) -> None:
         _, msg = queue.get_nowait()
         try:
             await msg.nak()
-        except Exception:  # noqa: BLE001 - it will be redelivered after ack_wait anyway
+        except Exception:
             log.debug("could not hand back %s", msg.subject)
 
 
@@ -230,7 +230,11 @@ class _Settler:
     async def reject(self, msg: Msg, reason: str) -> None:
         meta = msg.metadata
         log.error(
-            "%s: rejecting %s seq %d: %s", self.spec.durable, msg.subject, meta.sequence.stream, reason
+            "%s: rejecting %s seq %d: %s",
+            self.spec.durable,
+            msg.subject,
+            meta.sequence.stream,
+            reason,
         )
         try:
             payload = msg.data.decode()
@@ -244,13 +248,13 @@ class _Settler:
             deliveries=meta.num_delivered,
             error=reason[:4000],
             payload=payload[:64_000],
-            headers={k: v for k, v in (msg.headers or {}).items()},
+            headers=dict((msg.headers or {}).items()),
         )
         try:
             await self.bus.publish(
                 self.bus.names.dead(self.spec.durable), Envelope(record, actor=self.spec.durable)
             )
-        except Exception:  # noqa: BLE001 - never term what we could not record
+        except Exception:
             log.exception("could not record a rejected message; it will be redelivered")
             await msg.nak(delay=5.0)
             return
@@ -277,8 +281,10 @@ class _Settler:
                 )
             else:
                 await msg.nak(delay=_backoff(delivery.deliveries))
-        except Exception:  # noqa: BLE001 - a lost ack means a redelivery, which handlers tolerate
-            log.warning("could not settle %s seq %d", msg.subject, delivery.stream_seq, exc_info=True)
+        except Exception:
+            log.warning(
+                "could not settle %s seq %d", msg.subject, delivery.stream_seq, exc_info=True
+            )
 
 
 async def run_pool(
@@ -310,7 +316,7 @@ async def run_pool(
         error: BaseException | None = None
         try:
             await handle(opened)
-        except Exception as exc:  # noqa: BLE001 - settled below
+        except Exception as exc:
             error = exc
             if not isinstance(exc, (Retry, Reject)):
                 log.exception("%s: handler failed on %s", settler.spec.durable, msg.subject)
@@ -370,7 +376,7 @@ async def run_ordered(
                 await handle_group(group)
                 error = None
                 break
-            except Exception as exc:  # noqa: BLE001 - retried, then settled below
+            except Exception as exc:
                 error = exc
                 log.warning("%s: group failed (try %d): %r", spec.durable, attempt, exc)
                 if stop.is_set() or isinstance(exc, Reject):
@@ -379,7 +385,7 @@ async def run_ordered(
                 for d in group:
                     await d.in_progress()
         for d in group:
-            if error is None or stop.is_set() and not isinstance(error, Reject):
+            if error is None or (stop.is_set() and not isinstance(error, Reject)):
                 if error is not None:
                     d.retry(0.5)
                 await settler.settle(d, None)

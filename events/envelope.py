@@ -93,9 +93,12 @@ class Envelope:
             },
             separators=(",", ":"),
         )
-        return head[:-1].encode() + b',"data":' + self.data.__pydantic_serializer__.to_json(
-            self.data
-        ) + b"}"
+        return (
+            head[:-1].encode()
+            + b',"data":'
+            + self.data.__pydantic_serializer__.to_json(self.data)
+            + b"}"
+        )
 
 
 def decode(raw: bytes | str) -> Envelope:

@@ -27,6 +27,10 @@ class ProvisioningError(DimError, RuntimeError):
     """Streams or buckets could not be created as specified."""
 
 
+class ConnectError(DimError, ConnectionError):
+    """NATS could not be reached."""
+
+
 class PublishError(DimError, ConnectionError):
     """An event could not be stored in JetStream after the allowed retries."""
 

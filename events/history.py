@@ -48,7 +48,9 @@ async def read_events(
                     try:
                         yield meta.sequence.stream, decode(msg.data)
                     except EventDecodeError as exc:
-                        log.warning("skipping %s seq %d: %s", msg.subject, meta.sequence.stream, exc)
+                        log.warning(
+                            "skipping %s seq %d: %s", msg.subject, meta.sequence.stream, exc
+                        )
         finally:
             await sub.unsubscribe()
     finally:

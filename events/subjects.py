@@ -46,9 +46,7 @@ def decode_token(token: str) -> str:
 def check_id(kind: str, value: str) -> str:
     """Return `value` if it is a usable id (letters, digits, '-', '_'), else raise `InvalidName`."""
     if not _ID.match(value):
-        raise InvalidName(
-            f"{kind} {value!r} is not valid: use 1-128 letters, digits, '-' or '_'"
-        )
+        raise InvalidName(f"{kind} {value!r} is not valid: use 1-128 letters, digits, '-' or '_'")
     return value
 
 

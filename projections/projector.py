@@ -60,7 +60,9 @@ class JobStatusProjector:
     async def run(self, stop: asyncio.Event) -> None:
         """Project until `stop` is set."""
         await self.kv()
-        await run_ordered(self.bus, self.consumer(), self.handle, key=job_key, stop=stop, max_batch=512)
+        await run_ordered(
+            self.bus, self.consumer(), self.handle, key=job_key, stop=stop, max_batch=512
+        )
 
     async def handle(self, group: list[Delivery]) -> None:
         """Apply one job's new events and write its view once."""
@@ -94,7 +96,8 @@ class JobStatusProjector:
             entry = await kv.get(job_id)
         except KeyNotFoundError:
             return None, None
-        assert entry.value is not None and entry.revision is not None
+        assert entry.value is not None
+        assert entry.revision is not None
         return decode_view(entry.value), entry.revision
 
 

@@ -226,8 +226,14 @@ def cmd_job(args: argparse.Namespace) -> int:
             doc = {
                 "job": view.model_dump(mode="json") if view else None,
                 "events": [
-                    {"seq": s, "id": e.id, "type": e.type, "at": e.at.isoformat(), "actor": e.actor,
-                     "data": e.data.model_dump(mode="json")}
+                    {
+                        "seq": s,
+                        "id": e.id,
+                        "type": e.type,
+                        "at": e.at.isoformat(),
+                        "actor": e.actor,
+                        "data": e.data.model_dump(mode="json"),
+                    }
                     for s, e in events
                 ],
             }
@@ -270,7 +276,9 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             f"{report.skipped_newer} already newer"
         )
         if args.check and report.differences:
-            print(f"{len(report.differences)} views differ from the log: {', '.join(report.differences[:20])}")
+            print(
+                f"{len(report.differences)} views differ from the log: {', '.join(report.differences[:20])}"
+            )
             return 1
         return 0
 
@@ -279,16 +287,28 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `dim`."""
-    p = argparse.ArgumentParser(prog="dim", description="dim: a distributed LLM inference mesh on NATS JetStream")
+    p = argparse.ArgumentParser(
+        prog="dim", description="dim: a distributed LLM inference mesh on NATS JetStream"
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--nats-url", help="NATS server URL (env DIM_NATS_URL)")
-    common.add_argument("--namespace", help="namespace of subjects, streams and buckets (env DIM_NAMESPACE)")
+    common.add_argument(
+        "--namespace", help="namespace of subjects, streams and buckets (env DIM_NAMESPACE)"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("up", parents=[common], help="run the whole mesh here: nats-server, orchestrator, projector, workers")
+    s = sub.add_parser(
+        "up",
+        parents=[common],
+        help="run the whole mesh here: nats-server, orchestrator, projector, workers",
+    )
     s.add_argument("--workers", type=int, default=2, help="simulated workers to start (default 2)")
-    s.add_argument("--models", help="models the simulated workers serve, comma-separated (default sim-small)")
-    s.add_argument("--nats-port", type=int, help="client port of the embedded nats-server (default 4222)")
+    s.add_argument(
+        "--models", help="models the simulated workers serve, comma-separated (default sim-small)"
+    )
+    s.add_argument(
+        "--nats-port", type=int, help="client port of the embedded nats-server (default 4222)"
+    )
     s.add_argument("--data-dir", help="where nats-server keeps its store (default .dim)")
     s.add_argument("--sim-ttft-ms", type=float, help="simulated time to first token")
     s.add_argument("--sim-tokens-per-s", type=float, help="simulated decode speed (0: no delay)")
@@ -305,13 +325,21 @@ def parser() -> argparse.ArgumentParser:
         ("projector", cmd_projector, "run a job-status projector instance"),
     ):
         s = sub.add_parser(name, parents=[common], help=what)
-        s.add_argument("--instance-id", help="stable id of this instance (env DIM_INSTANCE_ID; default 0)")
+        s.add_argument(
+            "--instance-id", help="stable id of this instance (env DIM_INSTANCE_ID; default 0)"
+        )
         s.set_defaults(fn=fn)
 
-    s = sub.add_parser("provision", parents=[common], help="create missing streams and buckets; report differences")
+    s = sub.add_parser(
+        "provision", parents=[common], help="create missing streams and buckets; report differences"
+    )
     s.set_defaults(fn=cmd_provision)
 
-    s = sub.add_parser("submit", parents=[common], help="submit a prompt, stream its tokens, print status and usage")
+    s = sub.add_parser(
+        "submit",
+        parents=[common],
+        help="submit a prompt, stream its tokens, print status and usage",
+    )
     s.add_argument("prompt")
     s.add_argument("--model", "-m", required=True)
     s.add_argument("--max-tokens", type=int, default=256)
@@ -341,7 +369,9 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("projections", parents=[common], help="manage read models")
     psub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
-    r = psub.add_parser("rebuild", parents=[common], help="replay JOBS from the start into the jobs bucket")
+    r = psub.add_parser(
+        "rebuild", parents=[common], help="replay JOBS from the start into the jobs bucket"
+    )
     r.add_argument("--check", action="store_true", help="only compare; exit 1 if any view differs")
     r.set_defaults(fn=cmd_rebuild)
     return p

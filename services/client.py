@@ -98,12 +98,18 @@ async def follow(bus: Bus, job_id: str) -> AsyncIterator[Envelope]:
 
     subs = [
         await bus.js.subscribe(
-            names.tokens(job_id), stream=names.tokens_stream, cb=on_tokens,
-            ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
+            names.tokens(job_id),
+            stream=names.tokens_stream,
+            cb=on_tokens,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
         ),
         await bus.js.subscribe(
-            names.job_all(job_id), stream=names.jobs_stream, cb=on_job,
-            ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
+            names.job_all(job_id),
+            stream=names.jobs_stream,
+            cb=on_job,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
         ),
     ]
     try:

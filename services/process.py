@@ -81,6 +81,6 @@ def serve(
 
     try:
         return asyncio.run(main())
-    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+    except Exception as exc:
         log.error("%s failed: %s", role, exc, exc_info=settings.log_level.upper() == "DEBUG")
         return 1

@@ -11,8 +11,13 @@ from services.registry.records import NodeRecord
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """A plain left-aligned text table."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
     return "\n".join([line(headers), *(line(r) for r in rows)])
 
 
@@ -20,7 +25,9 @@ def _ago(at: datetime | None, now: datetime) -> str:
     if at is None:
         return "-"
     s = (now - at).total_seconds()
-    return f"{s:.1f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.0f}h ago"
+    return (
+        f"{s:.1f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.0f}h ago"
+    )
 
 
 def jobs_table(views: list[JobState]) -> str:
@@ -48,7 +55,8 @@ def job_detail(view: JobState | None, events: list[tuple[int, Envelope]]) -> str
         u = view.usage
         out += [
             f"job      {view.job_id}",
-            f"status   {view.status}" + (f" ({view.error_code}: {view.error})" if view.error else ""),
+            f"status   {view.status}"
+            + (f" ({view.error_code}: {view.error})" if view.error else ""),
             f"model    {view.model}   pattern {view.pattern}   owner {view.owner}   tenant {view.tenant}",
             f"usage    prompt {u.prompt_tokens}  completion {u.completion_tokens}  total {u.total_tokens}"
             + (f"   ttft {view.ttft_ms:.1f} ms" if view.ttft_ms is not None else ""),
@@ -60,13 +68,17 @@ def job_detail(view: JobState | None, events: list[tuple[int, Envelope]]) -> str
     rows = []
     for seq, e in events:
         offset = f"+{(e.at - start).total_seconds() * 1000:.1f}ms" if start else ""
-        rows.append([str(seq), e.at.strftime("%H:%M:%S.%f")[:-3], offset, e.type, e.actor, _summary(e)])
+        rows.append(
+            [str(seq), e.at.strftime("%H:%M:%S.%f")[:-3], offset, e.type, e.actor, _summary(e)]
+        )
     out.append(table(["SEQ", "AT", "", "EVENT", "ACTOR", "DETAIL"], rows))
     return "\n".join(out)
 
 
 def _summary(e: Envelope) -> str:
-    d = e.data.model_dump(exclude={"job_id", "prompt", "params", "tasks", "output"}, exclude_none=True)
+    d = e.data.model_dump(
+        exclude={"job_id", "prompt", "params", "tasks", "output"}, exclude_none=True
+    )
     return " ".join(f"{k}={v}" for k, v in d.items())[:100]
 
 
@@ -90,6 +102,18 @@ def nodes_table(nodes: list[NodeRecord], ttl_s: float) -> str:
         for n in sorted(nodes, key=lambda n: n.node_id)
     ]
     return table(
-        ["NODE", "STATE", "MODELS", "ENGINE", "IN-FLIGHT", "DONE", "FAILED", "TOKENS", "STARTED", "HEARTBEAT", "VERSION"],
+        [
+            "NODE",
+            "STATE",
+            "MODELS",
+            "ENGINE",
+            "IN-FLIGHT",
+            "DONE",
+            "FAILED",
+            "TOKENS",
+            "STARTED",
+            "HEARTBEAT",
+            "VERSION",
+        ],
         rows,
     )

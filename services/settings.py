@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 from events.subjects import Names, check_id
 
@@ -28,18 +27,28 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIM_", frozen=True, extra="ignore")
 
     # bus
-    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
+    nats_url: str = Field(
+        "nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated"
+    )
     namespace: str = Field("dim", description="prefix of every subject, stream and bucket")
     replicas: int = Field(1, ge=1, le=5, description="replicas of file streams (3 on a cluster)")
     connect_timeout_s: float = Field(5.0, gt=0, description="time allowed to reach NATS at start")
     publish_timeout_s: float = Field(5.0, gt=0, description="time to wait for one JetStream ack")
-    publish_retries: int = Field(3, ge=0, description="retries (same message id) after an ack timeout")
-    dedupe_window_s: float = Field(120.0, gt=0, description="JetStream duplicate window for message ids")
-    tokens_max_age_s: float = Field(900.0, gt=0, description="how long token chunks are kept for resume")
+    publish_retries: int = Field(
+        3, ge=0, description="retries (same message id) after an ack timeout"
+    )
+    dedupe_window_s: float = Field(
+        120.0, gt=0, description="JetStream duplicate window for message ids"
+    )
+    tokens_max_age_s: float = Field(
+        900.0, gt=0, description="how long token chunks are kept for resume"
+    )
 
     # embedded server (dim up)
     data_dir: Path = Field(Path(".dim"), description="where `dim up` keeps nats-server's store")
-    nats_port: int = Field(4222, ge=0, le=65535, description="client port of the embedded nats-server")
+    nats_port: int = Field(
+        4222, ge=0, le=65535, description="client port of the embedded nats-server"
+    )
 
     # worker
     node_id: str = Field(default_factory=_default_node_id, description="this worker's node id")
@@ -47,21 +56,33 @@ class Settings(BaseSettings):
         ("sim-small",), description="models this worker serves, comma-separated"
     )
     engine: Literal["simulated"] = Field("simulated", description="inference engine of this worker")
-    capacity: int = Field(32, ge=1, le=4096, description="requests a worker keeps in flight at once")
-    heartbeat_s: float = Field(2.0, gt=0, description="how often a worker refreshes its node record")
+    capacity: int = Field(
+        32, ge=1, le=4096, description="requests a worker keeps in flight at once"
+    )
+    heartbeat_s: float = Field(
+        2.0, gt=0, description="how often a worker refreshes its node record"
+    )
     node_ttl_s: float = Field(6.0, gt=0, description="a node record older than this is not live")
     task_ack_wait_s: float = Field(30.0, gt=0, description="lease of a task before redelivery")
-    task_max_deliver: int = Field(5, ge=1, description="deliveries of one task message before giving up")
+    task_max_deliver: int = Field(
+        5, ge=1, description="deliveries of one task message before giving up"
+    )
     task_timeout_s: float = Field(600.0, gt=0, description="longest one generation may run")
-    drain_timeout_s: float = Field(30.0, gt=0, description="time a stopping worker gives in-flight work")
-    token_flush_ms: float = Field(15.0, ge=0, description="longest a token chunk waits before publishing")
+    drain_timeout_s: float = Field(
+        30.0, gt=0, description="time a stopping worker gives in-flight work"
+    )
+    token_flush_ms: float = Field(
+        15.0, ge=0, description="longest a token chunk waits before publishing"
+    )
     token_flush_chars: int = Field(512, ge=1, description="chunk size that forces a publish")
 
     # simulated engine
     sim_ttft_ms: float = Field(30.0, ge=0, description="simulated time to first token")
     sim_tokens_per_s: float = Field(80.0, ge=0, description="simulated decode speed; 0 = no delay")
     sim_error_rate: float = Field(0.0, ge=0, le=1, description="fraction of requests that fail")
-    sim_hang_rate: float = Field(0.0, ge=0, le=1, description="fraction of requests that never finish")
+    sim_hang_rate: float = Field(
+        0.0, ge=0, le=1, description="fraction of requests that never finish"
+    )
     sim_seed: int = Field(0, description="seed mixed into every simulated output")
 
     # orchestrator and projector

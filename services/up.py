@@ -42,7 +42,10 @@ class Child:
     async def start(self) -> None:
         self.starts = [t for t in self.starts if time.monotonic() - t < 60] + [time.monotonic()]
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", *self.args,
+            sys.executable,
+            "-m",
+            "services.cli",
+            *self.args,
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -51,7 +54,8 @@ class Child:
         )
 
     async def pump(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         async for raw in self.proc.stdout:
             print(f"{self.name:>13} | {raw.decode(errors='replace').rstrip()}", flush=True)
 
@@ -73,10 +77,25 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIM_")}
     shared = settings.model_dump(
         include={
-            "nats_url", "namespace", "replicas", "log_level", "heartbeat_s", "node_ttl_s",
-            "task_ack_wait_s", "task_max_deliver", "dispatch_timeout_s", "capacity",
-            "sim_ttft_ms", "sim_tokens_per_s", "sim_error_rate", "sim_hang_rate", "sim_seed",
-            "token_flush_ms", "token_flush_chars", "dedupe_window_s", "tokens_max_age_s",
+            "nats_url",
+            "namespace",
+            "replicas",
+            "log_level",
+            "heartbeat_s",
+            "node_ttl_s",
+            "task_ack_wait_s",
+            "task_max_deliver",
+            "dispatch_timeout_s",
+            "capacity",
+            "sim_ttft_ms",
+            "sim_tokens_per_s",
+            "sim_error_rate",
+            "sim_hang_rate",
+            "sim_seed",
+            "token_flush_ms",
+            "token_flush_chars",
+            "dedupe_window_s",
+            "tokens_max_age_s",
         }
     )
     env.update({f"DIM_{k.upper()}": str(v) for k, v in shared.items()})
@@ -128,7 +147,9 @@ async def up(settings: Settings, workers: int) -> int:
         live = await wait_for_workers(bus, settings, workers, timeout_s=30)
         await bus.close()
         models = ", ".join(settings.models)
-        say(f"ready: {live}/{workers} simulated workers serving {models}; orchestrator and projector running")
+        say(
+            f"ready: {live}/{workers} simulated workers serving {models}; orchestrator and projector running"
+        )
         say(f'try:  dim submit "hello" --model {settings.models[0]}   (Ctrl-C stops everything)')
         await supervise(children, pumps, stop)
         say("stopping: draining workers")
@@ -146,7 +167,9 @@ async def up(settings: Settings, workers: int) -> int:
         say("nats-server stopped; bye")
 
 
-async def supervise(children: list[Child], pumps: list[asyncio.Task[None]], stop: asyncio.Event) -> None:
+async def supervise(
+    children: list[Child], pumps: list[asyncio.Task[None]], stop: asyncio.Event
+) -> None:
     """Restart a child that exits on its own (at most a few times a minute) until `stop`."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
@@ -158,7 +181,9 @@ async def supervise(children: list[Child], pumps: list[asyncio.Task[None]], stop
                 continue
             code = child.proc.returncode
             if len(child.starts) >= _RESTARTS_PER_MINUTE:
-                say(f"{child.name} exited with code {code} {len(child.starts)} times in a minute; not restarting it")
+                say(
+                    f"{child.name} exited with code {code} {len(child.starts)} times in a minute; not restarting it"
+                )
                 child.proc = None
                 continue
             say(f"{child.name} exited with code {code}; restarting it")

@@ -44,7 +44,12 @@ class Mesh:
     settings: Settings
     services: list[Service] = field(default_factory=list)
 
-    async def _start(self, name: str, make: Callable[[Bus], Any], ready: Callable[[Any], Awaitable[None]] | None = None) -> Service:
+    async def _start(
+        self,
+        name: str,
+        make: Callable[[Bus], Any],
+        ready: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> Service:
         bus = await Bus.connect(self.settings.nats_url, self.settings.names, name=name)
         obj = make(bus)
         stop = asyncio.Event()
@@ -68,8 +73,7 @@ class Mesh:
 
     async def worker(self, node_id: str, **overrides: Any) -> Service:
         s = self.settings.model_copy(update={"node_id": node_id, **overrides})
-        svc = await self._start(node_id, lambda bus: Worker(bus, build_engine(s), s))
-        return svc
+        return await self._start(node_id, lambda bus: Worker(bus, build_engine(s), s))
 
     async def close(self) -> None:
         for svc in reversed(self.services):
@@ -98,15 +102,27 @@ def spawn(settings: Settings, *args: str, **env: str) -> Iterator[subprocess.Pop
     full = {k: v for k, v in os.environ.items() if not k.startswith("DIM_")}
     dump = settings.model_dump(
         include={
-            "nats_url", "namespace", "heartbeat_s", "node_ttl_s", "task_ack_wait_s",
-            "dispatch_timeout_s", "sim_ttft_ms", "sim_tokens_per_s", "drain_timeout_s",
+            "nats_url",
+            "namespace",
+            "heartbeat_s",
+            "node_ttl_s",
+            "task_ack_wait_s",
+            "dispatch_timeout_s",
+            "sim_ttft_ms",
+            "sim_tokens_per_s",
+            "drain_timeout_s",
         }
     )
     full.update({f"DIM_{k.upper()}": str(v) for k, v in dump.items()})
     full["DIM_MODELS"] = ",".join(settings.models)
     full.update(env)
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args], env=full, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *args],
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         try:
             yield proc
         finally:

@@ -69,7 +69,11 @@ def decide(
         return []
     if not state.planned:
         if not mesh.serves(state.model):
-            return [JobFailed(job_id=state.job_id, reason=_no_node(state.model, mesh), code="model_not_served")]
+            return [
+                JobFailed(
+                    job_id=state.job_id, reason=_no_node(state.model, mesh), code="model_not_served"
+                )
+            ]
         planned = plan(state)
         return [planned] + [
             TaskDispatched(
@@ -90,7 +94,9 @@ def decide(
                     )
                 )
             else:
-                why = "could not be retried" if not task.retriable else f"failed {task.attempt} times"
+                why = (
+                    "could not be retried" if not task.retriable else f"failed {task.attempt} times"
+                )
                 return [
                     JobFailed(
                         job_id=state.job_id,

@@ -23,9 +23,8 @@ from events.consume import ConsumerSpec, Delivery, run_ordered
 from events.envelope import Envelope
 from events.errors import WrongLastSequence
 from events.history import read_events
-from events.jobs import JobSubmitted, TaskDispatched
+from events.jobs import JobSubmitted, TaskDispatched, TaskSpec
 from events.work import TaskRequested
-from events.jobs import TaskSpec
 from services.orchestrator.decide import Mesh, decide
 from services.orchestrator.state import JobState, evolve
 from services.registry.live import LiveNodes
@@ -193,5 +192,5 @@ class Orchestrator:
             for state in list(self.active.values()):
                 try:
                     await self._advance(state)
-                except Exception:  # noqa: BLE001 - the next tick tries again
+                except Exception:
                     log.warning("tick failed for job %s", state.job_id, exc_info=True)

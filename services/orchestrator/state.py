@@ -168,9 +168,15 @@ def _apply(state: JobState, envelope: Envelope) -> JobState:
         )
     if isinstance(event, TaskStarted):
         task = state.task(event.task_id)
-        if task is None or event.attempt != task.attempt or task.status not in ("dispatched", "running"):
+        if (
+            task is None
+            or event.attempt != task.attempt
+            or task.status not in ("dispatched", "running")
+        ):
             return state
-        new = _with_task(state, event.task_id, status="running", ran_on=event.node_id, started_at=at)
+        new = _with_task(
+            state, event.task_id, status="running", ran_on=event.node_id, started_at=at
+        )
         if state.started_at is None:
             new = new.model_copy(update={"status": "running", "started_at": at})
         return new
@@ -210,15 +216,27 @@ def _apply(state: JobState, envelope: Envelope) -> JobState:
                 "output": event.output,
                 "finish_reason": event.finish_reason,
                 "usage": event.usage,
-                "ttft_ms": min((t.ttft_ms for t in state.tasks if t.ttft_ms is not None), default=None),
+                "ttft_ms": min(
+                    (t.ttft_ms for t in state.tasks if t.ttft_ms is not None), default=None
+                ),
             }
         )
     if isinstance(event, JobFailed):
         return state.model_copy(
-            update={"status": "failed", "finished_at": at, "error": event.reason, "error_code": event.code}
+            update={
+                "status": "failed",
+                "finished_at": at,
+                "error": event.reason,
+                "error_code": event.code,
+            }
         )
     if isinstance(event, JobCancelled):
         return state.model_copy(
-            update={"status": "cancelled", "finished_at": at, "error": event.reason, "error_code": "cancelled"}
+            update={
+                "status": "cancelled",
+                "finished_at": at,
+                "error": event.reason,
+                "error_code": "cancelled",
+            }
         )
     return state

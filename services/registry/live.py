@@ -56,12 +56,12 @@ class LiveNodes:
                         log.warning("ignoring a malformed node record %r", entry.key)
                     if entry.delta == 0:
                         self._ready.set()
-            except Exception:  # noqa: BLE001 - re-watch after connection trouble
+            except Exception:
                 log.warning("node watch broke; watching again", exc_info=True)
                 await asyncio.sleep(1)
             finally:
                 with contextlib.suppress(Exception):
-                    await watcher.stop()
+                    await watcher.stop()  # type: ignore[no-untyped-call]
 
     def live(self, now: datetime | None = None) -> list[NodeRecord]:
         """Nodes that heartbeated recently and are not draining."""

@@ -26,6 +26,7 @@ from events.bus import Bus, PendingAcks
 from events.consume import ConsumerSpec, Delivery, Reject, run_pool
 from events.envelope import Envelope
 from events.errors import EngineError, PublishError
+from events.inference import FinishReason
 from events.jobs import FailureKind, TaskCompleted, TaskFailed, TaskStarted
 from events.subjects import encode_token
 from events.work import TaskRequested, TokensProduced
@@ -117,7 +118,12 @@ class Worker:
         kv = await self.bus.js.key_value(self.names.bucket("nodes"))
         await kv.put(self.node_id, self.record().model_dump_json().encode())
         heartbeat = asyncio.create_task(self._heartbeat(kv, stop))
-        log.info("worker %s serving %s (capacity %d)", self.node_id, ", ".join(self.engine.models), self.capacity)
+        log.info(
+            "worker %s serving %s (capacity %d)",
+            self.node_id,
+            ", ".join(self.engine.models),
+            self.capacity,
+        )
         try:
             await run_pool(
                 self.bus, self.consumers(), self.handle, capacity=self.capacity, stop=stop
@@ -130,7 +136,12 @@ class Worker:
             with contextlib.suppress(Exception):
                 await kv.delete(self.node_id)
             await self.engine.close()
-            log.info("worker %s stopped (%d completed, %d failed)", self.node_id, self.completed, self.failed)
+            log.info(
+                "worker %s stopped (%d completed, %d failed)",
+                self.node_id,
+                self.completed,
+                self.failed,
+            )
 
     async def _heartbeat(self, kv: KeyValue, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -140,7 +151,7 @@ class Worker:
                 self.draining = True
             try:
                 await kv.put(self.node_id, self.record().model_dump_json().encode())
-            except Exception:  # noqa: BLE001 - the next beat tries again
+            except Exception:
                 log.warning("heartbeat failed", exc_info=True)
 
     async def handle(self, delivery: Delivery) -> None:
@@ -182,7 +193,9 @@ class Worker:
             )
         except TimeoutError:
             await self.engine.abort(request_id)
-            await self._fail(request, "timeout", f"no result within {self.settings.task_timeout_s:g}s", True)
+            await self._fail(
+                request, "timeout", f"no result within {self.settings.task_timeout_s:g}s", True
+            )
             return
         except EngineError as exc:
             await self._fail(request, exc.kind, str(exc), exc.retriable)  # type: ignore[arg-type]
@@ -194,7 +207,9 @@ class Worker:
         await self._append(job_id, completed)
         self.completed += 1
 
-    async def _generate(self, request: TaskRequested, request_id: str, started: float) -> TaskCompleted:
+    async def _generate(
+        self, request: TaskRequested, request_id: str, started: float
+    ) -> TaskCompleted:
         task = request.task
         pending = PendingAcks(self.bus)
         coalescer = Coalescer(self.settings.token_flush_ms, self.settings.token_flush_chars)
@@ -204,7 +219,7 @@ class Worker:
         finish = None
         usage = None
 
-        async def send(piece: Piece, finish_reason: str | None = None) -> None:
+        async def send(piece: Piece, finish_reason: FinishReason | None = None) -> None:
             chunk = TokensProduced(
                 job_id=request.job_id,
                 task_id=task.task_id,
@@ -214,7 +229,7 @@ class Worker:
                 offset=piece.offset,
                 text=piece.text,
                 tokens=piece.tokens,
-                finish_reason=finish_reason,  # type: ignore[arg-type]
+                finish_reason=finish_reason,
             )
             await pending.add(subject, Envelope(chunk, actor=self.actor))
 
@@ -252,9 +267,13 @@ class Worker:
             duration_ms=round((time.monotonic() - started) * 1000, 3),
         )
 
-    async def _fail(self, request: TaskRequested, kind: FailureKind, error: str, retriable: bool) -> None:
+    async def _fail(
+        self, request: TaskRequested, kind: FailureKind, error: str, retriable: bool
+    ) -> None:
         self.failed += 1
-        log.warning("task %s attempt %d failed (%s): %s", request.task.task_id, request.attempt, kind, error)
+        log.warning(
+            "task %s attempt %d failed (%s): %s", request.task.task_id, request.attempt, kind, error
+        )
         await self._append(
             request.job_id,
             TaskFailed(
@@ -269,7 +288,9 @@ class Worker:
         )
 
     async def _append(self, job_id: str, event: TaskStarted | TaskCompleted | TaskFailed) -> None:
-        await self.bus.publish(self.names.job(job_id, event.type), Envelope(event, actor=self.actor))
+        await self.bus.publish(
+            self.names.job(job_id, event.type), Envelope(event, actor=self.actor)
+        )
 
     async def _keep_lease(self, delivery: Delivery) -> None:
         interval = max(0.2, self.settings.task_ack_wait_s / 3)

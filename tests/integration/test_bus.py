@@ -25,10 +25,13 @@ def _submitted(job_id: str = "J1") -> Envelope:
     return Envelope(JobSubmitted(job_id=job_id, model="m", prompt=Prompt(text="hi")), actor="test")
 
 
-async def test_provisioning_is_idempotent_and_reports_differences(bus: Bus, settings: Settings) -> None:
+async def test_provisioning_is_idempotent_and_reports_differences(
+    bus: Bus, settings: Settings
+) -> None:
     topo = settings_topology(settings)
     again = await provision(bus.js, topo)
-    assert again.created == [] and again.differences == []
+    assert again.created == []
+    assert again.differences == []
     assert len(again.present) == len(topo.streams) + len(topo.buckets)
     info = await bus.js.stream_info(settings.names.tokens_stream)
     changed = dataclasses.replace(info.config, max_age=60.0, duplicate_window=30.0)
@@ -42,21 +45,36 @@ async def test_a_retried_event_is_stored_once(bus: Bus, settings: Settings) -> N
     env = _submitted()
     first = await bus.publish(settings.names.job("J1", env.type), env)
     second = await bus.publish(settings.names.job("J1", env.type), env)
-    assert second.seq == first.seq and second.duplicate
-    stored = [e async for e in read_events(bus, settings.names.jobs_stream, settings.names.job_all("J1"))]
+    assert second.seq == first.seq
+    assert second.duplicate
+    stored = [
+        e async for e in read_events(bus, settings.names.jobs_stream, settings.names.job_all("J1"))
+    ]
     assert [e.id for _, e in stored] == [env.id]
 
 
 async def test_optimistic_append_over_a_whole_job(bus: Bus, settings: Settings) -> None:
     names = settings.names
-    sub = await bus.publish(names.job("J2", "job.submitted"), _submitted("J2"),
-                            expected_last_seq=0, expected_last_subject=names.job_all("J2"))
+    sub = await bus.publish(
+        names.job("J2", "job.submitted"),
+        _submitted("J2"),
+        expected_last_seq=0,
+        expected_last_subject=names.job_all("J2"),
+    )
     with pytest.raises(WrongLastSequence):  # the job already has an event
-        await bus.publish(names.job("J2", "job.submitted"), _submitted("J2"),
-                          expected_last_seq=0, expected_last_subject=names.job_all("J2"))
+        await bus.publish(
+            names.job("J2", "job.submitted"),
+            _submitted("J2"),
+            expected_last_seq=0,
+            expected_last_subject=names.job_all("J2"),
+        )
     cancel = Envelope(JobCancelled(job_id="J2"), actor="t")
-    ok = await bus.publish(names.job("J2", cancel.type), cancel,
-                           expected_last_seq=sub.seq, expected_last_subject=names.job_all("J2"))
+    ok = await bus.publish(
+        names.job("J2", cancel.type),
+        cancel,
+        expected_last_seq=sub.seq,
+        expected_last_subject=names.job_all("J2"),
+    )
     assert ok.seq > sub.seq
 
 
@@ -99,6 +117,7 @@ async def test_malformed_messages_are_terminated_and_recorded_without_a_crash_lo
     stop = asyncio.Event()
     task = asyncio.create_task(run_ordered(bus, spec, handle, key=lambda d: d.subject, stop=stop))
     try:
+
         async def two_records() -> list[MessageRejected]:
             while len(recs := await _dead_records(bus, settings)) < 2:
                 await asyncio.sleep(0.05)
@@ -110,12 +129,15 @@ async def test_malformed_messages_are_terminated_and_recorded_without_a_crash_lo
         stop.set()
         await task
     assert seen == [good.id]
-    assert sorted(r.subject for r in records) == sorted([names.job("BAD", "junk"), names.job("BAD2", "job.submitted")])
+    assert sorted(r.subject for r in records) == sorted(
+        [names.job("BAD", "junk"), names.job("BAD2", "job.submitted")]
+    )
     assert all(r.consumer == "c-malformed" and r.deliveries == 1 for r in records)
     assert "not a JSON" in next(r.error for r in records if r.subject.endswith("junk"))
     assert len(await _dead_records(bus, settings)) == 2  # recorded once, not once per redelivery
     info = await bus.js.consumer_info(names.jobs_stream, "c-malformed")
-    assert info.num_ack_pending == 0 and info.num_redelivered == 0
+    assert info.num_ack_pending == 0
+    assert info.num_redelivered == 0
 
 
 async def test_handler_failures_are_retried_then_terminated_on_the_last_delivery(
@@ -135,10 +157,13 @@ async def test_handler_failures_are_retried_then_terminated_on_the_last_delivery
         if job == "P1":
             raise Reject("never processable")
 
-    spec = ConsumerSpec(names.tasks_stream, "c-fail", (names.tasks_all,), ack_wait_s=5.0, max_deliver=3)
+    spec = ConsumerSpec(
+        names.tasks_stream, "c-fail", (names.tasks_all,), ack_wait_s=5.0, max_deliver=3
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(run_pool(bus, [spec], handle, capacity=4, stop=stop))
     try:
+
         async def settled() -> None:
             while len(await _dead_records(bus, settings)) < 2:
                 await asyncio.sleep(0.05)
@@ -149,6 +174,10 @@ async def test_handler_failures_are_retried_then_terminated_on_the_last_delivery
         await task
     assert attempts["P0"] == [1, 2, 3]  # backoff naks, then the last allowed delivery
     assert attempts["P1"] == [1]
-    errors = {r.payload and decode(r.payload).data.job_id: r.error for r in await _dead_records(bus, settings)}  # type: ignore[attr-defined]
-    assert "last allowed delivery (3)" in errors["P0"] and "transient" in errors["P0"]
+    errors = {
+        r.payload and decode(r.payload).data.job_id: r.error
+        for r in await _dead_records(bus, settings)
+    }  # type: ignore[attr-defined]
+    assert "last allowed delivery (3)" in errors["P0"]
+    assert "transient" in errors["P0"]
     assert errors["P1"] == "never processable"

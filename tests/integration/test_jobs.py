@@ -49,11 +49,17 @@ async def test_job_round_trip(bus: Bus, settings: Settings) -> None:
         assert text.text == _expected("hello")
         events = await job_events(bus, job.job_id)
         assert [e.type for e in events] == [
-            "job.submitted", "job.planned", "task.dispatched", "task.started", "task.completed", "job.completed",
+            "job.submitted",
+            "job.planned",
+            "task.dispatched",
+            "task.started",
+            "task.completed",
+            "job.completed",
         ]
         completed = events[-1].data
         assert completed.output == _expected("hello")  # type: ignore[attr-defined]
-        assert completed.usage.prompt_tokens == 1 and completed.usage.completion_tokens > 0  # type: ignore[attr-defined]
+        assert completed.usage.prompt_tokens == 1
+        assert completed.usage.completion_tokens > 0
 
         async def projected() -> bool:
             view = await _view(bus, job.job_id)
@@ -61,21 +67,27 @@ async def test_job_round_trip(bus: Bus, settings: Settings) -> None:
 
         await wait_until(projected, what="job view")
         view = await _view(bus, job.job_id)
-        assert view.owner == "alice" and view.model == "sim-small" and view.pattern == "single"
-        assert view.usage == completed.usage and view.output == completed.output  # type: ignore[attr-defined]
+        assert view.owner == "alice"
+        assert view.model == "sim-small"
+        assert view.pattern == "single"
+        assert view.usage == completed.usage
+        assert view.output == completed.output
         assert view.created_at <= view.started_at <= view.finished_at
-        assert view.tasks[0].ran_on == "w1" and view.last_seq > 0
+        assert view.tasks[0].ran_on == "w1"
+        assert view.last_seq > 0
 
 
 async def _live(bus: Bus, n: int) -> bool:
     kv = await bus.js.key_value(bus.names.bucket("nodes"))
     try:
         return len(await kv.keys()) >= n
-    except Exception:  # noqa: BLE001 - no keys yet
+    except Exception:
         return False
 
 
-async def test_a_model_no_node_serves_fails_fast_with_a_reason(bus: Bus, settings: Settings) -> None:
+async def test_a_model_no_node_serves_fails_fast_with_a_reason(
+    bus: Bus, settings: Settings
+) -> None:
     async with mesh(settings) as m:
         await m.orchestrator()
         await m.worker("w1")
@@ -83,8 +95,10 @@ async def test_a_model_no_node_serves_fails_fast_with_a_reason(bus: Bus, setting
         job = await submit(bus, model="no-such-model", prompt=Prompt(text="hi"))
         events = await wait_terminal(bus, job.job_id, timeout_s=5)
         failed = events[-1].data
-        assert failed.type == "job.failed" and failed.code == "model_not_served"  # type: ignore[attr-defined]
-        assert "'no-such-model'" in failed.reason and "sim-small" in failed.reason  # type: ignore[attr-defined]
+        assert failed.type == "job.failed"
+        assert failed.code == "model_not_served"
+        assert "'no-such-model'" in failed.reason
+        assert "sim-small" in failed.reason
 
 
 async def test_two_workers_share_the_load(bus: Bus, settings: Settings) -> None:
@@ -124,7 +138,8 @@ async def test_worker_killed_mid_task_is_redelivered_and_the_job_completes_once(
             await m.worker("rescuer")
             events = await wait_terminal(bus, job.job_id, timeout_s=30)
     types = [e.type for e in events]
-    assert types.count("job.completed") == 1 and types.count("task.completed") == 1
+    assert types.count("job.completed") == 1
+    assert types.count("task.completed") == 1
     starts = [e.data for e in events if e.type == "task.started"]
     assert [(s.node_id, s.delivery) for s in starts] == [("victim", 1), ("rescuer", 2)]  # type: ignore[attr-defined]
     assert events[-1].data.output == _expected("long answer please")  # type: ignore[attr-defined]
@@ -147,7 +162,9 @@ async def test_orchestrator_killed_mid_job_is_restarted_and_the_job_completes(
             orchestrator.wait(5)
             # While no orchestrator runs, the task completes; its result waits in the log.
             await wait_until(
-                lambda: _has(bus, job.job_id, "task.completed"), timeout_s=20, what="task to complete"
+                lambda: _has(bus, job.job_id, "task.completed"),
+                timeout_s=20,
+                what="task to complete",
             )
             assert not await _has(bus, job.job_id, "job.completed")
             await m.orchestrator()
@@ -171,8 +188,10 @@ async def test_failing_engine_is_retried_then_the_job_fails_with_the_cause(
     assert [e.type for e in events].count("task.failed") == 3
     assert [e.data.attempt for e in events if e.type == "task.dispatched"] == [1, 2, 3]  # type: ignore[attr-defined]
     failed = events[-1].data
-    assert failed.type == "job.failed" and failed.code == "task_failed"  # type: ignore[attr-defined]
-    assert "failed 3 times" in failed.reason and "simulated engine failure" in failed.reason  # type: ignore[attr-defined]
+    assert failed.type == "job.failed"
+    assert failed.code == "task_failed"
+    assert "failed 3 times" in failed.reason
+    assert "simulated engine failure" in failed.reason
 
 
 async def test_worker_drains_on_sigterm(bus: Bus, settings: Settings) -> None:
@@ -200,7 +219,12 @@ async def test_projection_rebuild_equals_the_live_view(bus: Bus, settings: Setti
         await m.worker("w1", sim_error_rate=0.0)
         await wait_until(lambda: _live(bus, 1), what="worker")
         jobs = [
-            await submit(bus, model="sim-small", prompt=Prompt(text=f"p{i}"), params=SamplingParams(max_tokens=3 + i))
+            await submit(
+                bus,
+                model="sim-small",
+                prompt=Prompt(text=f"p{i}"),
+                params=SamplingParams(max_tokens=3 + i),
+            )
             for i in range(6)
         ] + [await submit(bus, model="missing", prompt=Prompt(text="x"))]
         for job in jobs:
@@ -215,7 +239,8 @@ async def test_projection_rebuild_equals_the_live_view(bus: Bus, settings: Setti
     kv = await bus.js.key_value(bus.names.bucket("jobs"))
     live = {j.job_id: (await kv.get(j.job_id)).value for j in jobs}
     check = await rebuild(bus, check_only=True)
-    assert check.differences == [] and check.unchanged == len(jobs)
+    assert check.differences == []
+    assert check.unchanged == len(jobs)
     for j in jobs:
         await kv.purge(j.job_id)
     report = await rebuild(bus)

@@ -33,9 +33,11 @@ async def test_output_is_deterministic_and_counts_usage() -> None:
     a = await _run(engine, _req())
     b = await _run(engine, _req(rid="other"))
     text = "".join(c.text for c in a)
-    assert text == "".join(c.text for c in b) and text
+    assert text == "".join(c.text for c in b)
+    assert text
     last = a[-1]
-    assert last.finish_reason == "stop" and last.usage is not None
+    assert last.finish_reason == "stop"
+    assert last.usage is not None
     assert last.usage.prompt_tokens == count_tokens("hello world") == 2
     assert last.usage.completion_tokens == sum(c.tokens for c in a)
     other = "".join(c.text for c in await _run(engine, _req(text="something else")))
@@ -47,7 +49,8 @@ async def test_output_is_deterministic_and_counts_usage() -> None:
 async def test_max_tokens_ends_with_length() -> None:
     chunks = await _run(_engine(), _req(max_tokens=3))
     assert chunks[-1].finish_reason == "length"
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 3
 
 
 async def test_stop_strings_cut_the_output_before_them() -> None:
@@ -108,13 +111,16 @@ def test_stop_matcher(pieces: list[str], stops: tuple[str, ...], out: str, stopp
 def test_coalescer_sends_the_first_piece_at_once_then_batches() -> None:
     c = Coalescer(flush_ms=10, flush_chars=8)
     first = c.add("a", 1, now=0.0)
-    assert first is not None and (first.index, first.offset, first.text) == (0, 0, "a")
+    assert first is not None
+    assert (first.index, first.offset, first.text) == (0, 0, "a")
     assert c.add("b", 1, now=0.001) is None
     assert c.add("c", 1, now=0.002) is None
     by_time = c.add("d", 1, now=0.011)
-    assert by_time is not None and (by_time.offset, by_time.text, by_time.tokens) == (1, "bcd", 3)
+    assert by_time is not None
+    assert (by_time.offset, by_time.text, by_time.tokens) == (1, "bcd", 3)
     by_size = c.add("123456789", 1, now=0.012)
-    assert by_size is not None and by_size.offset == 4
+    assert by_size is not None
+    assert by_size.offset == 4
     last = c.finish("", 0, now=0.013)
     assert (last.index, last.offset, last.text, last.tokens) == (3, 13, "", 0)
 

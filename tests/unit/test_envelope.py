@@ -26,15 +26,25 @@ def test_round_trip_keeps_every_field() -> None:
     assert back == env
     doc = json.loads(env.encode())
     assert set(doc) == {"id", "type", "version", "at", "actor", "data"}
-    assert doc["type"] == "job.submitted" and doc["version"] == 1
+    assert doc["type"] == "job.submitted"
+    assert doc["version"] == 1
     assert doc["at"].endswith("Z")
 
 
 def test_every_job_lifecycle_type_is_registered() -> None:
     assert {
-        "job.submitted", "job.planned", "task.dispatched", "task.started", "task.completed",
-        "task.failed", "job.completed", "job.failed", "job.cancelled",
-        "task.requested", "tokens.produced", "message.rejected",
+        "job.submitted",
+        "job.planned",
+        "task.dispatched",
+        "task.started",
+        "task.completed",
+        "task.failed",
+        "job.completed",
+        "job.failed",
+        "job.cancelled",
+        "task.requested",
+        "tokens.produced",
+        "message.rejected",
     } <= set(known_types())
 
 
@@ -105,12 +115,19 @@ def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
 
 def test_old_versions_are_upcast_through_the_chain() -> None:
     raw = json.dumps(
-        {"id": "01", "type": "test.renamed", "version": 1, "at": "2026-01-01T00:00:00Z",
-         "actor": "a", "data": {"name": "old"}}
+        {
+            "id": "01",
+            "type": "test.renamed",
+            "version": 1,
+            "at": "2026-01-01T00:00:00Z",
+            "actor": "a",
+            "data": {"name": "old"},
+        }
     ).encode()
     event = decode(raw).data
     assert isinstance(event, _Renamed)
-    assert event.title == "old" and event.tags == ()
+    assert event.title == "old"
+    assert event.tags == ()
     v2 = raw.replace(b'"version": 1', b'"version": 2').replace(b'"name"', b'"title"')
     assert decode(v2).data == _Renamed(title="old", tags=())
 
@@ -122,7 +139,14 @@ def test_a_missing_upcaster_is_an_error() -> None:
         version = 2
 
     raw = json.dumps(
-        {"id": "01", "type": "test.gap", "version": 1, "at": "2026-01-01T00:00:00Z", "actor": "a", "data": {}}
+        {
+            "id": "01",
+            "type": "test.gap",
+            "version": 1,
+            "at": "2026-01-01T00:00:00Z",
+            "actor": "a",
+            "data": {},
+        }
     ).encode()
     with pytest.raises(EventDecodeError, match="no upcaster"):
         decode(raw)
@@ -140,8 +164,15 @@ def test_usage_adds_up() -> None:
     u = Usage(prompt_tokens=2, completion_tokens=3) + Usage(prompt_tokens=1, completion_tokens=1)
     assert (u.prompt_tokens, u.completion_tokens, u.total_tokens) == (3, 4, 7)
     completed = TaskCompleted(
-        job_id="J", task_id="t", attempt=1, node_id="n", output="o", finish_reason="stop",
-        usage=u, ttft_ms=1, duration_ms=2,
+        job_id="J",
+        task_id="t",
+        attempt=1,
+        node_id="n",
+        output="o",
+        finish_reason="stop",
+        usage=u,
+        ttft_ms=1,
+        duration_ms=2,
     )
     assert decode(Envelope(completed, actor="w").encode()).data == completed
 

@@ -23,7 +23,9 @@ from services.orchestrator.state import JobState, evolve
 
 NAMES = Names("t")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-SERVING = Mesh(serves=lambda m: m == "m", node_live=lambda n: n == "gpu-1", live_models=lambda: {"m"})
+SERVING = Mesh(
+    serves=lambda m: m == "m", node_live=lambda n: n == "gpu-1", live_models=lambda: {"m"}
+)
 NOBODY = Mesh(serves=lambda m: False, node_live=lambda n: False, live_models=set)
 
 
@@ -54,37 +56,62 @@ class Log:
 
 def _completed(attempt: int = 1, output: str = "hello") -> TaskCompleted:
     return TaskCompleted(
-        job_id="J", task_id="J-0", attempt=attempt, node_id="gpu-1", output=output,
-        finish_reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=2), ttft_ms=3.0, duration_ms=9.0,
+        job_id="J",
+        task_id="J-0",
+        attempt=attempt,
+        node_id="gpu-1",
+        output=output,
+        finish_reason="stop",
+        usage=Usage(prompt_tokens=1, completion_tokens=2),
+        ttft_ms=3.0,
+        duration_ms=9.0,
     )
 
 
 def _failed(attempt: int, retriable: bool = True) -> TaskFailed:
-    return TaskFailed(job_id="J", task_id="J-0", attempt=attempt, node_id="gpu-1", kind="engine_error",
-                      error="boom", retriable=retriable)
+    return TaskFailed(
+        job_id="J",
+        task_id="J-0",
+        attempt=attempt,
+        node_id="gpu-1",
+        kind="engine_error",
+        error="boom",
+        retriable=retriable,
+    )
 
 
 def test_single_job_happy_path() -> None:
     log = Log()
     planned, dispatched = log.run_decisions()
-    assert isinstance(planned, JobPlanned) and len(planned.tasks) == 1
-    assert dispatched == TaskDispatched(job_id="J", task_id="J-0", attempt=1, subject="t.tasks.model.m")
+    assert isinstance(planned, JobPlanned)
+    assert len(planned.tasks) == 1
+    assert dispatched == TaskDispatched(
+        job_id="J", task_id="J-0", attempt=1, subject="t.tasks.model.m"
+    )
     assert log.decide() == []  # waiting for the worker
     log.append(TaskStarted(job_id="J", task_id="J-0", attempt=1, node_id="gpu-1"))
-    assert log.state is not None and log.state.status == "running"
+    assert log.state is not None
+    assert log.state.status == "running"
     log.append(_completed())
     [done] = log.run_decisions()
-    assert done == JobCompleted(job_id="J", output="hello", finish_reason="stop",
-                                usage=Usage(prompt_tokens=1, completion_tokens=2))
-    assert log.state.status == "completed" and log.state.ttft_ms == 3.0
+    assert done == JobCompleted(
+        job_id="J",
+        output="hello",
+        finish_reason="stop",
+        usage=Usage(prompt_tokens=1, completion_tokens=2),
+    )
+    assert log.state.status == "completed"
+    assert log.state.ttft_ms == 3.0
     assert log.decide() == []
 
 
 def test_a_job_for_a_model_nobody_serves_fails_at_once_with_the_reason() -> None:
     log = Log()
     [failed] = log.decide(NOBODY)
-    assert isinstance(failed, JobFailed) and failed.code == "model_not_served"
-    assert "'m'" in failed.reason and "live models: none" in failed.reason
+    assert isinstance(failed, JobFailed)
+    assert failed.code == "model_not_served"
+    assert "'m'" in failed.reason
+    assert "live models: none" in failed.reason
 
 
 def test_dispatched_task_with_no_live_node_fails_after_the_timeout() -> None:
@@ -92,7 +119,8 @@ def test_dispatched_task_with_no_live_node_fails_after_the_timeout() -> None:
     log.run_decisions()
     assert log.decide(NOBODY, now=log.at + timedelta(seconds=4)) == []
     [failed] = log.decide(NOBODY, now=log.at + timedelta(seconds=6))
-    assert isinstance(failed, JobFailed) and failed.code == "model_not_served"
+    assert isinstance(failed, JobFailed)
+    assert failed.code == "model_not_served"
     assert log.decide(SERVING, now=log.at + timedelta(seconds=60)) == []  # a node is back: wait
 
 
@@ -104,8 +132,10 @@ def test_failed_attempts_are_retried_then_fail_the_job() -> None:
     assert retry == TaskDispatched(job_id="J", task_id="J-0", attempt=2, subject="t.tasks.model.m")
     log.append(_failed(2))
     [failed] = log.run_decisions()
-    assert isinstance(failed, JobFailed) and failed.code == "task_failed"
-    assert "failed 2 times" in failed.reason and "boom" in failed.reason
+    assert isinstance(failed, JobFailed)
+    assert failed.code == "task_failed"
+    assert "failed 2 times" in failed.reason
+    assert "boom" in failed.reason
 
 
 def test_a_non_retriable_failure_fails_the_job_at_once() -> None:
@@ -113,7 +143,8 @@ def test_a_non_retriable_failure_fails_the_job_at_once() -> None:
     log.run_decisions()
     log.append(_failed(1, retriable=False))
     [failed] = log.run_decisions()
-    assert isinstance(failed, JobFailed) and "could not be retried" in failed.reason
+    assert isinstance(failed, JobFailed)
+    assert "could not be retried" in failed.reason
 
 
 def test_results_of_stale_attempts_and_redeliveries_change_nothing() -> None:
@@ -123,7 +154,8 @@ def test_results_of_stale_attempts_and_redeliveries_change_nothing() -> None:
     log.run_decisions()  # attempt 2 dispatched
     before = log.state
     log.append(_completed(attempt=1, output="late"))  # result of the superseded attempt
-    assert log.state is not None and before is not None
+    assert log.state is not None
+    assert before is not None
     assert log.state.tasks == before.tasks
     # The same stored event delivered again (same seq) is a no-op.
     again = evolve(log.state, Envelope(_completed(attempt=2), actor="t"), log.seq)
@@ -135,25 +167,30 @@ def test_a_second_result_for_the_same_attempt_is_ignored() -> None:
     log.run_decisions()
     log.append(_completed(output="first"), _completed(output="second"))
     [done] = log.run_decisions()
-    assert isinstance(done, JobCompleted) and done.output == "first"
+    assert isinstance(done, JobCompleted)
+    assert done.output == "first"
 
 
 def test_nothing_happens_after_the_end() -> None:
     log = Log()
     log.run_decisions()
     log.append(JobCancelled(job_id="J"))
-    assert log.state is not None and log.state.status == "cancelled"
+    assert log.state is not None
+    assert log.state.status == "cancelled"
     log.append(_completed())
-    assert log.state.status == "cancelled" and log.decide() == []
+    assert log.state.status == "cancelled"
+    assert log.decide() == []
 
 
 def test_pinned_jobs_go_to_the_node_subject_while_it_is_live() -> None:
     log = Log(node_id="gpu-1")
     _, dispatched = log.decide()
-    assert isinstance(dispatched, TaskDispatched) and dispatched.subject == "t.tasks.node.gpu-1"
+    assert isinstance(dispatched, TaskDispatched)
+    assert dispatched.subject == "t.tasks.node.gpu-1"
     gone = Mesh(serves=lambda m: True, node_live=lambda n: False, live_models=lambda: {"m"})
     _, fallback = Log(node_id="gpu-1").decide(gone)
-    assert isinstance(fallback, TaskDispatched) and fallback.subject == "t.tasks.model.m"
+    assert isinstance(fallback, TaskDispatched)
+    assert fallback.subject == "t.tasks.model.m"
 
 
 def test_events_for_no_known_job_fold_to_nothing() -> None:
