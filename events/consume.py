@@ -66,6 +66,7 @@ class ConsumerSpec:
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL
     inactive_threshold_s: float | None = None
     description: str | None = None
+    ack_all: bool = False
 
     def config(self) -> ConsumerConfig:
         """The nats-py config for this spec."""
@@ -75,7 +76,7 @@ class ConsumerSpec:
             durable_name=self.durable,
             description=self.description,
             deliver_policy=self.deliver_policy,
-            ack_policy=AckPolicy.EXPLICIT,
+            ack_policy=AckPolicy.ALL if self.ack_all else AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait_s,
             max_deliver=self.max_deliver,
             max_ack_pending=self.max_ack_pending,
@@ -196,7 +197,10 @@ async def _next(
     queue: asyncio.Queue[tuple[_Puller, Msg]], timeout: float
 ) -> tuple[_Puller, Msg] | None:
     try:
-        return await asyncio.wait_for(queue.get(), timeout)
+        if not queue.empty():
+            return queue.get_nowait()
+        async with asyncio.timeout(timeout):  # no extra task per message, unlike wait_for
+            return await queue.get()
     except TimeoutError:
         return None
 
@@ -287,6 +291,20 @@ class _Settler:
             )
 
 
+async def _ack(msgs: list[Msg], *, all_below: bool) -> None:
+    """Ack handled messages: one ack for the highest (ack-all consumers), else each."""
+    if not msgs:
+        return
+    try:
+        if all_below:
+            await max(msgs, key=lambda m: m.metadata.sequence.stream).ack()
+        else:
+            for msg in msgs:
+                await msg.ack()
+    except Exception:
+        log.warning("could not ack %d messages", len(msgs), exc_info=True)
+
+
 async def run_pool(
     bus: Bus,
     specs: list[ConsumerSpec],
@@ -354,22 +372,29 @@ async def run_ordered(
     spec: ConsumerSpec,
     handle_group: Callable[[list[Delivery]], Awaitable[None]],
     *,
-    key: Callable[[Delivery], str],
+    key: Callable[[str], str],
     stop: asyncio.Event,
+    seen: Callable[[str, int], bool] | None = None,
     max_batch: int = 256,
+    linger_s: float = 0.0,
     attempts: int = 5,
 ) -> None:
     """Handle what has arrived in lanes: one group per key, in stream order within the group.
 
-    A group whose handler raises is retried in-process (keeping order; progress is signalled
-    so leases do not lapse) up to `attempts` times, then terminated and recorded.
+    `key` maps a subject to its lane. `seen(key, stream_seq)`, if given, says a message is
+    already applied (a redelivery, or the consumer's own append coming back): it is acked
+    without being decoded. `linger_s` waits that long after the first message for more to
+    arrive, so bursts are handled (and written) together. A group whose handler raises is retried in-process (keeping order;
+    progress is signalled so leases do not lapse) up to `attempts` times, then terminated and
+    recorded.
     """
     queue: asyncio.Queue[tuple[_Puller, Msg]] = asyncio.Queue()
     puller = _Puller(bus, spec, queue)
     settler = _Settler(bus, spec)
     await puller.start()
 
-    async def lane(group: list[Delivery]) -> None:
+    async def lane(group: list[Delivery]) -> bool:
+        """Handle one key's group; True if every delivery in it may be acked."""
         error: BaseException | None = None
         for attempt in range(1, attempts + 1):
             try:
@@ -384,13 +409,19 @@ async def run_ordered(
                 await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
                 for d in group:
                     await d.in_progress()
-        for d in group:
-            if error is None or (stop.is_set() and not isinstance(error, Reject)):
-                if error is not None:
-                    d.retry(0.5)
+        if error is None:
+            # The handler may have settled some deliveries itself (retry / reject).
+            marked = [d for d in group if d._settled is not None]
+            for d in marked:
                 await settler.settle(d, None)
-            else:
-                await settler.reject(d.msg, f"handler failed {attempts} times: {error!r}")
+            return not any(d._settled and d._settled[0] == "nak" for d in marked)
+        if stop.is_set() and not isinstance(error, Reject):
+            for d in group:  # shutting down mid-retry: hand them back, in order, for later
+                await d.msg.nak()
+            return False
+        for d in group:
+            await settler.reject(d.msg, f"handler failed {attempts} times: {error!r}")
+        return True
 
     try:
         while not stop.is_set():
@@ -401,17 +432,29 @@ async def run_ordered(
             first = await _next(queue, timeout=0.25)
             if first is None:
                 continue
+            if linger_s:
+                await asyncio.sleep(linger_s)
             msgs = [first[1]]
             while len(msgs) < max_batch and not queue.empty():
                 msgs.append(queue.get_nowait()[1])
             groups: dict[str, list[Delivery]] = {}
+            done: list[Msg] = []
             for msg in msgs:
+                lane_key = key(msg.subject)
+                if seen is not None and seen(lane_key, msg.metadata.sequence.stream):
+                    done.append(msg)
+                    continue
                 opened = settler.open(msg)
                 if isinstance(opened, str):
                     await settler.reject(msg, opened)
                     continue
-                groups.setdefault(key(opened), []).append(opened)
-            await asyncio.gather(*(lane(g) for g in groups.values()))
+                groups.setdefault(lane_key, []).append(opened)
+            keys = list(groups)
+            results = await asyncio.gather(*(lane(groups[k]) for k in keys))
+            for k, ok in zip(keys, results, strict=True):
+                if ok:
+                    done.extend(d.msg for d in groups[k] if d._settled is None)
+            await _ack(done, all_below=spec.ack_all and all(results))
     finally:
         await _hand_back(queue)
         await puller.stop()

@@ -19,6 +19,7 @@ from nats.js.kv import KeyValue
 from events.bus import Bus
 from events.consume import ConsumerSpec, Delivery, run_ordered
 from events.history import read_events
+from events.jobs import JobSubmitted
 from projections.job_status import apply, decode_view, encode_view, fold
 from services.orchestrator.runner import job_key
 from services.orchestrator.state import JobState
@@ -48,6 +49,7 @@ class JobStatusProjector:
             deliver_policy=DeliverPolicy.ALL,
             inactive_threshold_s=7 * 24 * 3600.0,
             max_ack_pending=10_000,
+            ack_all=True,
             description="dim job-status projector instance",
         )
 
@@ -66,10 +68,16 @@ class JobStatusProjector:
 
     async def handle(self, group: list[Delivery]) -> None:
         """Apply one job's new events and write its view once."""
-        job_id = job_key(group[0])
+        job_id = job_key(group[0].subject)
         kv = await self.kv()
+        # A job's first event is always job.submitted (appended with expected sequence 0),
+        # so a group that starts with it is a new job: no view to read.
+        new_job = isinstance(group[0].envelope.data, JobSubmitted) and job_id not in self.cache
         for _ in range(10):
-            view, revision = await self._current(kv, job_id)
+            if new_job:
+                view, revision, new_job = None, None, False
+            else:
+                view, revision = await self._current(kv, job_id)
             new = fold(view, ((d.stream_seq, d.envelope) for d in group))
             if new is None or new is view:
                 return

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # orchestrator and projector
     instance_id: str = Field("0", description="stable id of this orchestrator/projector instance")
     max_attempts: int = Field(3, ge=1, le=20, description="default attempts per task")
+    projector_linger_ms: float = Field(
+        50.0, ge=0, description="how long the projector gathers events before writing views"
+    )
     dispatch_timeout_s: float = Field(
         10.0, gt=0, description="how long a job may wait with no live node for its model"
     )

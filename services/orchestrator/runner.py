@@ -36,9 +36,9 @@ _MAX_ACTIVE = 200_000
 _MAX_FINISHED = 100_000
 
 
-def job_key(delivery: Delivery) -> str:
+def job_key(subject: str) -> str:
     """The job id of a JOBS message, from its subject ``NS.jobs.<job_id>.<type>``."""
-    return delivery.subject.split(".", 3)[2]
+    return subject.split(".", 3)[2]
 
 
 class Orchestrator:
@@ -73,6 +73,7 @@ class Orchestrator:
             deliver_policy=DeliverPolicy.ALL,
             inactive_threshold_s=7 * 24 * 3600.0,
             max_ack_pending=10_000,
+            ack_all=True,
             description="dim orchestrator instance",
         )
 
@@ -81,16 +82,25 @@ class Orchestrator:
         await self.nodes.start()
         ticker = asyncio.create_task(self._tick(stop))
         try:
-            await run_ordered(self.bus, self.consumer(), self.handle, key=job_key, stop=stop)
+            await run_ordered(
+                self.bus, self.consumer(), self.handle, key=job_key, seen=self.seen, stop=stop
+            )
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
             await self.nodes.stop()
 
+    def seen(self, job_id: str, seq: int) -> bool:
+        """Whether the event at `seq` is already folded (e.g. this instance's own append)."""
+        state = self.active.get(job_id)
+        if state is not None:
+            return seq <= state.last_seq
+        return seq <= self.finished.get(job_id, 0)
+
     async def handle(self, group: list[Delivery]) -> None:
         """Fold one job's newly delivered events, perform their effects, and advance the job."""
-        job_id = job_key(group[0])
+        job_id = job_key(group[0].subject)
         if job_id in self.finished:
             return
         state = self.active.get(job_id)

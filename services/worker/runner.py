@@ -174,30 +174,32 @@ class Worker:
 
     async def _run(self, delivery: Delivery, request: TaskRequested) -> None:
         task, job_id = request.task, request.job_id
-        await self._append(
-            job_id,
-            TaskStarted(
-                job_id=job_id,
-                task_id=task.task_id,
-                attempt=request.attempt,
-                node_id=self.node_id,
-                delivery=delivery.deliveries,
-            ),
+        # task.started is not awaited on its own: its ack is awaited with the token chunks',
+        # before the result, and one connection keeps the order of what it publishes.
+        pending = PendingAcks(self.bus)
+        started = TaskStarted(
+            job_id=job_id,
+            task_id=task.task_id,
+            attempt=request.attempt,
+            node_id=self.node_id,
+            delivery=delivery.deliveries,
         )
+        await pending.add(self.names.job(job_id, started.type), Envelope(started, actor=self.actor))
         keepalive = asyncio.create_task(self._keep_lease(delivery))
         request_id = f"{task.task_id}.{request.attempt}.{delivery.deliveries}"
-        started = time.monotonic()
+        t0 = time.monotonic()
         try:
-            completed = await asyncio.wait_for(
-                self._generate(request, request_id, started), timeout=self.settings.task_timeout_s
-            )
+            async with asyncio.timeout(self.settings.task_timeout_s):
+                completed = await self._generate(request, request_id, t0, pending)
         except TimeoutError:
             await self.engine.abort(request_id)
+            await pending.flush()
             await self._fail(
                 request, "timeout", f"no result within {self.settings.task_timeout_s:g}s", True
             )
             return
         except EngineError as exc:
+            await pending.flush()
             await self._fail(request, exc.kind, str(exc), exc.retriable)  # type: ignore[arg-type]
             return
         finally:
@@ -208,10 +210,9 @@ class Worker:
         self.completed += 1
 
     async def _generate(
-        self, request: TaskRequested, request_id: str, started: float
+        self, request: TaskRequested, request_id: str, started: float, pending: PendingAcks
     ) -> TaskCompleted:
         task = request.task
-        pending = PendingAcks(self.bus)
         coalescer = Coalescer(self.settings.token_flush_ms, self.settings.token_flush_chars)
         subject = self.names.tokens(request.job_id)
         output: list[str] = []

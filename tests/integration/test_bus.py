@@ -115,7 +115,7 @@ async def test_malformed_messages_are_terminated_and_recorded_without_a_crash_lo
 
     spec = ConsumerSpec(names.jobs_stream, "c-malformed", (names.jobs_all,), ack_wait_s=1.0)
     stop = asyncio.Event()
-    task = asyncio.create_task(run_ordered(bus, spec, handle, key=lambda d: d.subject, stop=stop))
+    task = asyncio.create_task(run_ordered(bus, spec, handle, key=lambda s: s, stop=stop))
     try:
 
         async def two_records() -> list[MessageRejected]:

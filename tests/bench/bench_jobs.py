@@ -1,0 +1,286 @@
+"""Benchmark: completed jobs/s and submit→first-token / submit→completed latency through the mesh.
+
+Everything runs on this machine as `dim up` runs it: an embedded nats-server, one orchestrator, one
+projector and N simulated workers at zero delay, each its own process; this process submits jobs
+and times them from plain NATS subscriptions. Two phases in one run:
+
+- latency: one job at a time (nothing queues), submit→first token and submit→completed, with
+  where the time goes per hop (from the events' own timestamps);
+- throughput: many jobs in flight, completed jobs/s and the latency under that load.
+
+For scale, it also measures one awaited JetStream publish round trip in the same run. Not a test.
+
+    just bench                                   # the defaults below
+    just bench --jobs 5000 --concurrency 128 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+from nats.aio.msg import Msg
+
+from events.bus import Bus
+from events.envelope import Envelope
+from events.history import read_events
+from events.ids import new_id
+from events.inference import Prompt, SamplingParams
+from events.jobs import JobSubmitted
+from services.client import submit
+from services.nats_server import EmbeddedNats
+from services.process import ensure_topology
+from services.settings import Settings
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (0-100) of `values`, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+def spawn(settings: Settings, role: str, node: str | None = None) -> subprocess.Popen[bytes]:
+    """Start one dim service process for the bench."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIM_")}
+    env.update(
+        DIM_NATS_URL=settings.nats_url,
+        DIM_NAMESPACE=settings.namespace,
+        DIM_SIM_TTFT_MS="0",
+        DIM_SIM_TOKENS_PER_S="0",
+        DIM_CAPACITY="256",
+        DIM_LOG_LEVEL="WARNING",
+    )
+    if node:
+        env["DIM_NODE_ID"] = node
+    return subprocess.Popen([sys.executable, "-m", "services.cli", role], env=env)
+
+
+class Load:
+    """Submits jobs and records, per job, submit / first token / end times."""
+
+    def __init__(self, bus: Bus, max_tokens: int) -> None:
+        self.bus = bus
+        self.params = SamplingParams(max_tokens=max_tokens)
+        self.submitted: dict[str, float] = {}
+        self.first: dict[str, float] = {}
+        self.first_at: dict[str, str] = {}
+        self.done: dict[str, float] = {}
+        self.waiting: dict[str, asyncio.Future[None]] = {}
+
+    async def subscribe(self) -> None:
+        names = self.bus.names
+        await self.bus.nc.subscribe(names.tokens_all, cb=self._on_token)
+        await self.bus.nc.subscribe(f"{names.ns}.jobs.*.job.completed", cb=self._on_end)
+        await self.bus.nc.subscribe(f"{names.ns}.jobs.*.job.failed", cb=self._on_end)
+
+    async def _on_token(self, msg: Msg) -> None:
+        job_id = msg.subject.rsplit(".", 1)[1]
+        if job_id not in self.first:
+            self.first[job_id] = time.perf_counter()
+            self.first_at[job_id] = json.loads(msg.data)["at"]
+
+    async def _on_end(self, msg: Msg) -> None:
+        job_id = msg.subject.split(".")[2]
+        self.done[job_id] = time.perf_counter()
+        future = self.waiting.pop(job_id, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def run(self, n: int, concurrency: int, label: str) -> tuple[list[str], float]:
+        """Submit `n` jobs with at most `concurrency` unfinished; returns their ids and the wall time."""
+        slots = asyncio.Semaphore(concurrency)
+        loop = asyncio.get_running_loop()
+        ids: list[str] = []
+
+        async def one(i: int) -> None:
+            async with slots:
+                job_id = new_id()
+                ids.append(job_id)
+                self.waiting[job_id] = loop.create_future()
+                self.submitted[job_id] = time.perf_counter()
+                await submit(
+                    self.bus,
+                    model="sim-small",
+                    prompt=Prompt(text=f"{label} {i}"),
+                    params=self.params,
+                    job_id=job_id,
+                )
+                if job_id in self.waiting:
+                    await asyncio.wait_for(self.waiting[job_id], 60)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return ids, time.perf_counter() - start
+
+    def latencies(self, ids: list[str]) -> tuple[list[float], list[float]]:
+        ttft = [(self.first[j] - self.submitted[j]) * 1000 for j in ids if j in self.first]
+        total = [(self.done[j] - self.submitted[j]) * 1000 for j in ids if j in self.done]
+        return ttft, total
+
+
+async def hops(bus: Bus, load: Load, ids: list[str]) -> list[tuple[str, float]]:
+    """Median time between consecutive steps of a job, from the events' timestamps."""
+    gaps: dict[str, list[float]] = defaultdict(list)
+    for job_id in ids:
+        events = [
+            e async for _, e in read_events(bus, bus.names.jobs_stream, bus.names.job_all(job_id))
+        ]
+        stamps = [(e.type, e.at) for e in events]
+        if job_id in load.first_at:
+            stamps.append(("first token", datetime.fromisoformat(load.first_at[job_id])))
+        stamps.sort(key=lambda s: s[1])
+        for (a, ta), (b, tb) in itertools.pairwise(stamps):
+            gaps[f"{a} → {b}"].append((tb - ta).total_seconds() * 1000)
+    order = sorted(gaps, key=lambda k: -len(gaps[k]))[:8]
+    return [(k, statistics.median(gaps[k])) for k in order if len(gaps[k]) >= len(ids) // 2]
+
+
+async def publish_round_trip(bus: Bus, n: int) -> list[float]:
+    """Latency of one awaited JetStream publish (the unit every hop pays)."""
+    out = []
+    for i in range(n):
+        env = Envelope(
+            JobSubmitted(job_id=f"cal{i}", model="x", prompt=Prompt(text="x")), actor="bench"
+        )
+        t = time.perf_counter()
+        await bus.publish(f"{bus.names.ns}.jobs.cal{i}.calibration", env)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def table(rows: list[tuple[str, str, str]]) -> str:
+    w = max(len(r[0]) for r in rows)
+    lines = [
+        f"| {'metric':<{w}} | {'measured':>10} | {'target':>8} |",
+        f"|{'-' * (w + 2)}|{'-' * 12}|{'-' * 10}|",
+    ]
+    lines += [f"| {a:<{w}} | {b:>10} | {c:>8} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedNats(Path(tmp), port=0, name="dim-bench")
+        server.start()
+        settings = Settings(nats_url=server.url, namespace="bench", models=("sim-small",))
+        procs: list[subprocess.Popen[bytes]] = []
+        bus = await Bus.connect(settings.nats_url, settings.names, name="bench")
+        try:
+            await ensure_topology(bus, settings)
+            procs.append(spawn(settings, "orchestrator"))
+            procs.append(spawn(settings, "projector"))
+            procs += [spawn(settings, "worker", f"bench-{i}") for i in range(args.workers)]
+            kv = await bus.js.key_value(settings.names.bucket("nodes"))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with contextlib.suppress(Exception):
+                    if len(await kv.keys()) >= args.workers:
+                        break
+                await asyncio.sleep(0.1)
+            load = Load(bus, args.max_tokens)
+            await load.subscribe()
+            print("warming up ...", file=sys.stderr)
+            await load.run(args.warmup, args.concurrency, "warmup")
+            cal = await publish_round_trip(bus, 300)
+            print("latency phase ...", file=sys.stderr)
+            lat_ids, _ = await load.run(args.latency_jobs, 1, "latency")
+            lat_ttft, lat_total = load.latencies(lat_ids)
+            print("throughput phase ...", file=sys.stderr)
+            ids, wall = await load.run(args.jobs, args.concurrency, "bench")
+            ttft, total = load.latencies(ids)
+            breakdown = await hops(bus, load, lat_ids[:100])
+
+            print()
+            print(
+                f"dim bench — {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+                f"nats-server {server.version()}; {args.workers} simulated workers (zero delay), "
+                f"1 orchestrator, 1 projector, max_tokens {args.max_tokens}"
+            )
+            print()
+            print(f"latency: {len(lat_ids)} jobs one at a time")
+            print(
+                table(
+                    [
+                        (
+                            "submit→first token p50 (ms)",
+                            f"{statistics.median(lat_ttft):.2f}",
+                            "≤ 5",
+                        ),
+                        ("submit→first token p99 (ms)", f"{pct(lat_ttft, 99):.2f}", ""),
+                        ("submit→completed p50 (ms)", f"{statistics.median(lat_total):.2f}", ""),
+                        ("submit→completed p99 (ms)", f"{pct(lat_total, 99):.2f}", ""),
+                        (
+                            "one JetStream publish round trip p50 (ms)",
+                            f"{statistics.median(cal):.3f}",
+                            "",
+                        ),
+                        (
+                            "first token p50 / publish round trip",
+                            f"{statistics.median(lat_ttft) / statistics.median(cal):.1f}x",
+                            "",
+                        ),
+                    ]
+                )
+            )
+            print()
+            print(f"throughput: {len(ids)} jobs, {args.concurrency} in flight")
+            print(
+                table(
+                    [
+                        ("completed jobs/s", f"{len(ids) / wall:,.0f}", "≥ 1,000"),
+                        ("submit→first token p50 (ms)", f"{statistics.median(ttft):.2f}", ""),
+                        ("submit→first token p99 (ms)", f"{pct(ttft, 99):.2f}", ""),
+                        ("submit→completed p50 (ms)", f"{statistics.median(total):.2f}", ""),
+                        ("submit→completed p99 (ms)", f"{pct(total, 99):.2f}", ""),
+                    ]
+                )
+            )
+            print()
+            print(
+                "where the time goes, one job at a time (median ms between steps, from event timestamps):"
+            )
+            for name, ms in breakdown:
+                print(f"  {ms:7.2f}  {name}")
+        finally:
+            await bus.close()
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            server.stop()
+
+
+def main() -> None:
+    """Parse flags and run the benchmark."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--jobs", type=int, default=4000, help="jobs in the throughput phase")
+    p.add_argument("--latency-jobs", type=int, default=300, help="jobs in the latency phase")
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument(
+        "--concurrency", type=int, default=64, help="jobs in flight in the throughput phase"
+    )
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--max-tokens", type=int, default=16)
+    asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
