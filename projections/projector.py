@@ -63,8 +63,20 @@ class JobStatusProjector:
         """Project until `stop` is set."""
         await self.kv()
         await run_ordered(
-            self.bus, self.consumer(), self.handle, key=job_key, stop=stop, max_batch=512
+            self.bus,
+            self.consumer(),
+            self.handle,
+            key=job_key,
+            seen=self.seen,
+            stop=stop,
+            max_batch=1024,
+            linger_s=self.settings.projector_linger_ms / 1000,
         )
+
+    def seen(self, job_id: str, seq: int) -> bool:
+        """Whether this instance already wrote a view that includes the event at `seq`."""
+        cached = self.cache.get(job_id)
+        return cached is not None and seq <= cached[0].last_seq
 
     async def handle(self, group: list[Delivery]) -> None:
         """Apply one job's new events and write its view once."""

@@ -130,6 +130,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
 
+    max_attempts = _settings(args).max_attempts
+
     async def go(bus: Bus) -> int:
         job = await submit(
             bus,
@@ -138,6 +140,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             params=params,
             owner=args.owner,
             node_id=args.node,
+            max_attempts=max_attempts,
         )
         if not args.json:
             print(f"job {job.job_id} submitted", file=sys.stderr)
@@ -285,6 +288,19 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return _run(args, go)
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    from services.render import table
+
+    current = Settings()
+    rows = []
+    for name, field in Settings.model_fields.items():
+        value = getattr(current, name)
+        shown = ",".join(value) if isinstance(value, tuple) else str(value)
+        rows.append([f"DIM_{name.upper()}", shown, field.description or ""])
+    print(table(["VARIABLE", "VALUE", "MEANING"], rows))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `dim`."""
     p = argparse.ArgumentParser(
@@ -329,6 +345,9 @@ def parser() -> argparse.ArgumentParser:
             "--instance-id", help="stable id of this instance (env DIM_INSTANCE_ID; default 0)"
         )
         s.set_defaults(fn=fn)
+
+    s = sub.add_parser("settings", help="list every DIM_* setting with its current value")
+    s.set_defaults(fn=cmd_settings)
 
     s = sub.add_parser(
         "provision", parents=[common], help="create missing streams and buckets; report differences"

@@ -97,7 +97,6 @@ class Settings(BaseSettings):
 
     # observability
     log_level: str = Field("INFO", description="Python logging level")
-    otel_exporter: Literal["none", "console"] = Field("none", description="where spans go")
 
     @field_validator("models", mode="before")
     @classmethod
