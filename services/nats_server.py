@@ -92,6 +92,9 @@ class EmbeddedNats:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C must not stop it before the services
+                # that use it have drained; its owner stops it last.
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
