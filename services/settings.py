@@ -116,6 +116,14 @@ class Settings(BaseSettings):
     def _valid_id(cls, value: str) -> str:
         return check_id("id", value)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``DIM_*`` variables, for a child process to start with the same."""
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            env[f"DIM_{name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return env
+
     @property
     def names(self) -> Names:
         """Subject, stream and bucket names of this deployment."""

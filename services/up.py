@@ -73,33 +73,9 @@ class Child:
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a child: this process's, with the settings every child must share."""
+    """The environment of a child: this process's, with every setting as ``DIM_*``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIM_")}
-    shared = settings.model_dump(
-        include={
-            "nats_url",
-            "namespace",
-            "replicas",
-            "log_level",
-            "heartbeat_s",
-            "node_ttl_s",
-            "task_ack_wait_s",
-            "task_max_deliver",
-            "dispatch_timeout_s",
-            "capacity",
-            "sim_ttft_ms",
-            "sim_tokens_per_s",
-            "sim_error_rate",
-            "sim_hang_rate",
-            "sim_seed",
-            "token_flush_ms",
-            "token_flush_chars",
-            "dedupe_window_s",
-            "tokens_max_age_s",
-        }
-    )
-    env.update({f"DIM_{k.upper()}": str(v) for k, v in shared.items()})
-    env["DIM_MODELS"] = ",".join(settings.models)
+    env.update(settings.to_env())
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from projections.projector import JobStatusProjector
 from services.engines.factory import build_engine
 from services.orchestrator.runner import Orchestrator
 from services.settings import Settings
+from services.up import child_env
 from services.worker.runner import Worker
 
 
@@ -99,23 +99,7 @@ def spawn(settings: Settings, *args: str, **env: str) -> Iterator[subprocess.Pop
 
     Its output goes to a temporary file, printed when the block ends (pytest shows it on failure).
     """
-    full = {k: v for k, v in os.environ.items() if not k.startswith("DIM_")}
-    dump = settings.model_dump(
-        include={
-            "nats_url",
-            "namespace",
-            "heartbeat_s",
-            "node_ttl_s",
-            "task_ack_wait_s",
-            "dispatch_timeout_s",
-            "sim_ttft_ms",
-            "sim_tokens_per_s",
-            "drain_timeout_s",
-        }
-    )
-    full.update({f"DIM_{k.upper()}": str(v) for k, v in dump.items()})
-    full["DIM_MODELS"] = ",".join(settings.models)
-    full.update(env)
+    full = child_env(settings, **env)
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", *args],

@@ -105,6 +105,14 @@ def _with_task(state: JobState, task_id: str, **changes: object) -> JobState:
     return state.model_copy(update={"tasks": tasks})
 
 
+def _open_attempt(state: JobState, task_id: str, attempt: int) -> bool:
+    """Whether `attempt` is the task's current attempt and has no result yet."""
+    task = state.task(task_id)
+    return (
+        task is not None and task.attempt == attempt and task.status not in ("completed", "failed")
+    )
+
+
 def evolve(state: JobState | None, envelope: Envelope, seq: int) -> JobState | None:
     """Fold one event (stored at stream sequence `seq`) into the job's state.
 
@@ -181,8 +189,7 @@ def _apply(state: JobState, envelope: Envelope) -> JobState:
             new = new.model_copy(update={"status": "running", "started_at": at})
         return new
     if isinstance(event, TaskCompleted):
-        task = state.task(event.task_id)
-        if task is None or event.attempt != task.attempt or task.status in ("completed", "failed"):
+        if not _open_attempt(state, event.task_id, event.attempt):
             return state
         return _with_task(
             state,
@@ -196,8 +203,7 @@ def _apply(state: JobState, envelope: Envelope) -> JobState:
             ttft_ms=event.ttft_ms,
         )
     if isinstance(event, TaskFailed):
-        task = state.task(event.task_id)
-        if task is None or event.attempt != task.attempt or task.status in ("completed", "failed"):
+        if not _open_attempt(state, event.task_id, event.attempt):
             return state
         return _with_task(
             state,

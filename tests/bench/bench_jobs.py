@@ -44,6 +44,7 @@ from services.client import submit
 from services.nats_server import EmbeddedNats
 from services.process import ensure_topology
 from services.settings import Settings
+from services.up import child_env
 
 
 def pct(values: list[float], p: float) -> float:
@@ -54,17 +55,10 @@ def pct(values: list[float], p: float) -> float:
 
 def spawn(settings: Settings, role: str, node: str | None = None) -> subprocess.Popen[bytes]:
     """Start one dim service process for the bench."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIM_")}
-    env.update(
-        DIM_NATS_URL=settings.nats_url,
-        DIM_NAMESPACE=settings.namespace,
-        DIM_SIM_TTFT_MS="0",
-        DIM_SIM_TOKENS_PER_S="0",
-        DIM_CAPACITY="256",
-        DIM_LOG_LEVEL="WARNING",
+    tuned = settings.model_copy(
+        update={"sim_ttft_ms": 0, "sim_tokens_per_s": 0, "capacity": 256, "log_level": "WARNING"}
     )
-    if node:
-        env["DIM_NODE_ID"] = node
+    env = child_env(tuned, **({"DIM_NODE_ID": node} if node else {}))
     return subprocess.Popen([sys.executable, "-m", "services.cli", role], env=env)
 
 
