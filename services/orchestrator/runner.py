@@ -53,6 +53,7 @@ class Orchestrator:
         self.active: OrderedDict[str, JobState] = OrderedDict()
         self.finished: OrderedDict[str, int] = OrderedDict()
         self._sent: OrderedDict[str, None] = OrderedDict()
+        self.lost_races = 0  # appends refused because another writer appended first
 
     @property
     def mesh(self) -> Mesh:
@@ -147,6 +148,7 @@ class Orchestrator:
                     )
                 except WrongLastSequence:
                     # Someone appended first; their events are on their way to us.
+                    self.lost_races += 1
                     self._remember(state)
                     return
                 state = evolve(state, envelope, ack.seq) or state

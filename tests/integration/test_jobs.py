@@ -247,3 +247,79 @@ async def test_projection_rebuild_equals_the_live_view(bus: Bus, settings: Setti
     assert report.written == len(jobs)
     rebuilt = {j.job_id: (await kv.get(j.job_id)).value for j in jobs}
     assert rebuilt == live  # byte for byte
+
+
+async def test_a_worker_keeps_its_capacity_in_flight(bus: Bus, settings: Settings) -> None:
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        worker = await m.worker("wide", capacity=8, sim_ttft_ms=0, sim_tokens_per_s=15)
+        await wait_until(lambda: _live(bus, 1), what="worker")
+        jobs = [await submit(bus, model="sim-small", prompt=Prompt(text=f"c{i}")) for i in range(8)]
+
+        async def all_started() -> bool:
+            for job in jobs:
+                if not await _has(bus, job.job_id, "task.started"):
+                    return False
+            return True
+
+        await wait_until(all_started, timeout_s=10, what="all eight to start")
+        # Eight at once, not one after another: none has finished while all eight run.
+        assert worker.obj.completed == 0
+        assert worker.obj.in_flight == 8
+        for job in jobs:
+            await wait_terminal(bus, job.job_id, timeout_s=30)
+
+
+async def test_a_long_generation_keeps_its_lease(bus: Bus, settings: Settings) -> None:
+    # The lease (ack wait) is 1 s; the generation takes several. In-progress acks keep it.
+    short_lease = settings.model_copy(update={"task_ack_wait_s": 1.0})
+    async with mesh(short_lease) as m:
+        await m.orchestrator()
+        await m.worker("w1", sim_ttft_ms=0, sim_tokens_per_s=5)  # >= 13 tokens: > 2.5 s
+        await m.worker("w2", sim_ttft_ms=0, sim_tokens_per_s=5)
+        await wait_until(lambda: _live(bus, 2), what="workers")
+        job = await submit(bus, model="sim-small", prompt=Prompt(text="a long one"))
+        events = await wait_terminal(bus, job.job_id, timeout_s=30)
+    started = [e for e in events if e.type == "task.started"]
+    duration = next(e.data.duration_ms for e in events if e.type == "task.completed")  # type: ignore[attr-defined]
+    assert duration > 2500  # really longer than two leases
+    assert len(started) == 1  # never redelivered to the other worker
+
+
+async def test_several_orchestrators_decide_each_step_once(bus: Bus, settings: Settings) -> None:
+    async with mesh(settings) as m:
+        instances = [await m.orchestrator(instance_id=i) for i in "abc"]
+        await m.worker("w1", capacity=16)
+        await wait_until(lambda: _live(bus, 1), what="worker")
+        jobs = await asyncio.gather(
+            *(submit(bus, model="sim-small", prompt=Prompt(text=f"race {i}")) for i in range(20))
+        )
+        histories = [await wait_terminal(bus, j.job_id) for j in jobs]
+        await asyncio.sleep(0.5)  # let any late duplicate land before counting
+        histories = [await job_events(bus, j.job_id) for j in jobs]
+        # Every instance followed every job to its end, and the losers of each race knew it.
+        for o in instances:
+            assert {j.job_id for j in jobs} <= set(o.obj.finished)
+        assert sum(o.obj.lost_races for o in instances) > 0
+    for events in histories:
+        types = [e.type for e in events]
+        assert types.count("job.planned") == 1, types
+        assert types.count("task.dispatched") == 1, types
+        assert types.count("job.completed") == 1, types
+
+
+async def test_fast_tokens_are_coalesced_into_few_chunks(bus: Bus, settings: Settings) -> None:
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        await m.worker("fast", sim_ttft_ms=0, sim_tokens_per_s=0)
+        await wait_until(lambda: _live(bus, 1), what="worker")
+        job = await submit(bus, model="sim-small", prompt=Prompt(text="many tokens"))
+        chunks = [
+            e.data async for e in follow(bus, job.job_id) if isinstance(e.data, TokensProduced)
+        ]
+    usage_tokens = sum(c.tokens for c in chunks)
+    assert usage_tokens > 10
+    assert len(chunks) <= 3  # the first at once, then the rest together, then the end marker
+    assert chunks[-1].finish_reason == "stop"
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert "".join(c.text for c in chunks) == _expected("many tokens")

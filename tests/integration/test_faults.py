@@ -1,0 +1,98 @@
+"""The adapter under server faults: a paused server, a restarted server. Each test owns its server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from events.bus import Bus
+from events.consume import ConsumerSpec, Delivery, run_ordered
+from events.envelope import Envelope
+from events.history import read_events
+from events.inference import Prompt
+from events.jobs import JobSubmitted
+from events.subjects import Names
+from events.topology import provision, topology
+from services.nats_server import EmbeddedNats
+
+NAMES = Names("faults")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    srv = EmbeddedNats(tmp_path / "nats", port=0, name="dim-faults")
+    srv.start()
+    try:
+        yield srv
+    finally:
+        if srv.proc is not None and srv.proc.poll() is None:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        srv.stop()
+
+
+def _submitted(job_id: str) -> Envelope:
+    return Envelope(JobSubmitted(job_id=job_id, model="m", prompt=Prompt(text="x")), actor="t")
+
+
+async def test_a_publish_that_times_out_is_retried_with_the_same_id_and_stored_once(
+    server: EmbeddedNats,
+) -> None:
+    bus = await Bus.connect(server.url, NAMES, publish_timeout_s=0.3, publish_retries=8)
+    try:
+        await provision(bus.js, topology(NAMES))
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)  # the server hears nothing and answers nothing
+        env = _submitted("R1")
+        publishing = asyncio.create_task(bus.publish(NAMES.job("R1", env.type), env))
+        await asyncio.sleep(1.0)  # several ack timeouts and retries pile up
+        assert not publishing.done()
+        os.kill(server.proc.pid, signal.SIGCONT)
+        ack = await asyncio.wait_for(publishing, 10)
+        stored = [e async for _, e in read_events(bus, NAMES.jobs_stream, NAMES.job_all("R1"))]
+        assert [e.id for e in stored] == [env.id]  # every retry reached the server; one was kept
+        assert ack.seq == 1
+    finally:
+        await bus.close()
+
+
+async def test_the_consume_loop_recovers_after_the_server_restarts(server: EmbeddedNats) -> None:
+    bus = await Bus.connect(server.url, NAMES)
+    handled: list[str] = []
+
+    async def handle(group: list[Delivery]) -> None:
+        handled.extend(d.envelope.data.job_id for d in group)  # type: ignore[attr-defined]
+
+    stop = asyncio.Event()
+    try:
+        await provision(bus.js, topology(NAMES))
+        spec = ConsumerSpec(NAMES.jobs_stream, "c-restart", (NAMES.jobs_all,))
+        task = asyncio.create_task(run_ordered(bus, spec, handle, key=lambda s: s, stop=stop))
+        await bus.publish(NAMES.job("before", "job.submitted"), _submitted("before"))
+        await _until(lambda: "before" in handled, 10)
+
+        assert server.proc is not None
+        server.proc.kill()  # kill -9: the pull requests the server held are gone
+        server.proc.wait()
+        server.start()  # same port, same store
+        await _until(lambda: bus.nc.is_connected, 20)
+        await bus.publish(NAMES.job("after", "job.submitted"), _submitted("after"))
+        await _until(lambda: "after" in handled, 30)  # re-asked after the heartbeats went quiet
+        assert handled.count("before") == 1 and handled.count("after") == 1
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    finally:
+        stop.set()
+        await bus.close()
+
+
+async def _until(check: object, timeout_s: float) -> None:
+    async def poll() -> None:
+        while not check():  # type: ignore[operator]
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), timeout_s)
