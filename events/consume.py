@@ -7,9 +7,9 @@ carry an idle heartbeat; a puller that hears nothing for two heartbeats assumes 
 lost (reconnect, leader change) and asks again — the guard against stalls.
 
 Settling, the only place that decides:
-- the handler returns: ack (unless it marked the delivery otherwise);
-- `Retry` raised or `Delivery.retry()`: nak with a delay;
-- `Reject` raised, `Delivery.reject()`, or bytes that do not decode: term, and a
+- the handler returns: ack;
+- `Retry` raised: nak with its delay;
+- `Reject` raised, or bytes that do not decode: term, and a
   `message.rejected` event with the payload and reason goes to the DEAD stream first;
 - any other exception: nak with exponential backoff, or — on the last allowed delivery —
   term and record, so nothing loops forever and nothing disappears.
@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -100,7 +100,6 @@ class Delivery:
     envelope: Envelope
     stream_seq: int
     deliveries: int
-    _settled: tuple[str, float | str] | None = field(default=None, repr=False)
 
     @property
     def subject(self) -> str:
@@ -115,14 +114,6 @@ class Delivery:
     async def in_progress(self) -> None:
         """Tell JetStream the message is still being worked on (resets the ack timer)."""
         await self.msg.in_progress()
-
-    def retry(self, delay_s: float = 1.0) -> None:
-        """Settle as nak-with-delay when the handler returns."""
-        self._settled = ("nak", delay_s)
-
-    def reject(self, reason: str) -> None:
-        """Settle as terminated-and-recorded when the handler returns."""
-        self._settled = ("term", reason)
 
 
 def _backoff(deliveries: int) -> float:
@@ -267,14 +258,8 @@ class _Settler:
     async def settle(self, delivery: Delivery, error: BaseException | None) -> None:
         msg = delivery.msg
         try:
-            if error is None and delivery._settled is None:
+            if error is None:
                 await msg.ack()
-            elif error is None:
-                kind, arg = delivery._settled  # type: ignore[misc]
-                if kind == "nak":
-                    await msg.nak(delay=float(arg))
-                else:
-                    await self.reject(msg, str(arg))
             elif isinstance(error, Retry):
                 await msg.nak(delay=error.delay_s)
             elif isinstance(error, Reject):
@@ -410,11 +395,7 @@ async def run_ordered(
                 for d in group:
                     await d.in_progress()
         if error is None:
-            # The handler may have settled some deliveries itself (retry / reject).
-            marked = [d for d in group if d._settled is not None]
-            for d in marked:
-                await settler.settle(d, None)
-            return not any(d._settled and d._settled[0] == "nak" for d in marked)
+            return True
         if stop.is_set() and not isinstance(error, Reject):
             for d in group:  # shutting down mid-retry: hand them back, in order, for later
                 await d.msg.nak()
@@ -453,7 +434,7 @@ async def run_ordered(
             results = await asyncio.gather(*(lane(groups[k]) for k in keys))
             for k, ok in zip(keys, results, strict=True):
                 if ok:
-                    done.extend(d.msg for d in groups[k] if d._settled is None)
+                    done.extend(d.msg for d in groups[k])
             await _ack(done, all_below=spec.ack_all and all(results))
     finally:
         await _hand_back(queue)

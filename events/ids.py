@@ -31,11 +31,3 @@ def new_id() -> str:
         chars.append(_ALPHABET[value & 31])
         value >>= 5
     return "".join(reversed(chars))
-
-
-def id_time_ms(event_id: str) -> int:
-    """The millisecond timestamp encoded in an id from `new_id`."""
-    value = 0
-    for ch in event_id[:10]:
-        value = value * 32 + _ALPHABET.index(ch)
-    return value

@@ -115,6 +115,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then drain and deregister."""
         await self.engine.start()
+        await self.engine.check_health()  # announce only an engine that can serve
         kv = await self.bus.js.key_value(self.names.bucket("nodes"))
         await kv.put(self.node_id, self.record().model_dump_json().encode())
         heartbeat = asyncio.create_task(self._heartbeat(kv, stop))

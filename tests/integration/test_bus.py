@@ -9,7 +9,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from events.bus import Bus
-from events.consume import ConsumerSpec, Delivery, Reject, run_ordered, run_pool
+from events.consume import ConsumerSpec, Delivery, Reject, Retry, run_ordered, run_pool
 from events.envelope import Envelope, decode
 from events.errors import WrongLastSequence
 from events.history import read_events
@@ -144,7 +144,7 @@ async def test_handler_failures_are_retried_then_terminated_on_the_last_delivery
     bus: Bus, settings: Settings
 ) -> None:
     names = settings.names
-    for i in range(2):
+    for i in range(3):
         env = _submitted(f"P{i}")
         await bus.publish(names.tasks_for_model(f"m{i}"), env)
     attempts: dict[str, list[int]] = {}
@@ -156,6 +156,8 @@ async def test_handler_failures_are_retried_then_terminated_on_the_last_delivery
             raise RuntimeError("transient")  # always fails: redelivered, then terminated
         if job == "P1":
             raise Reject("never processable")
+        if job == "P2" and d.deliveries == 1:
+            raise Retry("not yet", delay_s=0.2)
 
     spec = ConsumerSpec(
         names.tasks_stream, "c-fail", (names.tasks_all,), ack_wait_s=5.0, max_deliver=3
@@ -165,7 +167,7 @@ async def test_handler_failures_are_retried_then_terminated_on_the_last_delivery
     try:
 
         async def settled() -> None:
-            while len(await _dead_records(bus, settings)) < 2:
+            while len(await _dead_records(bus, settings)) < 2 or len(attempts.get("P2", [])) < 2:
                 await asyncio.sleep(0.05)
 
         await asyncio.wait_for(settled(), 20)
@@ -174,6 +176,7 @@ async def test_handler_failures_are_retried_then_terminated_on_the_last_delivery
         await task
     assert attempts["P0"] == [1, 2, 3]  # backoff naks, then the last allowed delivery
     assert attempts["P1"] == [1]
+    assert attempts["P2"] == [1, 2]  # asked to come back, came back, done
     errors = {
         r.payload and decode(r.payload).data.job_id: r.error
         for r in await _dead_records(bus, settings)
