@@ -2,5 +2,6 @@
 
 # Every event type registers itself on import; load the whole catalogue so any decoder knows
 # every type, whichever module a process happened to import first.
+from events import accounts as accounts
 from events import jobs as jobs
 from events import work as work

@@ -171,6 +171,7 @@ def topology(
         buckets=(
             BucketSpec(names.bucket("nodes"), ttl_s=node_ttl_s, replicas=replicas),
             BucketSpec(names.bucket("sessions"), replicas=replicas),
+            BucketSpec(names.bucket("keys"), replicas=replicas),
             BucketSpec(names.bucket("jobs"), replicas=replicas),
             BucketSpec(names.bucket("usage"), replicas=replicas),
         ),

@@ -1,0 +1,31 @@
+"""Account events, stored in the ACCOUNTS stream on ``NS.accounts.<principal_id>.<type>``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from events.envelope import Event, event_type
+
+Role = Literal["admin", "member"]
+
+
+@event_type
+class KeyCreated(Event):
+    """An API key was issued (the secret is never stored, only its hash in the keys bucket)."""
+
+    type = "key.created"
+    key_id: str
+    principal_id: str
+    tenant: str
+    roles: tuple[Role, ...]
+    name: str = ""
+
+
+@event_type
+class KeyRevoked(Event):
+    """An API key was revoked; it stops working on every gateway at once."""
+
+    type = "key.revoked"
+    key_id: str
+    principal_id: str
+    by: str

@@ -1,0 +1,63 @@
+"""A key-value bucket mirrored in memory by a KV watch (node registry, API keys, sessions)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Generic, TypeVar
+
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, ValidationError
+
+from events.bus import Bus
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+
+class WatchedBucket(Generic[M]):
+    """Every entry of one bucket, parsed as `model`, kept current; deletions drop the entry."""
+
+    def __init__(self, bus: Bus, bucket: str, model: type[M]) -> None:
+        self.bus = bus
+        self.bucket = bucket
+        self.model = model
+        self.items: dict[str, M] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        """Load every entry and follow changes; returns once the initial load is done."""
+        kv = await self.bus.js.key_value(self.bucket)
+        self._task = asyncio.create_task(self._follow(kv))
+        await asyncio.wait_for(self._ready.wait(), timeout=10)
+
+    async def stop(self) -> None:
+        """Stop following."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self, kv: KeyValue) -> None:
+        while True:
+            watcher = await kv.watchall()
+            try:
+                async for entry in watcher:
+                    if entry is None:  # the end of the initial values
+                        self._ready.set()
+                        continue
+                    if entry.operation in ("DEL", "PURGE") or not entry.value:
+                        self.items.pop(entry.key, None)
+                        continue
+                    try:
+                        self.items[entry.key] = self.model.model_validate_json(entry.value)
+                    except ValidationError:
+                        log.warning("ignoring a malformed entry %r in %s", entry.key, self.bucket)
+            except Exception:  # watch again after connection trouble
+                log.warning("watch on %s broke; watching again", self.bucket, exc_info=True)
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
