@@ -120,7 +120,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from services.client import TextAssembler, follow, submit
+    from services.client import JobFollower, TextAssembler, submit
 
     params = SamplingParams(
         max_tokens=args.max_tokens,
@@ -146,15 +146,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(f"job {job.job_id} submitted", file=sys.stderr)
         text = TextAssembler()
         last = None
-        async for envelope in follow(bus, job.job_id):
-            data = envelope.data
-            if isinstance(data, TokensProduced):
-                new = text.add(data.offset, data.text)
-                if new and not args.json:
-                    sys.stdout.write(new)
-                    sys.stdout.flush()
-            elif isinstance(data, (JobCompleted, JobFailed, JobCancelled)):
-                last = data
+        async with JobFollower(bus, job.job_id, replay=True) as events:
+            async for envelope in events:
+                data = envelope.data
+                if isinstance(data, TokensProduced):
+                    new = text.add(data.offset, data.text)
+                    if new and not args.json:
+                        sys.stdout.write(new)
+                        sys.stdout.flush()
+                elif isinstance(data, (JobCompleted, JobFailed, JobCancelled)):
+                    last = data
         if args.json:
             print(json.dumps(last.model_dump(mode="json") if last else None))
         elif isinstance(last, JobCompleted):

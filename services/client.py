@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from events.bus import Bus
 from events.envelope import Envelope, decode
@@ -16,7 +18,7 @@ from events.errors import EventDecodeError
 from events.history import read_events
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
-from events.jobs import TERMINAL_TYPES, JobSubmitted
+from events.jobs import TERMINAL_TYPES, JobSubmitted, TaskCompleted
 from events.work import TokensProduced
 
 
@@ -82,67 +84,115 @@ class TextAssembler:
         return new
 
 
-async def follow(bus: Bus, job_id: str) -> AsyncIterator[Envelope]:
-    """Every token chunk and job event of `job_id`, from the beginning, until the job ends.
+class JobFollower:
+    """Every token chunk and job event of one job until it ends; the terminal event comes last.
 
-    The job's terminal event comes last, after the token chunks stored before it.
+    `replay=True` reads both streams from the beginning (JetStream ordered consumers): for a
+    job submitted earlier. `replay=False` listens live with plain subscriptions, opened by
+    `start()` before the job is submitted so nothing is missed, and costing no JetStream
+    consumer per request; if the live feed goes quiet (a reconnect can drop core messages) it
+    looks the terminal event up in the log. Use as ``async with JobFollower(...) as f``.
     """
-    names = bus.names
-    queue: asyncio.Queue[tuple[str, Msg]] = asyncio.Queue()
 
-    async def on_job(msg: Msg) -> None:
-        queue.put_nowait(("job", msg))
+    def __init__(self, bus: Bus, job_id: str, *, replay: bool, quiet_s: float = 2.0) -> None:
+        self.bus = bus
+        self.job_id = job_id
+        self.replay = replay
+        self.quiet_s = quiet_s
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._subs: list[Any] = []
 
-    async def on_tokens(msg: Msg) -> None:
-        queue.put_nowait(("tokens", msg))
+    async def start(self) -> JobFollower:
+        """Subscribe; returns self."""
+        names = self.bus.names
 
-    subs = [
-        await bus.js.subscribe(
-            names.tokens(job_id),
-            stream=names.tokens_stream,
-            cb=on_tokens,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-        ),
-        await bus.js.subscribe(
-            names.job_all(job_id),
-            stream=names.jobs_stream,
-            cb=on_job,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-        ),
-    ]
-    try:
+        def into(source: str) -> Callable[[Msg], Awaitable[None]]:
+            async def cb(msg: Msg) -> None:
+                self._queue.put_nowait((source, msg.data))
+
+            return cb
+
+        if self.replay:
+            for subject, stream, source in (
+                (names.tokens(self.job_id), names.tokens_stream, "tokens"),
+                (names.job_all(self.job_id), names.jobs_stream, "job"),
+            ):
+                self._subs.append(
+                    await self.bus.js.subscribe(
+                        subject,
+                        stream=stream,
+                        cb=into(source),
+                        ordered_consumer=True,
+                        deliver_policy=DeliverPolicy.ALL,
+                    )
+                )
+        else:
+            self._subs.append(
+                await self.bus.nc.subscribe(names.tokens(self.job_id), cb=into("tokens"))
+            )
+            self._subs.append(
+                await self.bus.nc.subscribe(names.job_all(self.job_id), cb=into("job"))
+            )
+        return self
+
+    async def close(self) -> None:
+        """Unsubscribe."""
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs = []
+
+    async def __aenter__(self) -> JobFollower:
+        return await self.start()
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def _terminal_from_log(self) -> Envelope | None:
+        names = self.bus.names
+        for event_type in TERMINAL_TYPES:
+            try:
+                msg = await self.bus.js.get_last_msg(
+                    names.jobs_stream, names.job(self.job_id, event_type)
+                )
+            except NotFoundError:
+                continue
+            return decode(msg.data or b"")
+        return None
+
+    async def __aiter__(self) -> AsyncIterator[Envelope]:
         terminal: Envelope | None = None
         finished_tasks: set[str] = set()
-        expected_tasks: set[str] = set()
+        completed_tasks: set[str] = set()
         while True:
-            timeout = 1.0 if terminal is not None else None
             try:
-                source, msg = await asyncio.wait_for(queue.get(), timeout)
+                async with asyncio.timeout(1.0 if terminal is not None else self.quiet_s):
+                    source, data = await self._queue.get()
             except TimeoutError:
-                break  # the terminal event came and the token stream went quiet
+                if terminal is not None:
+                    break  # the terminal event came and the token stream went quiet
+                if not self.replay:
+                    terminal = await self._terminal_from_log()
+                    if terminal is not None:
+                        break
+                continue
             try:
-                envelope = decode(msg.data)
+                envelope = decode(data)
             except EventDecodeError:
                 continue
-            data = envelope.data
-            if isinstance(data, TokensProduced) and data.finish_reason is not None:
-                finished_tasks.add(data.task_id)
-            if source == "job" and data.type == "task.completed":
-                expected_tasks.add(getattr(data, "task_id", ""))
-            if source == "job" and data.type in TERMINAL_TYPES:
+            event = envelope.data
+            if isinstance(event, TokensProduced) and event.finish_reason is not None:
+                finished_tasks.add(event.task_id)
+            if source == "job" and isinstance(event, TaskCompleted):
+                completed_tasks.add(event.task_id)
+            if source == "job" and event.type in TERMINAL_TYPES:
                 terminal = envelope
             else:
                 yield envelope
-            if terminal is not None and expected_tasks <= finished_tasks:
+            if terminal is not None and completed_tasks <= finished_tasks:
                 break
         if terminal is not None:
             yield terminal
-    finally:
-        for sub in subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
 
 async def history(bus: Bus, job_id: str) -> list[tuple[int, Envelope]]:

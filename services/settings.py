@@ -95,6 +95,17 @@ class Settings(BaseSettings):
         10.0, gt=0, description="how long a job may wait with no live node for its model"
     )
 
+    # gateway
+    gateway_host: str = Field("127.0.0.1", description="address the gateway listens on")
+    gateway_port: int = Field(8000, ge=0, le=65535, description="port the gateway listens on")
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="largest request body accepted (413 above)"
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="longest a completion request may wait"
+    )
+    default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request names none")
+
     # observability
     log_level: str = Field("INFO", description="Python logging level")
 

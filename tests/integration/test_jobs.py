@@ -13,7 +13,7 @@ from events.inference import Prompt, SamplingParams
 from events.work import TokensProduced
 from projections.job_status import decode_view
 from projections.projector import rebuild
-from services.client import TextAssembler, follow, submit
+from services.client import JobFollower, TextAssembler, submit
 from services.engines.simulated import simulated_tokens
 from services.settings import Settings
 from tests.mesh import job_events, mesh, spawn, wait_terminal, wait_until
@@ -41,10 +41,11 @@ async def test_job_round_trip(bus: Bus, settings: Settings) -> None:
         job = await submit(bus, model="sim-small", prompt=Prompt(text="hello"), owner="alice")
         text = TextAssembler()
         seen = []
-        async for env in follow(bus, job.job_id):
-            seen.append(env.type)
-            if isinstance(env.data, TokensProduced):
-                text.add(env.data.offset, env.data.text)
+        async with JobFollower(bus, job.job_id, replay=True) as events:
+            async for env in events:
+                seen.append(env.type)
+                if isinstance(env.data, TokensProduced):
+                    text.add(env.data.offset, env.data.text)
         assert seen[-1] == "job.completed"
         assert text.text == _expected("hello")
         events = await job_events(bus, job.job_id)
@@ -314,9 +315,8 @@ async def test_fast_tokens_are_coalesced_into_few_chunks(bus: Bus, settings: Set
         await m.worker("fast", sim_ttft_ms=0, sim_tokens_per_s=0)
         await wait_until(lambda: _live(bus, 1), what="worker")
         job = await submit(bus, model="sim-small", prompt=Prompt(text="many tokens"))
-        chunks = [
-            e.data async for e in follow(bus, job.job_id) if isinstance(e.data, TokensProduced)
-        ]
+        async with JobFollower(bus, job.job_id, replay=True) as events:
+            chunks = [e.data async for e in events if isinstance(e.data, TokensProduced)]
     usage_tokens = sum(c.tokens for c in chunks)
     assert usage_tokens > 10
     assert len(chunks) <= 3  # the first at once, then the rest together, then the end marker

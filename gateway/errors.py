@@ -1,0 +1,110 @@
+"""Errors as OpenAI renders them: ``{"error": {"message", "type", "param", "code"}}``, one map.
+
+Unmodified OpenAI clients read these bodies and raise their own matching exception classes
+(`BadRequestError`, `AuthenticationError`, `NotFoundError`, `RateLimitError`, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+log = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+
+
+class ApiError(Exception):
+    """An error to show the client: status, message, and OpenAI's type/param/code."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI-shaped body."""
+        return error_body(self.status, self.message, code=self.code, param=self.param)
+
+
+def error_body(
+    status: int, message: str, *, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """``{"error": {...}}`` for a status and message."""
+    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
+    return Response(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    first = problems[0] if problems else {}
+    param = first.get("key") if isinstance(first, dict) else None
+    detail = first.get("message") if isinstance(first, dict) else None
+    if "JSON" in exc.detail or "decode" in exc.detail.lower():
+        message = "the request body is not valid JSON"
+    elif detail:
+        message = f"invalid value for '{param}': {detail}" if param else str(detail)
+    else:
+        message = exc.detail
+    body = error_body(400, message, code="invalid_request", param=param)
+    return Response(body, status_code=400)
+
+
+def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    message = exc.detail
+    code = None
+    if status == 413:
+        message, code = "the request body is too large", "request_too_large"
+    elif status == 404:
+        code = "not_found"
+    elif status == 405:
+        code = "method_not_allowed"
+    return Response(error_body(status, message, code=code), status_code=status, headers=exc.headers)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response(
+        error_body(500, "internal error; the request id header identifies it in the logs"),
+        status_code=500,
+    )
+
+
+exception_handlers: dict[type[Exception] | int, Any] = {
+    ApiError: _api_error,
+    ValidationException: _validation,
+    HTTPException: _http,
+    Exception: _unexpected,
+}
