@@ -81,16 +81,18 @@ def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response
     return Response(body, status_code=400)
 
 
-def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     status = exc.status_code
     message = exc.detail
     code = None
     if status == 413:
         message, code = "the request body is too large", "request_too_large"
+    elif status == 400 and "JSON" in message:
+        message, code = f"the request body is not valid JSON ({message})", "invalid_json"
     elif status == 404:
-        code = "not_found"
+        message, code = f"no such endpoint: {request.method} {request.url.path}", "not_found"
     elif status == 405:
-        code = "method_not_allowed"
+        message, code = f"{request.method} is not allowed on {request.url.path}", "method_not_allowed"
     return Response(error_body(status, message, code=code), status_code=status, headers=exc.headers)
 
 

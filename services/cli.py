@@ -34,6 +34,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         args,
         models=tuple(args.models.split(",")) if args.models else None,
         nats_port=args.nats_port,
+        gateway_port=args.gateway_port,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         sim_ttft_ms=args.sim_ttft_ms,
         sim_tokens_per_s=args.sim_tokens_per_s,
@@ -73,6 +74,104 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
         await Orchestrator(bus, settings).run(stop)
 
     return serve(settings, "orchestrator", body)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from services.process import setup_logging
+
+    settings = _settings(args, gateway_host=args.host, gateway_port=args.port)
+    setup_logging(settings, "gateway")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except DimError as exc:
+        print(f"dim gateway: {exc}", file=sys.stderr)
+        return 1
+    return 0 if server.started else 1
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from gateway.keys import create_key
+    from services.process import ensure_topology
+
+    settings = _settings(args)
+
+    async def go(bus: Bus) -> int:
+        await ensure_topology(bus, settings)
+        record, key = await create_key(
+            bus,
+            principal_id=args.principal,
+            tenant=args.tenant,
+            roles=(args.role,),
+            name=args.name or "",
+            actor="cli",
+        )
+        print(key)
+        print(
+            f"key {record.key_id} for {record.principal_id} (tenant {record.tenant}, {args.role}); "
+            "it is shown only now: keep it somewhere safe",
+            file=sys.stderr,
+        )
+        return 0
+
+    return _run(args, go)
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from events.watched import WatchedBucket
+    from gateway.keys import KeyRecord
+    from services.render import table
+
+    async def go(bus: Bus) -> int:
+        ring = WatchedBucket(bus, bus.names.bucket("keys"), KeyRecord)
+        await ring.start()
+        await ring.stop()
+        rows = [
+            [
+                k.key_id,
+                k.principal_id,
+                k.tenant,
+                ",".join(k.roles),
+                k.name,
+                k.created_at.isoformat(timespec="seconds"),
+            ]
+            for k in sorted(ring.items.values(), key=lambda k: k.key_id)
+        ]
+        print(table(["KEY ID", "PRINCIPAL", "TENANT", "ROLES", "NAME", "CREATED"], rows))
+        return 0
+
+    return _run(args, go)
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from nats.js.errors import KeyNotFoundError
+
+    from gateway.keys import KeyRecord, revoke_key
+
+    async def go(bus: Bus) -> int:
+        kv = await bus.js.key_value(bus.names.bucket("keys"))
+        try:
+            entry = await kv.get(args.key_id)
+        except KeyNotFoundError:
+            print(f"dim: no live key {args.key_id!r}", file=sys.stderr)
+            return 1
+        await revoke_key(bus, KeyRecord.model_validate_json(entry.value or b""), by="cli")
+        print(f"key {args.key_id} revoked")
+        return 0
+
+    return _run(args, go)
 
 
 def cmd_projector(args: argparse.Namespace) -> int:
@@ -327,6 +426,7 @@ def parser() -> argparse.ArgumentParser:
         "--nats-port", type=int, help="client port of the embedded nats-server (default 4222)"
     )
     s.add_argument("--data-dir", help="where nats-server keeps its store (default .dim)")
+    s.add_argument("--gateway-port", type=int, help="port of the HTTP gateway (default 8000)")
     s.add_argument("--sim-ttft-ms", type=float, help="simulated time to first token")
     s.add_argument("--sim-tokens-per-s", type=float, help="simulated decode speed (0: no delay)")
     s.set_defaults(fn=cmd_up)
@@ -346,6 +446,29 @@ def parser() -> argparse.ArgumentParser:
             "--instance-id", help="stable id of this instance (env DIM_INSTANCE_ID; default 0)"
         )
         s.set_defaults(fn=fn)
+
+    s = sub.add_parser(
+        "gateway", parents=[common], help="run the HTTP gateway (OpenAI-compatible API)"
+    )
+    s.add_argument("--host", help="address to listen on (env DIM_GATEWAY_HOST; default 127.0.0.1)")
+    s.add_argument(
+        "--port", type=int, help="port to listen on (env DIM_GATEWAY_PORT; default 8000)"
+    )
+    s.set_defaults(fn=cmd_gateway)
+
+    s = sub.add_parser("keys", parents=[common], help="manage API keys")
+    ksub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    k = ksub.add_parser("create", parents=[common], help="issue a key (printed once)")
+    k.add_argument("--principal", default="admin", help="who the key acts as (default admin)")
+    k.add_argument("--tenant", default="default", help="the tenant (default default)")
+    k.add_argument("--role", choices=["admin", "member"], default="member")
+    k.add_argument("--name", help="a label for the key")
+    k.set_defaults(fn=cmd_keys_create)
+    k = ksub.add_parser("list", parents=[common], help="list live keys (never their secrets)")
+    k.set_defaults(fn=cmd_keys_list)
+    k = ksub.add_parser("revoke", parents=[common], help="revoke a key on every gateway at once")
+    k.add_argument("key_id")
+    k.set_defaults(fn=cmd_keys_revoke)
 
     s = sub.add_parser("settings", help="list every DIM_* setting with its current value")
     s.set_defaults(fn=cmd_settings)

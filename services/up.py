@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 
 from events.bus import Bus
-from services.nats_server import EmbeddedNats
+from events.errors import NatsServerError
+from services.nats_server import EmbeddedNats, port_open
 from services.process import connect, ensure_topology
 from services.registry.live import LiveNodes
 from services.settings import Settings
@@ -101,6 +102,11 @@ async def up(settings: Settings, workers: int) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    if port_open(settings.gateway_host, settings.gateway_port):
+        raise NatsServerError(
+            f"port {settings.gateway_port} on {settings.gateway_host} is already in use: is another "
+            "`dim up` running? Pick another with --gateway-port"
+        )
     server = EmbeddedNats(settings.data_dir / "nats", port=settings.nats_port)
     say(f"starting nats-server {server.version()} (store: {server.data_dir / 'jetstream'})")
     url = await asyncio.to_thread(server.start)
@@ -114,6 +120,7 @@ async def up(settings: Settings, workers: int) -> int:
         say(f"streams and buckets ready in namespace {settings.namespace!r}")
         children.append(Child("orchestrator", ["orchestrator"], child_env(settings)))
         children.append(Child("projector", ["projector"], child_env(settings)))
+        children.append(Child("gateway", ["gateway"], child_env(settings)))
         for i in range(1, workers + 1):
             node = f"sim-{i}"
             children.append(Child(node, ["worker"], child_env(settings, DIM_NODE_ID=node)))
@@ -121,17 +128,25 @@ async def up(settings: Settings, workers: int) -> int:
             await child.start()
             pumps.append(asyncio.create_task(child.pump()))
         live = await wait_for_workers(bus, settings, workers, timeout_s=30)
+        deadline = time.monotonic() + 30
+        while (
+            not port_open(settings.gateway_host, settings.gateway_port)
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.1)
         await bus.close()
         models = ", ".join(settings.models)
         say(
             f"ready: {live}/{workers} simulated workers serving {models}; orchestrator and projector running"
         )
+        gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
+        say(f"gateway on {gateway}  (OpenAI-compatible: {gateway}/v1, API docs: {gateway}/openapi)")
         say(f'try:  dim submit "hello" --model {settings.models[0]}   (Ctrl-C stops everything)')
         await supervise(children, pumps, stop)
         say("stopping: draining workers")
         workers_ = [c for c in children if c.name.startswith("sim-")]
         await asyncio.gather(*(c.stop(settings.drain_timeout_s) for c in workers_))
-        say("stopping orchestrator and projector")
+        say("stopping gateway, orchestrator and projector")
         await asyncio.gather(*(c.stop(10) for c in children if c not in workers_))
         return 0
     finally:

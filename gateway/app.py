@@ -1,0 +1,88 @@
+"""The gateway's Litestar app: `create_app(settings)`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import MutableScopeHeaders
+from litestar.di import Provide
+from litestar.enums import ScopeType
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from events.ids import new_id
+from gateway.auth import provide_gateway, provide_principal
+from gateway.controllers.health import HealthController
+from gateway.controllers.openai import ChatController, CompletionsController, ModelsController
+from gateway.errors import exception_handlers
+from gateway.runtime import Gateway
+from services.settings import Settings
+
+REQUEST_ID = "x-request-id"
+
+
+def request_id(app: ASGIApp) -> ASGIApp:
+    """Middleware: every response carries ``x-request-id`` (the client's, or a new one)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(REQUEST_ID.encode(), b"").decode()[:128]
+        rid = given or new_id()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableScopeHeaders.from_message(message)[REQUEST_ID] = rid
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
+def create_app(settings: Settings) -> Litestar:
+    """The gateway app; it connects to NATS when it starts and disconnects when it stops."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.gateway = await Gateway.start(settings)
+        try:
+            yield
+        finally:
+            await app.state.gateway.stop()
+
+    openapi = OpenAPIConfig(
+        title="dim gateway",
+        version="0.1.0",
+        description="OpenAI-compatible API and jobs API of the dim inference mesh.",
+        components=Components(
+            security_schemes={
+                "BearerAuth": SecurityScheme(
+                    type="http", scheme="bearer", description="dim API key"
+                )
+            }
+        ),
+        security=[{"BearerAuth": []}],
+        path="/openapi",
+    )
+    handlers: list[Any] = [
+        HealthController,
+        ModelsController,
+        ChatController,
+        CompletionsController,
+    ]
+    return Litestar(
+        route_handlers=handlers,
+        lifespan=[lifespan],
+        dependencies={"gateway": Provide(provide_gateway), "principal": Provide(provide_principal)},
+        exception_handlers=exception_handlers,
+        middleware=[request_id],
+        openapi_config=openapi,
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+    )

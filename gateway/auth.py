@@ -1,0 +1,46 @@
+"""Authentication: `Authorization: Bearer <key>`, exactly as OpenAI clients send it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+
+from gateway.errors import ApiError
+from gateway.principal import Principal
+from gateway.runtime import Gateway
+
+
+def gateway_of(request: Request[Any, Any, Any]) -> Gateway:
+    """The running gateway."""
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+async def provide_gateway(request: Request[Any, Any, Any]) -> Gateway:
+    """Dependency: the running gateway."""
+    return gateway_of(request)
+
+
+async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+    """Dependency: the authenticated caller, or a 401 that says what to send."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise ApiError(
+            401, "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key"
+        )
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(
+            401, "malformed Authorization header: expected 'Bearer <key>'", code="invalid_api_key"
+        )
+    principal = gateway_of(request).keys.authenticate(token.strip())
+    if principal is None:
+        raise ApiError(401, "invalid or revoked API key", code="invalid_api_key")
+    return principal
+
+
+def require_admin(principal: Principal) -> None:
+    """Raise 403 unless the caller is an admin."""
+    if not principal.admin:
+        raise ApiError(403, "this endpoint is for admins", code="admin_only")

@@ -1,0 +1,142 @@
+"""Completions through the mesh: submit a job, then answer whole or as a stream of chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from events.envelope import Envelope
+from events.ids import new_id
+from events.inference import Prompt, SamplingParams
+from events.jobs import JobCancelled, JobCompleted, JobFailed
+from events.work import TokensProduced
+from gateway import sse
+from gateway.errors import ApiError
+from gateway.principal import Principal
+from gateway.runtime import Gateway
+from services.client import JobFollower, TextAssembler, submit
+
+log = logging.getLogger(__name__)
+
+_FAILURE_STATUS = {"model_not_served": 503, "task_failed": 502}
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A submitted job and the live feed of its events."""
+
+    job_id: str
+    created: int
+    model: str
+    follower: JobFollower
+
+
+async def start(
+    gw: Gateway, principal: Principal, model: str, prompt: Prompt, params: SamplingParams
+) -> Started:
+    """Check the model, open the live feed, then submit the job (so nothing is missed)."""
+    if not gw.nodes.serving(model):
+        live = sorted(gw.nodes.live_models())
+        raise ApiError(
+            404,
+            f"the model '{model}' does not exist or no live node serves it; "
+            f"available: {', '.join(live) if live else 'none'}",
+            code="model_not_found",
+            param="model",
+        )
+    job_id = new_id()
+    follower = await JobFollower(gw.bus, job_id, replay=False).start()
+    try:
+        await submit(
+            gw.bus,
+            job_id=job_id,
+            model=model,
+            prompt=prompt,
+            params=params,
+            owner=principal.principal_id,
+            tenant=principal.tenant,
+            max_attempts=gw.settings.max_attempts,
+        )
+    except BaseException:
+        await follower.close()
+        raise
+    return Started(job_id, int(time.time()), model, follower)
+
+
+def _failure(event: JobFailed | JobCancelled) -> ApiError:
+    if isinstance(event, JobCancelled):
+        return ApiError(409, f"the job was cancelled: {event.reason}", code="cancelled")
+    return ApiError(_FAILURE_STATUS.get(event.code, 500), event.reason, code=event.code)
+
+
+async def answer(gw: Gateway, started: Started) -> JobCompleted:
+    """Wait for the job's end; its result, or the failure as an `ApiError`."""
+    try:
+        async with asyncio.timeout(gw.settings.request_timeout_s):
+            async for envelope in started.follower:
+                event = envelope.data
+                if isinstance(event, JobCompleted):
+                    return event
+                if isinstance(event, (JobFailed, JobCancelled)):
+                    raise _failure(event)
+    except TimeoutError:
+        await cancel(gw, started.job_id, "the request timed out")
+        raise ApiError(
+            504, f"no answer within {gw.settings.request_timeout_s:g}s", code="timeout"
+        ) from None
+    finally:
+        await started.follower.close()
+    raise ApiError(500, "the job's events stopped before it ended", code="incomplete")
+
+
+async def stream(
+    gw: Gateway, started: Started, *, kind: sse.Kind, id: str, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """The job as OpenAI SSE chunks; a client that goes away cancels the job."""
+    text = TextAssembler()
+    first = True
+    done = False
+    out = sse.ChunkWriter(kind, id, started.created, started.model)
+    try:
+        async with asyncio.timeout(gw.settings.request_timeout_s):
+            async for envelope in started.follower:
+                event = envelope.data
+                if isinstance(event, TokensProduced):
+                    new = text.add(event.offset, event.text)
+                    if new or first:
+                        yield out.text(new, first=first)
+                        first = False
+                elif isinstance(event, JobCompleted):
+                    done = True
+                    rest = (
+                        event.output[len(text.text) :] if event.output.startswith(text.text) else ""
+                    )
+                    yield out.text(rest or None, finish_reason=event.finish_reason, first=first)
+                    if include_usage:
+                        yield out.usage(event.usage)
+                    yield sse.DONE
+                    return
+                elif isinstance(event, (JobFailed, JobCancelled)):
+                    done = True
+                    yield sse.event(_failure(event).body())
+                    yield sse.DONE
+                    return
+    except TimeoutError:
+        yield sse.event(ApiError(504, "no answer in time", code="timeout").body())
+        yield sse.DONE
+    finally:
+        await started.follower.close()
+        if not done:  # the client went away (or the request timed out) mid-answer
+            with contextlib.suppress(Exception):
+                await cancel(gw, started.job_id, "the client disconnected")
+
+
+async def cancel(gw: Gateway, job_id: str, reason: str) -> None:
+    """Record that the job is cancelled (the orchestrator ends it; nothing else runs for it)."""
+    names = gw.bus.names
+    event = JobCancelled(job_id=job_id, reason=reason)
+    await gw.bus.publish(names.job(job_id, event.type), Envelope(event, actor="gateway"))

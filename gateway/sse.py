@@ -1,0 +1,70 @@
+"""OpenAI's streaming wire format: Server-Sent Events of completion chunks, ending in [DONE]."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from events.inference import Usage
+
+Kind = Literal["chat", "text"]
+DONE = b"data: [DONE]\n\n"
+
+
+def event(payload: dict[str, Any]) -> bytes:
+    """One SSE event carrying a JSON object."""
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkWriter:
+    """Chunks of one streamed completion (`kind` chat or text) as SSE events."""
+
+    kind: Kind
+    id: str
+    created: int
+    model: str
+
+    @property
+    def object(self) -> str:
+        """OpenAI's object name for a chunk of this kind."""
+        return "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+
+    def _wrap(self, choices: list[dict[str, Any]], **more: Any) -> bytes:
+        head = {"id": self.id, "object": self.object, "created": self.created, "model": self.model}
+        return event({**head, "choices": choices, **more})
+
+    def text(
+        self, text: str | None, *, finish_reason: str | None = None, first: bool = False
+    ) -> bytes:
+        """A chunk with new text and/or the finish reason (the first chat chunk names the role)."""
+        if self.kind == "chat":
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if text is not None:
+                delta["content"] = text
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": delta,
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        else:
+            choice = {
+                "index": 0,
+                "text": text or "",
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        return self._wrap([choice])
+
+    def usage(self, usage: Usage) -> bytes:
+        """The last chunk when `stream_options.include_usage` is set: no choices, the usage."""
+        return self._wrap(
+            [],
+            usage={
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+        )
