@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request
+from litestar.di import NamedDependency
 
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
+
+GatewayDep = NamedDependency[Gateway]
+PrincipalDep = NamedDependency[Principal]
 
 
 def gateway_of(request: Request[Any, Any, Any]) -> Gateway:

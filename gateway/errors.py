@@ -92,7 +92,10 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
     elif status == 404:
         message, code = f"no such endpoint: {request.method} {request.url.path}", "not_found"
     elif status == 405:
-        message, code = f"{request.method} is not allowed on {request.url.path}", "method_not_allowed"
+        message, code = (
+            f"{request.method} is not allowed on {request.url.path}",
+            "method_not_allowed",
+        )
     return Response(error_body(status, message, code=code), status_code=status, headers=exc.headers)
 
 

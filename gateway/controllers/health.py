@@ -8,7 +8,7 @@ from litestar import Controller, get
 from litestar.response import Response
 from nats.js.errors import NotFoundError
 
-from gateway.runtime import Gateway
+from gateway.auth import GatewayDep
 from services.process import settings_topology
 
 
@@ -24,7 +24,7 @@ class HealthController(Controller):
         return {"status": "ok"}
 
     @get("/readyz", operation_id="readyz", summary="Connected to NATS with every stream and bucket")
-    async def readyz(self, gateway: Gateway) -> Response[dict[str, Any]]:
+    async def readyz(self, gateway: GatewayDep) -> Response[dict[str, Any]]:
         """200 when NATS is connected and the streams and buckets exist; 503 and what is missing otherwise."""
         missing: list[str] = []
         if not gateway.bus.nc.is_connected:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Response, get, post
+from litestar.params import JSONBody
 from litestar.response import Stream
 
 from gateway import completions
-from gateway.principal import Principal
+from gateway.auth import GatewayDep, PrincipalDep
 from gateway.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -21,7 +22,6 @@ from gateway.protocol import (
     TextChoice,
     UsageOut,
 )
-from gateway.runtime import Gateway
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -33,7 +33,7 @@ class ModelsController(Controller):
     tags = ["openai"]
 
     @get(operation_id="listModels", summary="Models with at least one live node")
-    async def list_models(self, gateway: Gateway, principal: Principal) -> ModelList:
+    async def list_models(self, gateway: GatewayDep, principal: PrincipalDep) -> ModelList:
         """Every model a live node serves, created at the earliest start of a node serving it."""
         first: dict[str, int] = {}
         for node in gateway.nodes.live():
@@ -55,7 +55,7 @@ class ChatController(Controller):
         status_code=200,
     )
     async def create(
-        self, data: ChatCompletionRequest, gateway: Gateway, principal: Principal
+        self, data: JSONBody[ChatCompletionRequest], gateway: GatewayDep, principal: PrincipalDep
     ) -> Response[Any]:
         """Run the chat through the mesh; `stream: true` answers with Server-Sent Events."""
         started = await completions.start(
@@ -99,7 +99,7 @@ class CompletionsController(Controller):
         status_code=200,
     )
     async def create(
-        self, data: CompletionRequest, gateway: Gateway, principal: Principal
+        self, data: JSONBody[CompletionRequest], gateway: GatewayDep, principal: PrincipalDep
     ) -> Response[Any]:
         """Complete the prompt through the mesh; `stream: true` answers with Server-Sent Events."""
         started = await completions.start(

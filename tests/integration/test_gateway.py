@@ -1,0 +1,221 @@
+"""Gateway handlers through Litestar's test client, against real NATS and real services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from events.bus import Bus
+from events.history import read_events
+from gateway.app import create_app
+from gateway.keys import create_key, revoke_key
+from services.settings import Settings
+from tests.mesh import spawn, wait_until
+
+
+@pytest.fixture
+async def gateway(
+    bus: Bus, settings: Settings
+) -> AsyncIterator[tuple[AsyncTestClient, dict[str, str]]]:
+    """The gateway app in Litestar's test client, with an orchestrator and a worker.
+
+    The services run as child processes: the test client drives the app through a blocking
+    portal, which would starve services sharing this test's event loop.
+    """
+    with spawn(settings, "orchestrator"), spawn(settings, "worker", DIM_NODE_ID="w1"):
+        _, key = await create_key(
+            bus, principal_id="alice", tenant="acme", roles=("member",), actor="test"
+        )
+        async with AsyncTestClient(app=create_app(settings)) as client:
+            gw = client.app.state.gateway
+            await wait_until(
+                lambda: _true(bool(gw.nodes.live())), what="worker in the gateway's view"
+            )
+            yield client, {"Authorization": f"Bearer {key}"}
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_health_and_readiness(gateway: tuple[AsyncTestClient, dict[str, str]]) -> None:
+    client, _ = gateway
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+
+async def test_models_lists_what_live_nodes_serve(
+    gateway: tuple[AsyncTestClient, dict[str, str]],
+) -> None:
+    client, auth = gateway
+    r = await client.get("/v1/models", headers=auth)
+    assert r.status_code == 200
+    assert [m["id"] for m in r.json()["data"]] == ["sim-small"]
+    assert r.headers["x-request-id"]
+
+
+async def test_chat_completion_whole(
+    bus: Bus, gateway: tuple[AsyncTestClient, dict[str, str]]
+) -> None:
+    client, auth = gateway
+    r = await client.post(
+        "/v1/chat/completions",
+        headers=auth | {"x-request-id": "req-1"},
+        json={
+            "model": "sim-small",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 5,
+        },
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["model"] == "sim-small"
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+    assert r.headers["x-request-id"] == "req-1"
+    job_id = r.headers["x-dim-job-id"]
+    assert body["id"] == f"chatcmpl-{job_id}"
+    events = [
+        e async for _, e in read_events(bus, bus.names.jobs_stream, bus.names.job_all(job_id))
+    ]
+    submitted = events[0].data
+    assert submitted.owner == "alice" and submitted.tenant == "acme"  # type: ignore[attr-defined]
+    assert events[-1].type == "job.completed"
+
+
+async def test_completion_streamed_as_openai_sse(
+    gateway: tuple[AsyncTestClient, dict[str, str]],
+) -> None:
+    client, auth = gateway
+    payload = {
+        "model": "sim-small",
+        "prompt": "once",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    r = await client.post("/v1/completions", headers=auth, json=payload)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [line.removeprefix("data: ") for line in r.text.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    text = "".join(c["choices"][0]["text"] for c in chunks[:-1])
+    assert len(text.split()) == chunks[-1]["usage"]["completion_tokens"] - text.count(".")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param"),
+    [
+        (b'{"model": "sim-small", "messages": [}', 400, "invalid_json", None),
+        (b'{"model": "sim-small"}', 400, "invalid_request", "messages"),
+        (
+            b'{"model": "sim-small", "messages": [{"role": "user", "content": "x"}], "n": 3}',
+            400,
+            "invalid_request",
+            "n",
+        ),
+        (
+            b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}',
+            404,
+            "model_not_found",
+            "model",
+        ),
+    ],
+)
+async def test_bad_requests_get_openai_errors(
+    gateway: tuple[AsyncTestClient, dict[str, str]],
+    body: bytes,
+    status: int,
+    code: str,
+    param: str | None,
+) -> None:
+    client, auth = gateway
+    r = await client.post(
+        "/v1/chat/completions", headers=auth | {"content-type": "application/json"}, content=body
+    )
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code and error["param"] == param and error["message"]
+
+
+async def test_oversize_body_is_413(
+    gateway: tuple[AsyncTestClient, dict[str, str]], settings: Settings
+) -> None:
+    client, auth = gateway
+    big = {
+        "model": "sim-small",
+        "messages": [{"role": "user", "content": "x" * (settings.max_body_bytes + 1)}],
+    }
+    r = await client.post("/v1/chat/completions", headers=auth, json=big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        (None, "missing_api_key"),
+        ("Basic abc", "invalid_api_key"),
+        ("Bearer dim_01M81TZQEPB94MFS3ZV89Y30ZZ_" + "0" * 64, "invalid_api_key"),  # forged
+        ("Bearer sk-not-ours", "invalid_api_key"),
+    ],
+)
+async def test_requests_without_a_valid_key_are_401(
+    gateway: tuple[AsyncTestClient, dict[str, str]], header: str | None, code: str
+) -> None:
+    client, _ = gateway
+    r = await client.get("/v1/models", headers={"Authorization": header} if header else {})
+    assert r.status_code == 401 and r.json()["error"]["code"] == code
+    assert r.json()["error"]["type"] == "authentication_error"
+
+
+async def test_a_revoked_key_stops_working_at_once(
+    bus: Bus, gateway: tuple[AsyncTestClient, dict[str, str]]
+) -> None:
+    client, _ = gateway
+    record, key = await create_key(
+        bus, principal_id="bob", tenant="acme", roles=("member",), actor="test"
+    )
+    auth = {"Authorization": f"Bearer {key}"}
+    await wait_until(lambda: _ok(client, auth), timeout_s=2, what="the new key to work")
+    await revoke_key(bus, record, by="test")
+    loop = asyncio.get_running_loop()
+    revoked_at = loop.time()
+    await wait_until(lambda: _refused(client, auth), timeout_s=1, what="the key to be refused")
+    assert loop.time() - revoked_at < 1.0
+
+
+async def _ok(client: AsyncTestClient, auth: dict[str, str]) -> bool:
+    return (await client.get("/v1/models", headers=auth)).status_code == 200
+
+
+async def _refused(client: AsyncTestClient, auth: dict[str, str]) -> bool:
+    return (await client.get("/v1/models", headers=auth)).status_code == 401
+
+
+async def test_unknown_route_is_an_openai_404(
+    gateway: tuple[AsyncTestClient, dict[str, str]],
+) -> None:
+    client, auth = gateway
+    r = await client.get("/v1/nothing", headers=auth)
+    assert (
+        r.status_code == 404 and r.json()["error"]["message"] == "no such endpoint: GET /v1/nothing"
+    )
+
+
+async def test_openapi_schema_describes_the_api(
+    gateway: tuple[AsyncTestClient, dict[str, str]],
+) -> None:
+    client, _ = gateway
+    schema = (await client.get("/openapi/openapi.json")).json()
+    ops = {op["operationId"] for path in schema["paths"].values() for op in path.values()}
+    assert {"listModels", "createChatCompletion", "createCompletion", "healthz", "readyz"} <= ops
+    assert "BearerAuth" in schema["components"]["securitySchemes"]
