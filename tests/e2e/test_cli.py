@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,18 @@ def _env() -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class System:
+    """A running `dim up`: its NATS URL and its gateway's base URL."""
+
+    nats_url: str
+    gateway: str
+
+
 @pytest.fixture
-def system(tmp_path: Path) -> Iterator[str]:
-    """`dim up` with an embedded nats-server on a free port; yields its NATS URL."""
-    port = free_port()
+def system(tmp_path: Path) -> Iterator[System]:
+    """`dim up` with nats-server and the gateway on free ports."""
+    port, gateway_port = free_port(), free_port()
     log = (tmp_path / "up.log").open("wb")
     proc = subprocess.Popen(
         [
@@ -43,6 +52,8 @@ def system(tmp_path: Path) -> Iterator[str]:
             "5",
             "--sim-tokens-per-s",
             "400",
+            "--gateway-port",
+            str(gateway_port),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -56,7 +67,7 @@ def system(tmp_path: Path) -> Iterator[str]:
             assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
             time.sleep(0.1)
         assert "ready: 2/2 simulated workers" in (tmp_path / "up.log").read_text()
-        yield f"nats://127.0.0.1:{port}"
+        yield System(f"nats://127.0.0.1:{port}", f"http://127.0.0.1:{gateway_port}")
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert proc.wait(60) == 0
         out = (tmp_path / "up.log").read_text()
@@ -80,8 +91,9 @@ def dim(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_new_user_submits_a_job_and_reads_its_history(system: str) -> None:
-    run = dim(system, "submit", "hello", "--model", "sim-small")
+def test_a_new_user_submits_a_job_and_reads_its_history(system: System) -> None:
+    url = system.nats_url
+    run = dim(url, "submit", "hello", "--model", "sim-small")
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.split()) > 5  # the streamed answer
     m = re.search(
@@ -90,7 +102,7 @@ def test_a_new_user_submits_a_job_and_reads_its_history(system: str) -> None:
     assert m, run.stderr
     job_id = m.group(3)
 
-    shown = dim(system, "job", job_id)
+    shown = dim(url, "job", job_id)
     assert shown.returncode == 0, shown.stderr
     order = [
         "job.submitted",
@@ -105,22 +117,22 @@ def test_a_new_user_submits_a_job_and_reads_its_history(system: str) -> None:
     assert "status   completed" in shown.stdout
     assert run.stdout.strip() in shown.stdout
 
-    nodes = dim(system, "nodes")
+    nodes = dim(url, "nodes")
     assert nodes.returncode == 0
     assert "sim-1" in nodes.stdout
     assert "sim-2" in nodes.stdout
 
     deadline = time.monotonic() + 10
-    while job_id not in (listed := dim(system, "jobs")).stdout and time.monotonic() < deadline:
+    while job_id not in (listed := dim(url, "jobs")).stdout and time.monotonic() < deadline:
         time.sleep(0.2)
     assert job_id in listed.stdout
     assert "completed" in listed.stdout
 
-    missing = dim(system, "submit", "hi", "--model", "nope")
+    missing = dim(url, "submit", "hi", "--model", "nope")
     assert missing.returncode == 1
     assert "failed (model_not_served): no live node serves model 'nope'" in missing.stderr
 
-    check = dim(system, "projections", "rebuild", "--check")
+    check = dim(url, "projections", "rebuild", "--check")
     assert check.returncode == 0 and "identical" in check.stdout, check.stdout + check.stderr
 
 
@@ -129,3 +141,95 @@ def test_commands_explain_an_unreachable_server() -> None:
     assert run.returncode == 1
     assert "cannot reach NATS" in run.stderr
     assert "dim up" in run.stderr
+
+
+def _key(system: System, *flags: str) -> str:
+    run = dim(system.nats_url, "keys", "create", *flags)
+    assert run.returncode == 0, run.stderr
+    assert "shown only now" in run.stderr
+    return run.stdout.strip()
+
+
+def test_the_openai_sdk_works_against_the_gateway(system: System) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{system.gateway}/v1", api_key=_key(system, "--name", "sdk"))
+    assert [m.id for m in client.models.list()] == ["sim-small"]
+
+    whole = client.chat.completions.create(
+        model="sim-small", messages=[{"role": "user", "content": "hello"}], max_tokens=7
+    )
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage is not None and whole.usage.completion_tokens == 7
+    assert whole.choices[0].message.content
+
+    parts: list[str] = []
+    usage = None
+    for chunk in client.chat.completions.create(
+        model="sim-small",
+        messages=[{"role": "user", "content": "hello"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+        if chunk.usage:
+            usage = chunk.usage
+    assert len(parts) > 2  # it really streamed
+    assert usage is not None and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    # The same prompt and model give the same text, streamed or not (deterministic engine).
+    again = client.chat.completions.create(
+        model="sim-small", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert "".join(parts) == again.choices[0].message.content
+
+    text = client.completions.create(model="sim-small", prompt="once upon", max_tokens=4)
+    assert text.choices[0].finish_reason == "length" and text.usage.completion_tokens == 4  # type: ignore[union-attr]
+
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert missing.value.body["code"] == "model_not_found"  # type: ignore[index]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{system.gateway}/v1", api_key="dim_forged").models.list()
+
+
+def test_a_revoked_key_is_refused(system: System) -> None:
+    import httpx
+
+    key = _key(system)
+    auth = {"Authorization": f"Bearer {key}"}
+    deadline = time.monotonic() + 5
+    while httpx.get(f"{system.gateway}/v1/models", headers=auth).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    key_id = key.split("_")[1]
+    listed = dim(system.nats_url, "keys", "list")
+    assert key_id in listed.stdout and key.split("_")[2] not in listed.stdout  # never the secret
+    assert dim(system.nats_url, "keys", "revoke", key_id).returncode == 0
+    revoked = time.monotonic()
+    while httpx.get(f"{system.gateway}/v1/models", headers=auth).status_code != 401:
+        assert time.monotonic() - revoked < 1.0, "revocation took longer than a second"
+        time.sleep(0.02)
+
+
+def test_a_client_that_hangs_up_mid_stream_cancels_its_job(system: System) -> None:
+    import httpx
+
+    auth = {"Authorization": f"Bearer {_key(system)}"}
+    payload = {
+        "model": "sim-small",
+        "messages": [{"role": "user", "content": "a long answer"}],
+        "stream": True,
+        "max_tokens": 1000,
+    }
+    with httpx.stream(
+        "POST", f"{system.gateway}/v1/chat/completions", headers=auth, json=payload
+    ) as r:
+        job_id = r.headers["x-dim-job-id"]
+        for _ in r.iter_bytes():
+            break  # one chunk, then hang up
+    deadline = time.monotonic() + 10
+    while "job.cancelled" not in (shown := dim(system.nats_url, "job", job_id)).stdout:
+        assert time.monotonic() < deadline, shown.stdout
+        time.sleep(0.2)
+    assert "the client disconnected" in shown.stdout
