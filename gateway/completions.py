@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from events.bus import Bus
 from events.envelope import Envelope
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
@@ -136,7 +137,11 @@ async def stream(
 
 
 async def cancel(gw: Gateway, job_id: str, reason: str) -> None:
-    """Record that the job is cancelled (the orchestrator ends it; nothing else runs for it)."""
-    names = gw.bus.names
+    """Cancel a job this gateway runs."""
+    await cancel_job(gw.bus, job_id, reason)
+
+
+async def cancel_job(bus: Bus, job_id: str, reason: str, *, actor: str = "gateway") -> None:
+    """Record that the job is cancelled: the orchestrator ends it, its worker aborts it."""
     event = JobCancelled(job_id=job_id, reason=reason)
-    await gw.bus.publish(names.job(job_id, event.type), Envelope(event, actor="gateway"))
+    await bus.publish(bus.names.job(job_id, event.type), Envelope(event, actor=actor))

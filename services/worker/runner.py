@@ -19,6 +19,7 @@ import time
 from datetime import UTC, datetime
 from importlib import metadata
 
+from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 from opentelemetry import propagate, trace
 
@@ -63,6 +64,8 @@ class Worker:
         self.failed = 0
         self.tokens_out = 0
         self.draining = False
+        self.aborted = 0
+        self._requests: dict[str, set[str]] = {}  # job id -> engine request ids in flight
         self.started_at = datetime.now(UTC)
 
     def consumers(self) -> list[ConsumerSpec]:
@@ -119,6 +122,11 @@ class Worker:
         kv = await self.bus.js.key_value(self.names.bucket("nodes"))
         await kv.put(self.node_id, self.record().model_dump_json().encode())
         heartbeat = asyncio.create_task(self._heartbeat(kv, stop))
+        # Cancellations are plain messages on the job's subject: listen to all of them and
+        # abort whatever this worker runs for a cancelled job.
+        cancels = await self.bus.nc.subscribe(
+            self.names.job("*", "job.cancelled"), cb=self._on_cancel
+        )
         log.info(
             "worker %s serving %s (capacity %d)",
             self.node_id,
@@ -131,6 +139,8 @@ class Worker:
             )
         finally:
             self.draining = True
+            with contextlib.suppress(Exception):
+                await cancels.unsubscribe()
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -188,6 +198,7 @@ class Worker:
         await pending.add(self.names.job(job_id, started.type), Envelope(started, actor=self.actor))
         keepalive = asyncio.create_task(self._keep_lease(delivery))
         request_id = f"{task.task_id}.{request.attempt}.{delivery.deliveries}"
+        self._requests.setdefault(job_id, set()).add(request_id)
         t0 = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.task_timeout_s):
@@ -204,6 +215,10 @@ class Worker:
             await self._fail(request, exc.kind, str(exc), exc.retriable)  # type: ignore[arg-type]
             return
         finally:
+            running = self._requests.get(job_id, set())
+            running.discard(request_id)
+            if not running:
+                self._requests.pop(job_id, None)
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
@@ -293,6 +308,13 @@ class Worker:
         await self.bus.publish(
             self.names.job(job_id, event.type), Envelope(event, actor=self.actor)
         )
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        job_id = msg.subject.split(".")[2]
+        for request_id in list(self._requests.get(job_id, ())):
+            log.info("job %s cancelled: aborting %s", job_id, request_id)
+            self.aborted += 1
+            await self.engine.abort(request_id)
 
     async def _keep_lease(self, delivery: Delivery) -> None:
         interval = max(0.2, self.settings.task_ack_wait_s / 3)

@@ -6,15 +6,20 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
 from events.bus import Bus
 from events.history import read_events
+from events.inference import Prompt
 from gateway.app import create_app
+from gateway.completions import cancel_job
 from gateway.keys import create_key, revoke_key
+from services.client import submit
+from services.nats_server import free_port
 from services.settings import Settings
-from tests.mesh import spawn, wait_until
+from tests.mesh import job_events, mesh, spawn, wait_terminal, wait_until
 
 
 @pytest.fixture
@@ -219,3 +224,77 @@ async def test_openapi_schema_describes_the_api(
     ops = {op["operationId"] for path in schema["paths"].values() for op in path.values()}
     assert {"listModels", "createChatCompletion", "createCompletion", "healthz", "readyz"} <= ops
     assert "BearerAuth" in schema["components"]["securitySchemes"]
+
+
+async def test_a_cancelled_job_is_aborted_on_its_worker(bus: Bus, settings: Settings) -> None:
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        worker = await m.worker("slow", sim_ttft_ms=0, sim_tokens_per_s=5)  # >= 2.6 s per answer
+        await wait_until(lambda: _true(bool(worker.obj.engine.models)), what="worker")
+        await asyncio.sleep(0.5)
+        job = await submit(bus, model="sim-small", prompt=Prompt(text="take your time"))
+        await wait_until(lambda: _has(bus, job.job_id, "task.started"), what="start")
+        await cancel_job(bus, job.job_id, "changed my mind")
+        events = await wait_terminal(bus, job.job_id)
+        await wait_until(lambda: _has(bus, job.job_id, "task.completed"), what="the aborted result")
+        events = await job_events(bus, job.job_id)
+    cancelled = next(e for e in events if e.type == "job.cancelled")
+    completed = next(e for e in events if e.type == "task.completed")
+    assert completed.data.finish_reason == "abort"  # type: ignore[attr-defined]
+    assert (completed.at - cancelled.at).total_seconds() < 0.5  # long before its natural end
+    assert worker.obj.aborted == 1
+
+
+async def test_a_client_that_hangs_up_mid_stream_cancels_and_aborts_its_job(
+    bus: Bus, settings: Settings
+) -> None:
+    port = free_port()
+    slow = settings.model_copy(update={"gateway_port": port})
+    async with mesh(slow) as m:
+        await m.orchestrator()
+        worker = await m.worker("slow", sim_ttft_ms=0, sim_tokens_per_s=5)
+        _, key = await create_key(
+            bus, principal_id="dave", tenant="acme", roles=("member",), actor="test"
+        )
+        with spawn(slow, "gateway"):
+            url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+                await wait_until(
+                    lambda: _models_listed(http, key), what="gateway to see the worker"
+                )
+                payload = {
+                    "model": "sim-small",
+                    "messages": [{"role": "user", "content": "go"}],
+                    "stream": True,
+                }
+                async with http.stream(
+                    "POST",
+                    "/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {key}"},
+                    json=payload,
+                ) as r:
+                    job_id = r.headers["x-dim-job-id"]
+                    async for _ in r.aiter_bytes():
+                        break  # one chunk, then hang up
+            await wait_until(lambda: _has(bus, job_id, "task.completed"), what="the aborted result")
+            events = await job_events(bus, job_id)
+    types = [e.type for e in events]
+    assert "job.cancelled" in types and "job.completed" not in types
+    assert (
+        next(e for e in events if e.type == "job.cancelled").data.reason
+        == "the client disconnected"
+    )  # type: ignore[attr-defined]
+    assert next(e for e in events if e.type == "task.completed").data.finish_reason == "abort"  # type: ignore[attr-defined]
+    assert worker.obj.aborted == 1
+
+
+async def _models_listed(http: httpx.AsyncClient, key: str) -> bool:
+    try:
+        r = await http.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+    except httpx.TransportError:
+        return False
+    return r.status_code == 200 and bool(r.json()["data"])
+
+
+async def _has(bus: Bus, job_id: str, event_type: str) -> bool:
+    return any(e.type == event_type for e in await job_events(bus, job_id))
