@@ -125,6 +125,7 @@ def topology(
     dedupe_window_s: float = 120.0,
     tokens_max_age_s: float = 900.0,
     node_ttl_s: float = 6.0,
+    idempotency_ttl_s: float = 86_400.0,
 ) -> Topology:
     """The streams and buckets the architecture names, under `names.ns`."""
     return Topology(
@@ -172,6 +173,7 @@ def topology(
             BucketSpec(names.bucket("nodes"), ttl_s=node_ttl_s, replicas=replicas),
             BucketSpec(names.bucket("sessions"), replicas=replicas),
             BucketSpec(names.bucket("keys"), replicas=replicas),
+            BucketSpec(names.bucket("idempotency"), ttl_s=idempotency_ttl_s, replicas=replicas),
             BucketSpec(names.bucket("jobs"), replicas=replicas),
             BucketSpec(names.bucket("usage"), replicas=replicas),
         ),

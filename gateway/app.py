@@ -17,6 +17,9 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from events.ids import new_id
 from gateway.auth import provide_gateway, provide_principal
 from gateway.controllers.health import HealthController
+from gateway.controllers.jobs import JobsController
+from gateway.controllers.keys import KeysController
+from gateway.controllers.nodes import NodesController
 from gateway.controllers.openai import ChatController, CompletionsController, ModelsController
 from gateway.errors import exception_handlers
 from gateway.runtime import Gateway
@@ -75,6 +78,9 @@ def create_app(settings: Settings) -> Litestar:
         ModelsController,
         ChatController,
         CompletionsController,
+        JobsController,
+        KeysController,
+        NodesController,
     ]
     return Litestar(
         route_handlers=handlers,

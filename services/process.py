@@ -46,6 +46,7 @@ def settings_topology(settings: Settings) -> Topology:
         dedupe_window_s=settings.dedupe_window_s,
         tokens_max_age_s=settings.tokens_max_age_s,
         node_ttl_s=settings.node_ttl_s,
+        idempotency_ttl_s=settings.idempotency_ttl_s,
     )
 
 

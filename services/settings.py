@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         600.0, gt=0, description="longest a completion request may wait"
     )
+    idempotency_ttl_s: float = Field(
+        86_400.0, gt=0, description="how long an Idempotency-Key keeps returning the same job"
+    )
     default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request names none")
 
     # observability

@@ -1,0 +1,84 @@
+"""API keys over HTTP: issue (the secret shown once), list, revoke."""
+
+from __future__ import annotations
+
+from litestar import Controller, delete, get, post
+from litestar.params import FromPath, JSONBody
+
+from gateway.auth import GatewayDep, PrincipalDep
+from gateway.errors import ApiError
+from gateway.keys import KeyRecord, create_key, revoke_key
+from gateway.principal import Principal
+from gateway.schemas import KeyIssued, KeyOut, KeyRequest
+
+
+def _out(record: KeyRecord) -> KeyOut:
+    return KeyOut(
+        key_id=record.key_id,
+        principal_id=record.principal_id,
+        tenant=record.tenant,
+        roles=list(record.roles),
+        name=record.name,
+        created_at=record.created_at,
+    )
+
+
+def _mine(record: KeyRecord, principal: Principal) -> bool:
+    if record.tenant != principal.tenant:
+        return False
+    return principal.admin or record.principal_id == principal.principal_id
+
+
+class KeysController(Controller):
+    """`/v1/keys`."""
+
+    path = "/v1/keys"
+    tags = ["keys"]
+
+    @post(
+        operation_id="createKey",
+        summary="Issue an API key (its secret is shown only in this answer)",
+        status_code=201,
+    )
+    async def create(
+        self, data: JSONBody[KeyRequest], gateway: GatewayDep, principal: PrincipalDep
+    ) -> KeyIssued:
+        """A key for yourself; admins may issue keys for others in their tenant, and admin keys."""
+        owner = data.principal_id or principal.principal_id
+        if (owner != principal.principal_id or data.role == "admin") and not principal.admin:
+            raise ApiError(
+                403, "only admins issue keys for others or admin keys", code="admin_only"
+            )
+        record, key = await create_key(
+            gateway.bus,
+            principal_id=owner,
+            tenant=principal.tenant,
+            roles=(data.role,),
+            name=data.name,
+            actor=principal.principal_id,
+        )
+        return KeyIssued(key=key, **_out(record).model_dump())
+
+    @get(operation_id="listKeys", summary="Your keys (an admin: the tenant's), without secrets")
+    async def list_keys(self, gateway: GatewayDep, principal: PrincipalDep) -> list[KeyOut]:
+        """Live keys."""
+        return [
+            _out(r)
+            for r in sorted(gateway.keys.items.values(), key=lambda r: r.key_id)
+            if _mine(r, principal)
+        ]
+
+    @delete(
+        "/{key_id:str}",
+        operation_id="revokeKey",
+        summary="Revoke a key on every gateway at once",
+        status_code=204,
+    )
+    async def revoke(
+        self, key_id: FromPath[str], gateway: GatewayDep, principal: PrincipalDep
+    ) -> None:
+        """Revoke one of your keys (an admin: any of the tenant's)."""
+        record = gateway.keys.items.get(key_id)
+        if record is None or not _mine(record, principal):
+            raise ApiError(404, f"no key {key_id!r}", code="key_not_found", param="key_id")
+        await revoke_key(gateway.bus, record, by=principal.principal_id)

@@ -1,0 +1,118 @@
+"""The jobs API's logic: submit with idempotency, read views and history, within a tenant."""
+
+from __future__ import annotations
+
+import hashlib
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from events.errors import WrongLastSequence
+from events.ids import new_id
+from events.inference import Prompt, SamplingParams
+from gateway.errors import ApiError
+from gateway.principal import Principal
+from gateway.runtime import Gateway
+from projections.job_status import decode_view, fold
+from services.client import history, submit
+from services.orchestrator.state import JobState
+
+
+def _idempotency_slot(principal: Principal, key: str) -> str:
+    raw = f"{principal.tenant}\x00{principal.principal_id}\x00{key}".encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+async def submit_job(
+    gw: Gateway,
+    principal: Principal,
+    *,
+    model: str,
+    prompt: Prompt,
+    params: SamplingParams,
+    node_id: str | None,
+    max_attempts: int,
+    idempotency_key: str | None,
+) -> tuple[str, bool]:
+    """Submit a job; returns its id and whether it is new (False: an earlier identical request's)."""
+    job_id = new_id()
+    if idempotency_key is not None:
+        kv = await gw.bus.js.key_value(gw.bus.names.bucket("idempotency"))
+        slot = _idempotency_slot(principal, idempotency_key)
+        try:
+            await kv.create(slot, job_id.encode())
+        except KeyWrongLastSequenceError:
+            entry = await kv.get(slot)
+            job_id = (entry.value or b"").decode()
+            if await history(gw.bus, job_id):
+                return job_id, False
+            # The earlier request stopped between reserving the id and submitting: finish it.
+    try:
+        await submit(
+            gw.bus,
+            job_id=job_id,
+            model=model,
+            prompt=prompt,
+            params=params,
+            owner=principal.principal_id,
+            tenant=principal.tenant,
+            node_id=node_id,
+            max_attempts=max_attempts,
+        )
+    except WrongLastSequence:
+        return job_id, False  # a concurrent retry with the same key submitted it first
+    return job_id, True
+
+
+def visible(view: JobState, principal: Principal) -> bool:
+    """Whether the caller may see the job: its owner, or an admin of its tenant."""
+    if view.tenant != principal.tenant:
+        return False
+    return principal.admin or view.owner == principal.principal_id
+
+
+async def load_view(gw: Gateway, principal: Principal, job_id: str) -> JobState:
+    """The job's view, or 404 — also for a job of another tenant or owner (no existence leak)."""
+    view: JobState | None = None
+    kv = await gw.bus.js.key_value(gw.bus.names.bucket("jobs"))
+    try:
+        entry = await kv.get(job_id)
+        view = decode_view(entry.value) if entry.value else None
+    except (KeyNotFoundError, ValueError):
+        view = None
+    if view is None:
+        # Not projected yet (just submitted): fold the log directly.
+        view = fold(None, await history(gw.bus, job_id)) if _plausible(job_id) else None
+    if view is None or not visible(view, principal):
+        raise ApiError(404, f"no job {job_id!r}", code="job_not_found", param="job_id")
+    return view
+
+
+def _plausible(job_id: str) -> bool:
+    return 0 < len(job_id) <= 128 and job_id.replace("-", "").replace("_", "").isalnum()
+
+
+async def list_views(
+    gw: Gateway, principal: Principal, *, status: str | None, limit: int, before: str | None
+) -> list[JobState]:
+    """The caller's jobs (an admin's: the tenant's), newest first, after the cursor."""
+    kv = await gw.bus.js.key_value(gw.bus.names.bucket("jobs"))
+    try:
+        keys = sorted(await kv.keys(), reverse=True)  # ids sort by creation time
+    except Exception:  # no keys at all
+        return []
+    out: list[JobState] = []
+    for key in keys:
+        if before is not None and key >= before:
+            continue
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            continue
+        if not entry.value:
+            continue
+        view = decode_view(entry.value)
+        if visible(view, principal) and (status is None or view.status == status):
+            out.append(view)
+            if len(out) >= limit:
+                break
+    return out
