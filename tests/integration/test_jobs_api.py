@@ -143,6 +143,14 @@ async def test_list_pages_and_filters(world: World) -> None:
     ]
     for job_id in ids:
         await _finished(c, world.bob, job_id)
+
+    async def projected() -> bool:  # the list reads the projection, which trails the log a little
+        listed = (await c.get("/v1/jobs?limit=200&status=completed", headers=world.bob)).json()[
+            "data"
+        ]
+        return {j["job_id"] for j in listed} >= set(ids)
+
+    await wait_until(projected, what="the projection to catch up")
     page1 = (await c.get("/v1/jobs?limit=3", headers=world.bob)).json()
     page2 = (await c.get(f"/v1/jobs?limit=3&before={page1['next']}", headers=world.bob)).json()
     listed = [j["job_id"] for j in page1["data"] + page2["data"]]
