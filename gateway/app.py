@@ -21,6 +21,7 @@ from gateway.controllers.jobs import JobsController
 from gateway.controllers.keys import KeysController
 from gateway.controllers.nodes import NodesController
 from gateway.controllers.openai import ChatController, CompletionsController, ModelsController
+from gateway.controllers.stream import job_stream, submit_and_stream
 from gateway.errors import exception_handlers
 from gateway.runtime import Gateway
 from services.settings import Settings
@@ -81,6 +82,8 @@ def create_app(settings: Settings) -> Litestar:
         JobsController,
         KeysController,
         NodesController,
+        job_stream,
+        submit_and_stream,
     ]
     return Litestar(
         route_handlers=handlers,

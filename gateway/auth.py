@@ -28,7 +28,11 @@ async def provide_gateway(request: Request[Any, Any, Any]) -> Gateway:
 
 async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
     """Dependency: the authenticated caller, or a 401 that says what to send."""
-    header = request.headers.get("authorization")
+    return authenticate(gateway_of(request), request.headers.get("authorization"))
+
+
+def authenticate(gateway: Gateway, header: str | None) -> Principal:
+    """The caller an Authorization header names, or an `ApiError` 401 that says what to send."""
     if not header:
         raise ApiError(
             401, "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key"
@@ -38,7 +42,7 @@ async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
         raise ApiError(
             401, "malformed Authorization header: expected 'Bearer <key>'", code="invalid_api_key"
         )
-    principal = gateway_of(request).keys.authenticate(token.strip())
+    principal = gateway.keys.authenticate(token.strip())
     if principal is None:
         raise ApiError(401, "invalid or revoked API key", code="invalid_api_key")
     return principal

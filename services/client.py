@@ -99,8 +99,9 @@ class JobFollower:
         self.job_id = job_id
         self.replay = replay
         self.quiet_s = quiet_s
-        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, Msg]] = asyncio.Queue()
         self._subs: list[Any] = []
+        self.seqs: dict[str, int] = {}  # JOBS stream sequence of each job event, by envelope id
 
     async def start(self) -> JobFollower:
         """Subscribe; returns self."""
@@ -108,7 +109,7 @@ class JobFollower:
 
         def into(source: str) -> Callable[[Msg], Awaitable[None]]:
             async def cb(msg: Msg) -> None:
-                self._queue.put_nowait((source, msg.data))
+                self._queue.put_nowait((source, msg))
 
             return cb
 
@@ -167,7 +168,7 @@ class JobFollower:
         while True:
             try:
                 async with asyncio.timeout(1.0 if terminal is not None else self.quiet_s):
-                    source, data = await self._queue.get()
+                    source, msg = await self._queue.get()
             except TimeoutError:
                 if terminal is not None:
                     break  # the terminal event came and the token stream went quiet
@@ -177,9 +178,11 @@ class JobFollower:
                         break
                 continue
             try:
-                envelope = decode(data)
+                envelope = decode(msg.data)
             except EventDecodeError:
                 continue
+            if source == "job" and self.replay:
+                self.seqs[envelope.id] = msg.metadata.sequence.stream
             event = envelope.data
             if isinstance(event, TokensProduced) and event.finish_reason is not None:
                 finished_tasks.add(event.task_id)

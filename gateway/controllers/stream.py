@@ -1,0 +1,187 @@
+"""WebSocket streaming of a job: text and status frames, resumable after a dropped connection.
+
+Frames (JSON):
+- ``{"type": "text", "seq": n, "offset": o, "text": "..."}`` — new output text. `seq` counts text
+  frames from 1 in an order fixed by the TOKENS stream, so it is the same on every connection.
+- ``{"type": "event", "event_seq": s, "event": "task.started", "status": "running", "data": {...}}``
+  — a step of the job; `event_seq` is its sequence in the JOBS stream.
+- ``{"type": "end", "status": ..., "output": ..., "usage": {...}, "error": ...}``, then the socket
+  closes normally.
+- ``{"type": "error", "error": {...}}`` (OpenAI-shaped), then the socket closes.
+
+A client that reconnects with ``?after=<last seq>&after_event=<last event_seq>`` gets exactly what
+it missed: no gaps, no repeats. Closing the socket does not cancel the job (reconnecting is the
+point); send ``{"type": "cancel"}`` to cancel it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from litestar import WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
+from litestar.params import FromPath
+from pydantic import ValidationError
+
+from events.jobs import JobCancelled, JobCompleted, JobFailed
+from events.work import TokensProduced
+from gateway import jobs
+from gateway.auth import authenticate, gateway_of
+from gateway.completions import cancel_job
+from gateway.errors import ApiError
+from gateway.principal import Principal
+from gateway.runtime import Gateway
+from gateway.schemas import JobRequest
+from services.client import JobFollower, TextAssembler
+from services.orchestrator.state import evolve
+
+_CLOSE_FOR = {401: 4401, 403: 4403, 404: 4404}
+
+
+async def _fail(socket: WebSocket[Any, Any, Any], error: ApiError) -> None:
+    await socket.send_json({"type": "error", "error": error.body()["error"]})
+    await socket.close(code=_CLOSE_FOR.get(error.status, 4400 if error.status < 500 else 1011))
+
+
+def _cursor(socket: WebSocket[Any, Any, Any], name: str) -> int:
+    raw = socket.query_params.get(name, "0")
+    if not raw.isdigit():
+        raise ApiError(
+            400, f"'{name}' must be a non-negative integer", code="invalid_request", param=name
+        )
+    return int(raw)
+
+
+async def _pump(
+    gw: Gateway,
+    socket: WebSocket[Any, Any, Any],
+    principal: Principal,
+    job_id: str,
+    after: int,
+    after_event: int,
+) -> None:
+    """Send the job's frames past the cursors; listen for a cancel while doing so."""
+
+    async def listen() -> None:
+        while True:
+            message = await socket.receive_json()
+            if isinstance(message, dict) and message.get("type") == "cancel":
+                await cancel_job(
+                    gw.bus,
+                    job_id,
+                    f"cancelled by {principal.principal_id}",
+                    actor=principal.principal_id,
+                )
+
+    listener = asyncio.create_task(listen())
+    text = TextAssembler()
+    seq = 0
+    state = None
+    try:
+        async with JobFollower(gw.bus, job_id, replay=True) as follower:
+            async for envelope in follower:
+                event = envelope.data
+                if isinstance(event, TokensProduced):
+                    offset = len(text.text)
+                    new = text.add(event.offset, event.text)
+                    if not new:
+                        continue
+                    seq += 1
+                    if seq > after:
+                        await socket.send_json(
+                            {"type": "text", "seq": seq, "offset": offset, "text": new}
+                        )
+                    continue
+                event_seq = follower.seqs[envelope.id]
+                state = evolve(state, envelope, event_seq)
+                if event_seq > after_event:
+                    await socket.send_json(
+                        {
+                            "type": "event",
+                            "event_seq": event_seq,
+                            "event": event.type,
+                            "status": state.status if state else None,
+                            "data": event.model_dump(
+                                mode="json", exclude={"prompt", "params", "tasks", "output"}
+                            ),
+                        }
+                    )
+                if isinstance(event, (JobCompleted, JobFailed, JobCancelled)):
+                    end: dict[str, Any] = {"type": "end", "status": state.status if state else None}
+                    if isinstance(event, JobCompleted):
+                        end |= {
+                            "output": event.output,
+                            "finish_reason": event.finish_reason,
+                            "usage": event.usage.model_dump()
+                            | {"total_tokens": event.usage.total_tokens},
+                        }
+                    else:
+                        end |= {"error": getattr(event, "reason", None)}
+                    await socket.send_json(end)
+                    await socket.close(code=1000)
+                    return
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await listener
+
+
+@websocket("/v1/jobs/{job_id:str}/stream", name="job-stream")
+async def job_stream(socket: WebSocket[Any, Any, Any], job_id: FromPath[str]) -> None:
+    """Stream one job's text and steps (resumable with ``after`` / ``after_event``)."""
+    await socket.accept()
+    gw = gateway_of(socket)  # type: ignore[arg-type]
+    try:
+        principal = authenticate(gw, socket.headers.get("authorization"))
+        await jobs.load_view(gw, principal, job_id)
+        await _pump(
+            gw, socket, principal, job_id, _cursor(socket, "after"), _cursor(socket, "after_event")
+        )
+    except ApiError as error:
+        await _fail(socket, error)
+    except WebSocketDisconnect:
+        return
+
+
+@websocket("/v1/jobs/stream", name="submit-and-stream")
+async def submit_and_stream(socket: WebSocket[Any, Any, Any]) -> None:
+    """Send a job request as the first message; get ``{"type": "accepted", "job_id"}``, then its frames."""
+    await socket.accept()
+    gw = gateway_of(socket)  # type: ignore[arg-type]
+    try:
+        principal = authenticate(gw, socket.headers.get("authorization"))
+        raw = await socket.receive_text()
+        try:
+            request = JobRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            raise ApiError(
+                400, f"invalid job request: {first['msg']}", code="invalid_request", param=param
+            ) from None
+        if not gw.nodes.serving(request.model):
+            raise ApiError(
+                404,
+                f"no live node serves model '{request.model}'",
+                code="model_not_found",
+                param="model",
+            )
+        job_id, _ = await jobs.submit_job(
+            gw,
+            principal,
+            model=request.model,
+            prompt=request.to_prompt(),
+            params=request.sampling(),
+            node_id=request.node,
+            max_attempts=request.max_attempts,
+            idempotency_key=None,
+        )
+        await socket.send_json({"type": "accepted", "job_id": job_id})
+        await _pump(gw, socket, principal, job_id, 0, 0)
+    except ApiError as error:
+        await _fail(socket, error)
+    except (WebSocketDisconnect, json.JSONDecodeError):
+        return
