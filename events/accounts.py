@@ -29,3 +29,34 @@ class KeyRevoked(Event):
     key_id: str
     principal_id: str
     by: str
+
+
+@event_type
+class UserRegistered(Event):
+    """A user account was created (the password hash lives only in the accounts bucket)."""
+
+    type = "user.registered"
+    principal_id: str
+    email: str
+    tenant: str
+    roles: tuple[Role, ...]
+    by: str
+
+
+@event_type
+class SessionOpened(Event):
+    """A user logged in."""
+
+    type = "session.opened"
+    session_id: str
+    principal_id: str
+
+
+@event_type
+class SessionClosed(Event):
+    """A session ended: logout, revocation by an admin, or a refresh-token reuse."""
+
+    type = "session.closed"
+    session_id: str
+    principal_id: str
+    reason: str

@@ -126,6 +126,7 @@ def topology(
     tokens_max_age_s: float = 900.0,
     node_ttl_s: float = 6.0,
     idempotency_ttl_s: float = 86_400.0,
+    session_ttl_s: float = 30 * 86_400.0,
 ) -> Topology:
     """The streams and buckets the architecture names, under `names.ns`."""
     return Topology(
@@ -171,7 +172,8 @@ def topology(
         ),
         buckets=(
             BucketSpec(names.bucket("nodes"), ttl_s=node_ttl_s, replicas=replicas),
-            BucketSpec(names.bucket("sessions"), replicas=replicas),
+            BucketSpec(names.bucket("sessions"), ttl_s=session_ttl_s, replicas=replicas),
+            BucketSpec(names.bucket("accounts"), replicas=replicas),
             BucketSpec(names.bucket("keys"), replicas=replicas),
             BucketSpec(names.bucket("idempotency"), ttl_s=idempotency_ttl_s, replicas=replicas),
             BucketSpec(names.bucket("jobs"), replicas=replicas),

@@ -16,6 +16,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.ids import new_id
 from gateway.auth import provide_gateway, provide_principal
+from gateway.controllers.auth import AuthController
 from gateway.controllers.health import HealthController
 from gateway.controllers.jobs import JobsController
 from gateway.controllers.keys import KeysController
@@ -82,6 +83,7 @@ def create_app(settings: Settings) -> Litestar:
         JobsController,
         KeysController,
         NodesController,
+        AuthController,
         job_stream,
         submit_and_stream,
     ]

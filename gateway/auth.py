@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
+from gateway.tokens import TokenError
 
 GatewayDep = NamedDependency[Gateway]
 PrincipalDep = NamedDependency[Principal]
@@ -42,10 +43,28 @@ def authenticate(gateway: Gateway, header: str | None) -> Principal:
         raise ApiError(
             401, "malformed Authorization header: expected 'Bearer <key>'", code="invalid_api_key"
         )
-    principal = gateway.keys.authenticate(token.strip())
+    token = token.strip()
+    if token.count(".") == 2:
+        return _from_access_token(gateway, token)
+    principal = gateway.keys.authenticate(token)
     if principal is None:
         raise ApiError(401, "invalid or revoked API key", code="invalid_api_key")
     return principal
+
+
+def _from_access_token(gateway: Gateway, token: str) -> Principal:
+    try:
+        claims = gateway.signer.verify(token)
+    except TokenError as exc:
+        raise ApiError(401, str(exc), code="invalid_token") from None
+    session = gateway.sessions.items.get(str(claims["sid"]))
+    if session is None:
+        raise ApiError(
+            401, "the session has ended (logged out or revoked); log in again", code="session_ended"
+        )
+    return Principal(
+        session.principal_id, session.tenant, session.roles, session_id=session.session_id
+    )
 
 
 def require_admin(principal: Principal) -> None:

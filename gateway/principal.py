@@ -15,6 +15,7 @@ class Principal:
     tenant: str
     roles: tuple[Role, ...]
     key_id: str | None = None
+    session_id: str | None = None
 
     @property
     def admin(self) -> bool:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from events.bus import Bus
+from events.watched import WatchedBucket
+from gateway.accounts import SessionRecord
 from gateway.keys import KeyRing
+from gateway.tokens import Signer
 from services.process import connect, ensure_topology
 from services.registry.live import LiveNodes
 from services.settings import Settings
@@ -19,20 +22,26 @@ class Gateway:
     bus: Bus
     nodes: LiveNodes
     keys: KeyRing
+    sessions: WatchedBucket[SessionRecord]
+    signer: Signer
 
     @classmethod
     async def start(cls, settings: Settings) -> Gateway:
-        """Connect, provision, and load the node registry and API keys."""
+        """Connect, provision, and load the node registry, API keys and sessions."""
+        signer = Signer.from_settings(settings)  # fail before connecting if no key is set
         bus = await connect(settings, "dim-gateway")
         await ensure_topology(bus, settings)
         nodes = LiveNodes(bus, settings.node_ttl_s)
         keys = KeyRing(bus)
+        sessions = WatchedBucket(bus, bus.names.bucket("sessions"), SessionRecord)
         await nodes.start()
         await keys.start()
-        return cls(settings, bus, nodes, keys)
+        await sessions.start()
+        return cls(settings, bus, nodes, keys, sessions, signer)
 
     async def stop(self) -> None:
         """Stop the watches and close the connection."""
+        await self.sessions.stop()
         await self.keys.stop()
         await self.nodes.stop()
         await self.bus.close()

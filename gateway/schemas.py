@@ -183,3 +183,55 @@ class KeyIssued(KeyOut):
     """A new key, with the secret: shown this once."""
 
     key: str
+
+
+class RegisterRequest(BaseModel):
+    """`POST /v1/auth/register`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+    password: str = Field(min_length=1, max_length=1024)
+    role: Role = "member"
+
+
+class Registered(BaseModel):
+    """A new account."""
+
+    principal_id: str
+    email: str
+    tenant: str
+    roles: list[str]
+
+
+class LoginRequest(BaseModel):
+    """`POST /v1/auth/login`."""
+
+    email: str
+    password: str
+
+
+class RefreshRequest(BaseModel):
+    """`POST /v1/auth/refresh`."""
+
+    refresh_token: str
+
+
+class TokenPair(BaseModel):
+    """An access token (short-lived JWT) and the session's refresh token (rotates on use)."""
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+    refresh_token: str
+
+
+class Me(BaseModel):
+    """The caller."""
+
+    principal_id: str
+    tenant: str
+    roles: list[str]
+    authenticated_by: Literal["api_key", "session"]
+    key_id: str | None = None
+    session_id: str | None = None

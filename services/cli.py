@@ -174,6 +174,36 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return _run(args, go)
 
 
+def cmd_admin_create(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway import accounts
+    from gateway.errors import ApiError
+    from services.process import ensure_topology
+
+    settings = _settings(args)
+    password = args.password or getpass.getpass(f"password for {args.email}: ")
+
+    async def go(bus: Bus) -> int:
+        await ensure_topology(bus, settings)
+        try:
+            record = await accounts.register(
+                bus,
+                email=args.email,
+                password=password,
+                tenant=args.tenant,
+                roles=("admin",),
+                by="cli",
+            )
+        except ApiError as exc:
+            print(f"dim: {exc.message}", file=sys.stderr)
+            return 1
+        print(f"admin {record.email} ({record.principal_id}) created in tenant {record.tenant}")
+        return 0
+
+    return _run(args, go)
+
+
 def cmd_projector(args: argparse.Namespace) -> int:
     from projections.projector import JobStatusProjector
     from services.process import serve
@@ -469,6 +499,16 @@ def parser() -> argparse.ArgumentParser:
     k = ksub.add_parser("revoke", parents=[common], help="revoke a key on every gateway at once")
     k.add_argument("key_id")
     k.set_defaults(fn=cmd_keys_revoke)
+
+    s = sub.add_parser("admin", parents=[common], help="manage admin accounts")
+    asub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = asub.add_parser(
+        "create", parents=[common], help="create an admin account (the first one, say)"
+    )
+    a.add_argument("--email", required=True)
+    a.add_argument("--password", help="asked for when not given")
+    a.add_argument("--tenant", default="default")
+    a.set_defaults(fn=cmd_admin_create)
 
     s = sub.add_parser("settings", help="list every DIM_* setting with its current value")
     s.set_defaults(fn=cmd_settings)

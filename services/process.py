@@ -47,6 +47,7 @@ def settings_topology(settings: Settings) -> Topology:
         tokens_max_age_s=settings.tokens_max_age_s,
         node_ttl_s=settings.node_ttl_s,
         idempotency_ttl_s=settings.idempotency_ttl_s,
+        session_ttl_s=settings.refresh_ttl_s,
     )
 
 

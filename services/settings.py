@@ -107,6 +107,22 @@ class Settings(BaseSettings):
     idempotency_ttl_s: float = Field(
         86_400.0, gt=0, description="how long an Idempotency-Key keeps returning the same job"
     )
+    jwt_algorithm: Literal["HS256", "EdDSA"] = Field(
+        "HS256", description="signing algorithm of access tokens"
+    )
+    jwt_secret: str = Field(
+        "", description="HS256 signing key, shared by every gateway (required for HS256)"
+    )
+    jwt_private_key: str = Field(
+        "", description="EdDSA (Ed25519) private key, PEM, shared by every gateway"
+    )
+    access_ttl_s: float = Field(900.0, gt=0, description="lifetime of an access token")
+    refresh_ttl_s: float = Field(
+        30 * 86_400.0, gt=0, description="lifetime of a session (its refresh token)"
+    )
+    open_registration: bool = Field(
+        False, description="let anyone register a member account (else admins only)"
+    )
     default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request names none")
 
     # observability

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from events.bus import Bus
 from events.errors import NatsServerError
@@ -107,6 +109,8 @@ async def up(settings: Settings, workers: int) -> int:
             f"port {settings.gateway_port} on {settings.gateway_host} is already in use: is another "
             "`dim up` running? Pick another with --gateway-port"
         )
+    if settings.jwt_algorithm == "HS256" and not settings.jwt_secret:
+        settings = settings.model_copy(update={"jwt_secret": _local_secret(settings.data_dir)})
     server = EmbeddedNats(settings.data_dir / "nats", port=settings.nats_port)
     say(f"starting nats-server {server.version()} (store: {server.data_dir / 'jetstream'})")
     url = await asyncio.to_thread(server.start)
@@ -156,6 +160,16 @@ async def up(settings: Settings, workers: int) -> int:
             pump.cancel()
         await asyncio.to_thread(server.stop)
         say("nats-server stopped; bye")
+
+
+def _local_secret(data_dir: Path) -> str:
+    """This machine's token-signing secret, made once and kept beside the store (mode 600)."""
+    path = data_dir / "jwt_secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
 
 
 async def supervise(

@@ -90,6 +90,7 @@ def settings(nats_url: str, namespace: str) -> Settings:
         sim_ttft_ms=0,
         sim_tokens_per_s=0,
         node_id="w0",
+        jwt_secret="test-secret-that-is-long-enough-for-hs256-0123",
     )
 
 
