@@ -85,6 +85,15 @@ class Names:
         return f"{self.ns}_ACCOUNTS"
 
     @property
+    def rate_stream(self) -> str:
+        """Counter stream of per-caller request counts (rate limits)."""
+        return f"{self.ns}_RATE"
+
+    def rate(self, caller: str, window: int) -> str:
+        """Subject counting one caller's requests in one window."""
+        return f"{self.ns}.rate.{encode_token(caller)}.{window}"
+
+    @property
     def dead_stream(self) -> str:
         """Stream recording messages that were terminated as unprocessable."""
         return f"{self.ns}_DEAD"

@@ -36,6 +36,8 @@ class StreamSpec:
     deny_purge: bool = False
     duplicate_window_s: float = 120.0
     replicas: int = 1
+    counter: bool = False
+    max_msgs_per_subject: int = -1
 
     def config(self) -> StreamConfig:
         """The nats-py config for this spec."""
@@ -51,6 +53,8 @@ class StreamSpec:
             num_replicas=self.replicas,
             discard=DiscardPolicy.OLD,
             allow_direct=True,
+            allow_msg_counter=self.counter or None,
+            max_msgs_per_subject=self.max_msgs_per_subject,
         )
 
     def differences(self, actual: StreamConfig) -> list[str]:
@@ -160,6 +164,16 @@ def topology(
                 deny_delete=True,
                 deny_purge=True,
                 duplicate_window_s=dedupe_window_s,
+                replicas=replicas,
+            ),
+            StreamSpec(
+                names.rate_stream,
+                (f"{names.ns}.rate.>",),
+                storage=StorageType.MEMORY,
+                max_age_s=180.0,
+                duplicate_window_s=60.0,
+                counter=True,
+                max_msgs_per_subject=1,
                 replicas=replicas,
             ),
             StreamSpec(

@@ -15,7 +15,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.ids import new_id
-from gateway.auth import provide_gateway, provide_principal
+from gateway.auth import EXTRA_HEADERS, provide_gateway, provide_principal
 from gateway.controllers.auth import AuthController
 from gateway.controllers.health import HealthController
 from gateway.controllers.jobs import JobsController
@@ -42,7 +42,10 @@ def request_id(app: ASGIApp) -> ASGIApp:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableScopeHeaders.from_message(message)[REQUEST_ID] = rid
+                headers = MutableScopeHeaders.from_message(message)
+                headers[REQUEST_ID] = rid
+                for name, value in scope.get(EXTRA_HEADERS, {}).items():  # type: ignore[attr-defined]
+                    headers.setdefault(name, value)
             await send(message)
 
         await app(scope, receive, send_with_id)

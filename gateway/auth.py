@@ -27,9 +27,17 @@ async def provide_gateway(request: Request[Any, Any, Any]) -> Gateway:
     return gateway_of(request)
 
 
+EXTRA_HEADERS = "dim.extra_headers"
+
+
 async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
-    """Dependency: the authenticated caller, or a 401 that says what to send."""
-    return authenticate(gateway_of(request), request.headers.get("authorization"))
+    """Dependency: the authenticated caller (401 otherwise), counted against its rate limit."""
+    gateway = gateway_of(request)
+    principal = authenticate(gateway, request.headers.get("authorization"))
+    state = await gateway.limiter.hit(principal)
+    if state is not None:
+        request.scope.setdefault(EXTRA_HEADERS, {}).update(state.headers())  # type: ignore[misc]
+    return principal
 
 
 def authenticate(gateway: Gateway, header: str | None) -> Principal:

@@ -8,6 +8,7 @@ from events.bus import Bus
 from events.watched import WatchedBucket
 from gateway.accounts import SessionRecord
 from gateway.keys import KeyRing
+from gateway.limits import RateLimiter
 from gateway.tokens import Signer
 from services.process import connect, ensure_topology
 from services.registry.live import LiveNodes
@@ -24,6 +25,7 @@ class Gateway:
     keys: KeyRing
     sessions: WatchedBucket[SessionRecord]
     signer: Signer
+    limiter: RateLimiter
 
     @classmethod
     async def start(cls, settings: Settings) -> Gateway:
@@ -37,7 +39,9 @@ class Gateway:
         await nodes.start()
         await keys.start()
         await sessions.start()
-        return cls(settings, bus, nodes, keys, sessions, signer)
+        return cls(
+            settings, bus, nodes, keys, sessions, signer, RateLimiter(bus, settings.rate_limit_rpm)
+        )
 
     async def stop(self) -> None:
         """Stop the watches and close the connection."""

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     open_registration: bool = Field(
         False, description="let anyone register a member account (else admins only)"
     )
+    rate_limit_rpm: int = Field(
+        600, ge=0, description="requests per minute per API key or user (0: no limit)"
+    )
     default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request names none")
 
     # observability

@@ -1,0 +1,64 @@
+"""Rate limits that hold across every gateway replica, counted by NATS itself.
+
+Each request increments a counter for its caller (API key, or user) in the current one-minute
+window: a JetStream counter stream (``Nats-Incr``) adds atomically and returns the new count in
+the publish ack, so replicas share one count without a coordinator, for one round trip.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from events.bus import Bus
+from gateway.errors import ApiError
+from gateway.principal import Principal
+
+WINDOW_S = 60
+
+
+@dataclass(frozen=True, slots=True)
+class RateState:
+    """Where a caller stands in the current window."""
+
+    limit: int
+    remaining: int
+    reset_s: int
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's rate-limit headers."""
+        return {
+            "x-ratelimit-limit-requests": str(self.limit),
+            "x-ratelimit-remaining-requests": str(self.remaining),
+            "x-ratelimit-reset-requests": f"{self.reset_s}s",
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimiter:
+    """Requests per minute per caller; 0 means no limit."""
+
+    bus: Bus
+    rpm: int
+
+    async def hit(self, principal: Principal) -> RateState | None:
+        """Count one request; raise 429 with `Retry-After` when over the limit."""
+        if self.rpm <= 0:
+            return None
+        now = time.time()
+        window = int(now // WINDOW_S)
+        caller = principal.key_id or principal.principal_id
+        ack = await self.bus.js.publish(
+            self.bus.names.rate(caller, window), b"", headers={"Nats-Incr": "1"}
+        )
+        count = int(ack.val or 0)
+        reset = max(1, int((window + 1) * WINDOW_S - now + 0.999))
+        state = RateState(self.rpm, max(0, self.rpm - count), reset)
+        if count > self.rpm:
+            raise ApiError(
+                429,
+                f"rate limit of {self.rpm} requests per minute reached; retry in {reset}s",
+                code="rate_limit_exceeded",
+                headers=state.headers() | {"retry-after": str(reset)},
+            )
+        return state

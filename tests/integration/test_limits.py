@@ -1,0 +1,81 @@
+"""Rate limits across gateway replicas, counted by NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from litestar.testing import AsyncTestClient
+
+from events.bus import Bus
+from gateway.app import create_app
+from gateway.keys import create_key
+from gateway.limits import WINDOW_S
+from services.settings import Settings
+from tests.mesh import wait_until
+
+
+async def test_requests_per_minute_are_counted_across_replicas(
+    bus: Bus, settings: Settings
+) -> None:
+    limited = settings.model_copy(update={"rate_limit_rpm": 4})
+    _, key = await create_key(
+        bus, principal_id="fred", tenant="acme", roles=("member",), actor="test"
+    )
+    _, other = await create_key(
+        bus, principal_id="gina", tenant="acme", roles=("member",), actor="test"
+    )
+    auth = {"Authorization": f"Bearer {key}"}
+    async with (
+        AsyncTestClient(app=create_app(limited)) as a,
+        AsyncTestClient(app=create_app(limited)) as b,
+    ):
+        for c in (a, b):
+            gw = c.app.state.gateway
+
+            async def loaded(gw: object = gw) -> bool:
+                return len(gw.keys.items) >= 2  # type: ignore[attr-defined]
+
+            await wait_until(loaded, what="keys in each replica")
+        left = WINDOW_S - time.time() % WINDOW_S
+        if left < 5:  # do not straddle two windows
+            await asyncio.sleep(left + 0.1)
+        answers = [await c.get("/v1/models", headers=auth) for c in (a, b, a, b, a)]
+        assert [r.status_code for r in answers] == [200, 200, 200, 200, 429]
+        assert [r.headers["x-ratelimit-remaining-requests"] for r in answers] == [
+            "3",
+            "2",
+            "1",
+            "0",
+            "0",
+        ]
+        assert all(r.headers["x-ratelimit-limit-requests"] == "4" for r in answers)
+        over = answers[-1]
+        assert over.json()["error"]["type"] == "rate_limit_error"
+        assert over.json()["error"]["code"] == "rate_limit_exceeded"
+        assert 1 <= int(over.headers["retry-after"]) <= 60
+        # Another caller has a count of its own.
+        assert (
+            await b.get("/v1/models", headers={"Authorization": f"Bearer {other}"})
+        ).status_code == 200
+
+
+async def test_no_limit_when_set_to_zero(bus: Bus, settings: Settings) -> None:
+    _, key = await create_key(
+        bus, principal_id="hal", tenant="acme", roles=("member",), actor="test"
+    )
+    async with AsyncTestClient(
+        app=create_app(settings.model_copy(update={"rate_limit_rpm": 0}))
+    ) as c:
+        gw = c.app.state.gateway
+
+        async def loaded() -> bool:
+            return bool(gw.keys.items)
+
+        await wait_until(loaded, what="the key")
+        answers = [
+            await c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}) for _ in range(10)
+        ]
+    assert all(
+        r.status_code == 200 and "x-ratelimit-limit-requests" not in r.headers for r in answers
+    )
