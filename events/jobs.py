@@ -112,6 +112,7 @@ class JobCompleted(Event):
     output: str
     finish_reason: FinishReason
     usage: Usage
+    tenant: str | None = None  # added later: readers of older events see None
 
 
 @event_type

@@ -39,7 +39,8 @@ class Started:
 async def start(
     gw: Gateway, principal: Principal, model: str, prompt: Prompt, params: SamplingParams
 ) -> Started:
-    """Check the model, open the live feed, then submit the job (so nothing is missed)."""
+    """Check the model and quota, open the live feed, then submit the job (so nothing is missed)."""
+    gw.quotas.check(principal)
     if not gw.nodes.serving(model):
         live = sorted(gw.nodes.live_models())
         raise ApiError(

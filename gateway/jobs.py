@@ -34,6 +34,7 @@ async def submit_job(
     idempotency_key: str | None,
 ) -> tuple[str, bool]:
     """Submit a job; returns its id and whether it is new (False: an earlier identical request's)."""
+    gw.quotas.check(principal)
     job_id = new_id()
     if idempotency_key is not None:
         kv = await gw.bus.js.key_value(gw.bus.names.bucket("idempotency"))

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from events.bus import Bus
+from events.watched import WatchedBucket
 from gateway.errors import ApiError
 from gateway.principal import Principal
+from projections.usage import TenantUsage, day_of, usage_key
 
 WINDOW_S = 60
 
@@ -62,3 +65,29 @@ class RateLimiter:
                 headers=state.headers() | {"retry-after": str(reset)},
             )
         return state
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Tokens per tenant per UTC day (0: no quota), from the usage projection's mirror."""
+
+    usage: WatchedBucket[TenantUsage]
+    daily_tokens: int
+
+    def check(self, principal: Principal) -> None:
+        """Raise 429 when the caller's tenant has used its tokens for today."""
+        if self.daily_tokens <= 0:
+            return
+        now = datetime.now(UTC)
+        record = self.usage.items.get(usage_key(principal.tenant, day_of(now)))
+        used = record.total_tokens if record else 0
+        if used >= self.daily_tokens:
+            midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+            wait = max(1, int((midnight - now).total_seconds()))
+            raise ApiError(
+                429,
+                f"tenant {principal.tenant!r} used {used} of its {self.daily_tokens} tokens for today; "
+                f"the quota resets at 00:00 UTC",
+                code="quota_exceeded",
+                headers={"retry-after": str(wait)},
+            )

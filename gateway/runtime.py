@@ -8,8 +8,9 @@ from events.bus import Bus
 from events.watched import WatchedBucket
 from gateway.accounts import SessionRecord
 from gateway.keys import KeyRing
-from gateway.limits import RateLimiter
+from gateway.limits import Quotas, RateLimiter
 from gateway.tokens import Signer
+from projections.usage import TenantUsage
 from services.process import connect, ensure_topology
 from services.registry.live import LiveNodes
 from services.settings import Settings
@@ -26,6 +27,7 @@ class Gateway:
     sessions: WatchedBucket[SessionRecord]
     signer: Signer
     limiter: RateLimiter
+    quotas: Quotas
 
     @classmethod
     async def start(cls, settings: Settings) -> Gateway:
@@ -38,13 +40,16 @@ class Gateway:
         sessions = WatchedBucket(bus, bus.names.bucket("sessions"), SessionRecord)
         await nodes.start()
         await keys.start()
+        usage = WatchedBucket(bus, bus.names.bucket("usage"), TenantUsage)
         await sessions.start()
-        return cls(
-            settings, bus, nodes, keys, sessions, signer, RateLimiter(bus, settings.rate_limit_rpm)
-        )
+        await usage.start()
+        limiter = RateLimiter(bus, settings.rate_limit_rpm)
+        quotas = Quotas(usage, settings.tenant_daily_tokens)
+        return cls(settings, bus, nodes, keys, sessions, signer, limiter, quotas)
 
     async def stop(self) -> None:
         """Stop the watches and close the connection."""
+        await self.quotas.usage.stop()
         await self.sessions.stop()
         await self.keys.stop()
         await self.nodes.stop()

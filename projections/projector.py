@@ -19,8 +19,9 @@ from nats.js.kv import KeyValue
 from events.bus import Bus
 from events.consume import ConsumerSpec, Delivery, run_ordered
 from events.history import read_events
-from events.jobs import JobSubmitted
+from events.jobs import JobCompleted, JobSubmitted
 from projections.job_status import apply, decode_view, encode_view, fold
+from projections.usage import TenantUsage, add, day_of, usage_key
 from services.orchestrator.runner import job_key
 from services.orchestrator.state import JobState
 from services.settings import Settings
@@ -188,3 +189,67 @@ async def _keys(kv: KeyValue) -> list[str]:
         return list(await kv.keys())
     except NoKeysError:
         return []
+
+
+class UsageProjector:
+    """Folds job.completed into the usage bucket (tokens per tenant per day), for quotas."""
+
+    def __init__(self, bus: Bus, settings: Settings) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.names = bus.names
+
+    def consumer(self) -> ConsumerSpec:
+        """This instance's durable consumer on completed jobs."""
+        return ConsumerSpec(
+            stream=self.names.jobs_stream,
+            durable=f"usage-{self.settings.instance_id}",
+            filter_subjects=(self.names.job("*", "job.completed"),),
+            deliver_policy=DeliverPolicy.ALL,
+            inactive_threshold_s=7 * 24 * 3600.0,
+            max_ack_pending=10_000,
+            ack_all=True,
+            description="dim usage projector instance",
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Project until `stop` is set."""
+        kv = await self.bus.js.key_value(self.names.bucket("usage"))
+
+        async def handle(group: list[Delivery]) -> None:
+            # One lane for all: usage of a tenant comes from many jobs, applied in stream order.
+            touched: dict[str, tuple[TenantUsage | None, int | None]] = {}
+            for d in group:
+                event = d.envelope.data
+                if not isinstance(event, JobCompleted) or event.tenant is None:
+                    continue
+                key = usage_key(event.tenant, day_of(d.envelope.at))
+                if key not in touched:
+                    touched[key] = await _read_usage(kv, key)
+                record, revision = touched[key]
+                touched[key] = (add(record, d.envelope, d.stream_seq), revision)
+            for key, (record, revision) in touched.items():
+                assert record is not None
+                value = record.model_dump_json().encode()
+                if revision is None:
+                    await kv.create(key, value)
+                else:
+                    await kv.update(key, value, last=revision)
+
+        await run_ordered(
+            self.bus,
+            self.consumer(),
+            handle,
+            key=lambda _: "usage",
+            stop=stop,
+            max_batch=1024,
+            linger_s=0.05,
+        )
+
+
+async def _read_usage(kv: KeyValue, key: str) -> tuple[TenantUsage | None, int | None]:
+    try:
+        entry = await kv.get(key)
+    except KeyNotFoundError:
+        return None, None
+    return TenantUsage.model_validate_json(entry.value or b""), entry.revision

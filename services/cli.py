@@ -205,13 +205,15 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
 
 
 def cmd_projector(args: argparse.Namespace) -> int:
-    from projections.projector import JobStatusProjector
+    from projections.projector import JobStatusProjector, UsageProjector
     from services.process import serve
 
     settings = _settings(args, instance_id=args.instance_id)
 
     async def body(bus: Bus, stop: asyncio.Event) -> None:
-        await JobStatusProjector(bus, settings).run(stop)
+        await asyncio.gather(
+            JobStatusProjector(bus, settings).run(stop), UsageProjector(bus, settings).run(stop)
+        )
 
     return serve(settings, "projector", body)
 

@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     rate_limit_rpm: int = Field(
         600, ge=0, description="requests per minute per API key or user (0: no limit)"
     )
+    tenant_daily_tokens: int = Field(
+        0, ge=0, description="tokens a tenant may use per UTC day (0: no quota)"
+    )
     default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request names none")
 
     # observability

@@ -132,4 +132,5 @@ def _complete(state: JobState) -> JobCompleted:
         output=task.output or "",
         finish_reason=task.finish_reason or "stop",
         usage=usage,
+        tenant=state.tenant,
     )

@@ -12,7 +12,7 @@ from gateway.app import create_app
 from gateway.keys import create_key
 from gateway.limits import WINDOW_S
 from services.settings import Settings
-from tests.mesh import wait_until
+from tests.mesh import spawn, wait_until
 
 
 async def test_requests_per_minute_are_counted_across_replicas(
@@ -79,3 +79,48 @@ async def test_no_limit_when_set_to_zero(bus: Bus, settings: Settings) -> None:
     assert all(
         r.status_code == 200 and "x-ratelimit-limit-requests" not in r.headers for r in answers
     )
+
+
+async def test_a_tenant_over_its_daily_tokens_gets_429(bus: Bus, settings: Settings) -> None:
+    quota = settings.model_copy(update={"tenant_daily_tokens": 20})
+    _, key = await create_key(
+        bus, principal_id="ivy", tenant="thrifty", roles=("member",), actor="test"
+    )
+    _, elsewhere = await create_key(
+        bus, principal_id="jon", tenant="rich", roles=("member",), actor="test"
+    )
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    with (
+        spawn(quota, "orchestrator"),
+        spawn(quota, "projector"),
+        spawn(quota, "worker", DIM_NODE_ID="w1"),
+    ):
+        async with AsyncTestClient(app=create_app(quota)) as c:
+            gw = c.app.state.gateway
+
+            async def ready() -> bool:
+                return bool(gw.nodes.live()) and len(gw.keys.items) >= 2
+
+            await wait_until(ready, what="worker and keys")
+            used = 0
+            while used < 20:  # 3 + 8 = 11 tokens a request: the second crosses the quota
+                r = await c.post("/v1/chat/completions", headers=auth, json=body)
+                assert r.status_code == 200, r.text
+                used += r.json()["usage"]["total_tokens"]
+
+            async def refused() -> bool:  # once the usage projection has counted them
+                r = await c.post("/v1/chat/completions", headers=auth, json=body)
+                return r.status_code == 429
+
+            await wait_until(refused, timeout_s=10, what="the quota to bite")
+            r = await c.post("/v1/jobs", headers=auth, json={"model": "sim-small", "prompt": "x"})
+            assert r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded"
+            assert (
+                "resets at 00:00 UTC" in r.json()["error"]["message"]
+                and int(r.headers["retry-after"]) > 0
+            )
+            other = await c.post(
+                "/v1/chat/completions", headers={"Authorization": f"Bearer {elsewhere}"}, json=body
+            )
+            assert other.status_code == 200  # another tenant is not affected

@@ -99,6 +99,7 @@ def test_single_job_happy_path() -> None:
         output="hello",
         finish_reason="stop",
         usage=Usage(prompt_tokens=1, completion_tokens=2),
+        tenant="default",
     )
     assert log.state.status == "completed"
     assert log.state.ttft_ms == 3.0
