@@ -12,6 +12,7 @@ from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.ids import new_id
@@ -91,6 +92,7 @@ def create_app(settings: Settings) -> Litestar:
         submit_and_stream,
     ]
     return Litestar(
+        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig())],
         route_handlers=handlers,
         lifespan=[lifespan],
         dependencies={"gateway": Provide(provide_gateway), "principal": Provide(provide_principal)},

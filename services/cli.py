@@ -81,9 +81,11 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
     from services.process import setup_logging
+    from services.telemetry import setup_tracing
 
     settings = _settings(args, gateway_host=args.host, gateway_port=args.port)
     setup_logging(settings, "gateway")
+    setup_tracing(settings, "gateway")
     config = uvicorn.Config(
         create_app(settings),
         host=settings.gateway_host,

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from events.bus import Bus
 from events.topology import Topology, provision, topology
 from services.settings import Settings
+from services.telemetry import setup_tracing
 
 log = logging.getLogger("dim")
 
@@ -67,6 +68,7 @@ def serve(
 ) -> int:
     """Run `body` until SIGINT/SIGTERM, then let it finish; returns the exit code."""
     setup_logging(settings, role)
+    setup_tracing(settings, role.split()[0])
 
     async def main() -> int:
         stop = asyncio.Event()

@@ -133,6 +133,12 @@ class Settings(BaseSettings):
 
     # observability
     log_level: str = Field("INFO", description="Python logging level")
+    otel_exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="where trace spans go"
+    )
+    otel_endpoint: str = Field(
+        "", description="OTLP/HTTP traces endpoint (default: the exporter's own)"
+    )
 
     @field_validator("models", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 
 from nats.js.api import DeliverPolicy
+from opentelemetry import propagate, trace
 
 from events.bus import Bus
 from events.consume import ConsumerSpec, Delivery, run_ordered
@@ -31,6 +32,7 @@ from services.registry.live import LiveNodes
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("dim.orchestrator")
 
 _MAX_ACTIVE = 200_000
 _MAX_FINISHED = 100_000
@@ -101,6 +103,16 @@ class Orchestrator:
 
     async def handle(self, group: list[Delivery]) -> None:
         """Fold one job's newly delivered events, perform their effects, and advance the job."""
+        # Continue the trace of the event that arrived last: what is appended now follows from it.
+        parent = propagate.extract(group[-1].headers)
+        with tracer.start_as_current_span(
+            "orchestrator.advance", context=parent, kind=trace.SpanKind.CONSUMER
+        ) as span:
+            span.set_attribute("dim.job_id", job_key(group[0].subject))
+            span.set_attribute("dim.events", [d.envelope.type for d in group])
+            await self._handle(group)
+
+    async def _handle(self, group: list[Delivery]) -> None:
         job_id = job_key(group[0].subject)
         if job_id in self.finished:
             return

@@ -229,6 +229,22 @@ class Worker:
         self, request: TaskRequested, request_id: str, started: float, pending: PendingAcks
     ) -> TaskCompleted:
         task = request.task
+        gen = GenerationRequest(request_id, task.model, task.prompt, task.params)
+        with tracer.start_as_current_span("engine.generate") as span:
+            span.set_attribute("dim.engine", self.engine.kind)
+            span.set_attribute("gen_ai.request.model", task.model)
+            span.set_attribute("gen_ai.request.max_tokens", task.params.max_tokens)
+            return await self._stream(request, gen, started, pending, span)
+
+    async def _stream(
+        self,
+        request: TaskRequested,
+        gen: GenerationRequest,
+        started: float,
+        pending: PendingAcks,
+        span: trace.Span,
+    ) -> TaskCompleted:
+        task = request.task
         coalescer = Coalescer(self.settings.token_flush_ms, self.settings.token_flush_chars)
         subject = self.names.tokens(request.job_id)
         output: list[str] = []
@@ -250,7 +266,6 @@ class Worker:
             )
             await pending.add(subject, Envelope(chunk, actor=self.actor))
 
-        gen = GenerationRequest(request_id, task.model, task.prompt, task.params)
         async for chunk in self.engine.generate(gen):
             now = time.monotonic()
             if chunk.text:
@@ -272,6 +287,9 @@ class Worker:
         except PublishError as exc:
             raise EngineError(f"could not store token chunks: {exc}") from exc
         self.tokens_out += usage.completion_tokens
+        span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+        span.set_attribute("gen_ai.response.finish_reasons", [finish])
         return TaskCompleted(
             job_id=request.job_id,
             task_id=task.task_id,
