@@ -30,6 +30,15 @@ fmt:
     .venv/bin/ruff format .
     .venv/bin/ruff check --fix .
 
-# benchmarks: jobs/s and latency through the mesh (prints a table; not a test)
-bench *ARGS:
+# benchmarks: jobs through the mesh, then the gateway (prints tables; not tests)
+bench:
+    {{python}} -m tests.bench.bench_jobs
+    {{python}} -m tests.bench.bench_gateway
+
+# benchmark: jobs/s and latency through the mesh, over NATS
+bench-jobs *ARGS:
     {{python}} -m tests.bench.bench_jobs {{ARGS}}
+
+# benchmark: chat completions through the gateway vs. a bare endpoint; SSE to 100 clients
+bench-gateway *ARGS:
+    {{python}} -m tests.bench.bench_gateway {{ARGS}}

@@ -1,0 +1,224 @@
+"""Benchmark: chat completions through the whole mesh vs. the same engine behind a bare endpoint.
+
+In one run, on this machine: an embedded nats-server, the gateway, an orchestrator, a projector
+and two simulated workers at zero delay (each its own process, as `dim up` runs them), and,
+for comparison, the simulated engine behind a bare Litestar endpoint (same server, framework and
+engine, no mesh). Then: non-streaming requests one at a time (added latency p50/p99), with many
+in flight (requests/s), and 100 concurrent streaming clients (SSE tokens/s delivered).
+
+    just bench-gateway
+    python -m tests.bench.bench_gateway --requests 2000 --concurrency 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from events.bus import Bus
+from gateway.keys import create_key
+from services.nats_server import EmbeddedNats, free_port, port_open
+from services.process import ensure_topology
+from services.settings import Settings
+from services.up import child_env
+from tests.bench.bench_jobs import pct, table
+
+BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "bench"}], "max_tokens": 16}
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a child process of the bench."""
+    return subprocess.Popen([sys.executable, "-m", *args], env=env)
+
+
+async def timed(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], n: int, concurrency: int
+) -> tuple[list[float], float]:
+    """`n` non-streaming requests, `concurrency` at a time: latencies (ms) and wall time (s)."""
+    slots = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one() -> None:
+        async with slots:
+            t = time.perf_counter()
+            r = await client.post(url, headers=headers, json=BODY)
+            r.raise_for_status()
+            latencies.append((time.perf_counter() - t) * 1000)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return latencies, time.perf_counter() - start
+
+
+async def streams(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], clients: int, each: int
+) -> tuple[int, float]:
+    """`clients` concurrent streaming clients, `each` requests each: tokens delivered and wall time."""
+    tokens = 0
+
+    async def one_client() -> None:
+        nonlocal tokens
+        for _ in range(each):
+            body = BODY | {
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "max_tokens": 64,
+            }
+            async with client.stream("POST", url, headers=headers, json=body) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {") and '"usage"' in line and '"choices":[]' in line:
+                        tokens += json.loads(line[6:])["usage"]["completion_tokens"]
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    return tokens, time.perf_counter() - start
+
+
+async def run(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedNats(Path(tmp), port=0, name="dim-bench-gw")
+        server.start()
+        gw_port, bare_port = free_port(), free_port()
+        settings = Settings(
+            nats_url=server.url,
+            namespace="benchgw",
+            gateway_port=gw_port,
+            rate_limit_rpm=0,
+            jwt_secret="bench-secret-bench-secret-bench-secret",
+            sim_ttft_ms=0,
+            sim_tokens_per_s=0,
+            capacity=256,
+            log_level="WARNING",
+        )
+        procs: list[subprocess.Popen[bytes]] = []
+        bus = await Bus.connect(settings.nats_url, settings.names, name="bench")
+        try:
+            await ensure_topology(bus, settings)
+            _, key = await create_key(
+                bus, principal_id="bench", tenant="bench", roles=("member",), actor="bench"
+            )
+            for role, node in (
+                ("orchestrator", None),
+                ("projector", None),
+                ("worker", "w1"),
+                ("worker", "w2"),
+                ("gateway", None),
+            ):
+                env = child_env(settings, **({"DIM_NODE_ID": node} if node else {}))
+                procs.append(start("services.cli", role, env=env))
+            procs.append(start("tests.bench.bare_app", str(bare_port)))
+            headers = {"Authorization": f"Bearer {key}"}
+            limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+            async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+                mesh = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+                bare = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (
+                            port_open("127.0.0.1", bare_port)
+                            and (await client.post(mesh, headers=headers, json=BODY)).status_code
+                            == 200
+                        ):
+                            break
+                    await asyncio.sleep(0.2)
+                print("warming up ...", file=sys.stderr)
+                await timed(client, mesh, headers, 200, 16)
+                await timed(client, bare, headers, 200, 16)
+                print("one at a time ...", file=sys.stderr)
+                mesh_1, _ = await timed(client, mesh, headers, args.latency_requests, 1)
+                bare_1, _ = await timed(client, bare, headers, args.latency_requests, 1)
+                print("many in flight ...", file=sys.stderr)
+                mesh_n, mesh_wall = await timed(
+                    client, mesh, headers, args.requests, args.concurrency
+                )
+                bare_n, bare_wall = await timed(
+                    client, bare, headers, args.requests, args.concurrency
+                )
+                print("streaming clients ...", file=sys.stderr)
+                tokens, sse_wall = await streams(
+                    client, mesh, headers, args.stream_clients, args.stream_requests
+                )
+            p50m, p50b = statistics.median(mesh_1), statistics.median(bare_1)
+            print()
+            print(
+                f"dim gateway bench — {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+                f"nats-server {server.version()}; gateway, orchestrator, projector, 2 simulated workers (zero delay); max_tokens 16"
+            )
+            print()
+            print(
+                table(
+                    [
+                        ("mesh: latency p50, one at a time (ms)", f"{p50m:.2f}", ""),
+                        ("mesh: latency p99, one at a time (ms)", f"{pct(mesh_1, 99):.2f}", ""),
+                        ("bare endpoint: latency p50 (ms)", f"{p50b:.2f}", ""),
+                        ("bare endpoint: latency p99 (ms)", f"{pct(bare_1, 99):.2f}", ""),
+                        ("added latency p50 (ms)", f"{p50m - p50b:.2f}", "≤ 5"),
+                        ("added latency p99 (ms)", f"{pct(mesh_1, 99) - pct(bare_1, 99):.2f}", ""),
+                        (
+                            f"mesh: requests/s, {args.concurrency} in flight",
+                            f"{len(mesh_n) / mesh_wall:,.0f}",
+                            "≥ 500",
+                        ),
+                        (
+                            f"bare endpoint: requests/s, {args.concurrency} in flight",
+                            f"{len(bare_n) / bare_wall:,.0f}",
+                            "",
+                        ),
+                        (
+                            "mesh / bare requests/s",
+                            f"{(len(mesh_n) / mesh_wall) / (len(bare_n) / bare_wall):.2f}x",
+                            "",
+                        ),
+                        (
+                            f"mesh: latency p50 at {args.concurrency} in flight (ms)",
+                            f"{statistics.median(mesh_n):.2f}",
+                            "",
+                        ),
+                        (
+                            f"SSE tokens/s delivered to {args.stream_clients} streaming clients",
+                            f"{tokens / sse_wall:,.0f}",
+                            "",
+                        ),
+                    ]
+                )
+            )
+        finally:
+            await bus.close()
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            server.stop()
+
+
+def main() -> None:
+    """Parse flags and run the benchmark."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--latency-requests", type=int, default=300)
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--stream-clients", type=int, default=100)
+    p.add_argument("--stream-requests", type=int, default=3, help="requests per streaming client")
+    asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
