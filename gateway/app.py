@@ -91,8 +91,12 @@ def create_app(settings: Settings) -> Litestar:
         job_stream,
         submit_and_stream,
     ]
+    # Server spans only when they go somewhere: the middleware costs time on every request.
+    plugins = (
+        [OpenTelemetryPlugin(OpenTelemetryConfig())] if settings.otel_exporter != "none" else []
+    )
     return Litestar(
-        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig())],
+        plugins=plugins,
         route_handlers=handlers,
         lifespan=[lifespan],
         dependencies={"gateway": Provide(provide_gateway), "principal": Provide(provide_principal)},

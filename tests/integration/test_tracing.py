@@ -38,7 +38,8 @@ async def test_one_trace_spans_gateway_orchestrator_worker_and_engine(
     _install_provider()
     EXPORTER.clear()
     port = free_port()
-    s = settings.model_copy(update={"gateway_port": port})
+    # The exporter setting turns the gateway's server spans on; the test's provider collects them.
+    s = settings.model_copy(update={"gateway_port": port, "otel_exporter": "console"})
     _, key = await create_key(
         bus, principal_id="tess", tenant="acme", roles=("member",), actor="test"
     )
