@@ -41,15 +41,7 @@ async def start(
 ) -> Started:
     """Check the model and quota, open the live feed, then submit the job (so nothing is missed)."""
     gw.quotas.check(principal)
-    if not gw.nodes.serving(model):
-        live = sorted(gw.nodes.live_models())
-        raise ApiError(
-            404,
-            f"the model '{model}' does not exist or no live node serves it; "
-            f"available: {', '.join(live) if live else 'none'}",
-            code="model_not_found",
-            param="model",
-        )
+    require_served(gw, model)
     job_id = new_id()
     follower = await JobFollower(gw.bus, job_id, replay=False).start()
     try:
@@ -67,6 +59,19 @@ async def start(
         await follower.close()
         raise
     return Started(job_id, int(time.time()), model, follower)
+
+
+def require_served(gw: Gateway, model: str) -> None:
+    """404 (OpenAI's `model_not_found`) unless a live node serves `model`."""
+    if not gw.nodes.serving(model):
+        live = sorted(gw.nodes.live_models())
+        raise ApiError(
+            404,
+            f"the model '{model}' does not exist or no live node serves it; "
+            f"available: {', '.join(live) if live else 'none'}",
+            code="model_not_found",
+            param="model",
+        )
 
 
 def _failure(event: JobFailed | JobCancelled) -> ApiError:

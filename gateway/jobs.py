@@ -9,6 +9,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from events.errors import WrongLastSequence
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
+from gateway.completions import require_served
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
@@ -35,6 +36,7 @@ async def submit_job(
 ) -> tuple[str, bool]:
     """Submit a job; returns its id and whether it is new (False: an earlier identical request's)."""
     gw.quotas.check(principal)
+    require_served(gw, model)
     job_id = new_id()
     if idempotency_key is not None:
         kv = await gw.bus.js.key_value(gw.bus.names.bucket("idempotency"))

@@ -32,14 +32,6 @@ class JobsController(Controller):
         ] = None,
     ) -> Response[JobAccepted]:
         """Queue a job; the same Idempotency-Key (per caller, within a day) returns the same job."""
-        if not gateway.nodes.serving(data.model):
-            live = ", ".join(sorted(gateway.nodes.live_models())) or "none"
-            raise ApiError(
-                404,
-                f"no live node serves model '{data.model}' (live models: {live})",
-                code="model_not_found",
-                param="model",
-            )
         job_id, created = await jobs.submit_job(
             gateway,
             principal,

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Controller, Response, get, post
 from litestar.params import JSONBody
 from litestar.response import Stream
+from pydantic import BaseModel
 
+from events.inference import Prompt
+from events.jobs import JobCompleted
 from gateway import completions
 from gateway.auth import GatewayDep, PrincipalDep
+from gateway.principal import Principal
 from gateway.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -21,7 +26,10 @@ from gateway.protocol import (
     ModelList,
     TextChoice,
     UsageOut,
+    _Sampling,
 )
+from gateway.runtime import Gateway
+from gateway.sse import Kind
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -43,6 +51,49 @@ class ModelsController(Controller):
         return ModelList(data=[ModelCard(id=m, created=t) for m, t in sorted(first.items())])
 
 
+def _chat_body(started: completions.Started, cid: str, done: JobCompleted) -> ChatCompletion:
+    message = AssistantMessage(content=done.output)
+    return ChatCompletion(
+        id=cid,
+        created=started.created,
+        model=started.model,
+        choices=[ChatChoice(message=message, finish_reason=done.finish_reason)],
+        usage=UsageOut.of(done.usage),
+    )
+
+
+def _text_body(started: completions.Started, cid: str, done: JobCompleted) -> Completion:
+    return Completion(
+        id=cid,
+        created=started.created,
+        model=started.model,
+        choices=[TextChoice(text=done.output, finish_reason=done.finish_reason)],
+        usage=UsageOut.of(done.usage),
+    )
+
+
+async def _respond(
+    gateway: Gateway,
+    principal: Principal,
+    data: _Sampling,
+    prompt: Prompt,
+    kind: Kind,
+    whole: Callable[[completions.Started, str, JobCompleted], BaseModel],
+) -> Response[Any]:
+    """Run a completion; answer with SSE chunks (`stream: true`) or the whole body."""
+    params = data.sampling(gateway.settings.default_max_tokens)
+    started = await completions.start(gateway, principal, data.model, prompt, params)
+    headers = {"x-dim-job-id": started.job_id}
+    cid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{started.job_id}"
+    if data.stream:
+        body = completions.stream(
+            gateway, started, kind=kind, id=cid, include_usage=data.include_usage
+        )
+        return Stream(body, media_type="text/event-stream", headers=headers | _SSE_HEADERS)
+    done = await completions.answer(gateway, started)
+    return Response(whole(started, cid, done), headers=headers)
+
+
 class ChatController(Controller):
     """`POST /v1/chat/completions`."""
 
@@ -58,33 +109,7 @@ class ChatController(Controller):
         self, data: JSONBody[ChatCompletionRequest], gateway: GatewayDep, principal: PrincipalDep
     ) -> Response[Any]:
         """Run the chat through the mesh; `stream: true` answers with Server-Sent Events."""
-        started = await completions.start(
-            gateway,
-            principal,
-            data.model,
-            data.prompt(),
-            data.sampling(gateway.settings.default_max_tokens),
-        )
-        headers = {"x-dim-job-id": started.job_id}
-        cid = f"chatcmpl-{started.job_id}"
-        if data.stream:
-            body = completions.stream(
-                gateway, started, kind="chat", id=cid, include_usage=data.include_usage
-            )
-            return Stream(body, media_type="text/event-stream", headers=headers | _SSE_HEADERS)
-        done = await completions.answer(gateway, started)
-        result = ChatCompletion(
-            id=cid,
-            created=started.created,
-            model=started.model,
-            choices=[
-                ChatChoice(
-                    message=AssistantMessage(content=done.output), finish_reason=done.finish_reason
-                )
-            ],
-            usage=UsageOut.of(done.usage),
-        )
-        return Response(result, headers=headers)
+        return await _respond(gateway, principal, data, data.prompt(), "chat", _chat_body)
 
 
 class CompletionsController(Controller):
@@ -102,26 +127,4 @@ class CompletionsController(Controller):
         self, data: JSONBody[CompletionRequest], gateway: GatewayDep, principal: PrincipalDep
     ) -> Response[Any]:
         """Complete the prompt through the mesh; `stream: true` answers with Server-Sent Events."""
-        started = await completions.start(
-            gateway,
-            principal,
-            data.model,
-            data.text_prompt(),
-            data.sampling(gateway.settings.default_max_tokens),
-        )
-        headers = {"x-dim-job-id": started.job_id}
-        cid = f"cmpl-{started.job_id}"
-        if data.stream:
-            body = completions.stream(
-                gateway, started, kind="text", id=cid, include_usage=data.include_usage
-            )
-            return Stream(body, media_type="text/event-stream", headers=headers | _SSE_HEADERS)
-        done = await completions.answer(gateway, started)
-        result = Completion(
-            id=cid,
-            created=started.created,
-            model=started.model,
-            choices=[TextChoice(text=done.output, finish_reason=done.finish_reason)],
-            usage=UsageOut.of(done.usage),
-        )
-        return Response(result, headers=headers)
+        return await _respond(gateway, principal, data, data.text_prompt(), "text", _text_body)

@@ -162,13 +162,6 @@ async def submit_and_stream(socket: WebSocket[Any, Any, Any]) -> None:
             raise ApiError(
                 400, f"invalid job request: {first['msg']}", code="invalid_request", param=param
             ) from None
-        if not gw.nodes.serving(request.model):
-            raise ApiError(
-                404,
-                f"no live node serves model '{request.model}'",
-                code="model_not_found",
-                param="model",
-            )
         job_id, _ = await jobs.submit_job(
             gw,
             principal,

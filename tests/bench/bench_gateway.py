@@ -33,7 +33,7 @@ from services.nats_server import EmbeddedNats, free_port, port_open
 from services.process import ensure_topology
 from services.settings import Settings
 from services.up import child_env
-from tests.bench.bench_jobs import pct, table
+from tests.bench.bench_jobs import pct, stop_all, table
 
 BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "bench"}], "max_tokens": 16}
 
@@ -197,13 +197,7 @@ async def run(args: argparse.Namespace) -> None:
             )
         finally:
             await bus.close()
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_all(procs)
             server.stop()
 
 

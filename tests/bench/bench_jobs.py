@@ -62,6 +62,17 @@ def spawn(settings: Settings, role: str, node: str | None = None) -> subprocess.
     return subprocess.Popen([sys.executable, "-m", "services.cli", role], env=env)
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the bench's child processes: SIGTERM, then SIGKILL after 15 s."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 class Load:
     """Submits jobs and records, per job, submit / first token / end times."""
 
@@ -250,13 +261,7 @@ async def run(args: argparse.Namespace) -> None:
                 print(f"  {ms:7.2f}  {name}")
         finally:
             await bus.close()
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_all(procs)
             server.stop()
 
 
