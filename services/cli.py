@@ -493,7 +493,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("keys", parents=[common], help="manage API keys")
     ksub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     k = ksub.add_parser("create", parents=[common], help="issue a key (printed once)")
-    k.add_argument("--principal", default="admin", help="who the key acts as (default admin)")
+    k.add_argument("--principal", default="user", help="who the key acts as (default user)")
     k.add_argument("--tenant", default="default", help="the tenant (default default)")
     k.add_argument("--role", choices=["admin", "member"], default="member")
     k.add_argument("--name", help="a label for the key")
