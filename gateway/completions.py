@@ -15,11 +15,11 @@ from events.ids import new_id
 from events.inference import Prompt, SamplingParams
 from events.jobs import JobCancelled, JobCompleted, JobFailed
 from events.work import TokensProduced
-from gateway import sse
+from gateway import jobs, sse
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
-from services.client import JobFollower, TextAssembler, submit
+from services.client import JobFollower, TextAssembler
 
 log = logging.getLogger(__name__)
 
@@ -39,39 +39,23 @@ class Started:
 async def start(
     gw: Gateway, principal: Principal, model: str, prompt: Prompt, params: SamplingParams
 ) -> Started:
-    """Check the model and quota, open the live feed, then submit the job (so nothing is missed)."""
-    gw.quotas.check(principal)
-    require_served(gw, model)
+    """Open the live feed of a new job id, then submit the job under it (so nothing is missed)."""
     job_id = new_id()
     follower = await JobFollower(gw.bus, job_id, replay=False).start()
     try:
-        await submit(
-            gw.bus,
-            job_id=job_id,
+        await jobs.submit_job(
+            gw,
+            principal,
             model=model,
             prompt=prompt,
             params=params,
-            owner=principal.principal_id,
-            tenant=principal.tenant,
             max_attempts=gw.settings.max_attempts,
+            job_id=job_id,
         )
     except BaseException:
         await follower.close()
         raise
     return Started(job_id, int(time.time()), model, follower)
-
-
-def require_served(gw: Gateway, model: str) -> None:
-    """404 (OpenAI's `model_not_found`) unless a live node serves `model`."""
-    if not gw.nodes.serving(model):
-        live = sorted(gw.nodes.live_models())
-        raise ApiError(
-            404,
-            f"the model '{model}' does not exist or no live node serves it; "
-            f"available: {', '.join(live) if live else 'none'}",
-            code="model_not_found",
-            param="model",
-        )
 
 
 def _failure(event: JobFailed | JobCancelled) -> ApiError:

@@ -9,7 +9,6 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from events.errors import WrongLastSequence
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
-from gateway.completions import require_served
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
@@ -30,14 +29,19 @@ async def submit_job(
     model: str,
     prompt: Prompt,
     params: SamplingParams,
-    node_id: str | None,
+    node_id: str | None = None,
     max_attempts: int,
-    idempotency_key: str | None,
+    idempotency_key: str | None = None,
+    job_id: str | None = None,
 ) -> tuple[str, bool]:
-    """Submit a job; returns its id and whether it is new (False: an earlier identical request's)."""
+    """Check quota and model, then submit a job (under `job_id` if given, e.g. to listen first).
+
+    Returns its id and whether it is new (False: an earlier request with the same
+    Idempotency-Key made it).
+    """
     gw.quotas.check(principal)
     require_served(gw, model)
-    job_id = new_id()
+    job_id = job_id or new_id()
     if idempotency_key is not None:
         kv = await gw.bus.js.key_value(gw.bus.names.bucket("idempotency"))
         slot = _idempotency_slot(principal, idempotency_key)
@@ -64,6 +68,19 @@ async def submit_job(
     except WrongLastSequence:
         return job_id, False  # a concurrent retry with the same key submitted it first
     return job_id, True
+
+
+def require_served(gw: Gateway, model: str) -> None:
+    """404 (OpenAI's `model_not_found`) unless a live node serves `model`."""
+    if not gw.nodes.serving(model):
+        live = sorted(gw.nodes.live_models())
+        raise ApiError(
+            404,
+            f"the model '{model}' does not exist or no live node serves it; "
+            f"available: {', '.join(live) if live else 'none'}",
+            code="model_not_found",
+            param="model",
+        )
 
 
 def visible(view: JobState, principal: Principal) -> bool:
