@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 
 from events.errors import WrongLastSequence
 from events.ids import new_id
@@ -12,7 +12,8 @@ from events.inference import Prompt, SamplingParams
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
-from projections.job_status import decode_view, fold
+from projections.job_status import fold
+from projections.job_views import newest_views, read_view
 from services.client import history, submit
 from services.orchestrator.state import JobState
 
@@ -92,12 +93,9 @@ def visible(view: JobState, principal: Principal) -> bool:
 
 async def load_view(gw: Gateway, principal: Principal, job_id: str) -> JobState:
     """The job's view, or 404 — also for a job of another tenant or owner (no existence leak)."""
-    view: JobState | None = None
-    kv = await gw.bus.js.key_value(gw.bus.names.bucket("jobs"))
     try:
-        entry = await kv.get(job_id)
-        view = decode_view(entry.value) if entry.value else None
-    except (KeyNotFoundError, ValueError):
+        view = await read_view(gw.bus, job_id)
+    except ValueError:  # an unreadable stored view: the log below is the truth
         view = None
     if view is None:
         # Not projected yet (just submitted): fold the log directly.
@@ -115,24 +113,8 @@ async def list_views(
     gw: Gateway, principal: Principal, *, status: str | None, limit: int, before: str | None
 ) -> list[JobState]:
     """The caller's jobs (an admin's: the tenant's), newest first, after the cursor."""
-    kv = await gw.bus.js.key_value(gw.bus.names.bucket("jobs"))
-    try:
-        keys = sorted(await kv.keys(), reverse=True)  # ids sort by creation time
-    except Exception:  # no keys at all
-        return []
-    out: list[JobState] = []
-    for key in keys:
-        if before is not None and key >= before:
-            continue
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
-            continue
-        if not entry.value:
-            continue
-        view = decode_view(entry.value)
-        if visible(view, principal) and (status is None or view.status == status):
-            out.append(view)
-            if len(out) >= limit:
-                break
-    return out
+
+    def keep(view: JobState) -> bool:
+        return visible(view, principal) and (status is None or view.status == status)
+
+    return await newest_views(gw.bus, keep, limit=limit, before=before)

@@ -312,26 +312,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from nats.js.errors import NoKeysError
-
-    from projections.job_status import decode_view
+    from projections.job_views import newest_views
     from services.render import jobs_table
 
     async def go(bus: Bus) -> int:
-        kv = await bus.js.key_value(bus.names.bucket("jobs"))
-        try:
-            keys = sorted(await kv.keys(), reverse=True)  # ids sort by creation time
-        except NoKeysError:
-            keys = []
-        views = []
-        for key in keys:
-            entry = await kv.get(key)
-            if entry.value:
-                view = decode_view(entry.value)
-                if args.status is None or view.status == args.status:
-                    views.append(view)
-            if len(views) >= args.limit:
-                break
+        views = await newest_views(
+            bus, lambda v: args.status is None or v.status == args.status, limit=args.limit
+        )
         if args.json:
             print(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
         else:
@@ -342,19 +329,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    from nats.js.errors import KeyNotFoundError
-
-    from projections.job_status import decode_view
+    from projections.job_views import read_view
     from services.client import history
     from services.render import job_detail
 
     async def go(bus: Bus) -> int:
-        kv = await bus.js.key_value(bus.names.bucket("jobs"))
-        try:
-            entry = await kv.get(args.job_id)
-            view = decode_view(entry.value) if entry.value else None
-        except KeyNotFoundError:
-            view = None
+        view = await read_view(bus, args.job_id)
         events = await history(bus, args.job_id)
         if view is None and not events:
             print(f"dim: no job {args.job_id!r}", file=sys.stderr)

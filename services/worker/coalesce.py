@@ -33,11 +33,6 @@ class Coalescer:
         self._index = 0
         self._last_cut: float | None = None
 
-    @property
-    def emitted_chars(self) -> int:
-        """Characters handed out in pieces so far."""
-        return self._offset
-
     def add(self, text: str, tokens: int, now: float) -> Piece | None:
         """Buffer `text`; a piece if one is due at time `now` (seconds, monotonic)."""
         self._text.append(text)
