@@ -108,8 +108,9 @@ class Orchestrator:
         with tracer.start_as_current_span(
             "orchestrator.advance", context=parent, kind=trace.SpanKind.CONSUMER
         ) as span:
-            span.set_attribute("dim.job_id", job_key(group[0].subject))
-            span.set_attribute("dim.events", [d.envelope.type for d in group])
+            if span.is_recording():  # no attribute work on the hot path when nothing records
+                span.set_attribute("dim.job_id", job_key(group[0].subject))
+                span.set_attribute("dim.events", [d.envelope.type for d in group])
             await self._handle(group)
 
     async def _handle(self, group: list[Delivery]) -> None:
