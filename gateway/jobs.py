@@ -12,6 +12,7 @@ from events.inference import Prompt, SamplingParams
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
+from gateway.schemas import JobRequest
 from projections.job_status import fold
 from projections.job_views import newest_views, read_view
 from services.client import history, submit
@@ -69,6 +70,22 @@ async def submit_job(
     except WrongLastSequence:
         return job_id, False  # a concurrent retry with the same key submitted it first
     return job_id, True
+
+
+async def submit_request(
+    gw: Gateway, principal: Principal, request: JobRequest, *, idempotency_key: str | None = None
+) -> tuple[str, bool]:
+    """Submit a jobs-API request (REST or WebSocket); as `submit_job`."""
+    return await submit_job(
+        gw,
+        principal,
+        model=request.model,
+        prompt=request.to_prompt(),
+        params=request.sampling(),
+        node_id=request.node,
+        max_attempts=request.max_attempts,
+        idempotency_key=idempotency_key,
+    )
 
 
 def require_served(gw: Gateway, model: str) -> None:

@@ -32,15 +32,8 @@ class JobsController(Controller):
         ] = None,
     ) -> Response[JobAccepted]:
         """Queue a job; the same Idempotency-Key (per caller, within a day) returns the same job."""
-        job_id, created = await jobs.submit_job(
-            gateway,
-            principal,
-            model=data.model,
-            prompt=data.to_prompt(),
-            params=data.sampling(),
-            node_id=data.node,
-            max_attempts=data.max_attempts,
-            idempotency_key=idempotency_key,
+        job_id, created = await jobs.submit_request(
+            gateway, principal, data, idempotency_key=idempotency_key
         )
         body = JobAccepted(job_id=job_id, status="queued", created=created)
         return Response(body, status_code=202, headers={"location": f"/v1/jobs/{job_id}"})

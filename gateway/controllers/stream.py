@@ -162,16 +162,7 @@ async def submit_and_stream(socket: WebSocket[Any, Any, Any]) -> None:
             raise ApiError(
                 400, f"invalid job request: {first['msg']}", code="invalid_request", param=param
             ) from None
-        job_id, _ = await jobs.submit_job(
-            gw,
-            principal,
-            model=request.model,
-            prompt=request.to_prompt(),
-            params=request.sampling(),
-            node_id=request.node,
-            max_attempts=request.max_attempts,
-            idempotency_key=None,
-        )
+        job_id, _ = await jobs.submit_request(gw, principal, request)
         await socket.send_json({"type": "accepted", "job_id": job_id})
         await _pump(gw, socket, principal, job_id, 0, 0)
     except ApiError as error:
