@@ -103,6 +103,16 @@ class TaskFailed(Event):
     retriable: bool = True
 
 
+class Choice(BaseModel):
+    """One of a job's `n` answers."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    index: int
+    output: str
+    finish_reason: FinishReason
+
+
 @event_type
 class JobCompleted(Event):
     """The job finished with a result."""
@@ -113,6 +123,7 @@ class JobCompleted(Event):
     finish_reason: FinishReason
     usage: Usage
     tenant: str | None = None  # added later: readers of older events see None
+    choices: tuple[Choice, ...] = ()  # every answer when n > 1 (output is the first); added later
 
 
 @event_type

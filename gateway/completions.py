@@ -13,7 +13,7 @@ from events.bus import Bus
 from events.envelope import Envelope
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
-from events.jobs import JobCancelled, JobCompleted, JobFailed
+from events.jobs import Choice, JobCancelled, JobCompleted, JobFailed
 from events.work import TokensProduced
 from gateway import jobs, sse
 from gateway.errors import ApiError
@@ -58,6 +58,18 @@ async def start(
     return Started(job_id, int(time.time()), model, follower)
 
 
+def choice_index(task_id: str) -> int:
+    """Which of a job's `n` choices a task produces (task ids end in ``-<i>``)."""
+    return int(task_id.rsplit("-", 1)[1])
+
+
+def choices_of(event: JobCompleted) -> tuple[Choice, ...]:
+    """Every answer of a completed job (one, unless n > 1)."""
+    return event.choices or (
+        Choice(index=0, output=event.output, finish_reason=event.finish_reason),
+    )
+
+
 def _failure(event: JobFailed | JobCancelled) -> ApiError:
     if isinstance(event, JobCancelled):
         return ApiError(409, f"the job was cancelled: {event.reason}", code="cancelled")
@@ -88,8 +100,7 @@ async def stream(
     gw: Gateway, started: Started, *, kind: sse.Kind, id: str, include_usage: bool
 ) -> AsyncIterator[bytes]:
     """The job as OpenAI SSE chunks; a client that goes away cancels the job."""
-    text = TextAssembler()
-    first = True
+    texts: dict[int, TextAssembler] = {}
     done = False
     out = sse.ChunkWriter(kind, id, started.created, started.model)
     try:
@@ -97,16 +108,25 @@ async def stream(
             async for envelope in started.follower:
                 event = envelope.data
                 if isinstance(event, TokensProduced):
+                    index = choice_index(event.task_id)
+                    first = index not in texts
+                    text = texts.setdefault(index, TextAssembler())
                     new = text.add(event.offset, event.text)
                     if new or first:
-                        yield out.text(new, first=first)
-                        first = False
+                        yield out.text(new, first=first, index=index)
                 elif isinstance(event, JobCompleted):
                     done = True
-                    rest = (
-                        event.output[len(text.text) :] if event.output.startswith(text.text) else ""
-                    )
-                    yield out.text(rest or None, finish_reason=event.finish_reason, first=first)
+                    for choice in choices_of(event):
+                        text = texts.get(choice.index, TextAssembler())
+                        seen = text.text
+                        rest = choice.output[len(seen) :] if choice.output.startswith(seen) else ""
+                        first = choice.index not in texts
+                        yield out.text(
+                            rest or None,
+                            finish_reason=choice.finish_reason,
+                            first=first,
+                            index=choice.index,
+                        )
                     if include_usage:
                         yield out.usage(event.usage)
                     yield sse.DONE

@@ -50,7 +50,7 @@ class _Sampling(_In):
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = Field(default=1, ge=1, le=1, description="choices per request; dim returns one")
+    n: int = Field(default=1, ge=1, le=16, description="choices per request (each its own task)")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -71,6 +71,7 @@ class _Sampling(_In):
             top_p=1.0 if self.top_p is None else self.top_p,
             stop=stop,
             seed=self.seed,
+            n=self.n,
         )
 
     @property

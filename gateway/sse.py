@@ -36,22 +36,30 @@ class ChunkWriter:
         return event({**head, "choices": choices, **more})
 
     def text(
-        self, text: str | None, *, finish_reason: str | None = None, first: bool = False
+        self,
+        text: str | None,
+        *,
+        finish_reason: str | None = None,
+        first: bool = False,
+        index: int = 0,
     ) -> bytes:
-        """A chunk with new text and/or the finish reason (the first chat chunk names the role)."""
+        """A chunk of choice `index`: new text and/or the finish reason.
+
+        The first chat chunk of each choice names the role.
+        """
         if self.kind == "chat":
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text is not None:
                 delta["content"] = text
             choice: dict[str, Any] = {
-                "index": 0,
+                "index": index,
                 "delta": delta,
                 "logprobs": None,
                 "finish_reason": finish_reason,
             }
         else:
             choice = {
-                "index": 0,
+                "index": index,
                 "text": text or "",
                 "logprobs": None,
                 "finish_reason": finish_reason,

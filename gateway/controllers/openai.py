@@ -52,12 +52,18 @@ class ModelsController(Controller):
 
 
 def _chat_body(started: completions.Started, cid: str, done: JobCompleted) -> ChatCompletion:
-    message = AssistantMessage(content=done.output)
     return ChatCompletion(
         id=cid,
         created=started.created,
         model=started.model,
-        choices=[ChatChoice(message=message, finish_reason=done.finish_reason)],
+        choices=[
+            ChatChoice(
+                index=c.index,
+                message=AssistantMessage(content=c.output),
+                finish_reason=c.finish_reason,
+            )
+            for c in completions.choices_of(done)
+        ],
         usage=UsageOut.of(done.usage),
     )
 
@@ -67,7 +73,10 @@ def _text_body(started: completions.Started, cid: str, done: JobCompleted) -> Co
         id=cid,
         created=started.created,
         model=started.model,
-        choices=[TextChoice(text=done.output, finish_reason=done.finish_reason)],
+        choices=[
+            TextChoice(index=c.index, text=c.output, finish_reason=c.finish_reason)
+            for c in completions.choices_of(done)
+        ],
         usage=UsageOut.of(done.usage),
     )
 

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from events.envelope import Event
 from events.inference import Usage
-from events.jobs import JobCompleted, JobFailed, JobPlanned, TaskDispatched, TaskSpec
+from events.jobs import Choice, JobCompleted, JobFailed, JobPlanned, TaskDispatched, TaskSpec
 from events.subjects import Names
 from services.orchestrator.state import JobState, TaskState
 
@@ -33,15 +33,27 @@ def task_id(job_id: str, index: int) -> str:
 
 
 def plan(state: JobState) -> JobPlanned:
-    """Split a job into tasks. `single`: one task with the job's prompt."""
-    spec = TaskSpec(
-        task_id=task_id(state.job_id, 0),
-        model=state.model,
-        prompt=state.prompt,
-        params=state.params,
-        node_id=state.node_id,
-    )
-    return JobPlanned(job_id=state.job_id, tasks=(spec,))
+    """Split a job into tasks. `single`: one task per requested choice (`n`), each with n = 1.
+
+    Choice i samples with seed + i (when a seed is given, else seed i for i > 0), so even a
+    deterministic engine gives n different answers, and the same request gives the same n.
+    """
+    n = state.params.n
+    tasks = []
+    for i in range(n):
+        seed = state.params.seed
+        if i:
+            seed = (seed or 0) + i
+        tasks.append(
+            TaskSpec(
+                task_id=task_id(state.job_id, i),
+                model=state.model,
+                prompt=state.prompt,
+                params=state.params.model_copy(update={"n": 1, "seed": seed}),
+                node_id=state.node_id,
+            )
+        )
+    return JobPlanned(job_id=state.job_id, tasks=tuple(tasks))
 
 
 def _subject(names: Names, task: TaskState | TaskSpec, mesh: Mesh) -> str:
@@ -83,7 +95,18 @@ def decide(
         ]
     out: list[Event] = []
     for task in state.tasks:
-        if task.status == "failed":
+        if task.status == "planned":
+            # Planned but never dispatched: another writer (a worker's task.started) appended
+            # between this job's dispatches, so the rest of the batch was not written.
+            out.append(
+                TaskDispatched(
+                    job_id=state.job_id,
+                    task_id=task.task_id,
+                    attempt=1,
+                    subject=_subject(names, task, mesh),
+                )
+            )
+        elif task.status == "failed":
             if task.retriable and task.attempt < state.max_attempts:
                 out.append(
                     TaskDispatched(
@@ -126,11 +149,20 @@ def decide(
 
 def _complete(state: JobState) -> JobCompleted:
     task = state.tasks[0]
-    usage = sum((t.usage for t in state.tasks), Usage())
+    # The n choices share one prompt: counted once, as OpenAI does; completions add up.
+    usage = Usage(
+        prompt_tokens=max(t.usage.prompt_tokens for t in state.tasks),
+        completion_tokens=sum(t.usage.completion_tokens for t in state.tasks),
+    )
+    choices = tuple(
+        Choice(index=i, output=t.output or "", finish_reason=t.finish_reason or "stop")
+        for i, t in enumerate(state.tasks)
+    )
     return JobCompleted(
         job_id=state.job_id,
         output=task.output or "",
         finish_reason=task.finish_reason or "stop",
         usage=usage,
         tenant=state.tenant,
+        choices=choices if len(choices) > 1 else (),
     )

@@ -93,6 +93,44 @@ async def test_chat_completion_whole(
     assert events[-1].type == "job.completed"
 
 
+async def test_n_choices_whole_and_streamed(
+    gateway: tuple[AsyncTestClient, dict[str, str]],
+) -> None:
+    client, auth = gateway
+    body = {
+        "model": "sim-small",
+        "messages": [{"role": "user", "content": "pick"}],
+        "n": 3,
+        "seed": 5,
+    }
+    whole = (await client.post("/v1/chat/completions", headers=auth, json=body)).json()
+    outputs = [c["message"]["content"] for c in whole["choices"]]
+    assert [c["index"] for c in whole["choices"]] == [0, 1, 2]
+    assert len(set(outputs)) == 3  # three different answers
+    r = await client.post(
+        "/v1/chat/completions",
+        headers=auth,
+        json=body | {"stream": True, "stream_options": {"include_usage": True}},
+    )
+    chunks = [
+        json.loads(e.removeprefix("data: "))
+        for e in r.text.split("\n\n")
+        if e and e != "data: [DONE]"
+    ]
+    streamed: dict[int, str] = {}
+    finished: set[int] = set()
+    for c in chunks[:-1]:
+        choice = c["choices"][0]
+        streamed[choice["index"]] = streamed.get(choice["index"], "") + (
+            choice["delta"].get("content") or ""
+        )
+        if choice["finish_reason"]:
+            finished.add(choice["index"])
+    assert finished == {0, 1, 2}
+    assert [streamed[i] for i in range(3)] == outputs  # same seed, same three answers
+    assert chunks[-1]["usage"] == whole["usage"]
+
+
 async def test_completion_streamed_as_openai_sse(
     gateway: tuple[AsyncTestClient, dict[str, str]],
 ) -> None:
@@ -122,7 +160,7 @@ async def test_completion_streamed_as_openai_sse(
         (b'{"model": "sim-small", "messages": [}', 400, "invalid_json", None),
         (b'{"model": "sim-small"}', 400, "invalid_request", "messages"),
         (
-            b'{"model": "sim-small", "messages": [{"role": "user", "content": "x"}], "n": 3}',
+            b'{"model": "sim-small", "messages": [{"role": "user", "content": "x"}], "n": 17}',
             400,
             "invalid_request",
             "n",

@@ -10,6 +10,7 @@ from nats.js.errors import KeyNotFoundError
 
 from events.bus import Bus
 from events.inference import Prompt, SamplingParams
+from events.jobs import JobCompleted
 from events.work import TokensProduced
 from projections.job_status import decode_view
 from projections.projector import rebuild
@@ -117,6 +118,25 @@ async def test_two_workers_share_the_load(bus: Bus, settings: Settings) -> None:
         done = {w.name: w.obj.completed for w in (w1, w2)}
         assert sum(done.values()) == 24
         assert min(done.values()) >= 4, done  # both took a real share
+
+
+async def test_jobs_of_several_tasks_complete_though_workers_race_the_dispatches(
+    bus: Bus, settings: Settings
+) -> None:
+    # n=3 plans three tasks; a fast worker's task.started often lands between their
+    # dispatches and refuses the orchestrator's next append. Every job must still complete.
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        await m.worker("w1")
+        await wait_until(lambda: _live(bus, 1), what="a worker")
+        for i in range(20):
+            job = await submit(
+                bus, model="sim-small", prompt=Prompt(text=f"pick {i}"), params=SamplingParams(n=3)
+            )
+            events = await wait_terminal(bus, job.job_id, timeout_s=10)
+            done = events[-1].data
+            assert isinstance(done, JobCompleted), events[-1]
+            assert [c.index for c in done.choices] == [0, 1, 2]
 
 
 async def test_worker_killed_mid_task_is_redelivered_and_the_job_completes_once(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from events.envelope import Envelope, Event
-from events.inference import Prompt, Usage
+from events.inference import Prompt, SamplingParams, Usage
 from events.jobs import (
     JobCancelled,
     JobCompleted,
@@ -204,3 +204,46 @@ def test_view_tracks_sequence_and_count() -> None:
     assert log.state is not None
     assert (log.state.last_seq, log.state.events) == (3, 3)
     assert log.state.created_at == T0 + timedelta(milliseconds=10)
+
+
+def test_n_choices_plan_one_task_each_and_complete_with_every_answer() -> None:
+    log = Log(params=SamplingParams(n=3, seed=7))
+    planned, *dispatched = log.run_decisions()
+    assert isinstance(planned, JobPlanned)
+    assert [t.params.seed for t in planned.tasks] == [7, 8, 9]
+    assert all(t.params.n == 1 for t in planned.tasks) and len(dispatched) == 3
+    for i, t in enumerate(planned.tasks):
+        log.append(
+            TaskCompleted(
+                job_id="J",
+                task_id=t.task_id,
+                attempt=1,
+                node_id="gpu-1",
+                output=f"answer {i}",
+                finish_reason="stop",
+                usage=Usage(prompt_tokens=1, completion_tokens=2),
+                ttft_ms=1,
+                duration_ms=2,
+            )
+        )
+        assert log.decide() == [] or i == 2  # done only when every choice is
+    [done] = log.run_decisions()
+    assert isinstance(done, JobCompleted)
+    assert [c.output for c in done.choices] == ["answer 0", "answer 1", "answer 2"]
+    assert done.output == "answer 0" and done.usage == Usage(prompt_tokens=1, completion_tokens=6)
+
+
+def test_tasks_left_undispatched_by_a_lost_race_are_dispatched_next() -> None:
+    # The orchestrator appended the plan and task 0's dispatch; the worker's task.started then
+    # landed first, so the append of task 1's dispatch was refused. Deciding again sends 1 and 2.
+    log = Log(params=SamplingParams(n=3))
+    planned, first, *_ = log.decide()
+    log.append(planned, first)
+    log.append(TaskStarted(job_id="J", task_id="J-0", attempt=1, node_id="gpu-1", delivery=1))
+    again = log.decide()
+    assert [(e.task_id, e.attempt) for e in again if isinstance(e, TaskDispatched)] == [
+        ("J-1", 1),
+        ("J-2", 1),
+    ]
+    log.append(*again)
+    assert log.decide() == []
