@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -25,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 from events.bus import Bus
 from gateway.keys import create_key
 from services.nats_server import EmbeddedNats, free_port, port_open
@@ -34,6 +31,7 @@ from services.process import ensure_topology
 from services.settings import Settings
 from services.up import child_env
 from tests.bench.bench_jobs import pct, stop_all, table
+from tests.bench.loadgen import Client, HttpError
 
 BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "bench"}], "max_tokens": 16}
 
@@ -43,9 +41,7 @@ def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[byt
     return subprocess.Popen([sys.executable, "-m", *args], env=env)
 
 
-async def timed(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], n: int, concurrency: int
-) -> tuple[list[float], float]:
+async def timed(client: Client, path: str, n: int, concurrency: int) -> tuple[list[float], float]:
     """`n` non-streaming requests, `concurrency` at a time: latencies (ms) and wall time (s)."""
     slots = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -53,8 +49,7 @@ async def timed(
     async def one() -> None:
         async with slots:
             t = time.perf_counter()
-            r = await client.post(url, headers=headers, json=BODY)
-            r.raise_for_status()
+            await client.post(path, BODY)
             latencies.append((time.perf_counter() - t) * 1000)
 
     start = time.perf_counter()
@@ -62,24 +57,18 @@ async def timed(
     return latencies, time.perf_counter() - start
 
 
-async def streams(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], clients: int, each: int
-) -> tuple[int, float]:
+async def streams(client: Client, path: str, clients: int, each: int) -> tuple[int, float]:
     """`clients` concurrent streaming clients, `each` requests each: tokens delivered and wall time."""
     tokens = 0
+    body = BODY | {"stream": True, "stream_options": {"include_usage": True}, "max_tokens": 64}
 
     async def one_client() -> None:
         nonlocal tokens
         for _ in range(each):
-            body = BODY | {
-                "stream": True,
-                "stream_options": {"include_usage": True},
-                "max_tokens": 64,
-            }
-            async with client.stream("POST", url, headers=headers, json=body) as r:
-                async for line in r.aiter_lines():
-                    if line.startswith("data: {") and '"usage"' in line and '"choices":[]' in line:
-                        tokens += json.loads(line[6:])["usage"]["completion_tokens"]
+            text = b"".join([chunk async for chunk in client.stream(path, body)]).decode()
+            events = [e.removeprefix("data: ") for e in text.split("\n\n") if e]
+            assert events[-1] == "[DONE]", events[-3:]
+            tokens += json.loads(events[-2])["usage"]["completion_tokens"]
 
     start = time.perf_counter()
     await asyncio.gather(*(one_client() for _ in range(clients)))
@@ -119,38 +108,37 @@ async def run(args: argparse.Namespace) -> None:
                 env = child_env(settings, **({"DIM_NODE_ID": node} if node else {}))
                 procs.append(start("services.cli", role, env=env))
             procs.append(start("tests.bench.bare_app", str(bare_port)))
-            headers = {"Authorization": f"Bearer {key}"}
-            limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-            async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-                mesh = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-                bare = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
+            auth = {"authorization": f"Bearer {key}"}
+            mesh = Client("127.0.0.1", gw_port, auth)
+            bare = Client("127.0.0.1", bare_port, auth)
+            path = "/v1/chat/completions"
+            try:
                 deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    with contextlib.suppress(httpx.HTTPError):
-                        if (
-                            port_open("127.0.0.1", bare_port)
-                            and (await client.post(mesh, headers=headers, json=BODY)).status_code
-                            == 200
-                        ):
+                while True:
+                    try:
+                        if port_open("127.0.0.1", bare_port):
+                            await mesh.post(path, BODY)
                             break
+                    except (OSError, HttpError):
+                        if time.monotonic() > deadline:
+                            raise
                     await asyncio.sleep(0.2)
                 print("warming up ...", file=sys.stderr)
-                await timed(client, mesh, headers, 200, 16)
-                await timed(client, bare, headers, 200, 16)
+                await timed(mesh, path, 200, 16)
+                await timed(bare, path, 200, 16)
                 print("one at a time ...", file=sys.stderr)
-                mesh_1, _ = await timed(client, mesh, headers, args.latency_requests, 1)
-                bare_1, _ = await timed(client, bare, headers, args.latency_requests, 1)
+                mesh_1, _ = await timed(mesh, path, args.latency_requests, 1)
+                bare_1, _ = await timed(bare, path, args.latency_requests, 1)
                 print("many in flight ...", file=sys.stderr)
-                mesh_n, mesh_wall = await timed(
-                    client, mesh, headers, args.requests, args.concurrency
-                )
-                bare_n, bare_wall = await timed(
-                    client, bare, headers, args.requests, args.concurrency
-                )
+                mesh_n, mesh_wall = await timed(mesh, path, args.requests, args.concurrency)
+                bare_n, bare_wall = await timed(bare, path, args.requests, args.concurrency)
                 print("streaming clients ...", file=sys.stderr)
                 tokens, sse_wall = await streams(
-                    client, mesh, headers, args.stream_clients, args.stream_requests
+                    mesh, path, args.stream_clients, args.stream_requests
                 )
+            finally:
+                mesh.close()
+                bare.close()
             p50m, p50b = statistics.median(mesh_1), statistics.median(bare_1)
             print()
             print(
