@@ -37,11 +37,20 @@ class Started:
 
 
 async def start(
-    gw: Gateway, principal: Principal, model: str, prompt: Prompt, params: SamplingParams
+    gw: Gateway,
+    principal: Principal,
+    model: str,
+    prompt: Prompt,
+    params: SamplingParams,
+    *,
+    stream: bool,
 ) -> Started:
-    """Open the live feed of a new job id, then submit the job under it (so nothing is missed)."""
+    """Open the live feed of a new job id, then submit the job under it (so nothing is missed).
+
+    A whole answer (`stream=False`) needs only the job's end: the feed carries nothing else.
+    """
     job_id = new_id()
-    follower = await JobFollower(gw.bus, job_id, replay=False).start()
+    follower = await JobFollower(gw.bus, job_id, replay=False, terminal_only=not stream).start()
     try:
         await jobs.submit_job(
             gw,

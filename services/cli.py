@@ -14,6 +14,7 @@ from events.errors import DimError
 from events.inference import Prompt, SamplingParams
 from events.jobs import JobCancelled, JobCompleted, JobFailed
 from events.work import TokensProduced
+from services.process import run
 from services.settings import Settings
 
 
@@ -40,7 +41,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         sim_tokens_per_s=args.sim_tokens_per_s,
     )
     try:
-        return asyncio.run(up(settings, args.workers))
+        return run(up(settings, args.workers))
     except DimError as exc:
         print(f"dim up: {exc}", file=sys.stderr)
         return 1
@@ -232,7 +233,7 @@ async def _with_bus(settings: Settings, fn: Any) -> int:
 
 def _run(args: argparse.Namespace, fn: Any, **more: Any) -> int:
     try:
-        return asyncio.run(_with_bus(_settings(args, **more), fn))
+        return run(_with_bus(_settings(args, **more), fn))
     except DimError as exc:
         print(f"dim: {exc}", file=sys.stderr)
         return 1

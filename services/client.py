@@ -91,13 +91,24 @@ class JobFollower:
     job submitted earlier. `replay=False` listens live with plain subscriptions, opened by
     `start()` before the job is submitted so nothing is missed, and costing no JetStream
     consumer per request; if the live feed goes quiet (a reconnect can drop core messages) it
-    looks the terminal event up in the log. Use as ``async with JobFollower(...) as f``.
+    looks the terminal event up in the log. `terminal_only=True` (live) subscribes to nothing
+    but the job's end, for a reader that wants only the result. Use as
+    ``async with JobFollower(...) as f``.
     """
 
-    def __init__(self, bus: Bus, job_id: str, *, replay: bool, quiet_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        job_id: str,
+        *,
+        replay: bool,
+        quiet_s: float = 2.0,
+        terminal_only: bool = False,
+    ) -> None:
         self.bus = bus
         self.job_id = job_id
         self.replay = replay
+        self.terminal_only = terminal_only  # live only: just the job's end, filtered by the server
         self.quiet_s = quiet_s
         self._queue: asyncio.Queue[tuple[str, Msg]] = asyncio.Queue()
         self._subs: list[Any] = []
@@ -126,6 +137,11 @@ class JobFollower:
                         ordered_consumer=True,
                         deliver_policy=DeliverPolicy.ALL,
                     )
+                )
+        elif self.terminal_only:
+            for event_type in TERMINAL_TYPES:
+                self._subs.append(
+                    await self.bus.nc.subscribe(names.job(self.job_id, event_type), cb=into("job"))
                 )
         else:
             self._subs.append(

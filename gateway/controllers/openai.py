@@ -91,7 +91,9 @@ async def _respond(
 ) -> Response[Any]:
     """Run a completion; answer with SSE chunks (`stream: true`) or the whole body."""
     params = data.sampling(gateway.settings.default_max_tokens)
-    started = await completions.start(gateway, principal, data.model, prompt, params)
+    started = await completions.start(
+        gateway, principal, data.model, prompt, params, stream=data.stream
+    )
     headers = {"x-dim-job-id": started.job_id}
     cid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{started.job_id}"
     if data.stream:

@@ -26,7 +26,7 @@ from opentelemetry import propagate, trace
 from events.bus import Bus, PendingAcks
 from events.consume import ConsumerSpec, Delivery, Reject, run_pool
 from events.envelope import Envelope
-from events.errors import EngineError, PublishError
+from events.errors import EngineError
 from events.inference import FinishReason
 from events.jobs import FailureKind, TaskCompleted, TaskFailed, TaskStarted
 from events.subjects import encode_token
@@ -222,7 +222,13 @@ class Worker:
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
-        await self._append(job_id, completed)
+        # The result goes out behind the chunks without waiting for their acks (one connection
+        # keeps the order); then every ack is awaited, and whatever failed is re-sent.
+        # task.completed carries the whole output, so a reader never depends on the chunks.
+        await pending.add(
+            self.names.job(job_id, completed.type), Envelope(completed, actor=self.actor)
+        )
+        await pending.flush()
         self.completed += 1
 
     async def _generate(
@@ -282,10 +288,6 @@ class Worker:
                 await send(piece)
         if finish is None or usage is None:
             raise EngineError("the engine ended the stream without a finish reason")
-        try:
-            await pending.flush()
-        except PublishError as exc:
-            raise EngineError(f"could not store token chunks: {exc}") from exc
         self.tokens_out += usage.completion_tokens
         span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
         span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
