@@ -54,6 +54,8 @@ class Usage(_Value):
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # True when some count is an estimate (an upstream server that reports no usage); added later
+    estimated: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -64,6 +66,7 @@ class Usage(_Value):
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
+            estimated=self.estimated or other.estimated,
         )
 
 

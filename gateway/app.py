@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar
-from litestar.datastructures import MutableScopeHeaders
+from litestar import Litestar, Request, Response, get
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
@@ -26,6 +27,7 @@ from gateway.controllers.openai import ChatController, CompletionsController, Mo
 from gateway.controllers.stream import job_stream, submit_and_stream
 from gateway.errors import exception_handlers
 from gateway.runtime import Gateway
+from services.metrics import CONTENT_TYPE, GatewayMetrics
 from services.settings import Settings
 
 REQUEST_ID = "x-request-id"
@@ -54,12 +56,49 @@ def request_id(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+def observe(metrics: GatewayMetrics) -> Callable[[ASGIApp], ASGIApp]:
+    """Middleware: count every HTTP request by route template and status, and time it."""
+
+    def wrap(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            t0 = time.perf_counter()
+            status = 500
+
+            async def send_observed(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_observed)
+            finally:
+                route = scope.get("path_template") or "unmatched"
+                metrics.requests.labels(route=route, method=scope["method"], status=status).inc()
+                metrics.duration.labels(route=route).observe(time.perf_counter() - t0)
+
+        return middleware
+
+    return wrap
+
+
+@get("/metrics", include_in_schema=False, sync_to_thread=False)
+def prometheus_metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus exposition of this gateway's metrics (unauthenticated, like vLLM's)."""
+    metrics: GatewayMetrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+
 def create_app(settings: Settings) -> Litestar:
     """The gateway app; it connects to NATS when it starts and disconnects when it stops."""
+    metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        app.state.gateway = await Gateway.start(settings)
+        app.state.gateway = await Gateway.start(settings, metrics)
         try:
             yield
         finally:
@@ -90,6 +129,7 @@ def create_app(settings: Settings) -> Litestar:
         AuthController,
         job_stream,
         submit_and_stream,
+        prometheus_metrics,
     ]
     # Server spans only when they go somewhere: the middleware costs time on every request.
     plugins = (
@@ -101,7 +141,8 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         dependencies={"gateway": Provide(provide_gateway), "principal": Provide(provide_principal)},
         exception_handlers=exception_handlers,
-        middleware=[request_id],
+        middleware=[request_id, observe(metrics)],
+        state=State({"metrics": metrics}),
         openapi_config=openapi,
         request_max_body_size=settings.max_body_bytes,
         debug=False,

@@ -34,6 +34,7 @@ class Started:
     created: int
     model: str
     follower: JobFollower
+    t0: float  # monotonic time the request was submitted
 
 
 async def start(
@@ -64,7 +65,7 @@ async def start(
     except BaseException:
         await follower.close()
         raise
-    return Started(job_id, int(time.time()), model, follower)
+    return Started(job_id, int(time.time()), model, follower, time.monotonic())
 
 
 def choice_index(task_id: str) -> int:
@@ -85,13 +86,22 @@ def _failure(event: JobFailed | JobCancelled) -> ApiError:
     return ApiError(_FAILURE_STATUS.get(event.code, 500), event.reason, code=event.code)
 
 
+def _count(gw: Gateway, started: Started, done: JobCompleted) -> None:
+    m = gw.metrics
+    m.prompt_tokens.labels(model=started.model).inc(done.usage.prompt_tokens)
+    m.generation_tokens.labels(model=started.model).inc(done.usage.completion_tokens)
+
+
 async def answer(gw: Gateway, started: Started) -> JobCompleted:
     """Wait for the job's end; its result, or the failure as an `ApiError`."""
+    in_flight = gw.metrics.in_flight.labels(model=started.model)
+    in_flight.inc()
     try:
         async with asyncio.timeout(gw.settings.request_timeout_s):
             async for envelope in started.follower:
                 event = envelope.data
                 if isinstance(event, JobCompleted):
+                    _count(gw, started, event)
                     return event
                 if isinstance(event, (JobFailed, JobCancelled)):
                     raise _failure(event)
@@ -101,6 +111,7 @@ async def answer(gw: Gateway, started: Started) -> JobCompleted:
             504, f"no answer within {gw.settings.request_timeout_s:g}s", code="timeout"
         ) from None
     finally:
+        in_flight.dec()
         await started.follower.close()
     raise ApiError(500, "the job's events stopped before it ended", code="incomplete")
 
@@ -112,6 +123,11 @@ async def stream(
     texts: dict[int, TextAssembler] = {}
     done = False
     out = sse.ChunkWriter(kind, id, started.created, started.model)
+    m = gw.metrics
+    in_flight = m.in_flight.labels(model=started.model)
+    itl = m.itl.labels(model=started.model)
+    in_flight.inc()
+    last: float | None = None
     try:
         async with asyncio.timeout(gw.settings.request_timeout_s):
             async for envelope in started.follower:
@@ -121,10 +137,20 @@ async def stream(
                     first = index not in texts
                     text = texts.setdefault(index, TextAssembler())
                     new = text.add(event.offset, event.text)
+                    if new:
+                        now = time.monotonic()
+                        if last is None:
+                            m.ttft.labels(model=started.model).observe(now - started.t0)
+                        elif event.tokens:
+                            gap = (now - last) / event.tokens
+                            for _ in range(min(event.tokens, 64)):
+                                itl.observe(gap)
+                        last = now
                     if new or first:
                         yield out.text(new, first=first, index=index)
                 elif isinstance(event, JobCompleted):
                     done = True
+                    _count(gw, started, event)
                     for choice in choices_of(event):
                         text = texts.get(choice.index, TextAssembler())
                         seen = text.text
@@ -149,6 +175,7 @@ async def stream(
         yield sse.event(ApiError(504, "no answer in time", code="timeout").body())
         yield sse.DONE
     finally:
+        in_flight.dec()
         await started.follower.close()
         if not done:  # the client went away (or the request timed out) mid-answer
             with contextlib.suppress(Exception):

@@ -62,11 +62,21 @@ def error_body(
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
+def _counted(request: Request[Any, Any, Any], code: str | None, status: int) -> None:
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.errors.labels(code=code or str(status)).inc()
+
+
+def _api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
+    _counted(request, exc.body()["error"]["code"], exc.status)
     return Response(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
-def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+def _validation(
+    request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[dict[str, Any]]:
+    _counted(request, "invalid_request", 400)
     problems = exc.extra if isinstance(exc.extra, list) else []
     first = problems[0] if problems else {}
     param = first.get("key") if isinstance(first, dict) else None
@@ -96,11 +106,13 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
             f"{request.method} is not allowed on {request.url.path}",
             "method_not_allowed",
         )
+    _counted(request, code, status)
     return Response(error_body(status, message, code=code), status_code=status, headers=exc.headers)
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    _counted(request, "internal", 500)
     return Response(
         error_body(500, "internal error; the request id header identifies it in the logs"),
         status_code=500,

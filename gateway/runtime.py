@@ -11,6 +11,7 @@ from gateway.keys import KeyRing
 from gateway.limits import Quotas, RateLimiter
 from gateway.tokens import Signer
 from projections.usage import TenantUsage
+from services.metrics import GatewayMetrics
 from services.process import connect, ensure_topology
 from services.registry.live import LiveNodes
 from services.settings import Settings
@@ -28,9 +29,10 @@ class Gateway:
     signer: Signer
     limiter: RateLimiter
     quotas: Quotas
+    metrics: GatewayMetrics
 
     @classmethod
-    async def start(cls, settings: Settings) -> Gateway:
+    async def start(cls, settings: Settings, metrics: GatewayMetrics | None = None) -> Gateway:
         """Connect, provision, and load the node registry, API keys and sessions."""
         signer = Signer.from_settings(settings)  # fail before connecting if no key is set
         bus = await connect(settings, "dim-gateway")
@@ -45,7 +47,17 @@ class Gateway:
         await usage.start()
         limiter = RateLimiter(bus, settings.rate_limit_rpm)
         quotas = Quotas(usage, settings.tenant_daily_tokens)
-        return cls(settings, bus, nodes, keys, sessions, signer, limiter, quotas)
+        return cls(
+            settings,
+            bus,
+            nodes,
+            keys,
+            sessions,
+            signer,
+            limiter,
+            quotas,
+            metrics or GatewayMetrics(),
+        )
 
     async def stop(self) -> None:
         """Stop the watches and close the connection."""

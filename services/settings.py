@@ -55,7 +55,44 @@ class Settings(BaseSettings):
     models: Annotated[tuple[str, ...], NoDecode] = Field(
         ("sim-small",), description="models this worker serves, comma-separated"
     )
-    engine: Literal["simulated"] = Field("simulated", description="inference engine of this worker")
+    engine: Literal["simulated", "openai", "vllm"] = Field(
+        "simulated", description="inference engine of this worker: simulated, openai, vllm"
+    )
+    model_aliases: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="other names of served models, 'alias=model,...' (openai: dim name=upstream name)",
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="worker's Prometheus /metrics port (0: any free port)"
+    )
+    metrics_host: str = Field("127.0.0.1", description="address of the worker's /metrics server")
+    model_cache_dir: Path | None = Field(
+        None, description="where engines download and cache model weights (vLLM download_dir)"
+    )
+    # openai-upstream engine
+    upstream_url: str = Field(
+        "", description="base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8001/v1"
+    )
+    upstream_api_key: str = Field("", description="bearer token for the upstream server")
+    upstream_connect_timeout_s: float = Field(5.0, gt=0, description="upstream connect timeout")
+    upstream_read_timeout_s: float = Field(
+        600.0, gt=0, description="longest silence allowed in an upstream stream"
+    )
+    # vLLM engine (see docs/engines.md)
+    vllm_dtype: str = Field("auto", description="weights dtype: auto, half, bfloat16, float16 ...")
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model replica (TP)")
+    vllm_pipeline_parallel_size: int = Field(1, ge=1, description="pipeline stages (PP)")
+    vllm_gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="fraction of GPU memory vLLM may use"
+    )
+    vllm_max_model_len: int | None = Field(None, ge=1, description="context length cap")
+    vllm_enable_prefix_caching: bool = Field(True, description="reuse KV cache of shared prefixes")
+    vllm_quantization: str | None = Field(None, description="awq, gptq, fp8 ... (None: as saved)")
+    vllm_max_num_seqs: int | None = Field(
+        None,
+        ge=1,
+        description="sequences per batch; default DIM_CAPACITY (the worker keeps it full)",
+    )
     capacity: int = Field(
         32, ge=1, le=4096, description="requests a worker keeps in flight at once"
     )
@@ -147,6 +184,16 @@ class Settings(BaseSettings):
             return tuple(m.strip() for m in value.split(",") if m.strip())
         return value
 
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _split_aliases(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+            if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+                raise ValueError("model aliases are 'alias=model' pairs separated by commas")
+            return {a.strip(): m.strip() for a, m in pairs}
+        return value
+
     @field_validator("namespace")
     @classmethod
     def _valid_namespace(cls, value: str) -> str:
@@ -163,7 +210,13 @@ class Settings(BaseSettings):
         env = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            env[f"DIM_{name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+            if value is None:
+                continue  # the child's default is None too
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, dict):
+                value = ",".join(f"{k}={v}" for k, v in value.items())
+            env[f"DIM_{name.upper()}"] = str(value)
         return env
 
     @property

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from services.engines.openai_upstream import OpenAIUpstreamEngine
 from services.engines.protocol import Engine
 from services.engines.simulated import SimulatedEngine
 from services.settings import Settings
 
 
+def served_models(settings: Settings) -> tuple[str, ...]:
+    """The models a worker serves: `DIM_MODELS` and then the aliases `DIM_MODEL_ALIASES` adds."""
+    aliases = tuple(a for a in settings.model_aliases if a not in settings.models)
+    return (*settings.models, *aliases)
+
+
 def build_engine(settings: Settings) -> Engine:
-    """The engine named by ``DIM_ENGINE`` serving ``DIM_MODELS``."""
+    """The engine named by ``DIM_ENGINE``."""
     if settings.engine == "simulated":
         return SimulatedEngine(
-            settings.models,
+            served_models(settings),
             capacity=settings.capacity,
             ttft_ms=settings.sim_ttft_ms,
             tokens_per_s=settings.sim_tokens_per_s,
@@ -19,4 +26,29 @@ def build_engine(settings: Settings) -> Engine:
             hang_rate=settings.sim_hang_rate,
             seed=settings.sim_seed,
         )
-    raise ValueError(f"unknown engine {settings.engine!r}; available: simulated")
+    if settings.engine == "openai":
+        if not settings.upstream_url:
+            raise ValueError(
+                "the openai engine needs an upstream: --upstream http://host:port/v1 "
+                "(env DIM_UPSTREAM_URL)"
+            )
+        return OpenAIUpstreamEngine(
+            settings.upstream_url,
+            served_models(settings),
+            api_key=settings.upstream_api_key,
+            capacity=settings.capacity,
+            aliases=settings.model_aliases,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            read_timeout_s=settings.upstream_read_timeout_s,
+        )
+    if settings.engine == "vllm":
+        from services.engines.vllm_engine import VllmEngine
+
+        if len(settings.models) != 1:
+            raise ValueError(
+                "a vllm worker serves one model (--model <hf-id-or-path>); "
+                "run one worker per model, or add names with DIM_MODEL_ALIASES"
+            )
+        aliases = tuple(a for a in settings.model_aliases if a != settings.models[0])
+        return VllmEngine(settings, settings.models[0], aliases)
+    raise ValueError(f"unknown engine {settings.engine!r}; available: simulated, openai, vllm")

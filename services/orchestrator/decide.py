@@ -153,6 +153,7 @@ def _complete(state: JobState) -> JobCompleted:
     usage = Usage(
         prompt_tokens=max(t.usage.prompt_tokens for t in state.tasks),
         completion_tokens=sum(t.usage.completion_tokens for t in state.tasks),
+        estimated=any(t.usage.estimated for t in state.tasks),
     )
     choices = tuple(
         Choice(index=i, output=t.output or "", finish_reason=t.finish_reason or "stop")

@@ -6,6 +6,8 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
 
+from services.worker.gpu import GpuFact
+
 
 class NodeRecord(BaseModel):
     """What a node tells the mesh about itself, refreshed by every heartbeat."""
@@ -26,6 +28,12 @@ class NodeRecord(BaseModel):
     tasks_failed: int = 0
     tokens_out: int = 0
     draining: bool = False
+    # added with the engines issue; older records read as defaults
+    max_context: int | None = None  # longest prompt + completion the engine takes (tokens)
+    gpus: tuple[GpuFact, ...] = ()  # NVML facts where there is an NVIDIA GPU
+    cold_start_s: float = 0.0  # loading and warming the engine before the node announced itself
+    avg_latency_ms: float = 0.0  # mean task duration on this node
+    metrics_url: str = ""  # this worker's Prometheus endpoint
 
     def live(self, now: datetime, ttl_s: float) -> bool:
         """Whether the node heartbeated within `ttl_s` and is not draining."""

@@ -32,9 +32,11 @@ from events.jobs import FailureKind, TaskCompleted, TaskFailed, TaskStarted
 from events.subjects import encode_token
 from events.work import TaskRequested, TokensProduced
 from services.engines.protocol import Engine, GenerationRequest
+from services.metrics import WorkerMetrics
 from services.registry.records import NodeRecord
 from services.settings import Settings
 from services.worker.coalesce import Coalescer, Piece
+from services.worker.gpu import gpu_facts
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("dim.worker")
@@ -67,6 +69,11 @@ class Worker:
         self.aborted = 0
         self._requests: dict[str, set[str]] = {}  # job id -> engine request ids in flight
         self.started_at = datetime.now(UTC)
+        self.cold_start_s = 0.0
+        self.metrics = WorkerMetrics(engine.kind)
+        self.metrics_url = ""
+        self.gpus = gpu_facts()
+        self._latency_sum_s = 0.0
 
     def consumers(self) -> list[ConsumerSpec]:
         """One durable per served model (shared by every worker serving it) and one for this node."""
@@ -113,12 +120,24 @@ class Worker:
             tasks_failed=self.failed,
             tokens_out=self.tokens_out,
             draining=self.draining,
+            max_context=getattr(self.engine, "max_context", None),
+            gpus=self.gpus,
+            cold_start_s=round(self.cold_start_s, 3),
+            avg_latency_ms=round(self._latency_sum_s * 1000 / self.completed, 3)
+            if self.completed
+            else 0.0,
+            metrics_url=self.metrics_url,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then drain and deregister."""
-        await self.engine.start()
+        t0 = time.monotonic()
+        await self.engine.start()  # load and warm the model before announcing the node
         await self.engine.check_health()  # announce only an engine that can serve
+        self.cold_start_s = time.monotonic() - t0
+        self.metrics.cold_start.set(self.cold_start_s)
+        server, _ = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+        self.metrics_url = f"http://{self.settings.metrics_host}:{server.server_port}/metrics"
         kv = await self.bus.js.key_value(self.names.bucket("nodes"))
         await kv.put(self.node_id, self.record().model_dump_json().encode())
         heartbeat = asyncio.create_task(self._heartbeat(kv, stop))
@@ -147,6 +166,8 @@ class Worker:
             with contextlib.suppress(Exception):
                 await kv.delete(self.node_id)
             await self.engine.close()
+            server.shutdown()
+            server.server_close()
             log.info(
                 "worker %s stopped (%d completed, %d failed)",
                 self.node_id,
@@ -162,8 +183,17 @@ class Worker:
                 self.draining = True
             try:
                 await kv.put(self.node_id, self.record().model_dump_json().encode())
+                await self._measure_queues()
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
+
+    async def _measure_queues(self) -> None:
+        """Tasks waiting per served model (its shared consumer's backlog), for /metrics."""
+        for model in self.engine.models:
+            info = await self.bus.js.consumer_info(
+                self.names.tasks_stream, f"model-{encode_token(model)}"
+            )
+            self.metrics.queued.labels(model=model).set(info.num_pending + info.num_ack_pending)
 
     async def handle(self, delivery: Delivery) -> None:
         """Run one task attempt end to end."""
@@ -178,10 +208,13 @@ class Worker:
             span.set_attribute("dim.task_id", request.task.task_id)
             span.set_attribute("dim.node_id", self.node_id)
             self.in_flight += 1
+            running = self.metrics.running.labels(model=request.task.model)
+            running.inc()
             try:
                 await self._run(delivery, request)
             finally:
                 self.in_flight -= 1
+                running.dec()
 
     async def _run(self, delivery: Delivery, request: TaskRequested) -> None:
         task, job_id = request.task, request.job_id
@@ -230,6 +263,14 @@ class Worker:
         )
         await pending.flush()
         self.completed += 1
+        self._latency_sum_s += completed.duration_ms / 1000
+        m, model = self.metrics, request.task.model
+        outcome = "aborted" if completed.finish_reason == "abort" else "completed"
+        m.requests.labels(model=model, outcome=outcome).inc()
+        m.duration.labels(model=model).observe(completed.duration_ms / 1000)
+        m.ttft.labels(model=model).observe(completed.ttft_ms / 1000)
+        m.prompt_tokens.labels(model=model).inc(completed.usage.prompt_tokens)
+        m.generation_tokens.labels(model=model).inc(completed.usage.completion_tokens)
 
     async def _generate(
         self, request: TaskRequested, request_id: str, started: float, pending: PendingAcks
@@ -272,11 +313,18 @@ class Worker:
             )
             await pending.add(subject, Envelope(chunk, actor=self.actor))
 
+        itl = self.metrics.itl.labels(model=task.model)
+        last = started
         async for chunk in self.engine.generate(gen):
             now = time.monotonic()
             if chunk.text:
                 if ttft is None:
                     ttft = now - started
+                elif chunk.tokens:
+                    gap = (now - last) / chunk.tokens
+                    for _ in range(min(chunk.tokens, 64)):
+                        itl.observe(gap)
+                last = now
                 output.append(chunk.text)
             if chunk.finish_reason is not None:
                 finish, usage = chunk.finish_reason, chunk.usage
@@ -308,6 +356,8 @@ class Worker:
         self, request: TaskRequested, kind: FailureKind, error: str, retriable: bool
     ) -> None:
         self.failed += 1
+        self.metrics.requests.labels(model=request.task.model, outcome="failed").inc()
+        self.metrics.errors.labels(model=request.task.model, kind=kind).inc()
         log.warning(
             "task %s attempt %d failed (%s): %s", request.task.task_id, request.attempt, kind, error
         )

@@ -1,0 +1,247 @@
+"""The OpenAI-upstream engine: dim in front of any OpenAI-compatible server.
+
+`vllm serve`, Ollama, llama.cpp's server, TGI's Messages API, or another dim gateway: the worker
+streams each task from the upstream's `/v1/chat/completions` (chat prompts) or
+`/v1/completions` (text prompts) over one pooled httpx client, and turns the SSE stream into
+engine chunks. Usage comes from `stream_options.include_usage`; when the upstream reports none
+it is estimated (about four characters a token) and marked ``estimated``. Upstream failures map
+to retriable task failures (cannot connect, timeouts, 408/429/5xx) or final ones (other 4xx).
+`abort` closes the upstream response, which ends the request there (the server sees the client
+go away).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+
+from events.errors import EngineError
+from events.inference import FinishReason, Usage
+from services.engines.protocol import Chunk, GenerationRequest
+from services.engines.sse_parse import SSEParser
+
+log = logging.getLogger(__name__)
+
+_FINISH: Mapping[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "eos": "stop",
+    "eos_token": "stop",
+    "stop_sequence": "stop",
+    "content_filter": "stop",
+    "tool_calls": "stop",
+    "function_call": "stop",
+    "abort": "abort",
+}
+
+
+def estimate_tokens(text: str) -> int:
+    """A token estimate for upstreams that report no usage: ~4 characters per token."""
+    return max(1, round(len(text) / 4)) if text else 0
+
+
+def request_body(request: GenerationRequest, upstream_model: str) -> tuple[str, dict[str, Any]]:
+    """The upstream path and JSON body for one generation (pure)."""
+    p = request.params
+    body: dict[str, Any] = {
+        "model": upstream_model,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": p.max_tokens,
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "n": 1,
+    }
+    if p.stop:
+        body["stop"] = list(p.stop)
+    if p.seed is not None:
+        body["seed"] = p.seed
+    if request.prompt.messages is not None:
+        body["messages"] = [m.model_dump() for m in request.prompt.messages]
+        return "/chat/completions", body
+    body["prompt"] = request.prompt.text
+    return "/completions", body
+
+
+def classify(status: int, detail: str) -> EngineError:
+    """An upstream HTTP error as a task failure: retriable (408, 429, 5xx) or final (other 4xx)."""
+    retriable = status in (408, 409, 425, 429) or status >= 500
+    kind = "engine_error" if retriable else "invalid_request"
+    return EngineError(
+        f"upstream answered {status}: {detail[:500]}", retriable=retriable, kind=kind
+    )
+
+
+def delta_of(event: Mapping[str, Any]) -> tuple[str, str | None]:
+    """New text and finish reason of one streamed chunk (chat or text completion)."""
+    choices = event.get("choices") or []
+    if not choices:
+        return "", None
+    choice = choices[0]
+    delta = choice.get("delta")
+    text = (delta.get("content") or "") if isinstance(delta, dict) else (choice.get("text") or "")
+    return text, choice.get("finish_reason")
+
+
+class OpenAIUpstreamEngine:
+    """Streams completions from an OpenAI-compatible HTTP server."""
+
+    kind = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        models: tuple[str, ...],
+        *,
+        api_key: str = "",
+        capacity: int = 32,
+        aliases: Mapping[str, str] | None = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 600.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._models = models
+        self._aliases = dict(aliases or {})  # name served in dim → name at the upstream
+        self._capacity = capacity
+        self._api_key = api_key
+        self._timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._responses: dict[str, httpx.Response] = {}
+        self._aborted: set[str] = set()
+        self.upstream_models: tuple[str, ...] = ()
+        self.cold_start_s = 0.0
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Models this worker serves (dim names; aliases map them to upstream names)."""
+        return self._models
+
+    @property
+    def capacity(self) -> int:
+        """Requests in flight at once (`DIM_CAPACITY`); also the connection pool's size."""
+        return self._capacity
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            headers = {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=headers,
+                timeout=self._timeout,
+                limits=httpx.Limits(
+                    max_connections=self._capacity + 4, max_keepalive_connections=self._capacity
+                ),
+                transport=self._transport,
+            )
+        return self._client
+
+    async def start(self) -> None:
+        """Reach the upstream and check it serves every model (the worker announces itself after)."""
+        t0 = time.monotonic()
+        await self.check_health()
+        missing = [m for m in self._models if self._aliases.get(m, m) not in self.upstream_models]
+        if missing and self.upstream_models:
+            raise EngineError(
+                f"the upstream {self.base_url} does not serve {', '.join(missing)} "
+                f"(it serves: {', '.join(self.upstream_models)}); "
+                "set DIM_MODELS, or map names with DIM_UPSTREAM_ALIASES=dim-name=upstream-name",
+                retriable=False,
+            )
+        self.cold_start_s = time.monotonic() - t0
+
+    async def check_health(self) -> None:
+        """`GET /models` must answer 200; remembers which models the upstream lists."""
+        try:
+            r = await self._http().get("/models", timeout=self._timeout.connect or 5.0)
+        except httpx.HTTPError as exc:
+            raise EngineError(f"upstream {self.base_url} unreachable: {exc!r}") from exc
+        if r.status_code != 200:
+            raise classify(r.status_code, r.text)
+        with_ids = r.json().get("data") or []
+        self.upstream_models = tuple(str(m.get("id")) for m in with_ids if isinstance(m, dict))
+
+    async def close(self) -> None:
+        """Close every upstream stream and the connection pool."""
+        for request_id in list(self._responses):
+            await self.abort(request_id)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def abort(self, request_id: str) -> None:
+        """Close the upstream response of `request_id`: the upstream sees its client go away."""
+        response = self._responses.get(request_id)
+        if response is not None:
+            self._aborted.add(request_id)
+            await response.aclose()
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        """Stream `request` from the upstream."""
+        if request.model not in self._models:
+            raise EngineError(
+                f"model {request.model!r} is not served here (serving {', '.join(self._models)})",
+                retriable=False,
+                kind="invalid_request",
+            )
+        path, body = request_body(request, self._aliases.get(request.model, request.model))
+        client = self._http()
+        parser = SSEParser()
+        text: list[str] = []
+        usage: Usage | None = None
+        finish: FinishReason | None = None
+        try:
+            async with client.stream("POST", path, json=body) as response:
+                if response.status_code != 200:
+                    raise classify(response.status_code, (await response.aread()).decode())
+                self._responses[request.request_id] = response
+                done = False
+                async for raw in response.aiter_bytes():
+                    if done:
+                        break
+                    for data in parser.feed(raw):
+                        if data == "[DONE]":
+                            done = True
+                            break
+                        event = json.loads(data)
+                        if "error" in event and not event.get("choices"):
+                            err = event["error"]
+                            detail = err.get("message", str(err)) if isinstance(err, dict) else err
+                            raise EngineError(f"upstream error mid-stream: {detail}")
+                        if event.get("usage"):
+                            u = event["usage"]
+                            usage = Usage(
+                                prompt_tokens=int(u.get("prompt_tokens") or 0),
+                                completion_tokens=int(u.get("completion_tokens") or 0),
+                            )
+                        piece, reason = delta_of(event)
+                        if piece:
+                            text.append(piece)
+                            yield Chunk(piece, 1)
+                        if reason is not None:
+                            finish = _FINISH.get(reason, "stop")
+        except EngineError:
+            raise
+        except (httpx.HTTPError, httpx.StreamError, json.JSONDecodeError) as exc:
+            if request.request_id not in self._aborted:
+                raise EngineError(f"upstream stream failed: {exc!r}") from exc
+        finally:
+            self._responses.pop(request.request_id, None)
+        if request.request_id in self._aborted:
+            self._aborted.discard(request.request_id)
+            finish = "abort"
+        if finish is None:
+            raise EngineError("the upstream ended the stream without a finish reason")
+        if usage is None:
+            usage = Usage(
+                prompt_tokens=estimate_tokens(request.prompt.render()),
+                completion_tokens=estimate_tokens("".join(text)),
+                estimated=True,
+            )
+        yield Chunk("", 0, finish_reason=finish, usage=usage)

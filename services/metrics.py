@@ -1,0 +1,187 @@
+"""Prometheus metrics of the gateway and the workers (documented in docs/metrics.md).
+
+Names follow the serving stacks' conventions (vLLM's `vllm:time_to_first_token_seconds`,
+TGI's `tgi_request_duration`): a `dim_` prefix, the component, base units in the name, `_total`
+on counters. Each process object owns its own registry, so several workers in one process (as
+in tests) never collide.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Seconds; from sub-millisecond (simulated engine, cache hits) to long generations.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+TOKEN_GAP_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+
+
+class WorkerMetrics:
+    """What one worker measures about its engine."""
+
+    def __init__(self, engine: str) -> None:
+        self.registry = r = CollectorRegistry()
+        model = ["model"]
+        self.requests = Counter(
+            "dim_worker_requests",
+            "Task attempts finished, by outcome (completed, failed, aborted)",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "dim_worker_errors", "Failed task attempts by kind", ["model", "kind"], registry=r
+        )
+        self.ttft = Histogram(
+            "dim_worker_time_to_first_token_seconds",
+            "From task start to the engine's first token",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "dim_worker_inter_token_latency_seconds",
+            "Gap between consecutive engine outputs, per output token",
+            model,
+            buckets=TOKEN_GAP_BUCKETS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "dim_worker_request_duration_seconds",
+            "From task start to its last token",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.running = Gauge(
+            "dim_worker_requests_running", "Requests in the engine now", model, registry=r
+        )
+        self.queued = Gauge(
+            "dim_worker_queue_depth",
+            "Tasks waiting for a worker of the model (the model's task consumer, mesh-wide)",
+            model,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "dim_worker_prompt_tokens", "Prompt tokens processed", model, registry=r
+        )
+        self.generation_tokens = Counter(
+            "dim_worker_generation_tokens", "Tokens generated", model, registry=r
+        )
+        self.cold_start = Gauge(
+            "dim_worker_cold_start_seconds",
+            "Time to load and warm the engine before the node announced itself",
+            registry=r,
+        )
+        self.info = Gauge(
+            "dim_worker_info", "Constant 1, labelled with the engine kind", ["engine"], registry=r
+        )
+        self.info.labels(engine=engine).set(1)
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)
+
+    def serve(self, host: str, port: int) -> tuple[Any, threading.Thread]:
+        """Serve `/metrics` on a background thread; returns (server, thread)."""
+        return start_http_server(port, addr=host, registry=self.registry)
+
+
+class GatewayMetrics:
+    """What one gateway measures about the requests it answers."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "dim_gateway_requests",
+            "HTTP requests answered, by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "dim_gateway_request_duration_seconds",
+            "From request received to the last byte of the answer",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "dim_gateway_time_to_first_token_seconds",
+            "From a completion request to its first streamed text",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "dim_gateway_inter_token_latency_seconds",
+            "Gap between streamed chunks sent to a client, per token",
+            ["model"],
+            buckets=TOKEN_GAP_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "dim_gateway_requests_in_flight",
+            "Completion requests being answered now",
+            ["model"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "dim_gateway_prompt_tokens",
+            "Prompt tokens of completed requests",
+            ["model"],
+            registry=r,
+        )
+        self.generation_tokens = Counter(
+            "dim_gateway_generation_tokens",
+            "Generated tokens of completed requests",
+            ["model"],
+            registry=r,
+        )
+        self.errors = Counter("dim_gateway_errors", "Error answers by code", ["code"], registry=r)
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)
