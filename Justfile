@@ -19,6 +19,11 @@ test *ARGS:
 unit *ARGS:
     {{python}} -m pytest tests/unit {{ARGS}}
 
+# the vLLM engine on a real GPU (installs the vllm extra first; needs CUDA); see docs/engines.md
+test-gpu *ARGS:
+    .tools/bin/uv sync --locked --extra dev --extra vllm
+    {{python}} -m pytest tests/gpu -m gpu {{ARGS}}
+
 # ruff (lint and format check) and mypy
 lint:
     .venv/bin/ruff check .

@@ -52,11 +52,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from services.process import serve
     from services.worker.runner import Worker
 
+    models = args.models or args.model
     settings = _settings(
         args,
         node_id=args.node_id,
-        models=tuple(args.models.split(",")) if args.models else None,
+        models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
         capacity=args.capacity,
+        engine=args.engine,
+        upstream_url=args.upstream,
+        model_aliases=args.aliases,
+        metrics_port=args.metrics_port,
     )
 
     async def body(bus: Bus, stop: asyncio.Event) -> None:
@@ -449,6 +454,23 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("worker", parents=[common], help="run a worker node")
     s.add_argument("--node-id", help="this node's id (env DIM_NODE_ID; default: host name)")
     s.add_argument("--models", help="models to serve, comma-separated (env DIM_MODELS)")
+    s.add_argument("--model", help="the model to serve (vllm: a Hugging Face id or a path)")
+    s.add_argument(
+        "--engine",
+        choices=("simulated", "openai", "vllm"),
+        help="inference engine (env DIM_ENGINE; default simulated); see docs/engines.md",
+    )
+    s.add_argument(
+        "--upstream",
+        help="openai engine: base URL of an OpenAI-compatible server, e.g. "
+        "http://127.0.0.1:8001/v1 (env DIM_UPSTREAM_URL; its key in DIM_UPSTREAM_API_KEY)",
+    )
+    s.add_argument(
+        "--aliases", help="more names for served models: alias=model,... (env DIM_MODEL_ALIASES)"
+    )
+    s.add_argument(
+        "--metrics-port", type=int, help="Prometheus /metrics port (env DIM_METRICS_PORT; 0: any)"
+    )
     s.add_argument("--capacity", type=int, help="requests in flight at once (env DIM_CAPACITY)")
     s.set_defaults(fn=cmd_worker)
 

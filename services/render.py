@@ -95,6 +95,9 @@ def nodes_table(nodes: list[NodeRecord], ttl_s: float) -> str:
             str(n.tasks_completed),
             str(n.tasks_failed),
             str(n.tokens_out),
+            f"{n.avg_latency_ms:.0f}ms" if n.tasks_completed else "-",
+            ",".join(f"{g.name} {g.memory_free_mib}/{g.memory_total_mib}MiB" for g in n.gpus)
+            or "-",
             _ago(n.started_at, now),
             _ago(n.heartbeat_at, now),
             n.version,
@@ -111,6 +114,8 @@ def nodes_table(nodes: list[NodeRecord], ttl_s: float) -> str:
             "DONE",
             "FAILED",
             "TOKENS",
+            "AVG",
+            "GPUS",
             "STARTED",
             "HEARTBEAT",
             "VERSION",

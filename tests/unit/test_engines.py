@@ -1,0 +1,153 @@
+"""Pure parts of the OpenAI-upstream and vLLM engines: SSE parsing, request/parameter mapping,
+error classes, cumulative-to-delta text."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from events.inference import ChatMessage, Prompt, SamplingParams, Usage
+from services.engines.openai_upstream import classify, delta_of, estimate_tokens, request_body
+from services.engines.protocol import GenerationRequest
+from services.engines.sse_parse import SSEParser
+from services.engines.vllm_engine import DeltaText, engine_args, finish_reason, sampling_kwargs
+from services.settings import Settings
+
+STREAM = (
+    b": keep-alive\n\n"
+    b'data: {"choices":[{"delta":{"content":"h\xc3\xa9"}}]}\r\n\r\n'
+    b"event: message\ndata: line one\ndata: line two\n\n"
+    b": ping\r\n"
+    b'data: {"choices":[],"usage":{"prompt_tokens":3}}\r\r'
+    b"data: [DONE]\n\n"
+)
+EVENTS = [
+    '{"choices":[{"delta":{"content":"hé"}}]}',
+    "line one\nline two",
+    '{"choices":[],"usage":{"prompt_tokens":3}}',
+    "[DONE]",
+]
+
+
+def test_sse_parser_reads_comments_crlf_cr_and_multiline_data() -> None:
+    assert SSEParser().feed(STREAM) == EVENTS
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
+def test_sse_parser_gives_the_same_events_however_the_bytes_are_split(cuts: list[int]) -> None:
+    parser = SSEParser()
+    events: list[str] = []
+    points = [0, *sorted(cuts), len(STREAM)]
+    for a, b in itertools.pairwise(points):
+        events += parser.feed(STREAM[a:b])
+    assert events == EVENTS
+
+
+def test_an_unterminated_event_is_not_delivered() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: partial") == []
+    assert parser.close() == []
+
+
+def _request(prompt: Prompt, **params: object) -> GenerationRequest:
+    return GenerationRequest("r1", "small", prompt, SamplingParams(**params))  # type: ignore[arg-type]
+
+
+def test_chat_and_text_requests_map_to_the_two_endpoints() -> None:
+    chat = Prompt(messages=(ChatMessage(role="user", content="hi"),))
+    path, body = request_body(_request(chat, max_tokens=7, stop=("x",), seed=4), "upstream-name")
+    assert path == "/chat/completions"
+    assert body["model"] == "upstream-name" and body["messages"] == [
+        {"role": "user", "content": "hi"}
+    ]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert (body["max_tokens"], body["stop"], body["seed"], body["n"]) == (7, ["x"], 4, 1)
+    path, body = request_body(_request(Prompt(text="once")), "m")
+    assert path == "/completions" and body["prompt"] == "once"
+    assert "stop" not in body and "seed" not in body
+
+
+def test_upstream_errors_are_retriable_or_final_by_status() -> None:
+    for status in (408, 429, 500, 502, 503):
+        assert classify(status, "busy").retriable, status
+    for status in (400, 401, 403, 404, 422):
+        err = classify(status, "bad")
+        assert not err.retriable and err.kind == "invalid_request", status
+
+
+def test_deltas_of_chat_and_text_chunks() -> None:
+    assert delta_of(json.loads('{"choices":[{"delta":{"content":"a"}}]}')) == ("a", None)
+    assert delta_of({"choices": [{"delta": {}, "finish_reason": "length"}]}) == ("", "length")
+    assert delta_of({"choices": [{"text": "b", "finish_reason": None}]}) == ("b", None)
+    assert delta_of({"choices": []}) == ("", None)
+    assert estimate_tokens("") == 0 and estimate_tokens("abcdefgh") == 2
+
+
+def test_estimated_usage_stays_marked_when_added() -> None:
+    total = Usage(prompt_tokens=1) + Usage(completion_tokens=2, estimated=True)
+    assert total.estimated and total.total_tokens == 3
+    assert not (Usage(prompt_tokens=1) + Usage(prompt_tokens=2)).estimated
+
+
+def test_vllm_engine_args_come_from_settings() -> None:
+    s = Settings(
+        capacity=48,
+        vllm_tensor_parallel_size=2,
+        vllm_max_model_len=8192,
+        vllm_quantization="awq",
+        vllm_dtype="bfloat16",
+        model_cache_dir="/models",  # type: ignore[arg-type]
+    )
+    args = engine_args(s, "org/model")
+    assert args["model"] == "org/model" and args["max_num_seqs"] == 48
+    assert args["tensor_parallel_size"] == 2 and args["pipeline_parallel_size"] == 1
+    assert args["max_model_len"] == 8192 and args["quantization"] == "awq"
+    assert args["dtype"] == "bfloat16" and args["download_dir"] == "/models"
+    assert args["enable_prefix_caching"] is True
+    plain = engine_args(Settings(), "m")
+    assert "max_model_len" not in plain and "quantization" not in plain
+    assert "download_dir" not in plain
+
+
+def test_vllm_sampling_params_carry_the_request() -> None:
+    kwargs = sampling_kwargs(
+        SamplingParams(max_tokens=9, temperature=0.2, top_p=0.5, stop=("\n",), seed=1, n=3)
+    )
+    assert kwargs == {
+        "n": 1,  # one task per choice
+        "max_tokens": 9,
+        "temperature": 0.2,
+        "top_p": 0.5,
+        "stop": ["\n"],
+        "seed": 1,
+    }
+    assert "seed" not in sampling_kwargs(SamplingParams())
+
+
+def test_vllm_finish_reasons() -> None:
+    assert finish_reason("stop", False) == "stop"
+    assert finish_reason("length", False) == "length"
+    assert finish_reason("abort", False) == "abort"
+    assert finish_reason("stop", True) == "abort"
+    assert finish_reason(None, False) == "stop"
+
+
+def test_cumulative_text_becomes_deltas_holding_back_half_characters() -> None:
+    d = DeltaText()
+    assert d.step("Hel") == "Hel"
+    assert d.step("Hello") == "lo"
+    assert d.step("Hello \ufffd") == " "  # an incomplete character waits
+    assert d.step("Hello \u00e9") == "\u00e9"  # ... until the detokenizer completes it
+    assert d.step("Hello \u00e9") == ""
+    assert d.step("Hello \u00e9\ufffd", final=True) == "\ufffd"  # the end flushes everything
+
+
+@given(st.text(min_size=1, max_size=40), st.lists(st.integers(0, 40), max_size=8))
+def test_deltas_always_join_to_the_final_text(text: str, cuts: list[int]) -> None:
+    d = DeltaText()
+    out = "".join(d.step(text[:c]) for c in sorted(cuts))
+    out += d.step(text, final=True)
+    assert out == text
