@@ -27,7 +27,8 @@ def setup_logging(settings: Settings, role: str) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    logging.getLogger("nats").setLevel(logging.WARNING)
+    for noisy in ("nats", "httpx", "httpcore"):  # httpx logs every upstream request at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 async def connect(settings: Settings, name: str) -> Bus:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -22,7 +21,7 @@ import httpx
 
 from events.errors import EngineError
 from events.inference import FinishReason, Usage
-from services.engines.protocol import Chunk, GenerationRequest
+from services.engines.protocol import Chunk, GenerationRequest, require_model
 from services.engines.sse_parse import SSEParser
 
 log = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ class OpenAIUpstreamEngine:
         self._responses: dict[str, httpx.Response] = {}
         self._aborted: set[str] = set()
         self.upstream_models: tuple[str, ...] = ()
-        self.cold_start_s = 0.0
+        self.max_context: int | None = None
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -144,7 +143,6 @@ class OpenAIUpstreamEngine:
 
     async def start(self) -> None:
         """Reach the upstream and check it serves every model (the worker announces itself after)."""
-        t0 = time.monotonic()
         await self.check_health()
         missing = [m for m in self._models if self._aliases.get(m, m) not in self.upstream_models]
         if missing and self.upstream_models:
@@ -154,7 +152,6 @@ class OpenAIUpstreamEngine:
                 "set DIM_MODELS, or map names with DIM_UPSTREAM_ALIASES=dim-name=upstream-name",
                 retriable=False,
             )
-        self.cold_start_s = time.monotonic() - t0
 
     async def check_health(self) -> None:
         """`GET /models` must answer 200; remembers which models the upstream lists."""
@@ -164,8 +161,11 @@ class OpenAIUpstreamEngine:
             raise EngineError(f"upstream {self.base_url} unreachable: {exc!r}") from exc
         if r.status_code != 200:
             raise classify(r.status_code, r.text)
-        with_ids = r.json().get("data") or []
-        self.upstream_models = tuple(str(m.get("id")) for m in with_ids if isinstance(m, dict))
+        listed = [m for m in r.json().get("data") or [] if isinstance(m, dict)]
+        self.upstream_models = tuple(str(m.get("id")) for m in listed)
+        # vLLM lists each model's context length; other servers leave it unknown
+        lengths = [m["max_model_len"] for m in listed if isinstance(m.get("max_model_len"), int)]
+        self.max_context = min(lengths) if lengths else None
 
     async def close(self) -> None:
         """Close every upstream stream and the connection pool."""
@@ -184,12 +184,7 @@ class OpenAIUpstreamEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Stream `request` from the upstream."""
-        if request.model not in self._models:
-            raise EngineError(
-                f"model {request.model!r} is not served here (serving {', '.join(self._models)})",
-                retriable=False,
-                kind="invalid_request",
-            )
+        require_model(request, self._models)
         path, body = request_body(request, self._aliases.get(request.model, request.model))
         client = self._http()
         parser = SSEParser()

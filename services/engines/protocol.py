@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from events.errors import EngineError
 from events.inference import FinishReason, Prompt, SamplingParams, Usage
 
 
@@ -27,6 +28,16 @@ class Chunk:
     tokens: int
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+
+
+def require_model(request: GenerationRequest, models: tuple[str, ...]) -> None:
+    """Refuse (final, `invalid_request`) a request for a model the engine does not serve."""
+    if request.model not in models:
+        raise EngineError(
+            f"model {request.model!r} is not served here (serving {', '.join(models)})",
+            retriable=False,
+            kind="invalid_request",
+        )
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 
 from events.errors import EngineError
 from events.inference import FinishReason, Usage
-from services.engines.protocol import Chunk, GenerationRequest
+from services.engines.protocol import Chunk, GenerationRequest, require_model
 from services.engines.stops import StopMatcher
 
 _WORDS = [
@@ -175,12 +175,7 @@ class SimulatedEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Stream the deterministic completion of `request`."""
-        if request.model not in self._models:
-            raise EngineError(
-                f"model {request.model!r} is not served here (serving {', '.join(self._models)})",
-                retriable=False,
-                kind="invalid_request",
-            )
+        require_model(request, self._models)
         fate = random.Random(f"{self.seed}:{request.request_id}").random()
         prompt = request.prompt.render()
         seed = self.seed if request.params.seed is None else request.params.seed

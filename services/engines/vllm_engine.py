@@ -23,7 +23,7 @@ from typing import Any
 
 from events.errors import EngineError
 from events.inference import FinishReason, SamplingParams, Usage
-from services.engines.protocol import Chunk, GenerationRequest
+from services.engines.protocol import Chunk, GenerationRequest, require_model
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -189,12 +189,7 @@ class VllmEngine:
         """Stream one request's deltas; the last chunk has the finish reason and usage."""
         if self._engine is None:
             raise EngineError("the vLLM engine is not started")
-        if request.model not in self._models:
-            raise EngineError(
-                f"model {request.model!r} is not served here (serving {', '.join(self._models)})",
-                retriable=False,
-                kind="invalid_request",
-            )
+        require_model(request, self._models)
         params = self._sampling(**sampling_kwargs(request.params))
         delta = DeltaText()
         tokens_seen = 0

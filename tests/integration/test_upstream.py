@@ -164,7 +164,7 @@ async def test_cancelling_mid_stream_closes_the_upstream_request(stack: Stack) -
             ids.add(msg.split(".")[2])
         for job_id in ids:
             events = await job_events(stack.upstream_bus, job_id)
-            if [e.type for e in events][-1:] == ["job.cancelled"]:
+            if "job.cancelled" in [e.type for e in events]:
                 return True
         return False
 
