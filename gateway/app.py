@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Request, Response, get
-from litestar.datastructures import MutableScopeHeaders, State
+from litestar.datastructures import MutableScopeHeaders
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
@@ -88,8 +88,8 @@ def observe(metrics: GatewayMetrics) -> Callable[[ASGIApp], ASGIApp]:
 @get("/metrics", include_in_schema=False, sync_to_thread=False)
 def prometheus_metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus exposition of this gateway's metrics (unauthenticated, like vLLM's)."""
-    metrics: GatewayMetrics = request.app.state.metrics
-    return Response(metrics.render(), media_type=CONTENT_TYPE)
+    gateway: Gateway = request.app.state.gateway
+    return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -142,7 +142,6 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"gateway": Provide(provide_gateway), "principal": Provide(provide_principal)},
         exception_handlers=exception_handlers,
         middleware=[request_id, observe(metrics)],
-        state=State({"metrics": metrics}),
         openapi_config=openapi,
         request_max_body_size=settings.max_body_bytes,
         debug=False,

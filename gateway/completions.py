@@ -20,6 +20,7 @@ from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
 from services.client import JobFollower, TextAssembler
+from services.metrics import observe_per_token
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +143,7 @@ async def stream(
                         if last is None:
                             m.ttft.labels(model=started.model).observe(now - started.t0)
                         elif event.tokens:
-                            gap = (now - last) / event.tokens
-                            for _ in range(min(event.tokens, 64)):
-                                itl.observe(gap)
+                            observe_per_token(itl, now - last, event.tokens)
                         last = now
                     if new or first:
                         yield out.text(new, first=first, index=index)

@@ -63,14 +63,13 @@ def error_body(
 
 
 def _counted(request: Request[Any, Any, Any], code: str | None, status: int) -> None:
-    metrics = getattr(request.app.state, "metrics", None)
-    if metrics is not None:
-        metrics.errors.labels(code=code or str(status)).inc()
+    request.app.state.gateway.metrics.errors.labels(code=code or str(status)).inc()
 
 
 def _api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
-    _counted(request, exc.body()["error"]["code"], exc.status)
-    return Response(exc.body(), status_code=exc.status, headers=exc.headers)
+    body = exc.body()
+    _counted(request, body["error"]["code"], exc.status)
+    return Response(body, status_code=exc.status, headers=exc.headers)
 
 
 def _validation(

@@ -32,7 +32,7 @@ class Gateway:
     metrics: GatewayMetrics
 
     @classmethod
-    async def start(cls, settings: Settings, metrics: GatewayMetrics | None = None) -> Gateway:
+    async def start(cls, settings: Settings, metrics: GatewayMetrics) -> Gateway:
         """Connect, provision, and load the node registry, API keys and sessions."""
         signer = Signer.from_settings(settings)  # fail before connecting if no key is set
         bus = await connect(settings, "dim-gateway")
@@ -56,7 +56,7 @@ class Gateway:
             signer,
             limiter,
             quotas,
-            metrics or GatewayMetrics(),
+            metrics,
         )
 
     async def stop(self) -> None:

@@ -60,6 +60,13 @@ TOKEN_GAP_BUCKETS = (
 )
 
 
+def observe_per_token(histogram: Histogram, seconds: float, tokens: int) -> None:
+    """Record a gap that produced `tokens` tokens as that many per-token gaps (at most 64)."""
+    gap = seconds / tokens
+    for _ in range(min(tokens, 64)):
+        histogram.observe(gap)
+
+
 class WorkerMetrics:
     """What one worker measures about its engine."""
 

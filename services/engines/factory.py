@@ -49,6 +49,6 @@ def build_engine(settings: Settings) -> Engine:
                 "a vllm worker serves one model (--model <hf-id-or-path>); "
                 "run one worker per model, or add names with DIM_MODEL_ALIASES"
             )
-        aliases = tuple(a for a in settings.model_aliases if a != settings.models[0])
-        return VllmEngine(settings, settings.models[0], aliases)
+        model, *aliases = served_models(settings)
+        return VllmEngine(settings, model, tuple(aliases))
     raise ValueError(f"unknown engine {settings.engine!r}; available: simulated, openai, vllm")

@@ -32,7 +32,7 @@ from events.jobs import FailureKind, TaskCompleted, TaskFailed, TaskStarted
 from events.subjects import encode_token
 from events.work import TaskRequested, TokensProduced
 from services.engines.protocol import Engine, GenerationRequest
-from services.metrics import WorkerMetrics
+from services.metrics import WorkerMetrics, observe_per_token
 from services.registry.records import NodeRecord
 from services.settings import Settings
 from services.worker.coalesce import Coalescer, Piece
@@ -48,6 +48,11 @@ def dim_version() -> str:
         return metadata.version("dim")
     except metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+def _model_durable(model: str) -> str:
+    """The task consumer every worker serving `model` shares."""
+    return f"model-{encode_token(model)}"
 
 
 class Worker:
@@ -85,7 +90,7 @@ class Worker:
         }
         specs = [
             ConsumerSpec(
-                durable=f"model-{encode_token(m)}",
+                durable=_model_durable(m),
                 filter_subjects=(self.names.tasks_for_model(m),),
                 description=f"tasks for model {m}",
                 **common,  # type: ignore[arg-type]
@@ -190,9 +195,7 @@ class Worker:
     async def _measure_queues(self) -> None:
         """Tasks waiting per served model (its shared consumer's backlog), for /metrics."""
         for model in self.engine.models:
-            info = await self.bus.js.consumer_info(
-                self.names.tasks_stream, f"model-{encode_token(model)}"
-            )
+            info = await self.bus.js.consumer_info(self.names.tasks_stream, _model_durable(model))
             self.metrics.queued.labels(model=model).set(info.num_pending + info.num_ack_pending)
 
     async def handle(self, delivery: Delivery) -> None:
@@ -321,9 +324,7 @@ class Worker:
                 if ttft is None:
                     ttft = now - started
                 elif chunk.tokens:
-                    gap = (now - last) / chunk.tokens
-                    for _ in range(min(chunk.tokens, 64)):
-                        itl.observe(gap)
+                    observe_per_token(itl, now - last, chunk.tokens)
                 last = now
                 output.append(chunk.text)
             if chunk.finish_reason is not None:
