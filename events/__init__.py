@@ -4,4 +4,5 @@
 # every type, whichever module a process happened to import first.
 from events import accounts as accounts
 from events import jobs as jobs
+from events import nodes as nodes
 from events import work as work

@@ -8,8 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from events.envelope import Event, event_type
 from events.inference import FinishReason, Prompt, SamplingParams, Usage
+from events.patterns import Chained, Collaborative, Comparative, Consensus, Pattern, Routing
 
-Pattern = Literal["single"]
+TaskRole = Literal["main", "shard", "reduce", "candidate", "judge", "step"]
 FailureKind = Literal["engine_error", "timeout", "worker_lost", "invalid_request", "no_capacity"]
 
 
@@ -20,9 +21,18 @@ class TaskSpec(BaseModel):
 
     task_id: str
     model: str
-    prompt: Prompt
+    prompt: Prompt | None = None  # None until rendered from `template` (waits for `after`)
     params: SamplingParams = SamplingParams()
     node_id: str | None = None
+    # added with the patterns; older events read as a single job's task
+    role: TaskRole = "main"
+    index: int = 0  # position among the tasks of its role (input, candidate, step order)
+    name: str | None = None  # a chain step's name
+    after: tuple[str, ...] = ()  # task ids whose outputs this task's prompt needs
+    template: str | None = None  # prompt template, rendered when `after` have completed
+    timeout_s: float | None = None
+    max_attempts: int | None = None  # None: the job's
+    tenant: str | None = None  # the job's tenant, for nodes that serve only some tenants
 
 
 @event_type
@@ -33,12 +43,17 @@ class JobSubmitted(Event):
     job_id: str
     pattern: Pattern = "single"
     model: str
-    prompt: Prompt
+    prompt: Prompt | None = None  # every pattern but collaborative (its inputs are the prompts)
     params: SamplingParams = SamplingParams()
     owner: str = "anonymous"
     tenant: str = "default"
     node_id: str | None = None
     max_attempts: int = Field(default=3, ge=1, le=20)
+    # added with the patterns (issue 4); absent in older events
+    routing: Routing = Routing()
+    collaborative: Collaborative | None = None
+    comparative: Comparative | None = None
+    chained: Chained | None = None
 
 
 @event_type
@@ -59,6 +74,17 @@ class TaskDispatched(Event):
     task_id: str
     attempt: int
     subject: str
+    node_id: str | None = None  # the node targeted (None: the model's shared subject)
+    prompt: Prompt | None = None  # the prompt rendered for this task (templated tasks)
+
+
+@event_type
+class TaskRerouted(TaskDispatched):
+    """A task meant for one node went to its model's shared subject instead: the node is gone."""
+
+    type = "task.rerouted"
+    from_node: str
+    reason: str
 
 
 @event_type
@@ -113,6 +139,24 @@ class Choice(BaseModel):
     finish_reason: FinishReason
 
 
+class Part(BaseModel):
+    """One task's share of a multi-task job's result."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    task_id: str
+    role: TaskRole
+    index: int
+    name: str | None = None
+    model: str
+    node_id: str | None = None
+    status: Literal["completed", "failed"]
+    output: str | None = None
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+    usage: Usage = Usage()
+
+
 @event_type
 class JobCompleted(Event):
     """The job finished with a result."""
@@ -124,6 +168,10 @@ class JobCompleted(Event):
     usage: Usage
     tenant: str | None = None  # added later: readers of older events see None
     choices: tuple[Choice, ...] = ()  # every answer when n > 1 (output is the first); added later
+    # added with the patterns: every task's part, the comparison's outcome, what failed
+    parts: tuple[Part, ...] = ()
+    consensus: Consensus | None = None
+    errors: tuple[str, ...] = ()
 
 
 @event_type
@@ -149,6 +197,7 @@ JobEvent = (
     JobSubmitted
     | JobPlanned
     | TaskDispatched
+    | TaskRerouted
     | TaskStarted
     | TaskCompleted
     | TaskFailed

@@ -94,6 +94,20 @@ class Names:
         return f"{self.ns}.rate.{encode_token(caller)}.{window}"
 
     @property
+    def nodes_stream(self) -> str:
+        """Stream of node lifecycle events (joined, left, lost)."""
+        return f"{self.ns}_NODES"
+
+    def node_event(self, node_id: str, event_type: str) -> str:
+        """Subject of one node lifecycle event."""
+        return f"{self.ns}.nodes.{check_id('node id', node_id)}.{event_type}"
+
+    @property
+    def nodes_all(self) -> str:
+        """Filter for every node lifecycle event."""
+        return f"{self.ns}.nodes.>"
+
+    @property
     def dead_stream(self) -> str:
         """Stream recording messages that were terminated as unprocessable."""
         return f"{self.ns}_DEAD"

@@ -177,6 +177,13 @@ def topology(
                 replicas=replicas,
             ),
             StreamSpec(
+                names.nodes_stream,
+                (names.nodes_all,),
+                max_age_s=30 * 86_400.0,
+                duplicate_window_s=dedupe_window_s,
+                replicas=replicas,
+            ),
+            StreamSpec(
                 names.dead_stream,
                 (names.dead_all,),
                 deny_delete=True,

@@ -40,6 +40,9 @@ class WatchedBucket(Generic[M]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def changed(self, key: str, item: M | None) -> None:
+        """Called after every change (None: deleted); subclasses keep indexes with it."""
+
     async def _follow(self, kv: KeyValue) -> None:
         while True:
             watcher = await kv.watchall()
@@ -50,11 +53,15 @@ class WatchedBucket(Generic[M]):
                         continue
                     if entry.operation in ("DEL", "PURGE") or not entry.value:
                         self.items.pop(entry.key, None)
+                        self.changed(entry.key, None)
                         continue
                     try:
-                        self.items[entry.key] = self.model.model_validate_json(entry.value)
+                        item = self.model.model_validate_json(entry.value)
                     except ValidationError:
                         log.warning("ignoring a malformed entry %r in %s", entry.key, self.bucket)
+                        continue
+                    self.items[entry.key] = item
+                    self.changed(entry.key, item)
             except Exception:  # watch again after connection trouble
                 log.warning("watch on %s broke; watching again", self.bucket, exc_info=True)
                 await asyncio.sleep(1)

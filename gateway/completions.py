@@ -13,7 +13,7 @@ from events.bus import Bus
 from events.envelope import Envelope
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
-from events.jobs import Choice, JobCancelled, JobCompleted, JobFailed
+from events.jobs import Choice, JobCancelled, JobCompleted, JobFailed, JobSubmitted
 from events.work import TokensProduced
 from gateway import jobs, sse
 from gateway.errors import ApiError
@@ -57,11 +57,13 @@ async def start(
         await jobs.submit_job(
             gw,
             principal,
-            model=model,
-            prompt=prompt,
-            params=params,
-            max_attempts=gw.settings.max_attempts,
-            job_id=job_id,
+            JobSubmitted(
+                job_id=job_id,
+                model=model,
+                prompt=prompt,
+                params=params,
+                max_attempts=gw.settings.max_attempts,
+            ),
         )
     except BaseException:
         await follower.close()

@@ -5,17 +5,19 @@ from __future__ import annotations
 import hashlib
 
 from nats.js.errors import KeyWrongLastSequenceError
+from pydantic import ValidationError
 
 from events.errors import WrongLastSequence
 from events.ids import new_id
-from events.inference import Prompt, SamplingParams
+from events.jobs import JobSubmitted
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
 from gateway.schemas import JobRequest
 from projections.job_status import fold
 from projections.job_views import newest_views, read_view
-from services.client import history, submit
+from services.client import history, submit_event
+from services.orchestrator.patterns import validate
 from services.orchestrator.state import JobState
 
 
@@ -27,23 +29,24 @@ def _idempotency_slot(principal: Principal, key: str) -> str:
 async def submit_job(
     gw: Gateway,
     principal: Principal,
+    job: JobSubmitted,
     *,
-    model: str,
-    prompt: Prompt,
-    params: SamplingParams,
-    node_id: str | None = None,
-    max_attempts: int,
     idempotency_key: str | None = None,
-    job_id: str | None = None,
 ) -> tuple[str, bool]:
-    """Check quota and model, then submit a job (under `job_id` if given, e.g. to listen first).
+    """Check quota and models, then submit `job` (its owner and tenant are the caller's).
 
-    Returns its id and whether it is new (False: an earlier request with the same
-    Idempotency-Key made it).
+    Returns the job id and whether the job is new (False: an earlier request with the same
+    Idempotency-Key made it, and that job's id is returned).
     """
     gw.quotas.check(principal)
-    require_served(gw, model)
-    job_id = job_id or new_id()
+    job = job.model_copy(update={"owner": principal.principal_id, "tenant": principal.tenant})
+    try:
+        validate(job)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), code="invalid_request", param=job.pattern) from None
+    for model in dict.fromkeys(_models(job)):
+        require_served(gw, model)
+    job_id = job.job_id
     if idempotency_key is not None:
         kv = await gw.bus.js.key_value(gw.bus.names.bucket("idempotency"))
         slot = _idempotency_slot(principal, idempotency_key)
@@ -55,37 +58,32 @@ async def submit_job(
             if await history(gw.bus, job_id):
                 return job_id, False
             # The earlier request stopped between reserving the id and submitting: finish it.
+            job = job.model_copy(update={"job_id": job_id})
     try:
-        await submit(
-            gw.bus,
-            job_id=job_id,
-            model=model,
-            prompt=prompt,
-            params=params,
-            owner=principal.principal_id,
-            tenant=principal.tenant,
-            node_id=node_id,
-            max_attempts=max_attempts,
-        )
+        await submit_event(gw.bus, job)
     except WrongLastSequence:
         return job_id, False  # a concurrent retry with the same key submitted it first
     return job_id, True
+
+
+def _models(job: JobSubmitted) -> list[str]:
+    if job.comparative is not None:
+        spec = job.comparative
+        return [c.model for c in spec.candidates] + ([spec.judge_model] if spec.judge_model else [])
+    if job.chained is not None:
+        return [s.model or job.model for s in job.chained.steps]
+    return [job.model]
 
 
 async def submit_request(
     gw: Gateway, principal: Principal, request: JobRequest, *, idempotency_key: str | None = None
 ) -> tuple[str, bool]:
     """Submit a jobs-API request (REST or WebSocket); as `submit_job`."""
-    return await submit_job(
-        gw,
-        principal,
-        model=request.model,
-        prompt=request.to_prompt(),
-        params=request.sampling(),
-        node_id=request.node,
-        max_attempts=request.max_attempts,
-        idempotency_key=idempotency_key,
-    )
+    try:
+        job = request.to_event(new_id(), max_attempts_default=gw.settings.max_attempts)
+    except (ValidationError, ValueError) as exc:
+        raise ApiError(400, str(exc), code="invalid_request", param=request.pattern) from None
+    return await submit_job(gw, principal, job, idempotency_key=idempotency_key)
 
 
 def require_served(gw: Gateway, model: str) -> None:

@@ -34,7 +34,7 @@ async def submit(
     max_attempts: int = 3,
     job_id: str | None = None,
 ) -> JobSubmitted:
-    """Append ``job.submitted`` as the first event of a new job; returns the event."""
+    """Append ``job.submitted`` for one prompt (the `single` pattern); returns the event."""
     event = JobSubmitted(
         job_id=job_id or new_id(),
         model=model,
@@ -45,6 +45,12 @@ async def submit(
         node_id=node_id,
         max_attempts=max_attempts,
     )
+    return await submit_event(bus, event)
+
+
+async def submit_event(bus: Bus, event: JobSubmitted) -> JobSubmitted:
+    """Append `event` as the first event of its job (refused if the job already has events)."""
+    owner = event.owner
     names = bus.names
     await bus.publish(
         names.job(event.job_id, event.type),

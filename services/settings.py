@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     capacity: int = Field(
         32, ge=1, le=4096, description="requests a worker keeps in flight at once"
     )
+    tenants: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="tenants this worker serves, comma-separated (empty: all); such a node "
+        "takes only tasks sent to it by name",
+    )
     heartbeat_s: float = Field(
         2.0, gt=0, description="how often a worker refreshes its node record"
     )
@@ -121,6 +126,9 @@ class Settings(BaseSettings):
         0.0, ge=0, le=1, description="fraction of requests that never finish"
     )
     sim_seed: int = Field(0, description="seed mixed into every simulated output")
+    sim_max_context: int = Field(
+        32_768, ge=1, description="context length the simulated engine advertises (tokens)"
+    )
 
     # orchestrator and projector
     instance_id: str = Field("0", description="stable id of this orchestrator/projector instance")
@@ -177,7 +185,7 @@ class Settings(BaseSettings):
         "", description="OTLP/HTTP traces endpoint (default: the exporter's own)"
     )
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "tenants", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
         if isinstance(value, str):

@@ -1,11 +1,14 @@
 """WebSocket streaming of a job: text and status frames, resumable after a dropped connection.
 
 Frames (JSON):
-- ``{"type": "text", "seq": n, "offset": o, "text": "..."}`` — new output text. `seq` counts text
-  frames from 1 in an order fixed by the TOKENS stream, so it is the same on every connection.
+- ``{"type": "text", "seq": n, "task_id": t, "offset": o, "text": "..."}`` — new output text of
+  task `t` (a job of several tasks streams each task's text; `offset` is within that task's
+  output). `seq` counts text frames from 1 in an order fixed by the TOKENS stream, so it is the
+  same on every connection.
 - ``{"type": "event", "event_seq": s, "event": "task.started", "status": "running", "data": {...}}``
   — a step of the job; `event_seq` is its sequence in the JOBS stream.
-- ``{"type": "end", "status": ..., "output": ..., "usage": {...}, "error": ...}``, then the socket
+- ``{"type": "end", "status": ..., "output": ..., "usage": {...}, "parts": [...], "consensus": ...,
+  "errors": [...]}`` (or ``"error"`` for a job that failed or was cancelled), then the socket
   closes normally.
 - ``{"type": "error", "error": {...}}`` (OpenAI-shaped), then the socket closes.
 
@@ -77,7 +80,7 @@ async def _pump(
                 )
 
     listener = asyncio.create_task(listen())
-    text = TextAssembler()
+    texts: dict[str, TextAssembler] = {}
     seq = 0
     state = None
     try:
@@ -85,6 +88,7 @@ async def _pump(
             async for envelope in follower:
                 event = envelope.data
                 if isinstance(event, TokensProduced):
+                    text = texts.setdefault(event.task_id, TextAssembler())
                     offset = len(text.text)
                     new = text.add(event.offset, event.text)
                     if not new:
@@ -92,7 +96,13 @@ async def _pump(
                     seq += 1
                     if seq > after:
                         await socket.send_json(
-                            {"type": "text", "seq": seq, "offset": offset, "text": new}
+                            {
+                                "type": "text",
+                                "seq": seq,
+                                "task_id": event.task_id,
+                                "offset": offset,
+                                "text": new,
+                            }
                         )
                     continue
                 event_seq = follower.seqs[envelope.id]
@@ -105,7 +115,8 @@ async def _pump(
                             "event": event.type,
                             "status": state.status if state else None,
                             "data": event.model_dump(
-                                mode="json", exclude={"prompt", "params", "tasks", "output"}
+                                mode="json",
+                                exclude={"prompt", "params", "tasks", "output", "parts", "collaborative"},
                             ),
                         }
                     )
@@ -117,6 +128,11 @@ async def _pump(
                             "finish_reason": event.finish_reason,
                             "usage": event.usage.model_dump()
                             | {"total_tokens": event.usage.total_tokens},
+                            "parts": [p.model_dump(mode="json") for p in event.parts],
+                            "consensus": event.consensus.model_dump(mode="json")
+                            if event.consensus
+                            else None,
+                            "errors": list(event.errors),
                         }
                     else:
                         end |= {"error": getattr(event, "reason", None)}

@@ -25,6 +25,7 @@ def build_engine(settings: Settings) -> Engine:
             error_rate=settings.sim_error_rate,
             hang_rate=settings.sim_hang_rate,
             seed=settings.sim_seed,
+            max_context=settings.sim_max_context,
         )
     if settings.engine == "openai":
         if not settings.upstream_url:

@@ -137,8 +137,10 @@ class SimulatedEngine:
         error_rate: float = 0.0,
         hang_rate: float = 0.0,
         seed: int = 0,
+        max_context: int = 32_768,
     ) -> None:
         self._models = models
+        self.max_context = max_context
         self._capacity = capacity
         self.ttft_s = ttft_ms / 1000
         self.token_s = 1 / tokens_per_s if tokens_per_s > 0 else 0.0

@@ -2,7 +2,14 @@
 
 `decide` is re-run after every event and on a timer; it looks only at state, so running it
 twice, or on two orchestrator instances, proposes the same events, and the optimistic append
-lets exactly one of them land.
+lets exactly one of them land. The pattern-specific parts (plan, prompts, result) are in
+`services.orchestrator.patterns`; this module moves tasks through their lives:
+
+planned -> (its `after` tasks final) dispatched to a node or the model's shared subject ->
+running -> completed | failed -> (attempts left) dispatched again, avoiding the nodes that failed
+it | (none left) the job fails naming the task — unless the pattern tolerates it (partial).
+A task sent to a node that is gone is rerouted (an event); a task running on a node whose
+heartbeats stopped is failed as `worker_lost` and retried elsewhere.
 """
 
 from __future__ import annotations
@@ -11,11 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from events.envelope import Event
-from events.inference import Usage
-from events.jobs import Choice, JobCompleted, JobFailed, JobPlanned, TaskDispatched, TaskSpec
+from events.envelope import Envelope, Event
+from events.jobs import JobFailed, TaskDispatched, TaskFailed, TaskRerouted
 from events.subjects import Names
-from services.orchestrator.state import JobState, TaskState
+from services.orchestrator.patterns import describe, finish, models_of, plan, prompt_for, tolerated
+from services.orchestrator.state import JobState, TaskState, evolve
+from services.orchestrator.templates import TemplateError
+from services.registry.select import SHARED, Need
+
+AFFINITY_PREFIX = 256  # characters of the prompt that key prefix affinity
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,47 +36,85 @@ class Mesh:
     serves: Callable[[str], bool]
     node_live: Callable[[str], bool]
     live_models: Callable[[], set[str]]
-
-
-def task_id(job_id: str, index: int) -> str:
-    """The id of a job's `index`-th task."""
-    return f"{job_id}-{index}"
-
-
-def plan(state: JobState) -> JobPlanned:
-    """Split a job into tasks. `single`: one task per requested choice (`n`), each with n = 1.
-
-    Choice i samples with seed + i (when a seed is given, else seed i for i > 0), so even a
-    deterministic engine gives n different answers, and the same request gives the same n.
-    """
-    n = state.params.n
-    tasks = []
-    for i in range(n):
-        seed = state.params.seed
-        if i:
-            seed = (seed or 0) + i
-        tasks.append(
-            TaskSpec(
-                task_id=task_id(state.job_id, i),
-                model=state.model,
-                prompt=state.prompt,
-                params=state.params.model_copy(update={"n": 1, "seed": seed}),
-                node_id=state.node_id,
-            )
-        )
-    return JobPlanned(job_id=state.job_id, tasks=tuple(tasks))
-
-
-def _subject(names: Names, task: TaskState | TaskSpec, mesh: Mesh) -> str:
-    if task.node_id and mesh.node_live(task.node_id):
-        return names.tasks_for_node(task.node_id)
-    return names.tasks_for_model(task.model)
+    node_gone: Callable[[str], bool] = lambda _: False  # heartbeats stopped (or record gone)
+    pick: Callable[[Need], str | None] = lambda _: SHARED  # node id, SHARED, None: none eligible
 
 
 def _no_node(model: str, mesh: Mesh) -> str:
     live = sorted(mesh.live_models())
     serving = ", ".join(live) if live else "none"
     return f"no live node serves model {model!r} (live models: {serving})"
+
+
+def max_attempts(state: JobState, task: TaskState) -> int:
+    """Attempts the task may make."""
+    return task.max_attempts or state.max_attempts
+
+
+def final(state: JobState, task: TaskState) -> bool:
+    """Whether the task will change no more: completed, or failed with no attempt left."""
+    if task.status == "completed":
+        return True
+    return task.status == "failed" and not (
+        task.retriable and task.attempt < max_attempts(state, task)
+    )
+
+
+def need_of(state: JobState, task: TaskState) -> Need:
+    """What the task asks of a node."""
+    routing = state.routing
+    key = routing.affinity_key
+    if key is None and routing.strategy == "affinity" and task.prompt is not None:
+        key = task.prompt.render()[:AFFINITY_PREFIX]
+    return Need(
+        model=task.model,
+        tenant=state.tenant,
+        strategy=routing.strategy,
+        key=key,
+        min_context=routing.min_context,
+        min_gpu_memory_mib=routing.min_gpu_memory_mib,
+        exclude=frozenset(task.tried),
+        spread=task.role == "shard",
+    )
+
+
+def _dispatch(
+    state: JobState, task: TaskState, attempt: int, mesh: Mesh, names: Names
+) -> Event | None:
+    """The dispatch of `attempt`, or None while no eligible node is live (it waits)."""
+    prompt = prompt_for(state, task)
+    rendered = prompt if task.template is not None else None  # recorded: it is not in the plan
+    pinned = task.node_id
+    if pinned:
+        if mesh.node_live(pinned):
+            return TaskDispatched(
+                job_id=state.job_id,
+                task_id=task.task_id,
+                attempt=attempt,
+                subject=names.tasks_for_node(pinned),
+                node_id=pinned,
+                prompt=rendered,
+            )
+        return TaskRerouted(
+            job_id=state.job_id,
+            task_id=task.task_id,
+            attempt=attempt,
+            subject=names.tasks_for_model(task.model),
+            prompt=rendered,
+            from_node=pinned,
+            reason=f"node {pinned} is not live",
+        )
+    node = mesh.pick(need_of(state, task.model_copy(update={"prompt": prompt})))
+    if node is None:
+        return None
+    return TaskDispatched(
+        job_id=state.job_id,
+        task_id=task.task_id,
+        attempt=attempt,
+        subject=names.tasks_for_node(node) if node else names.tasks_for_model(task.model),
+        node_id=node or None,
+        prompt=rendered,
+    )
 
 
 def decide(
@@ -80,90 +129,124 @@ def decide(
     if state.terminal:
         return []
     if not state.planned:
-        if not mesh.serves(state.model):
-            return [
-                JobFailed(
-                    job_id=state.job_id, reason=_no_node(state.model, mesh), code="model_not_served"
-                )
-            ]
+        for model in models_of(state):
+            if not mesh.serves(model):
+                return [
+                    JobFailed(
+                        job_id=state.job_id, reason=_no_node(model, mesh), code="model_not_served"
+                    )
+                ]
         planned = plan(state)
-        return [planned] + [
-            TaskDispatched(
-                job_id=state.job_id, task_id=t.task_id, attempt=1, subject=_subject(names, t, mesh)
-            )
-            for t in planned.tasks
-        ]
+        # Dispatch what is ready in the same breath, decided on the state the plan will make.
+        after = evolve(state, Envelope(planned, actor="", at=now), state.last_seq + 1)
+        assert after is not None
+        return [planned, *decide(after, now, mesh, names, dispatch_timeout_s=dispatch_timeout_s)]
     out: list[Event] = []
     for task in state.tasks:
         if task.status == "planned":
-            # Planned but never dispatched: another writer (a worker's task.started) appended
-            # between this job's dispatches, so the rest of the batch was not written.
-            out.append(
-                TaskDispatched(
-                    job_id=state.job_id,
-                    task_id=task.task_id,
-                    attempt=1,
-                    subject=_subject(names, task, mesh),
-                )
-            )
-        elif task.status == "failed":
-            if task.retriable and task.attempt < state.max_attempts:
+            deps = [state.task(t) for t in task.after]
+            if not all(d is not None and final(state, d) for d in deps):
+                continue
+            since = max([state.created_at] + [d.finished_at for d in deps if d and d.finished_at])
+            placed = _place(state, task, 1, since, now, mesh, names, dispatch_timeout_s)
+            if isinstance(placed, JobFailed):
+                return [placed]
+            if placed is not None:
+                out.append(placed)
+        elif task.status == "dispatched":
+            if task.target and mesh.node_gone(task.target):
                 out.append(
-                    TaskDispatched(
+                    TaskRerouted(
                         job_id=state.job_id,
                         task_id=task.task_id,
                         attempt=task.attempt + 1,
-                        subject=_subject(names, task, mesh),
+                        subject=names.tasks_for_model(task.model),
+                        prompt=task.prompt if task.template else None,
+                        from_node=task.target,
+                        reason=f"node {task.target} stopped heartbeating before it took the task",
                     )
                 )
-            else:
+            elif (
+                task.dispatched_at is not None
+                and now - task.dispatched_at > timedelta(seconds=dispatch_timeout_s)
+                and not mesh.serves(task.model)
+            ):
+                return [
+                    _fail(
+                        state,
+                        f"{_no_node(task.model, mesh)} for {dispatch_timeout_s:g}s after dispatch",
+                        "model_not_served",
+                    )
+                ]
+        elif task.status == "running":
+            if task.ran_on and mesh.node_gone(task.ran_on):
+                out.append(
+                    TaskFailed(
+                        job_id=state.job_id,
+                        task_id=task.task_id,
+                        attempt=task.attempt,
+                        node_id=task.ran_on,
+                        kind="worker_lost",
+                        error=f"node {task.ran_on} stopped heartbeating while running the task",
+                        retriable=True,
+                    )
+                )
+        elif task.status == "failed":
+            if not final(state, task):
+                since = task.finished_at or now
+                placed = _place(
+                    state, task, task.attempt + 1, since, now, mesh, names, dispatch_timeout_s
+                )
+                if isinstance(placed, JobFailed):
+                    return [placed]
+                if placed is not None:
+                    out.append(placed)
+            elif not tolerated(state, task):
                 why = (
                     "could not be retried" if not task.retriable else f"failed {task.attempt} times"
                 )
                 return [
-                    JobFailed(
-                        job_id=state.job_id,
-                        reason=f"task {task.task_id} {why}; last error ({task.error_kind}): {task.error}",
-                        code="task_failed",
+                    _fail(
+                        state,
+                        f"{describe(state, task)} {why}; last error ({task.error_kind}): {task.error}",
+                        "task_failed",
                     )
                 ]
-        elif (
-            task.status == "dispatched"
-            and task.dispatched_at is not None
-            and now - task.dispatched_at > timedelta(seconds=dispatch_timeout_s)
-            and not mesh.serves(task.model)
-        ):
-            return [
-                JobFailed(
-                    job_id=state.job_id,
-                    reason=f"{_no_node(task.model, mesh)} for {dispatch_timeout_s:g}s after dispatch",
-                    code="model_not_served",
-                )
-            ]
     if out:
         return out
-    if state.tasks and all(t.status == "completed" for t in state.tasks):
-        return [_complete(state)]
+    if all(final(state, t) for t in state.tasks):
+        return [finish(state)]
     return []
 
 
-def _complete(state: JobState) -> JobCompleted:
-    task = state.tasks[0]
-    # The n choices share one prompt: counted once, as OpenAI does; completions add up.
-    usage = Usage(
-        prompt_tokens=max(t.usage.prompt_tokens for t in state.tasks),
-        completion_tokens=sum(t.usage.completion_tokens for t in state.tasks),
-        estimated=any(t.usage.estimated for t in state.tasks),
+def _place(
+    state: JobState,
+    task: TaskState,
+    attempt: int,
+    since: datetime,
+    now: datetime,
+    mesh: Mesh,
+    names: Names,
+    dispatch_timeout_s: float,
+) -> Event | None:
+    """Dispatch `attempt`; None to wait for an eligible node; a failure after waiting too long."""
+    try:
+        event = _dispatch(state, task, attempt, mesh, names)
+    except TemplateError as exc:
+        return _fail(state, f"{describe(state, task)}: {exc}", "invalid_template")
+    if event is not None or now - since <= timedelta(seconds=dispatch_timeout_s):
+        return event
+    if not mesh.serves(task.model):
+        return _fail(
+            state, f"{_no_node(task.model, mesh)} for {describe(state, task)}", "model_not_served"
+        )
+    return _fail(
+        state,
+        f"no live node serving {task.model!r} meets the job's requirements (tenant, context "
+        f"length, GPU memory) for {dispatch_timeout_s:g}s; {describe(state, task)} waits in vain",
+        "no_capacity",
     )
-    choices = tuple(
-        Choice(index=i, output=t.output or "", finish_reason=t.finish_reason or "stop")
-        for i, t in enumerate(state.tasks)
-    )
-    return JobCompleted(
-        job_id=state.job_id,
-        output=task.output or "",
-        finish_reason=task.finish_reason or "stop",
-        usage=usage,
-        tenant=state.tenant,
-        choices=choices if len(choices) > 1 else (),
-    )
+
+
+def _fail(state: JobState, reason: str, code: str) -> JobFailed:
+    return JobFailed(job_id=state.job_id, reason=reason, code=code)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections import OrderedDict
 from datetime import UTC, datetime
 
@@ -25,6 +26,7 @@ from events.envelope import Envelope
 from events.errors import WrongLastSequence
 from events.history import read_events
 from events.jobs import JobSubmitted, TaskDispatched, TaskSpec
+from events.nodes import NodeLost
 from events.work import TaskRequested
 from services.orchestrator.decide import Mesh, decide
 from services.orchestrator.state import JobState, evolve
@@ -60,10 +62,13 @@ class Orchestrator:
     @property
     def mesh(self) -> Mesh:
         """The node view `decide` consults."""
+        pool = self.nodes.pool
         return Mesh(
             serves=lambda model: bool(self.nodes.serving(model)),
-            node_live=lambda node: any(n.node_id == node for n in self.nodes.live()),
+            node_live=lambda node: node in pool.records,
             live_models=self.nodes.live_models,
+            node_gone=self.nodes.gone,
+            pick=lambda need: pool.pick(need, random.random(), datetime.now(UTC)),
         )
 
     def consumer(self) -> ConsumerSpec:
@@ -185,14 +190,38 @@ class Orchestrator:
                 model=task.model,
                 prompt=task.prompt,
                 params=task.params,
-                node_id=task.node_id,
+                node_id=event.node_id,
+                role=task.role,
+                index=task.index,
+                name=task.name,
+                timeout_s=task.timeout_s,
+                tenant=state.tenant,
             ),
         )
         # The work message reuses the dispatch event's id: JetStream drops a re-send.
         await self.bus.publish(event.subject, Envelope(request, actor=self.actor, id=dispatched.id))
+        if event.node_id:
+            self.nodes.pool.sent(event.node_id)
         self._sent[dispatched.id] = None
         if len(self._sent) > _MAX_FINISHED:
             self._sent.popitem(last=False)
+
+    async def _record_lost(self) -> None:
+        """Drop nodes with stale heartbeats from selection and record each as `node.lost`.
+
+        Every orchestrator instance notices; the message id (node and last heartbeat) makes
+        JetStream keep one event.
+        """
+        for node_id, record in self.nodes.pool.expire(datetime.now(UTC)):
+            lost = NodeLost(
+                node_id=node_id, last_heartbeat_at=record.heartbeat_at, in_flight=record.in_flight
+            )
+            msg_id = f"lost-{node_id}-{int(record.heartbeat_at.timestamp() * 1000)}"
+            log.warning("node %s lost: no heartbeat since %s", node_id, record.heartbeat_at)
+            await self.bus.publish(
+                self.names.node_event(node_id, lost.type),
+                Envelope(lost, actor=self.actor, id=msg_id),
+            )
 
     def _remember(self, state: JobState) -> None:
         current = self.active.get(state.job_id)
@@ -210,10 +239,15 @@ class Orchestrator:
             self.active.popitem(last=False)  # reloaded from the log if it speaks again
 
     async def _tick(self, stop: asyncio.Event) -> None:
-        """Re-decide active jobs once a second, for decisions that depend on time."""
+        """Re-decide active jobs once a second, for decisions that depend on time; record the
+        nodes whose heartbeats stopped."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
+                await asyncio.wait_for(stop.wait(), timeout=min(1.0, self.settings.heartbeat_s / 2))
+            try:
+                await self._record_lost()
+            except Exception:
+                log.warning("recording lost nodes failed", exc_info=True)
             for state in list(self.active.values()):
                 try:
                     await self._advance(state)

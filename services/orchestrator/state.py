@@ -20,11 +20,14 @@ from events.jobs import (
     JobFailed,
     JobPlanned,
     JobSubmitted,
+    Part,
     TaskCompleted,
     TaskDispatched,
     TaskFailed,
+    TaskRole,
     TaskStarted,
 )
+from events.patterns import Chained, Collaborative, Comparative, Consensus, Routing
 
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 TaskStatus = Literal["planned", "dispatched", "running", "completed", "failed"]
@@ -40,9 +43,19 @@ class TaskState(_State):
 
     task_id: str
     model: str
-    prompt: Prompt
+    prompt: Prompt | None
     params: SamplingParams
-    node_id: str | None = None
+    node_id: str | None = None  # the node the job pins this task to
+    role: TaskRole = "main"
+    index: int = 0
+    name: str | None = None
+    after: tuple[str, ...] = ()
+    template: str | None = None
+    timeout_s: float | None = None
+    max_attempts: int | None = None
+    tenant: str | None = None
+    target: str | None = None  # the node the current attempt was sent to (None: shared subject)
+    tried: tuple[str, ...] = ()  # nodes where earlier attempts failed
     status: TaskStatus = "planned"
     attempt: int = 0
     subject: str | None = None
@@ -70,8 +83,12 @@ class JobState(_State):
     tenant: str
     node_id: str | None = None
     max_attempts: int
-    prompt: Prompt
+    prompt: Prompt | None
     params: SamplingParams
+    routing: Routing = Routing()
+    collaborative: Collaborative | None = None
+    comparative: Comparative | None = None
+    chained: Chained | None = None
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -82,6 +99,9 @@ class JobState(_State):
     ttft_ms: float | None = None
     error: str | None = None
     error_code: str | None = None
+    parts: tuple[Part, ...] = ()
+    consensus: Consensus | None = None
+    errors: tuple[str, ...] = ()
     events: int = 0
     last_seq: int = 0
 
@@ -134,6 +154,10 @@ def evolve(state: JobState | None, envelope: Envelope, seq: int) -> JobState | N
             max_attempts=event.max_attempts,
             prompt=event.prompt,
             params=event.params,
+            routing=event.routing,
+            collaborative=event.collaborative,
+            comparative=event.comparative,
+            chained=event.chained,
             created_at=envelope.at,
             events=1,
             last_seq=seq,
@@ -156,6 +180,14 @@ def _apply(state: JobState, envelope: Envelope) -> JobState:
                 prompt=t.prompt,
                 params=t.params,
                 node_id=t.node_id,
+                role=t.role,
+                index=t.index,
+                name=t.name,
+                after=t.after,
+                template=t.template,
+                timeout_s=t.timeout_s,
+                max_attempts=t.max_attempts,
+                tenant=t.tenant,
             )
             for t in event.tasks
         )
@@ -170,7 +202,11 @@ def _apply(state: JobState, envelope: Envelope) -> JobState:
             status="dispatched",
             attempt=event.attempt,
             subject=event.subject,
+            target=event.node_id,
+            prompt=event.prompt or task.prompt,
             dispatched_at=at,
+            started_at=None,
+            finished_at=None,
             error=None,
             error_kind=None,
         )
@@ -203,13 +239,15 @@ def _apply(state: JobState, envelope: Envelope) -> JobState:
             ttft_ms=event.ttft_ms,
         )
     if isinstance(event, TaskFailed):
-        if not _open_attempt(state, event.task_id, event.attempt):
+        failed = state.task(event.task_id)
+        if failed is None or not _open_attempt(state, event.task_id, event.attempt):
             return state
         return _with_task(
             state,
             event.task_id,
             status="failed",
             finished_at=at,
+            tried=failed.tried + ((event.node_id,) if event.node_id else ()),
             error=event.error,
             error_kind=event.kind,
             retriable=event.retriable,
@@ -222,6 +260,9 @@ def _apply(state: JobState, envelope: Envelope) -> JobState:
                 "output": event.output,
                 "finish_reason": event.finish_reason,
                 "usage": event.usage,
+                "parts": event.parts,
+                "consensus": event.consensus,
+                "errors": event.errors,
                 "ttft_ms": min(
                     (t.ttft_ms for t in state.tasks if t.ttft_ms is not None), default=None
                 ),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from events.bus import Bus
 from events.watched import WatchedBucket
 from services.registry.records import NodeRecord
+from services.registry.select import Pool
 
 
 class LiveNodes(WatchedBucket[NodeRecord]):
@@ -15,6 +16,20 @@ class LiveNodes(WatchedBucket[NodeRecord]):
     def __init__(self, bus: Bus, ttl_s: float) -> None:
         super().__init__(bus, bus.names.bucket("nodes"), NodeRecord)
         self.ttl_s = ttl_s
+        self.pool = Pool(ttl_s=ttl_s)  # what selection sees: live, not draining
+
+    def changed(self, key: str, item: NodeRecord | None) -> None:
+        """Keep the selection pool in step with the bucket."""
+        if item is None:
+            self.pool.remove(key)
+        elif item.draining or not self.gone(key):
+            self.pool.update(item)  # a draining node leaves selection
+
+    def gone(self, node_id: str, now: datetime | None = None) -> bool:
+        """Whether the node stopped heartbeating or removed its record (draining is not gone)."""
+        record = self.items.get(node_id)
+        now = now or datetime.now(UTC)
+        return record is None or now - record.heartbeat_at > timedelta(seconds=self.ttl_s)
 
     @property
     def nodes(self) -> dict[str, NodeRecord]:

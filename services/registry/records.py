@@ -34,6 +34,9 @@ class NodeRecord(BaseModel):
     cold_start_s: float = 0.0  # loading and warming the engine before the node announced itself
     avg_latency_ms: float = 0.0  # mean task duration on this node
     metrics_url: str = ""  # this worker's Prometheus endpoint
+    # added with the registry issue
+    tenants: tuple[str, ...] = ()  # tenants this node serves (empty: every tenant)
+    healthy: bool = True  # the engine answered its last health check
 
     def live(self, now: datetime, ttl_s: float) -> bool:
         """Whether the node heartbeated within `ttl_s` and is not draining."""

@@ -27,8 +27,10 @@ from events.bus import Bus, PendingAcks
 from events.consume import ConsumerSpec, Delivery, Reject, run_pool
 from events.envelope import Envelope
 from events.errors import EngineError
+from events.history import read_events
 from events.inference import FinishReason
 from events.jobs import FailureKind, TaskCompleted, TaskFailed, TaskStarted
+from events.nodes import NodeJoined, NodeLeft
 from events.subjects import encode_token
 from events.work import TaskRequested, TokensProduced
 from services.engines.protocol import Engine, GenerationRequest
@@ -78,6 +80,8 @@ class Worker:
         self.metrics = WorkerMetrics(engine.kind)
         self.metrics_url = ""
         self.gpus = gpu_facts()
+        self.healthy = True
+        self.skipped = 0  # redelivered attempts that were already superseded
         self._latency_sum_s = 0.0
 
     def consumers(self) -> list[ConsumerSpec]:
@@ -88,6 +92,8 @@ class Worker:
             "max_deliver": self.settings.task_max_deliver,
             "max_ack_pending": 100_000,
         }
+        # A node reserved for some tenants takes only the tasks sent to it by name.
+        shared = () if self.settings.tenants else self.engine.models
         specs = [
             ConsumerSpec(
                 durable=_model_durable(m),
@@ -95,7 +101,7 @@ class Worker:
                 description=f"tasks for model {m}",
                 **common,  # type: ignore[arg-type]
             )
-            for m in self.engine.models
+            for m in shared
         ]
         specs.append(
             ConsumerSpec(
@@ -132,6 +138,8 @@ class Worker:
             if self.completed
             else 0.0,
             metrics_url=self.metrics_url,
+            tenants=self.settings.tenants,
+            healthy=self.healthy,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -145,6 +153,15 @@ class Worker:
         self.metrics_url = f"http://{self.settings.metrics_host}:{server.server_port}/metrics"
         kv = await self.bus.js.key_value(self.names.bucket("nodes"))
         await kv.put(self.node_id, self.record().model_dump_json().encode())
+        await self._node_event(
+            NodeJoined(
+                node_id=self.node_id,
+                models=self.engine.models,
+                engine=self.engine.kind,
+                capacity=self.capacity,
+                dim_version=dim_version(),
+            )
+        )
         heartbeat = asyncio.create_task(self._heartbeat(kv, stop))
         # Cancellations are plain messages on the job's subject: listen to all of them and
         # abort whatever this worker runs for a cancelled job.
@@ -170,6 +187,9 @@ class Worker:
                 await heartbeat
             with contextlib.suppress(Exception):
                 await kv.delete(self.node_id)
+                await self._node_event(
+                    NodeLeft(node_id=self.node_id, tasks_completed=self.completed)
+                )
             await self.engine.close()
             server.shutdown()
             server.server_close()
@@ -187,10 +207,49 @@ class Worker:
             if stop.is_set():
                 self.draining = True
             try:
+                await self._check_health()
                 await kv.put(self.node_id, self.record().model_dump_json().encode())
                 await self._measure_queues()
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
+
+    async def _node_event(self, event: NodeJoined | NodeLeft) -> None:
+        await self.bus.publish(
+            self.names.node_event(self.node_id, event.type), Envelope(event, actor=self.actor)
+        )
+
+    async def _check_health(self) -> None:
+        try:
+            async with asyncio.timeout(max(1.0, self.settings.heartbeat_s)):
+                await self.engine.check_health()
+        except Exception as exc:
+            if self.healthy:
+                log.warning("engine unhealthy, leaving selection: %r", exc)
+            self.healthy = False
+        else:
+            if not self.healthy:
+                log.info("engine healthy again")
+            self.healthy = True
+
+    async def _superseded(self, request: TaskRequested) -> bool:
+        """Whether a redelivered attempt is no longer wanted: the job ended, or the task has a
+        result or a newer attempt (the orchestrator moved it off a node it thought lost)."""
+        from services.orchestrator.state import evolve  # the job aggregate, read-only here
+
+        state = None
+        async for seq, envelope in read_events(
+            self.bus, self.names.jobs_stream, self.names.job_all(request.job_id)
+        ):
+            state = evolve(state, envelope, seq)
+        if state is None:
+            return False
+        task = state.task(request.task.task_id)
+        return (
+            state.terminal
+            or task is None
+            or task.attempt != request.attempt
+            or task.status in ("completed", "failed")
+        )
 
     async def _measure_queues(self) -> None:
         """Tasks waiting per served model (its shared consumer's backlog), for /metrics."""
@@ -203,6 +262,21 @@ class Worker:
         request = delivery.envelope.data
         if not isinstance(request, TaskRequested):
             raise Reject(f"expected task.requested on a task subject, got {request.type}")
+        if request.task.prompt is None:
+            raise Reject(f"task {request.task.task_id} has no prompt")
+        if delivery.deliveries > 1 and await self._superseded(request):
+            self.skipped += 1
+            log.info("skipping superseded attempt %d of %s", request.attempt, request.task.task_id)
+            return
+        tenants = self.settings.tenants
+        if tenants and request.task.tenant not in tenants:
+            await self._fail(
+                request,
+                "invalid_request",
+                f"node {self.node_id} serves only tenants {', '.join(tenants)}",
+                True,  # another node may take it
+            )
+            return
         ctx = propagate.extract(delivery.headers)
         with tracer.start_as_current_span(
             "worker.task", context=ctx, kind=trace.SpanKind.CONSUMER
@@ -234,17 +308,18 @@ class Worker:
         await pending.add(self.names.job(job_id, started.type), Envelope(started, actor=self.actor))
         keepalive = asyncio.create_task(self._keep_lease(delivery))
         request_id = f"{task.task_id}.{request.attempt}.{delivery.deliveries}"
+        timeout_s = min(
+            task.timeout_s or self.settings.task_timeout_s, self.settings.task_timeout_s
+        )
         self._requests.setdefault(job_id, set()).add(request_id)
         t0 = time.monotonic()
         try:
-            async with asyncio.timeout(self.settings.task_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 completed = await self._generate(request, request_id, t0, pending)
         except TimeoutError:
             await self.engine.abort(request_id)
             await pending.flush()
-            await self._fail(
-                request, "timeout", f"no result within {self.settings.task_timeout_s:g}s", True
-            )
+            await self._fail(request, "timeout", f"no result within {timeout_s:g}s", True)
             return
         except EngineError as exc:
             await pending.flush()
@@ -279,6 +354,7 @@ class Worker:
         self, request: TaskRequested, request_id: str, started: float, pending: PendingAcks
     ) -> TaskCompleted:
         task = request.task
+        assert task.prompt is not None  # checked on delivery
         gen = GenerationRequest(request_id, task.model, task.prompt, task.params)
         with tracer.start_as_current_span("engine.generate") as span:
             span.set_attribute("dim.engine", self.engine.kind)

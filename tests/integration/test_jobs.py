@@ -9,6 +9,7 @@ import signal
 from nats.js.errors import KeyNotFoundError
 
 from events.bus import Bus
+from events.history import read_events
 from events.inference import Prompt, SamplingParams
 from events.jobs import JobCompleted
 from events.work import TokensProduced
@@ -139,9 +140,11 @@ async def test_jobs_of_several_tasks_complete_though_workers_race_the_dispatches
             assert [c.index for c in done.choices] == [0, 1, 2]
 
 
-async def test_worker_killed_mid_task_is_redelivered_and_the_job_completes_once(
+async def test_worker_killed_mid_task_is_lost_and_the_task_retried_elsewhere_once(
     bus: Bus, settings: Settings
 ) -> None:
+    # The orchestrator notices the stopped heartbeats (node.lost), fails the attempt as
+    # worker_lost and dispatches the next one: no waiting for the task's lease to lapse.
     slow = settings.model_copy(update={"sim_ttft_ms": 0, "sim_tokens_per_s": 10})
     with spawn(slow, "worker", DIM_NODE_ID="victim") as victim:
         async with mesh(settings) as m:
@@ -162,7 +165,14 @@ async def test_worker_killed_mid_task_is_redelivered_and_the_job_completes_once(
     assert types.count("job.completed") == 1
     assert types.count("task.completed") == 1
     starts = [e.data for e in events if e.type == "task.started"]
-    assert [(s.node_id, s.delivery) for s in starts] == [("victim", 1), ("rescuer", 2)]  # type: ignore[attr-defined]
+    assert [(s.node_id, s.attempt) for s in starts] == [("victim", 1), ("rescuer", 2)]  # type: ignore[attr-defined]
+    (failed,) = [e.data for e in events if e.type == "task.failed"]
+    assert (failed.kind, failed.node_id, failed.attempt) == ("worker_lost", "victim", 1)  # type: ignore[attr-defined]
+    lost = [
+        e async for _, e in read_events(bus, bus.names.nodes_stream, bus.names.nodes_all)
+        if e.type == "node.lost"
+    ]
+    assert [e.data.node_id for e in lost] == ["victim"]  # type: ignore[attr-defined]
     assert events[-1].data.output == _expected("long answer please")  # type: ignore[attr-defined]
 
 

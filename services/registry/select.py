@@ -1,0 +1,293 @@
+"""Node selection: which live node runs a task. Pure — no I/O, no clock, no hidden randomness.
+
+The strategies are functions over candidate ids and loads. `Pool` keeps what they need between
+picks so one pick stays cheap with a thousand nodes: candidate lists per requirement and the
+consistent-hash ring are rebuilt only when the membership changes (a node joins, leaves, or
+changes what it serves), while heartbeats only update a load number.
+
+Load of a node = (in-flight at its last heartbeat + tasks sent to it since) / capacity.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import accumulate
+
+from events.patterns import Strategy
+from services.registry.records import NodeRecord
+
+VNODES = 40  # points per node on the hash ring
+BOUND = 1.25  # affinity: a node takes at most BOUND x its fair share of the load
+SHARED = ""  # `pick`'s answer when the model's shared subject is the right place
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """What a task needs of a node."""
+
+    model: str
+    tenant: str | None = None
+    strategy: Strategy | None = None
+    key: str | None = None  # affinity: the session key or the prompt's prefix
+    min_context: int | None = None
+    min_gpu_memory_mib: int | None = None
+    exclude: frozenset[str] = frozenset()  # nodes where this task already failed
+    spread: bool = False  # place explicitly (fan-out), even with no strategy or filter
+
+    @property
+    def filters(self) -> tuple[str, str | None, int | None, int | None]:
+        """The part of the need that narrows the candidates (their cache key)."""
+        return (self.model, self.tenant, self.min_context, self.min_gpu_memory_mib)
+
+    @property
+    def targeted(self) -> bool:
+        """Whether a node must be chosen here rather than by whoever pulls first."""
+        return (
+            bool(self.strategy or self.min_context or self.min_gpu_memory_mib or self.exclude)
+            or self.spread
+        )
+
+
+def eligible(node: NodeRecord, need: Need) -> bool:
+    """Whether `node` may run a task with `need` (liveness is the pool's business)."""
+    if need.model not in node.models or not node.healthy:
+        return False
+    if node.tenants and need.tenant not in node.tenants:
+        return False
+    if need.min_context and (node.max_context or 0) < need.min_context:
+        return False
+    gpu = need.min_gpu_memory_mib
+    return not gpu or any(g.memory_total_mib >= gpu for g in node.gpus)
+
+
+def least_loaded(ids: Sequence[str], load: Callable[[str], float]) -> str:
+    """The candidate with the lowest load (ties: the first in `ids`)."""
+    return min(ids, key=load)
+
+
+def round_robin(ids: Sequence[str], turn: int) -> str:
+    """The `turn`-th candidate, cyclically."""
+    return ids[turn % len(ids)]
+
+
+def capacity_weighted(ids: Sequence[str], free: Callable[[str], float], r: float) -> str:
+    """A candidate drawn with probability proportional to its free slots (`r` in [0, 1)).
+
+    When no candidate has a free slot, every candidate is equally likely.
+    """
+    cumulative = list(accumulate(map(_positive, map(free, ids))))
+    total = cumulative[-1]
+    if total <= 0:
+        return ids[min(int(r * len(ids)), len(ids) - 1)]
+    return ids[min(bisect.bisect_right(cumulative, r * total), len(ids) - 1)]
+
+
+def _positive(x: float) -> float:
+    return x if x > 0 else 0.0
+
+
+def _hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """A consistent-hash ring of node ids, `VNODES` points each."""
+
+    points: tuple[int, ...]
+    owners: tuple[str, ...]
+
+    @classmethod
+    def of(cls, ids: Iterable[str]) -> Ring:
+        """The ring of `ids`."""
+        pairs = sorted((_hash(f"{i}#{v}"), i) for i in ids for v in range(VNODES))
+        return cls(tuple(p for p, _ in pairs), tuple(o for _, o in pairs))
+
+    def walk(self, key: str) -> Iterable[str]:
+        """Distinct owners clockwise from `key`'s point: its home first."""
+        if not self.points:
+            return
+        start = bisect.bisect(self.points, _hash(key))
+        seen: set[str] = set()
+        n = len(self.owners)
+        for k in range(n):
+            owner = self.owners[(start + k) % n]
+            if owner not in seen:
+                seen.add(owner)
+                yield owner
+
+
+def bounded_affinity(
+    ring: Ring,
+    key: str,
+    busy: Callable[[str], float],
+    capacity: Callable[[str], int],
+    total_busy: float,
+    total_capacity: int,
+    allowed: Callable[[str], bool] = lambda _: True,
+) -> str | None:
+    """Consistent hashing with bounded loads: the key's home node unless it already holds more
+    than `BOUND` times its capacity-weighted share of the load, then the next node on the ring.
+    """
+    first = None
+    for node in ring.walk(key):
+        if not allowed(node):
+            continue
+        first = first or node
+        share = (total_busy + 1) * capacity(node) / max(1, total_capacity)
+        if busy(node) + 1 <= max(1.0, math.ceil(BOUND * share)):
+            return node
+    return first
+
+
+def _shape(r: NodeRecord) -> tuple[object, ...]:
+    """What selection filters on: a change here rebuilds the indexes."""
+    return (r.models, r.tenants, r.max_context, r.gpus, r.healthy)
+
+
+@dataclass(slots=True)
+class Pool:
+    """The live nodes as selection sees them. Not thread-safe; one per process.
+
+    Loads are kept in plain dicts updated on every heartbeat and every task sent, so a pick
+    costs a C-level pass over the candidates at most.
+    """
+
+    ttl_s: float = 6.0
+    records: dict[str, NodeRecord] = field(default_factory=dict)
+    pending: dict[str, int] = field(default_factory=dict)  # tasks sent since the last heartbeat
+    loads: dict[str, float] = field(default_factory=dict)  # busy / capacity
+    free: dict[str, float] = field(default_factory=dict)  # capacity - busy
+    _busy: dict[str, float] = field(default_factory=dict)  # per model, over its nodes
+    _capacity: dict[str, int] = field(default_factory=dict)  # per model, over its nodes
+    _candidates: dict[tuple[object, ...], tuple[str, ...]] = field(default_factory=dict)
+    _rings: dict[tuple[object, ...], Ring] = field(default_factory=dict)
+    _shared: dict[str, bool] = field(default_factory=dict)
+    _turns: dict[tuple[object, ...], int] = field(default_factory=dict)
+
+    def busy(self, node_id: str) -> float:
+        """Tasks the node runs or was sent since its last heartbeat."""
+        return self.records[node_id].in_flight + self.pending.get(node_id, 0)
+
+    def _account(self, node_id: str, sign: int) -> None:
+        r = self.records[node_id]
+        busy = self.busy(node_id)
+        for m in r.models:
+            self._busy[m] = self._busy.get(m, 0.0) + sign * busy
+            self._capacity[m] = self._capacity.get(m, 0) + sign * r.capacity
+        if sign > 0:
+            self.loads[node_id] = busy / max(1, r.capacity)
+            self.free[node_id] = r.capacity - busy
+
+    def update(self, record: NodeRecord) -> None:
+        """A heartbeat (or a new node): refresh its load; rebuild indexes if its shape changed."""
+        if record.draining:
+            self.remove(record.node_id)
+            return
+        old = self.records.get(record.node_id)
+        if old is not None:
+            self._account(record.node_id, -1)
+        if old is None or _shape(old) != _shape(record):
+            self._invalidate()
+        self.records[record.node_id] = record
+        self.pending[record.node_id] = 0
+        self._account(record.node_id, +1)
+
+    def remove(self, node_id: str) -> None:
+        """The node left or was lost."""
+        if node_id not in self.records:
+            return
+        self._account(node_id, -1)
+        del self.records[node_id]
+        for d in (self.pending, self.loads, self.free):
+            d.pop(node_id, None)
+        self._invalidate()
+
+    def expire(self, now: datetime) -> list[tuple[str, NodeRecord]]:
+        """Remove nodes whose last heartbeat is older than `ttl_s`; returns them."""
+        limit = now - timedelta(seconds=self.ttl_s)
+        gone = [(i, r) for i, r in self.records.items() if r.heartbeat_at < limit]
+        for i, _ in gone:
+            self.remove(i)
+        return gone
+
+    def sent(self, node_id: str) -> None:
+        """A task was sent to `node_id`: count it until the node's next heartbeat."""
+        if node_id in self.records:
+            self._account(node_id, -1)
+            self.pending[node_id] = self.pending.get(node_id, 0) + 1
+            self._account(node_id, +1)
+
+    def _invalidate(self) -> None:
+        self._candidates.clear()
+        self._rings.clear()
+        self._shared.clear()
+
+    def candidates(self, need: Need) -> tuple[str, ...]:
+        """Ids of the eligible nodes, sorted (cached per requirement)."""
+        key = need.filters
+        ids = self._candidates.get(key)
+        if ids is None:
+            ids = tuple(sorted(i for i, r in self.records.items() if eligible(r, need)))
+            self._candidates[key] = ids
+        return ids
+
+    def shared_ok(self, model: str) -> bool:
+        """Whether every node serving `model` takes tasks from its shared subject (cached)."""
+        ok = self._shared.get(model)
+        if ok is None:
+            ok = self._shared[model] = all(
+                not r.tenants for r in self.records.values() if model in r.models
+            )
+        return ok
+
+    def pick(self, need: Need, r: float = 0.0, now: datetime | None = None) -> str | None:
+        """A node id for the task, `SHARED` for the model's shared subject, or None when no live
+        node is eligible. `r` in [0, 1) drives capacity-weighted draws; with `now`, a chosen node
+        whose heartbeat is too old is dropped and the pick repeated."""
+        for _ in range(len(self.records) + 1):
+            node = self._pick(need, r)
+            if not node or now is None:
+                return node
+            if now - self.records[node].heartbeat_at <= timedelta(seconds=self.ttl_s):
+                return node
+            self.remove(node)
+        return None
+
+    def _pick(self, need: Need, r: float) -> str | None:
+        ids = self.candidates(need)
+        if not ids:
+            return None
+        if not need.targeted and self.shared_ok(need.model):
+            return SHARED  # every node serving the model pulls from it: least-loaded by pull
+        if need.exclude:
+            ids = tuple(i for i in ids if i not in need.exclude) or ids  # all failed once: retry
+        strategy = need.strategy or "least_loaded"
+        if strategy == "round_robin":
+            turn = self._turns.get(need.filters, 0)
+            self._turns[need.filters] = turn + 1
+            return round_robin(ids, turn)
+        if strategy == "capacity_weighted":
+            return capacity_weighted(ids, self.free.__getitem__, r)
+        if strategy == "affinity" and need.key is not None:
+            ring = self._rings.get(need.filters)
+            if ring is None:
+                ring = self._rings[need.filters] = Ring.of(self.candidates(need))
+            records = self.records
+            node = bounded_affinity(
+                ring,
+                need.key,
+                self.busy,
+                lambda i: records[i].capacity,
+                self._busy.get(need.model, 0.0),
+                self._capacity.get(need.model, 0),
+                set(ids).__contains__ if need.exclude else lambda _: True,
+            )
+            if node is not None:
+                return node
+        return least_loaded(ids, self.loads.__getitem__)
