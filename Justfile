@@ -39,10 +39,15 @@ fmt:
 bench:
     {{python}} -m tests.bench.bench_jobs
     {{python}} -m tests.bench.bench_gateway
+    {{python}} -m tests.bench.bench_select
 
 # benchmark: jobs/s and latency through the mesh, over NATS
 bench-jobs *ARGS:
     {{python}} -m tests.bench.bench_jobs {{ARGS}}
+
+# benchmark: one node pick over 1,000 nodes, per strategy
+bench-select *ARGS:
+    {{python}} -m tests.bench.bench_select {{ARGS}}
 
 # benchmark: chat completions through the gateway vs. a bare endpoint; SSE to 100 clients
 bench-gateway *ARGS:

@@ -76,37 +76,50 @@ def round_robin(ids: Sequence[str], turn: int) -> str:
 
 
 def capacity_weighted(ids: Sequence[str], free: Callable[[str], float], r: float) -> str:
-    """A candidate drawn with probability proportional to its free slots (`r` in [0, 1)).
+    """A candidate drawn with probability proportional to its free slots (`free` >= 0,
+    `r` in [0, 1)).
 
     When no candidate has a free slot, every candidate is equally likely.
     """
-    cumulative = list(accumulate(map(_positive, map(free, ids))))
+    cumulative = list(accumulate(map(free, ids)))
     total = cumulative[-1]
     if total <= 0:
         return ids[min(int(r * len(ids)), len(ids) - 1)]
     return ids[min(bisect.bisect_right(cumulative, r * total), len(ids) - 1)]
 
 
-def _positive(x: float) -> float:
-    return x if x > 0 else 0.0
-
-
 def _hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ring:
-    """A consistent-hash ring of node ids, `VNODES` points each."""
+    """A consistent-hash ring of node ids, `VNODES` points each; nodes join and leave in place."""
 
-    points: tuple[int, ...]
-    owners: tuple[str, ...]
+    points: list[int] = field(default_factory=list)
+    owners: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, ids: Iterable[str]) -> Ring:
         """The ring of `ids`."""
-        pairs = sorted((_hash(f"{i}#{v}"), i) for i in ids for v in range(VNODES))
-        return cls(tuple(p for p, _ in pairs), tuple(o for _, o in pairs))
+        ring = cls()
+        for i in ids:
+            ring.add(i)
+        return ring
+
+    def add(self, node_id: str) -> None:
+        """Put the node's points on the ring."""
+        for v in range(VNODES):
+            h = _hash(f"{node_id}#{v}")
+            at = bisect.bisect(self.points, h)
+            self.points.insert(at, h)
+            self.owners.insert(at, node_id)
+
+    def remove(self, node_id: str) -> None:
+        """Take the node's points off the ring."""
+        keep = [k for k, o in enumerate(self.owners) if o != node_id]
+        self.points = [self.points[k] for k in keep]
+        self.owners = [self.owners[k] for k in keep]
 
     def walk(self, key: str) -> Iterable[str]:
         """Distinct owners clockwise from `key`'s point: its home first."""
@@ -165,8 +178,9 @@ class Pool:
     free: dict[str, float] = field(default_factory=dict)  # capacity - busy
     _busy: dict[str, float] = field(default_factory=dict)  # per model, over its nodes
     _capacity: dict[str, int] = field(default_factory=dict)  # per model, over its nodes
+    ring: Ring = field(default_factory=Ring)  # every member; a walk skips the ineligible
     _candidates: dict[tuple[object, ...], tuple[str, ...]] = field(default_factory=dict)
-    _rings: dict[tuple[object, ...], Ring] = field(default_factory=dict)
+    _sets: dict[tuple[object, ...], frozenset[str]] = field(default_factory=dict)
     _shared: dict[str, bool] = field(default_factory=dict)
     _turns: dict[tuple[object, ...], int] = field(default_factory=dict)
 
@@ -182,7 +196,7 @@ class Pool:
             self._capacity[m] = self._capacity.get(m, 0) + sign * r.capacity
         if sign > 0:
             self.loads[node_id] = busy / max(1, r.capacity)
-            self.free[node_id] = r.capacity - busy
+            self.free[node_id] = max(0.0, r.capacity - busy)
 
     def update(self, record: NodeRecord) -> None:
         """A heartbeat (or a new node): refresh its load; rebuild indexes if its shape changed."""
@@ -192,6 +206,8 @@ class Pool:
         old = self.records.get(record.node_id)
         if old is not None:
             self._account(record.node_id, -1)
+        if old is None:
+            self.ring.add(record.node_id)
         if old is None or _shape(old) != _shape(record):
             self._invalidate()
         self.records[record.node_id] = record
@@ -206,6 +222,7 @@ class Pool:
         del self.records[node_id]
         for d in (self.pending, self.loads, self.free):
             d.pop(node_id, None)
+        self.ring.remove(node_id)
         self._invalidate()
 
     def expire(self, now: datetime) -> list[tuple[str, NodeRecord]]:
@@ -225,7 +242,7 @@ class Pool:
 
     def _invalidate(self) -> None:
         self._candidates.clear()
-        self._rings.clear()
+        self._sets.clear()
         self._shared.clear()
 
     def candidates(self, need: Need) -> tuple[str, ...]:
@@ -275,18 +292,20 @@ class Pool:
         if strategy == "capacity_weighted":
             return capacity_weighted(ids, self.free.__getitem__, r)
         if strategy == "affinity" and need.key is not None:
-            ring = self._rings.get(need.filters)
-            if ring is None:
-                ring = self._rings[need.filters] = Ring.of(self.candidates(need))
+            allowed = self._sets.get(need.filters)
+            if allowed is None:
+                allowed = self._sets[need.filters] = frozenset(self.candidates(need))
+            if need.exclude:
+                allowed = allowed - need.exclude or allowed
             records = self.records
             node = bounded_affinity(
-                ring,
+                self.ring,
                 need.key,
                 self.busy,
                 lambda i: records[i].capacity,
                 self._busy.get(need.model, 0.0),
                 self._capacity.get(need.model, 0),
-                set(ids).__contains__ if need.exclude else lambda _: True,
+                allowed.__contains__,
             )
             if node is not None:
                 return node

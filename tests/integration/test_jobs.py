@@ -169,7 +169,8 @@ async def test_worker_killed_mid_task_is_lost_and_the_task_retried_elsewhere_onc
     (failed,) = [e.data for e in events if e.type == "task.failed"]
     assert (failed.kind, failed.node_id, failed.attempt) == ("worker_lost", "victim", 1)  # type: ignore[attr-defined]
     lost = [
-        e async for _, e in read_events(bus, bus.names.nodes_stream, bus.names.nodes_all)
+        e
+        async for _, e in read_events(bus, bus.names.nodes_stream, bus.names.nodes_all)
         if e.type == "node.lost"
     ]
     assert [e.data.node_id for e in lost] == ["victim"]  # type: ignore[attr-defined]
