@@ -116,7 +116,14 @@ async def _pump(
                             "status": state.status if state else None,
                             "data": event.model_dump(
                                 mode="json",
-                                exclude={"prompt", "params", "tasks", "output", "parts", "collaborative"},
+                                exclude={
+                                    "prompt",
+                                    "params",
+                                    "tasks",
+                                    "output",
+                                    "parts",
+                                    "collaborative",
+                                },
                             ),
                         }
                     )
