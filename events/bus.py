@@ -5,6 +5,11 @@ duplicates inside the stream's window, so a retry after an ack timeout reuses th
 never store the event twice), the event type as ``Dim-Type``, and the W3C trace context
 (``traceparent`` / ``tracestate``) of the current span. `Bus.publish_async` sends without waiting
 for the ack, for hot paths such as token chunks; `PendingAcks` awaits a batch of them.
+
+Large payloads: an encoded event over `inline_max` bytes is stored in the payloads object store
+under its envelope id, and the message carries only the ``Dim-Payload-Ref`` header naming it;
+`Bus.body` gives any reader the full event back. So a collaborative job over megabytes of input
+is one ordinary event in JOBS, and no message ever exceeds the server's limit.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from events.subjects import Names
 log = logging.getLogger(__name__)
 
 TYPE_HEADER = "Dim-Type"
+PAYLOAD_REF_HEADER = "Dim-Payload-Ref"
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
@@ -51,6 +57,7 @@ class Bus:
     names: Names
     publish_timeout_s: float = 5.0
     publish_retries: int = 3
+    inline_max: int = 256 * 1024  # larger encoded events go to the payloads object store
 
     @classmethod
     async def connect(
@@ -63,6 +70,7 @@ class Bus:
         publish_timeout_s: float = 5.0,
         publish_retries: int = 3,
         on_reconnect: Callable[[], Awaitable[None]] | None = None,
+        inline_max: int = 256 * 1024,
     ) -> Bus:
         """Connect to NATS (reconnecting forever once connected) and open JetStream."""
 
@@ -101,7 +109,25 @@ class Bus:
                 "`dim up` starts one, or set DIM_NATS_URL"
             ) from exc
         js = nc.jetstream(timeout=publish_timeout_s, publish_async_max_pending=8192)
-        return cls(nc, js, names, publish_timeout_s, publish_retries)
+        return cls(nc, js, names, publish_timeout_s, publish_retries, inline_max)
+
+    async def _outbound(self, envelope: Envelope, headers: dict[str, str]) -> bytes:
+        """The message body for `envelope`: itself, or empty with a reference to the store."""
+        payload = envelope.encode()
+        if len(payload) <= self.inline_max:
+            return payload
+        store = await self.js.object_store(self.names.bucket("payloads"))
+        await store.put(envelope.id, payload)
+        headers[PAYLOAD_REF_HEADER] = envelope.id
+        return b""
+
+    async def body(self, data: bytes, headers: dict[str, str] | None) -> bytes:
+        """A received message's event bytes, fetched from the payloads store if referenced."""
+        ref = (headers or {}).get(PAYLOAD_REF_HEADER)
+        if not ref:
+            return data
+        store = await self.js.object_store(self.names.bucket("payloads"))
+        return (await store.get(ref)).data or b""
 
     async def close(self) -> None:
         """Flush what is buffered and close the connection."""
@@ -130,7 +156,7 @@ class Bus:
             headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expected_last_seq)
             if expected_last_subject is not None:
                 headers[EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = expected_last_subject
-        payload = envelope.encode()
+        payload = await self._outbound(envelope, headers)
         delay = 0.1
         for attempt in range(self.publish_retries + 1):
             try:
@@ -163,9 +189,9 @@ class Bus:
 
     async def publish_async(self, subject: str, envelope: Envelope) -> asyncio.Future[PubAck]:
         """Send one event without waiting; the future resolves to its ack."""
-        return await self.js.publish_async(
-            subject, envelope.encode(), headers=event_headers(envelope)
-        )
+        headers = event_headers(envelope)
+        payload = await self._outbound(envelope, headers)
+        return await self.js.publish_async(subject, payload, headers=headers)
 
 
 @dataclass(slots=True)

@@ -213,12 +213,14 @@ class _Settler:
         self.spec = spec
         self.max_deliver = spec.max_deliver
 
-    def open(self, msg: Msg) -> Delivery | str:
-        """Decode `msg`; the error text if it cannot be."""
+    async def open(self, msg: Msg) -> Delivery | str:
+        """Decode `msg` (fetching a stored payload); the error text if it cannot be."""
         try:
-            envelope = decode(msg.data)
+            envelope = decode(await self.bus.body(msg.data, msg.headers))
         except EventDecodeError as exc:
             return str(exc)
+        except Exception as exc:  # a payload reference that cannot be read
+            return f"payload not readable: {exc!r}"
         meta = msg.metadata
         return Delivery(msg, envelope, meta.sequence.stream, meta.num_delivered)
 
@@ -312,7 +314,7 @@ async def run_pool(
         await puller.start()
 
     async def one(settler: _Settler, msg: Msg) -> None:
-        opened = settler.open(msg)
+        opened = await settler.open(msg)
         if isinstance(opened, str):
             await settler.reject(msg, opened)
             return
@@ -425,7 +427,7 @@ async def run_ordered(
                 if seen is not None and seen(lane_key, msg.metadata.sequence.stream):
                     done.append(msg)
                     continue
-                opened = settler.open(msg)
+                opened = await settler.open(msg)
                 if isinstance(opened, str):
                     await settler.reject(msg, opened)
                     continue

@@ -46,7 +46,7 @@ async def read_events(
                     if meta.num_pending == 0:
                         done = True
                     try:
-                        yield meta.sequence.stream, decode(msg.data)
+                        yield meta.sequence.stream, decode(await bus.body(msg.data, msg.headers))
                     except EventDecodeError as exc:
                         log.warning(
                             "skipping %s seq %d: %s", msg.subject, meta.sequence.stream, exc

@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -111,6 +112,7 @@ class Topology:
 
     streams: tuple[StreamSpec, ...]
     buckets: tuple[BucketSpec, ...]
+    object_stores: tuple[BucketSpec, ...] = ()
 
 
 @dataclass(slots=True)
@@ -200,6 +202,7 @@ def topology(
             BucketSpec(names.bucket("jobs"), replicas=replicas),
             BucketSpec(names.bucket("usage"), replicas=replicas),
         ),
+        object_stores=(BucketSpec(names.bucket("payloads"), replicas=replicas),),
     )
 
 
@@ -229,6 +232,17 @@ async def provision(js: JetStreamContext, topo: Topology) -> ProvisionReport:
                 report.differences.append(
                     f"bucket {bucket.name}: ttl is {have_ttl}s, spec says {bucket.ttl_s}s"
                 )
+        for store in topo.object_stores:
+            try:
+                await js.stream_info(f"OBJ_{store.name}")
+            except NotFoundError:
+                await js.create_object_store(
+                    store.name,
+                    ObjectStoreConfig(storage=store.storage, replicas=store.replicas),
+                )
+                report.created.append(f"object store {store.name}")
+                continue
+            report.present.append(f"object store {store.name}")
     except Exception as exc:
         raise ProvisioningError(f"could not provision JetStream: {exc!r}") from exc
     return report

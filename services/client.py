@@ -180,7 +180,7 @@ class JobFollower:
                 )
             except NotFoundError:
                 continue
-            return decode(msg.data or b"")
+            return decode(await self.bus.body(msg.data or b"", msg.headers))
         return None
 
     async def __aiter__(self) -> AsyncIterator[Envelope]:
@@ -200,7 +200,7 @@ class JobFollower:
                         break
                 continue
             try:
-                envelope = decode(msg.data)
+                envelope = decode(await self.bus.body(msg.data, msg.headers))
             except EventDecodeError:
                 continue
             if source == "job" and self.replay:

@@ -40,6 +40,7 @@ async def connect(settings: Settings, name: str) -> Bus:
         connect_timeout_s=settings.connect_timeout_s,
         publish_timeout_s=settings.publish_timeout_s,
         publish_retries=settings.publish_retries,
+        inline_max=settings.payload_inline_max_bytes,
     )
 
 

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     dedupe_window_s: float = Field(
         120.0, gt=0, description="JetStream duplicate window for message ids"
     )
+    payload_inline_max_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        le=900_000,
+        description="events larger than this go to the payloads object store (by reference)",
+    )
     tokens_max_age_s: float = Field(
         900.0, gt=0, description="how long token chunks are kept for resume"
     )

@@ -354,3 +354,43 @@ async def test_fast_tokens_are_coalesced_into_few_chunks(bus: Bus, settings: Set
     assert chunks[-1].finish_reason == "stop"
     assert [c.index for c in chunks] == list(range(len(chunks)))
     assert "".join(c.text for c in chunks) == _expected("many tokens")
+
+
+async def test_events_over_the_message_limit_travel_through_the_payloads_store(
+    bus: Bus, settings: Settings
+) -> None:
+    from events.bus import PAYLOAD_REF_HEADER
+    from events.jobs import JobSubmitted
+    from events.patterns import Collaborative
+    from services.client import submit_event
+
+    inputs = tuple(Prompt(text=f"{i} " + "word " * 40_000) for i in range(3))  # ~200 KB each
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        await m.projector()
+        await m.worker("w1")
+        await wait_until(lambda: _live(bus, 1), what="a worker")
+        job = await submit_event(
+            bus,
+            JobSubmitted(
+                job_id="big-job",
+                pattern="collaborative",
+                model="sim-small",
+                params=SamplingParams(max_tokens=4),
+                collaborative=Collaborative(inputs=inputs),
+            ),
+        )
+        events = await wait_terminal(bus, job.job_id, timeout_s=30)
+    done = events[-1].data
+    assert isinstance(done, JobCompleted), events[-1]
+    want = ["".join(simulated_tokens("sim-small", p.text or "", 0)[:4]) for p in inputs]
+    assert [p.output for p in done.parts] == want and done.output == "\n".join(want)
+    # the two big events (submitted, planned) are references in the log, bodies in the store
+    names = bus.names
+    raw = await bus.js.get_last_msg(names.jobs_stream, names.job(job.job_id, "job.submitted"))
+    assert raw.data in (b"", None) and raw.headers and raw.headers[PAYLOAD_REF_HEADER]
+    store = await bus.js.object_store(names.bucket("payloads"))
+    stored = await store.get(raw.headers[PAYLOAD_REF_HEADER])
+    assert stored.data is not None and len(stored.data) > settings.payload_inline_max_bytes
+    planned = await bus.js.get_last_msg(names.jobs_stream, names.job(job.job_id, "job.planned"))
+    assert planned.headers and PAYLOAD_REF_HEADER in planned.headers
