@@ -41,7 +41,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         sim_tokens_per_s=args.sim_tokens_per_s,
     )
     try:
-        return run(up(settings, args.workers))
+        return run(up(settings, args.workers, every_model=not args.models))
     except DimError as exc:
         print(f"dim up: {exc}", file=sys.stderr)
         return 1
@@ -62,6 +62,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         upstream_url=args.upstream,
         model_aliases=args.aliases,
         metrics_port=args.metrics_port,
+        tenants=tuple(t.strip() for t in args.tenants.split(",") if t.strip())
+        if args.tenants
+        else None,
     )
 
     async def body(bus: Bus, stop: asyncio.Event) -> None:
@@ -377,12 +380,18 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     async def go(bus: Bus) -> int:
         nodes = LiveNodes(bus, settings.node_ttl_s)
         await nodes.start()
-        await nodes.stop()
-        records = list(nodes.nodes.values())
-        if args.json:
-            print(json.dumps([n.model_dump(mode="json") for n in records], indent=2))
-        else:
-            print(nodes_table(records, settings.node_ttl_s))
+        try:
+            for shown in range(args.watch_count if args.watch else 1):
+                if shown:
+                    await asyncio.sleep(args.watch)
+                    print("\x1b[2J\x1b[H" if sys.stdout.isatty() else "", end="")
+                records = list(nodes.nodes.values())
+                if args.json:
+                    print(json.dumps([n.model_dump(mode="json") for n in records], indent=2))
+                else:
+                    print(nodes_table(records, settings.node_ttl_s), flush=True)
+        finally:
+            await nodes.stop()
         return 0
 
     return _run(args, go)
@@ -438,9 +447,11 @@ def parser() -> argparse.ArgumentParser:
         parents=[common],
         help="run the whole mesh here: nats-server, orchestrator, projector, workers",
     )
-    s.add_argument("--workers", type=int, default=2, help="simulated workers to start (default 2)")
+    s.add_argument("--workers", type=int, default=3, help="simulated workers to start (default 3)")
     s.add_argument(
-        "--models", help="models the simulated workers serve, comma-separated (default sim-small)"
+        "--models",
+        help="models every simulated worker serves, comma-separated (default: sim-small on "
+        "every worker, and sim-large too on every third)",
     )
     s.add_argument(
         "--nats-port", type=int, help="client port of the embedded nats-server (default 4222)"
@@ -472,6 +483,10 @@ def parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, help="Prometheus /metrics port (env DIM_METRICS_PORT; 0: any)"
     )
     s.add_argument("--capacity", type=int, help="requests in flight at once (env DIM_CAPACITY)")
+    s.add_argument(
+        "--tenants",
+        help="serve only these tenants, comma-separated (env DIM_TENANTS; default: every tenant)",
+    )
     s.set_defaults(fn=cmd_worker)
 
     for name, fn, what in (
@@ -555,6 +570,12 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("nodes", parents=[common], help="list worker nodes")
     s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--watch", type=float, metavar="SECONDS", help="redraw every SECONDS (the load moving)"
+    )
+    s.add_argument(
+        "--watch-count", type=int, default=3600, help="redraws before --watch stops (default 3600)"
+    )
     s.set_defaults(fn=cmd_nodes)
 
     s = sub.add_parser("projections", parents=[common], help="manage read models")

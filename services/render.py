@@ -88,10 +88,15 @@ def nodes_table(nodes: list[NodeRecord], ttl_s: float) -> str:
     rows = [
         [
             n.node_id,
-            "draining" if n.draining else "live" if n.live(now, ttl_s) else "stale",
+            "draining"
+            if n.draining
+            else ("live" if n.healthy else "unhealthy")
+            if n.live(now, ttl_s)
+            else "stale",
             ",".join(n.models),
             n.engine,
             f"{n.in_flight}/{n.capacity}",
+            f"{n.in_flight / max(1, n.capacity):.0%}",
             str(n.tasks_completed),
             str(n.tasks_failed),
             str(n.tokens_out),
@@ -100,6 +105,7 @@ def nodes_table(nodes: list[NodeRecord], ttl_s: float) -> str:
             or "-",
             _ago(n.started_at, now),
             _ago(n.heartbeat_at, now),
+            ",".join(n.tenants) or "all",
             n.version,
         ]
         for n in sorted(nodes, key=lambda n: n.node_id)
@@ -111,6 +117,7 @@ def nodes_table(nodes: list[NodeRecord], ttl_s: float) -> str:
             "MODELS",
             "ENGINE",
             "IN-FLIGHT",
+            "LOAD",
             "DONE",
             "FAILED",
             "TOKENS",
@@ -118,6 +125,7 @@ def nodes_table(nodes: list[NodeRecord], ttl_s: float) -> str:
             "GPUS",
             "STARTED",
             "HEARTBEAT",
+            "TENANTS",
             "VERSION",
         ],
         rows,

@@ -97,7 +97,18 @@ async def wait_for_workers(bus: Bus, settings: Settings, count: int, timeout_s: 
         await nodes.stop()
 
 
-async def up(settings: Settings, workers: int) -> int:
+SECOND_MODEL = "sim-large"
+
+
+def worker_models(settings: Settings, i: int, *, every_model: bool) -> tuple[str, ...]:
+    """The models simulated worker `i` (from 1) serves: the settings' models; by default every
+    third worker also serves a second model, so comparative and chained jobs have two to use."""
+    if every_model and i % 3 == 0 and SECOND_MODEL not in settings.models:
+        return (*settings.models, SECOND_MODEL)
+    return settings.models
+
+
+async def up(settings: Settings, workers: int, *, every_model: bool = False) -> int:
     """Bring the mesh up and keep it up until Ctrl-C or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -127,7 +138,10 @@ async def up(settings: Settings, workers: int) -> int:
         children.append(Child("gateway", ["gateway"], child_env(settings)))
         for i in range(1, workers + 1):
             node = f"sim-{i}"
-            children.append(Child(node, ["worker"], child_env(settings, DIM_NODE_ID=node)))
+            models = ",".join(worker_models(settings, i, every_model=every_model))
+            children.append(
+                Child(node, ["worker"], child_env(settings, DIM_NODE_ID=node, DIM_MODELS=models))
+            )
         for child in children:
             await child.start()
             pumps.append(asyncio.create_task(child.pump()))
@@ -139,7 +153,13 @@ async def up(settings: Settings, workers: int) -> int:
         ):
             await asyncio.sleep(0.1)
         await bus.close()
-        models = ", ".join(settings.models)
+        models = ", ".join(
+            dict.fromkeys(
+                m
+                for i in range(1, workers + 1)
+                for m in worker_models(settings, i, every_model=every_model)
+            )
+        )
         say(
             f"ready: {live}/{workers} simulated workers serving {models}; orchestrator and projector running"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Controller, get
@@ -21,10 +22,16 @@ class NodesController(Controller):
     async def list_nodes(
         self, gateway: GatewayDep, principal: PrincipalDep
     ) -> list[dict[str, Any]]:
-        """Every node record, with whether it is live."""
+        """Every node record, with whether it is live, its load and its uptime."""
         require_admin(principal)
         live = {n.node_id for n in gateway.nodes.live()}
+        now = datetime.now(UTC)
         return [
-            {**n.model_dump(mode="json"), "live": n.node_id in live}
+            {
+                **n.model_dump(mode="json"),
+                "live": n.node_id in live,
+                "load": round(n.in_flight / max(1, n.capacity), 4),
+                "uptime_s": round((now - n.started_at).total_seconds(), 1),
+            }
             for n in sorted(gateway.nodes.nodes.values(), key=lambda n: n.node_id)
         ]
