@@ -25,7 +25,7 @@ from events.consume import ConsumerSpec, Delivery, run_ordered
 from events.envelope import Envelope
 from events.errors import WrongLastSequence
 from events.history import read_events
-from events.jobs import JobSubmitted, TaskDispatched, TaskSpec
+from events.jobs import JobSubmitted, TaskCompleted, TaskDispatched, TaskFailed, TaskSpec
 from events.nodes import NodeLost
 from events.work import TaskRequested
 from services.orchestrator.decide import Mesh, decide
@@ -132,8 +132,11 @@ class Orchestrator:
             log.warning("events for job %s, which has no job.submitted; ignoring", job_id)
             return
         for d in group:
-            if isinstance(d.envelope.data, TaskDispatched):
+            event = d.envelope.data
+            if isinstance(event, TaskDispatched):
                 await self._send_task(state, d.envelope)
+            elif isinstance(event, TaskCompleted | TaskFailed) and event.node_id:
+                self.nodes.pool.finished(event.node_id)
         await self._advance(state)
 
     async def _load(self, job_id: str) -> JobState | None:

@@ -5,7 +5,9 @@ picks so one pick stays cheap with a thousand nodes: candidate lists per require
 consistent-hash ring are rebuilt only when the membership changes (a node joins, leaves, or
 changes what it serves), while heartbeats only update a load number.
 
-Load of a node = (in-flight at its last heartbeat + tasks sent to it since) / capacity.
+Load of a node = (in-flight at its last heartbeat + tasks sent to it since - tasks it finished
+since) / capacity: between heartbeats the orchestrator keeps the count from what it dispatches
+and the results it folds.
 """
 
 from __future__ import annotations
@@ -173,7 +175,7 @@ class Pool:
 
     ttl_s: float = 6.0
     records: dict[str, NodeRecord] = field(default_factory=dict)
-    pending: dict[str, int] = field(default_factory=dict)  # tasks sent since the last heartbeat
+    pending: dict[str, int] = field(default_factory=dict)  # sent - finished since last heartbeat
     loads: dict[str, float] = field(default_factory=dict)  # busy / capacity
     free: dict[str, float] = field(default_factory=dict)  # capacity - busy
     _busy: dict[str, float] = field(default_factory=dict)  # per model, over its nodes
@@ -185,8 +187,8 @@ class Pool:
     _turns: dict[tuple[object, ...], int] = field(default_factory=dict)
 
     def busy(self, node_id: str) -> float:
-        """Tasks the node runs or was sent since its last heartbeat."""
-        return self.records[node_id].in_flight + self.pending.get(node_id, 0)
+        """Tasks in flight at its last heartbeat, plus those sent since, less those finished."""
+        return max(0, self.records[node_id].in_flight + self.pending.get(node_id, 0))
 
     def _account(self, node_id: str, sign: int) -> None:
         r = self.records[node_id]
@@ -238,6 +240,13 @@ class Pool:
         if node_id in self.records:
             self._account(node_id, -1)
             self.pending[node_id] = self.pending.get(node_id, 0) + 1
+            self._account(node_id, +1)
+
+    def finished(self, node_id: str) -> None:
+        """A task on `node_id` completed or failed: count it until the node's next heartbeat."""
+        if node_id in self.records:
+            self._account(node_id, -1)
+            self.pending[node_id] = self.pending.get(node_id, 0) - 1
             self._account(node_id, +1)
 
     def _invalidate(self) -> None:

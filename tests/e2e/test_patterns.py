@@ -355,3 +355,55 @@ async def test_the_websocket_streams_every_task_and_step(cluster: Cluster) -> No
     events = [f["event"] for f in frames if f["type"] == "event"]
     assert events.count("task.started") == 2 and events.count("task.completed") == 2
     assert frames[-1]["type"] == "end" and len(frames[-1]["parts"]) == 2
+
+
+async def test_affinity_sends_a_session_to_one_node_and_round_robin_spreads(
+    cluster: Cluster,
+) -> None:
+    async def nodes_of(routing: dict[str, Any], n: int) -> list[str]:
+        out = []
+        for i in range(n):  # one at a time: an idle mesh, so the bound never pushes a key away
+            job = await cluster.submit(
+                {"model": "sim-small", "prompt": f"turn {i}", "max_tokens": 2, "routing": routing}
+            )
+            body = await cluster.finished(job)
+            out.append(body["tasks"][0]["target"])
+        return out
+
+    sticky = await nodes_of({"strategy": "affinity", "affinity_key": "chat-42"}, 4)
+    assert len(set(sticky)) == 1 and sticky[0] in ("w1", "w2", "w3")
+    spread = await nodes_of({"strategy": "round_robin"}, 3)
+    assert sorted(spread) == ["w1", "w2", "w3"]
+    big = await cluster.submit(
+        {"model": "sim-small", "prompt": "x", "routing": {"min_context": 10_000_000}}
+    )
+    failed = await cluster.finished(big)
+    assert failed["status"] == "failed" and failed["error_code"] == "no_capacity"
+
+
+async def test_a_step_timeout_fails_the_step_which_names_itself(cluster: Cluster) -> None:
+    job = await cluster.submit(
+        {
+            "pattern": "chained",
+            "model": "sim-small",
+            "prompt": "x",
+            "steps": [
+                {
+                    "name": "quick",
+                    "prompt": "{{ input }}",
+                    "timeout_s": 0.2,
+                    "max_tokens": 50,
+                    "max_attempts": 2,
+                }
+            ],
+        }
+    )
+    body = await cluster.finished(job)
+    assert body["status"] == "failed"
+    assert (
+        "step 'quick' (1 of 1" in body["error"]
+        and "failed 2 times" in body["error"]
+        and "(timeout)" in body["error"]
+    )
+    failures = [e.data for e in await job_events(cluster.bus, job) if e.type == "task.failed"]
+    assert [(f.attempt, f.kind) for f in failures] == [(1, "timeout"), (2, "timeout")]  # type: ignore[attr-defined]

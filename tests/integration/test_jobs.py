@@ -394,3 +394,22 @@ async def test_events_over_the_message_limit_travel_through_the_payloads_store(
     assert stored.data is not None and len(stored.data) > settings.payload_inline_max_bytes
     planned = await bus.js.get_last_msg(names.jobs_stream, names.job(job.job_id, "job.planned"))
     assert planned.headers and PAYLOAD_REF_HEADER in planned.headers
+
+
+async def test_a_node_reserved_for_a_tenant_serves_only_that_tenant(
+    bus: Bus, settings: Settings
+) -> None:
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        await m.worker("acme-gpu", models=("sim-large",), tenants=("acme",))
+        await m.worker("shared", models=("sim-small",))
+        await wait_until(lambda: _live(bus, 2), what="two workers")
+        ours = await submit(bus, model="sim-large", prompt=Prompt(text="ours"), tenant="acme")
+        theirs = await submit(bus, model="sim-large", prompt=Prompt(text="theirs"), tenant="globex")
+        ok = await wait_terminal(bus, ours.job_id)
+        refused = await wait_terminal(bus, theirs.job_id)
+    assert isinstance(ok[-1].data, JobCompleted)
+    (dispatched,) = [e.data for e in ok if e.type == "task.dispatched"]
+    assert dispatched.node_id == "acme-gpu"  # type: ignore[attr-defined]
+    assert refused[-1].type == "job.failed" and refused[-1].data.code == "no_capacity"  # type: ignore[attr-defined]
+    assert not any(e.type == "task.started" for e in refused)

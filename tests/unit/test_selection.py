@@ -59,8 +59,11 @@ def test_least_loaded_counts_tasks_sent_since_the_last_heartbeat() -> None:
     p.sent("a")
     p.sent("a")
     assert p.pick(need) == "b"  # a: 3 busy, b: 2
-    p.update(node("a", in_flight=0))  # a heartbeat resets the estimate
-    assert p.pick(need) == "a"
+    p.finished("a")
+    p.finished("a")
+    assert p.pick(need) == "a"  # a: 1 busy again, b: 2
+    p.update(node("a", in_flight=3))  # a heartbeat replaces the estimate
+    assert p.pick(need) == "b"
 
 
 def test_round_robin_cycles_in_id_order() -> None:
