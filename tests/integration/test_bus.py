@@ -32,7 +32,7 @@ async def test_provisioning_is_idempotent_and_reports_differences(
     again = await provision(bus.js, topo)
     assert again.created == []
     assert again.differences == []
-    assert len(again.present) == len(topo.streams) + len(topo.buckets)
+    assert len(again.present) == len(topo.streams) + len(topo.buckets) + len(topo.object_stores)
     info = await bus.js.stream_info(settings.names.tokens_stream)
     changed = dataclasses.replace(info.config, max_age=60.0, duplicate_window=30.0)
     await bus.js.update_stream(changed)
