@@ -141,18 +141,14 @@ def decide(
         after = evolve(state, Envelope(planned, actor="", at=now), state.last_seq + 1)
         assert after is not None
         return [planned, *decide(after, now, mesh, names, dispatch_timeout_s=dispatch_timeout_s)]
-    out: list[Event] = []
+    out: list[Event | None] = []  # None: a task waits for an eligible node
     for task in state.tasks:
         if task.status == "planned":
             deps = [state.task(t) for t in task.after]
             if not all(d is not None and final(state, d) for d in deps):
                 continue
             since = max([state.created_at] + [d.finished_at for d in deps if d and d.finished_at])
-            placed = _place(state, task, 1, since, now, mesh, names, dispatch_timeout_s)
-            if isinstance(placed, JobFailed):
-                return [placed]
-            if placed is not None:
-                out.append(placed)
+            out.append(_place(state, task, 1, since, now, mesh, names, dispatch_timeout_s))
         elif task.status == "dispatched":
             if task.target and mesh.node_gone(task.target):
                 out.append(
@@ -171,13 +167,13 @@ def decide(
                 and now - task.dispatched_at > timedelta(seconds=dispatch_timeout_s)
                 and not mesh.serves(task.model)
             ):
-                return [
+                out.append(
                     _fail(
                         state,
                         f"{_no_node(task.model, mesh)} for {dispatch_timeout_s:g}s after dispatch",
                         "model_not_served",
                     )
-                ]
+                )
         elif task.status == "running":
             if task.ran_on and mesh.node_gone(task.ran_on):
                 out.append(
@@ -194,26 +190,27 @@ def decide(
         elif task.status == "failed":
             if not final(state, task):
                 since = task.finished_at or now
-                placed = _place(
-                    state, task, task.attempt + 1, since, now, mesh, names, dispatch_timeout_s
+                out.append(
+                    _place(
+                        state, task, task.attempt + 1, since, now, mesh, names, dispatch_timeout_s
+                    )
                 )
-                if isinstance(placed, JobFailed):
-                    return [placed]
-                if placed is not None:
-                    out.append(placed)
             elif not tolerated(state, task):
                 why = (
                     "could not be retried" if not task.retriable else f"failed {task.attempt} times"
                 )
-                return [
+                out.append(
                     _fail(
                         state,
                         f"{describe(state, task)} {why}; last error ({task.error_kind}): {task.error}",
                         "task_failed",
                     )
-                ]
-    if out:
-        return out
+                )
+    failed = next((e for e in out if isinstance(e, JobFailed)), None)
+    if failed is not None:
+        return [failed]  # the first reason, in task order; nothing else is appended
+    if any(out):
+        return [e for e in out if e is not None]
     if all(final(state, t) for t in state.tasks):
         return [finish(state)]
     return []

@@ -115,6 +115,19 @@ def models_of(state: JobState) -> list[str]:
 # --- planning --------------------------------------------------------------------------------
 
 
+def _spec(state: JobState, number: int, **fields: object) -> TaskSpec:
+    """Task `number` of the job: the job's model, node, tenant and (one choice of) its sampling
+    unless `fields` say otherwise."""
+    base: dict[str, object] = {
+        "task_id": task_id(state.job_id, number),
+        "model": state.model,
+        "params": state.params.model_copy(update={"n": 1}),
+        "node_id": state.node_id,
+        "tenant": state.tenant,
+    }
+    return TaskSpec(**(base | fields))
+
+
 def plan(state: JobState) -> JobPlanned:
     """The job's tasks, in index order of their ids."""
     planners = {
@@ -135,14 +148,12 @@ def _plan_single(state: JobState) -> list[TaskSpec]:
         if i:
             seed = (seed or 0) + i
         tasks.append(
-            TaskSpec(
-                task_id=task_id(state.job_id, i),
-                model=state.model,
+            _spec(
+                state,
+                i,
                 prompt=state.prompt,
                 params=state.params.model_copy(update={"n": 1, "seed": seed}),
-                node_id=state.node_id,
                 index=i,
-                tenant=state.tenant,
             )
         )
     return tasks
@@ -151,32 +162,14 @@ def _plan_single(state: JobState) -> list[TaskSpec]:
 def _plan_collaborative(state: JobState) -> list[TaskSpec]:
     spec = state.collaborative
     assert spec is not None
-    params = state.params.model_copy(update={"n": 1})
     shards = [
-        TaskSpec(
-            task_id=task_id(state.job_id, i),
-            model=state.model,
-            prompt=prompt,
-            params=params,
-            node_id=state.node_id,
-            role="shard",
-            index=i,
-            tenant=state.tenant,
-        )
+        _spec(state, i, prompt=prompt, role="shard", index=i)
         for i, prompt in enumerate(spec.inputs)
     ]
     if spec.aggregate == "reduce":
+        after = tuple(t.task_id for t in shards)
         shards.append(
-            TaskSpec(
-                task_id=task_id(state.job_id, len(shards)),
-                model=state.model,
-                params=params,
-                node_id=state.node_id,
-                role="reduce",
-                after=tuple(t.task_id for t in shards),
-                template=spec.reduce_prompt,
-                tenant=state.tenant,
-            )
+            _spec(state, len(shards), role="reduce", after=after, template=spec.reduce_prompt)
         )
     return shards
 
@@ -184,31 +177,30 @@ def _plan_collaborative(state: JobState) -> list[TaskSpec]:
 def _plan_comparative(state: JobState) -> list[TaskSpec]:
     spec = state.comparative
     assert spec is not None
-    params = state.params.model_copy(update={"n": 1})
     tasks = [
-        TaskSpec(
-            task_id=task_id(state.job_id, i),
+        _spec(
+            state,
+            i,
             model=c.model,
             prompt=state.prompt,
-            params=params,
             node_id=c.node_id,
             role="candidate",
             index=i,
-            tenant=state.tenant,
         )
         for i, c in enumerate(spec.candidates)
     ]
     if spec.consensus == "judge":
         assert spec.judge_model is not None
         tasks.append(
-            TaskSpec(
-                task_id=task_id(state.job_id, len(tasks)),
+            _spec(
+                state,
+                len(tasks),
                 model=spec.judge_model,
-                params=params.model_copy(update={"temperature": 0.0}),
+                params=state.params.model_copy(update={"n": 1, "temperature": 0.0}),
+                node_id=None,
                 role="judge",
                 after=tuple(t.task_id for t in tasks),
                 template=spec.judge_prompt,
-                tenant=state.tenant,
             )
         )
     return tasks
@@ -219,14 +211,15 @@ def _plan_chained(state: JobState) -> list[TaskSpec]:
     assert spec is not None
     tasks: list[TaskSpec] = []
     for i, step in enumerate(spec.steps):
-        params = state.params.model_copy(update={"n": 1})
+        update: dict[str, object] = {"n": 1}
         if step.max_tokens is not None:
-            params = params.model_copy(update={"max_tokens": step.max_tokens})
+            update["max_tokens"] = step.max_tokens
         tasks.append(
-            TaskSpec(
-                task_id=task_id(state.job_id, i),
+            _spec(
+                state,
+                i,
                 model=step.model or state.model,
-                params=params,
+                params=state.params.model_copy(update=update),
                 node_id=step.node_id,
                 role="step",
                 index=i,
@@ -235,7 +228,6 @@ def _plan_chained(state: JobState) -> list[TaskSpec]:
                 template=step.prompt,
                 timeout_s=step.timeout_s,
                 max_attempts=step.max_attempts,
-                tenant=state.tenant,
             )
         )
     return tasks

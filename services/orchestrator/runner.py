@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("dim.orchestrator")
 
 _MAX_ACTIVE = 200_000
+_SPEC_FIELDS = tuple(
+    f for f in TaskSpec.model_fields if f not in ("node_id", "tenant", "after", "template")
+)
 _MAX_FINISHED = 100_000
 
 
@@ -189,15 +192,8 @@ class Orchestrator:
             job_id=state.job_id,
             attempt=event.attempt,
             task=TaskSpec(
-                task_id=task.task_id,
-                model=task.model,
-                prompt=task.prompt,
-                params=task.params,
+                **{f: getattr(task, f) for f in _SPEC_FIELDS},
                 node_id=event.node_id,
-                role=task.role,
-                index=task.index,
-                name=task.name,
-                timeout_s=task.timeout_s,
                 tenant=state.tenant,
             ),
         )

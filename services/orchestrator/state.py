@@ -174,21 +174,7 @@ def _apply(state: JobState, envelope: Envelope) -> JobState:
         return state
     if isinstance(event, JobPlanned) and not state.planned:
         tasks = tuple(
-            TaskState(
-                task_id=t.task_id,
-                model=t.model,
-                prompt=t.prompt,
-                params=t.params,
-                node_id=t.node_id,
-                role=t.role,
-                index=t.index,
-                name=t.name,
-                after=t.after,
-                template=t.template,
-                timeout_s=t.timeout_s,
-                max_attempts=t.max_attempts,
-                tenant=t.tenant,
-            )
+            TaskState(**dict(t))  # a task starts as its spec: the same fields
             for t in event.tasks
         )
         return state.model_copy(update={"tasks": tasks})
