@@ -57,15 +57,6 @@ class JobSubmitted(Event):
 
 
 @event_type
-class JobPlanned(Event):
-    """The orchestrator split the job into tasks."""
-
-    type = "job.planned"
-    job_id: str
-    tasks: tuple[TaskSpec, ...]
-
-
-@event_type
 class TaskDispatched(Event):
     """A task attempt was put on a work subject."""
 
@@ -85,6 +76,19 @@ class TaskRerouted(TaskDispatched):
     type = "task.rerouted"
     from_node: str
     reason: str
+
+
+@event_type
+class JobPlanned(Event):
+    """The orchestrator split the job into tasks."""
+
+    type = "job.planned"
+    job_id: str
+    tasks: tuple[TaskSpec, ...]
+    # the first dispatches, recorded with the plan (one append instead of one per task); each is
+    # a `task.dispatched` in all but name. Added later: older plans were followed by separate
+    # task.dispatched events.
+    dispatched: tuple[TaskDispatched, ...] = ()
 
 
 @event_type

@@ -34,7 +34,7 @@ class Started:
     job_id: str
     created: int
     model: str
-    follower: JobFollower
+    follower: JobFollower | None  # the live feed (streams); whole answers wait on `Gateway.ends`
     t0: float  # monotonic time the request was submitted
 
 
@@ -47,12 +47,17 @@ async def start(
     *,
     stream: bool,
 ) -> Started:
-    """Open the live feed of a new job id, then submit the job under it (so nothing is missed).
+    """Listen for a new job id, then submit the job under it (so nothing is missed).
 
-    A whole answer (`stream=False`) needs only the job's end: the feed carries nothing else.
+    A stream follows the job's live feed; a whole answer (`stream=False`) needs only the job's
+    end, which the gateway's shared `JobEnds` delivers with no subscription of its own.
     """
     job_id = new_id()
-    follower = await JobFollower(gw.bus, job_id, replay=False, terminal_only=not stream).start()
+    follower = None
+    if stream:
+        follower = await JobFollower(gw.bus, job_id, replay=False).start()
+    else:
+        gw.ends.expect(job_id)
     try:
         await jobs.submit_job(
             gw,
@@ -66,7 +71,9 @@ async def start(
             ),
         )
     except BaseException:
-        await follower.close()
+        if follower is not None:
+            await follower.close()
+        gw.ends.forget(job_id)
         raise
     return Started(job_id, int(time.time()), model, follower, time.monotonic())
 
@@ -101,13 +108,12 @@ async def answer(gw: Gateway, started: Started) -> JobCompleted:
     in_flight.inc()
     try:
         async with asyncio.timeout(gw.settings.request_timeout_s):
-            async for envelope in started.follower:
-                event = envelope.data
-                if isinstance(event, JobCompleted):
-                    _count(gw, started, event)
-                    return event
-                if isinstance(event, (JobFailed, JobCancelled)):
-                    raise _failure(event)
+            event = (await gw.ends.wait(started.job_id)).data
+            if isinstance(event, JobCompleted):
+                _count(gw, started, event)
+                return event
+            if isinstance(event, (JobFailed, JobCancelled)):
+                raise _failure(event)
     except TimeoutError:
         await cancel(gw, started.job_id, "the request timed out")
         raise ApiError(
@@ -115,14 +121,16 @@ async def answer(gw: Gateway, started: Started) -> JobCompleted:
         ) from None
     finally:
         in_flight.dec()
-        await started.follower.close()
-    raise ApiError(500, "the job's events stopped before it ended", code="incomplete")
+        gw.ends.forget(started.job_id)
+    raise ApiError(500, f"the job ended with an unexpected {event.type}", code="incomplete")
 
 
 async def stream(
     gw: Gateway, started: Started, *, kind: sse.Kind, id: str, include_usage: bool
 ) -> AsyncIterator[bytes]:
     """The job as OpenAI SSE chunks; a client that goes away cancels the job."""
+    follower = started.follower
+    assert follower is not None, "start(stream=True) opens the live feed"
     texts: dict[int, TextAssembler] = {}
     done = False
     out = sse.ChunkWriter(kind, id, started.created, started.model)
@@ -133,7 +141,7 @@ async def stream(
     last: float | None = None
     try:
         async with asyncio.timeout(gw.settings.request_timeout_s):
-            async for envelope in started.follower:
+            async for envelope in follower:
                 event = envelope.data
                 if isinstance(event, TokensProduced):
                     index = choice_index(event.task_id)
@@ -177,7 +185,7 @@ async def stream(
         yield sse.DONE
     finally:
         in_flight.dec()
-        await started.follower.close()
+        await follower.close()
         if not done:  # the client went away (or the request timed out) mid-answer
             with contextlib.suppress(Exception):
                 await cancel(gw, started.job_id, "the client disconnected")

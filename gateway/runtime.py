@@ -11,6 +11,7 @@ from gateway.keys import KeyRing
 from gateway.limits import Quotas, RateLimiter
 from gateway.tokens import Signer
 from projections.usage import TenantUsage
+from services.client import JobEnds
 from services.metrics import GatewayMetrics
 from services.process import connect, ensure_topology
 from services.registry.live import LiveNodes
@@ -30,6 +31,7 @@ class Gateway:
     limiter: RateLimiter
     quotas: Quotas
     metrics: GatewayMetrics
+    ends: JobEnds  # jobs' ends, for whole (non-streamed) answers
 
     @classmethod
     async def start(cls, settings: Settings, metrics: GatewayMetrics) -> Gateway:
@@ -47,6 +49,7 @@ class Gateway:
         await usage.start()
         limiter = RateLimiter(bus, settings.rate_limit_rpm)
         quotas = Quotas(usage, settings.tenant_daily_tokens)
+        ends = await JobEnds(bus).start()
         return cls(
             settings,
             bus,
@@ -57,10 +60,12 @@ class Gateway:
             limiter,
             quotas,
             metrics,
+            ends,
         )
 
     async def stop(self) -> None:
         """Stop the watches and close the connection."""
+        await self.ends.stop()
         await self.quotas.usage.stop()
         await self.sessions.stop()
         await self.keys.stop()

@@ -90,6 +90,77 @@ class TextAssembler:
         return new
 
 
+async def terminal_from_log(bus: Bus, job_id: str) -> Envelope | None:
+    """The job's terminal event from the log, if it has ended."""
+    names = bus.names
+    for event_type in TERMINAL_TYPES:
+        try:
+            msg = await bus.js.get_last_msg(names.jobs_stream, names.job(job_id, event_type))
+        except NotFoundError:
+            continue
+        return decode(await bus.body(msg.data or b"", msg.headers))
+    return None
+
+
+class JobEnds:
+    """Every job's end as one process sees it, for the requests waiting on one.
+
+    One wildcard subscription per terminal event type serves every request of the process, so a
+    request that wants only a job's result costs no subscription of its own (no SUB/UNSUB per
+    request). A terminal event missed while the connection was down is found in the log: `wait`
+    looks there whenever the feed has been quiet for `quiet_s`.
+    """
+
+    def __init__(self, bus: Bus, quiet_s: float = 2.0) -> None:
+        self.bus = bus
+        self.quiet_s = quiet_s
+        self._waiting: dict[str, asyncio.Future[Envelope]] = {}
+        self._subs: list[Any] = []
+
+    async def start(self) -> JobEnds:
+        """Subscribe; returns self."""
+        for event_type in TERMINAL_TYPES:
+            self._subs.append(
+                await self.bus.nc.subscribe(self.bus.names.job("*", event_type), cb=self._on)
+            )
+        return self
+
+    async def stop(self) -> None:
+        """Unsubscribe."""
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs = []
+
+    def expect(self, job_id: str) -> None:
+        """Start listening for `job_id`'s end (before submitting it, so nothing is missed)."""
+        self._waiting[job_id] = asyncio.get_running_loop().create_future()
+
+    def forget(self, job_id: str) -> None:
+        """Stop listening for `job_id`."""
+        self._waiting.pop(job_id, None)
+
+    async def _on(self, msg: Msg) -> None:
+        future = self._waiting.get(msg.subject.split(".", 3)[2])
+        if future is None or future.done():
+            return
+        try:
+            future.set_result(decode(await self.bus.body(msg.data, msg.headers)))
+        except EventDecodeError:
+            return
+
+    async def wait(self, job_id: str) -> Envelope:
+        """The job's terminal event (`expect` it first); `forget` it afterwards."""
+        future = self._waiting[job_id]
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), self.quiet_s)
+            except TimeoutError:
+                found = await terminal_from_log(self.bus, job_id)
+                if found is not None:
+                    return found
+
+
 class JobFollower:
     """Every token chunk and job event of one job until it ends; the terminal event comes last.
 
@@ -97,8 +168,8 @@ class JobFollower:
     job submitted earlier. `replay=False` listens live with plain subscriptions, opened by
     `start()` before the job is submitted so nothing is missed, and costing no JetStream
     consumer per request; if the live feed goes quiet (a reconnect can drop core messages) it
-    looks the terminal event up in the log. `terminal_only=True` (live) subscribes to nothing
-    but the job's end, for a reader that wants only the result. Use as
+    looks the terminal event up in the log (a reader that wants only the result uses `JobEnds`).
+    Use as
     ``async with JobFollower(...) as f``.
     """
 
@@ -109,12 +180,10 @@ class JobFollower:
         *,
         replay: bool,
         quiet_s: float = 2.0,
-        terminal_only: bool = False,
     ) -> None:
         self.bus = bus
         self.job_id = job_id
         self.replay = replay
-        self.terminal_only = terminal_only  # live only: just the job's end, filtered by the server
         self.quiet_s = quiet_s
         self._queue: asyncio.Queue[tuple[str, Msg]] = asyncio.Queue()
         self._subs: list[Any] = []
@@ -144,11 +213,6 @@ class JobFollower:
                         deliver_policy=DeliverPolicy.ALL,
                     )
                 )
-        elif self.terminal_only:
-            for event_type in TERMINAL_TYPES:
-                self._subs.append(
-                    await self.bus.nc.subscribe(names.job(self.job_id, event_type), cb=into("job"))
-                )
         else:
             self._subs.append(
                 await self.bus.nc.subscribe(names.tokens(self.job_id), cb=into("tokens"))
@@ -171,18 +235,6 @@ class JobFollower:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
-    async def _terminal_from_log(self) -> Envelope | None:
-        names = self.bus.names
-        for event_type in TERMINAL_TYPES:
-            try:
-                msg = await self.bus.js.get_last_msg(
-                    names.jobs_stream, names.job(self.job_id, event_type)
-                )
-            except NotFoundError:
-                continue
-            return decode(await self.bus.body(msg.data or b"", msg.headers))
-        return None
-
     async def __aiter__(self) -> AsyncIterator[Envelope]:
         terminal: Envelope | None = None
         finished_tasks: set[str] = set()
@@ -195,7 +247,7 @@ class JobFollower:
                 if terminal is not None:
                     break  # the terminal event came and the token stream went quiet
                 if not self.replay:
-                    terminal = await self._terminal_from_log()
+                    terminal = await terminal_from_log(self.bus, self.job_id)
                     if terminal is not None:
                         break
                 continue

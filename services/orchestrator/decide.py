@@ -140,7 +140,12 @@ def decide(
         # Dispatch what is ready in the same breath, decided on the state the plan will make.
         after = evolve(state, Envelope(planned, actor="", at=now), state.last_seq + 1)
         assert after is not None
-        return [planned, *decide(after, now, mesh, names, dispatch_timeout_s=dispatch_timeout_s)]
+        rest = decide(after, now, mesh, names, dispatch_timeout_s=dispatch_timeout_s)
+        # Plain first dispatches ride in the plan: one append, one delivery to every reader.
+        first = tuple(e for e in rest if type(e) is TaskDispatched)
+        if first:
+            planned = planned.model_copy(update={"dispatched": first})
+        return [planned, *(e for e in rest if type(e) is not TaskDispatched)]
     out: list[Event | None] = []  # None: a task waits for an eligible node
     for task in state.tasks:
         if task.status == "planned":

@@ -25,12 +25,20 @@ from events.consume import ConsumerSpec, Delivery, run_ordered
 from events.envelope import Envelope
 from events.errors import WrongLastSequence
 from events.history import read_events
-from events.jobs import JobSubmitted, TaskCompleted, TaskDispatched, TaskFailed, TaskSpec
+from events.jobs import (
+    JobPlanned,
+    JobSubmitted,
+    TaskCompleted,
+    TaskDispatched,
+    TaskFailed,
+    TaskSpec,
+)
 from events.nodes import NodeLost
 from events.work import TaskRequested
 from services.orchestrator.decide import Mesh, decide
 from services.orchestrator.state import JobState, evolve
 from services.registry.live import LiveNodes
+from services.registry.select import Need
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,8 +79,17 @@ class Orchestrator:
             node_live=lambda node: node in pool.records,
             live_models=self.nodes.live_models,
             node_gone=self.nodes.gone,
-            pick=lambda need: pool.pick(need, random.random(), datetime.now(UTC)),
+            pick=self._pick,
         )
+
+    def _pick(self, need: Need) -> str | None:
+        """A node for a task; counted on the node at once, so the next pick (of the same
+        decision, say a fan-out's next shard) sees it busier."""
+        pool = self.nodes.pool
+        node = pool.pick(need, random.random(), datetime.now(UTC))
+        if node:
+            pool.sent(node)
+        return node
 
     def consumer(self) -> ConsumerSpec:
         """This instance's durable consumer on JOBS."""
@@ -136,8 +153,8 @@ class Orchestrator:
             return
         for d in group:
             event = d.envelope.data
-            if isinstance(event, TaskDispatched):
-                await self._send_task(state, d.envelope)
+            if isinstance(event, TaskDispatched | JobPlanned):
+                await self._send_tasks(state, d.envelope)
             elif isinstance(event, TaskCompleted | TaskFailed) and event.node_id:
                 self.nodes.pool.finished(event.node_id)
         await self._advance(state)
@@ -176,17 +193,23 @@ class Orchestrator:
                     self._remember(state)
                     return
                 state = evolve(state, envelope, ack.seq) or state
-                if isinstance(event, TaskDispatched):
-                    await self._send_task(state, envelope)
+                await self._send_tasks(state, envelope)
         self._remember(state)
 
-    async def _send_task(self, state: JobState, dispatched: Envelope) -> None:
-        event = dispatched.data
-        assert isinstance(event, TaskDispatched)
+    async def _send_tasks(self, state: JobState, envelope: Envelope) -> None:
+        """Put the work of a dispatch (or of a plan's first dispatches) on its subject."""
+        event = envelope.data
+        if isinstance(event, TaskDispatched):
+            await self._send_task(state, event, envelope.id)
+        elif isinstance(event, JobPlanned):
+            for d in event.dispatched:
+                await self._send_task(state, d, f"{envelope.id}-{d.task_id}")
+
+    async def _send_task(self, state: JobState, event: TaskDispatched, msg_id: str) -> None:
         task = state.task(event.task_id)
         if task is None or task.attempt != event.attempt or task.status != "dispatched":
             return  # superseded, or already running
-        if dispatched.id in self._sent:
+        if msg_id in self._sent:
             return
         request = TaskRequested(
             job_id=state.job_id,
@@ -197,11 +220,9 @@ class Orchestrator:
                 tenant=state.tenant,
             ),
         )
-        # The work message reuses the dispatch event's id: JetStream drops a re-send.
-        await self.bus.publish(event.subject, Envelope(request, actor=self.actor, id=dispatched.id))
-        if event.node_id:
-            self.nodes.pool.sent(event.node_id)
-        self._sent[dispatched.id] = None
+        # The work message's id comes from the dispatch event's: JetStream drops a re-send.
+        await self.bus.publish(event.subject, Envelope(request, actor=self.actor, id=msg_id))
+        self._sent[msg_id] = None
         if len(self._sent) > _MAX_FINISHED:
             self._sent.popitem(last=False)
 

@@ -125,6 +125,26 @@ def _with_task(state: JobState, task_id: str, **changes: object) -> JobState:
     return state.model_copy(update={"tasks": tasks})
 
 
+def _dispatched(task: TaskState, event: TaskDispatched | None, at: datetime) -> TaskState:
+    """The task once `event` sent its attempt to a subject (unchanged for no event)."""
+    if event is None:
+        return task
+    return task.model_copy(
+        update={
+            "status": "dispatched",
+            "attempt": event.attempt,
+            "subject": event.subject,
+            "target": event.node_id,
+            "prompt": event.prompt or task.prompt,
+            "dispatched_at": at,
+            "started_at": None,
+            "finished_at": None,
+            "error": None,
+            "error_kind": None,
+        }
+    )
+
+
 def _open_attempt(state: JobState, task_id: str, attempt: int) -> bool:
     """Whether `attempt` is the task's current attempt and has no result yet."""
     task = state.task(task_id)
@@ -173,8 +193,9 @@ def _apply(state: JobState, envelope: Envelope) -> JobState:
     if state.terminal:
         return state
     if isinstance(event, JobPlanned) and not state.planned:
+        first = {d.task_id: d for d in event.dispatched}
         tasks = tuple(
-            TaskState(**dict(t))  # a task starts as its spec: the same fields
+            _dispatched(TaskState(**dict(t)), first.get(t.task_id), at)  # a task starts as its spec
             for t in event.tasks
         )
         return state.model_copy(update={"tasks": tasks})
@@ -182,20 +203,9 @@ def _apply(state: JobState, envelope: Envelope) -> JobState:
         task = state.task(event.task_id)
         if task is None or event.attempt <= task.attempt:
             return state
-        return _with_task(
-            state,
-            event.task_id,
-            status="dispatched",
-            attempt=event.attempt,
-            subject=event.subject,
-            target=event.node_id,
-            prompt=event.prompt or task.prompt,
-            dispatched_at=at,
-            started_at=None,
-            finished_at=None,
-            error=None,
-            error_kind=None,
-        )
+        sent = _dispatched(task, event, at)
+        tasks = tuple(sent if t.task_id == event.task_id else t for t in state.tasks)
+        return state.model_copy(update={"tasks": tasks})
     if isinstance(event, TaskStarted):
         task = state.task(event.task_id)
         if (

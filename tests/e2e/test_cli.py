@@ -107,7 +107,6 @@ def test_a_new_user_submits_a_job_and_reads_its_history(system: System) -> None:
     order = [
         "job.submitted",
         "job.planned",
-        "task.dispatched",
         "task.started",
         "task.completed",
         "job.completed",

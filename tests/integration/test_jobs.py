@@ -54,7 +54,6 @@ async def test_job_round_trip(bus: Bus, settings: Settings) -> None:
         assert [e.type for e in events] == [
             "job.submitted",
             "job.planned",
-            "task.dispatched",
             "task.started",
             "task.completed",
             "job.completed",
@@ -218,7 +217,9 @@ async def test_failing_engine_is_retried_then_the_job_fails_with_the_cause(
         job = await submit(bus, model="sim-small", prompt=Prompt(text="x"), max_attempts=3)
         events = await wait_terminal(bus, job.job_id)
     assert [e.type for e in events].count("task.failed") == 3
-    assert [e.data.attempt for e in events if e.type == "task.dispatched"] == [1, 2, 3]  # type: ignore[attr-defined]
+    planned = next(e.data for e in events if e.type == "job.planned")
+    assert [d.attempt for d in planned.dispatched] == [1]  # type: ignore[attr-defined]
+    assert [e.data.attempt for e in events if e.type == "task.dispatched"] == [2, 3]  # type: ignore[attr-defined]
     failed = events[-1].data
     assert failed.type == "job.failed"
     assert failed.code == "task_failed"
@@ -336,7 +337,9 @@ async def test_several_orchestrators_decide_each_step_once(bus: Bus, settings: S
     for events in histories:
         types = [e.type for e in events]
         assert types.count("job.planned") == 1, types
-        assert types.count("task.dispatched") == 1, types
+        assert types.count("task.dispatched") == 0, types  # the dispatch rides in the plan
+        (planned,) = [e.data for e in events if e.type == "job.planned"]
+        assert len(planned.dispatched) == 1  # type: ignore[attr-defined]
         assert types.count("job.completed") == 1, types
 
 
@@ -409,7 +412,7 @@ async def test_a_node_reserved_for_a_tenant_serves_only_that_tenant(
         ok = await wait_terminal(bus, ours.job_id)
         refused = await wait_terminal(bus, theirs.job_id)
     assert isinstance(ok[-1].data, JobCompleted)
-    (dispatched,) = [e.data for e in ok if e.type == "task.dispatched"]
-    assert dispatched.node_id == "acme-gpu"  # type: ignore[attr-defined]
+    (planned,) = [e.data for e in ok if e.type == "job.planned"]
+    assert [d.node_id for d in planned.dispatched] == ["acme-gpu"]  # type: ignore[attr-defined]
     assert refused[-1].type == "job.failed" and refused[-1].data.code == "no_capacity"  # type: ignore[attr-defined]
     assert not any(e.type == "task.started" for e in refused)

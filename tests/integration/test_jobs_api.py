@@ -86,7 +86,6 @@ async def test_submit_read_and_history(world: World) -> None:
     assert [e["type"] for e in events] == [
         "job.submitted",
         "job.planned",
-        "task.dispatched",
         "task.started",
         "task.completed",
         "job.completed",

@@ -82,8 +82,9 @@ def _failed(attempt: int, retriable: bool = True) -> TaskFailed:
 
 def test_single_job_happy_path() -> None:
     log = Log()
-    planned, dispatched = log.run_decisions()
+    (planned,) = log.run_decisions()  # the first dispatch rides in the plan
     assert isinstance(planned, JobPlanned)
+    (dispatched,) = planned.dispatched
     assert len(planned.tasks) == 1
     assert dispatched == TaskDispatched(
         job_id="J", task_id="J-0", attempt=1, subject="t.tasks.model.m"
@@ -185,7 +186,8 @@ def test_nothing_happens_after_the_end() -> None:
 
 def test_pinned_jobs_go_to_the_node_subject_while_it_is_live() -> None:
     log = Log(node_id="gpu-1")
-    _, dispatched = log.decide()
+    (planned,) = log.decide()
+    (dispatched,) = planned.dispatched  # type: ignore[attr-defined]
     assert isinstance(dispatched, TaskDispatched)
     assert dispatched.subject == "t.tasks.node.gpu-1"
     gone = Mesh(serves=lambda m: True, node_live=lambda n: False, live_models=lambda: {"m"})
@@ -202,13 +204,14 @@ def test_view_tracks_sequence_and_count() -> None:
     log = Log()
     log.run_decisions()
     assert log.state is not None
-    assert (log.state.last_seq, log.state.events) == (3, 3)
+    assert (log.state.last_seq, log.state.events) == (2, 2)  # submitted; planned + dispatched
     assert log.state.created_at == T0 + timedelta(milliseconds=10)
 
 
 def test_n_choices_plan_one_task_each_and_complete_with_every_answer() -> None:
     log = Log(params=SamplingParams(n=3, seed=7))
-    planned, *dispatched = log.run_decisions()
+    (planned,) = log.run_decisions()
+    dispatched = planned.dispatched  # type: ignore[attr-defined]
     assert isinstance(planned, JobPlanned)
     assert [t.params.seed for t in planned.tasks] == [7, 8, 9]
     assert all(t.params.n == 1 for t in planned.tasks) and len(dispatched) == 3
@@ -234,11 +237,13 @@ def test_n_choices_plan_one_task_each_and_complete_with_every_answer() -> None:
 
 
 def test_tasks_left_undispatched_by_a_lost_race_are_dispatched_next() -> None:
-    # The orchestrator appended the plan and task 0's dispatch; the worker's task.started then
-    # landed first, so the append of task 1's dispatch was refused. Deciding again sends 1 and 2.
+    # A plan without its dispatches (as written before plans carried them) followed by task 0's
+    # dispatch; the worker's task.started then landed first, so the append of task 1's dispatch
+    # was refused. Deciding again sends 1 and 2.
     log = Log(params=SamplingParams(n=3))
-    planned, first, *_ = log.decide()
-    log.append(planned, first)
+    (planned,) = log.decide()
+    assert isinstance(planned, JobPlanned)
+    log.append(planned.model_copy(update={"dispatched": ()}), planned.dispatched[0])
     log.append(TaskStarted(job_id="J", task_id="J-0", attempt=1, node_id="gpu-1", delivery=1))
     again = log.decide()
     assert [(e.task_id, e.attempt) for e in again if isinstance(e, TaskDispatched)] == [

@@ -238,7 +238,8 @@ def _collab(**kw: object) -> Log:
 def test_collaborative_fans_out_one_placed_shard_per_input_and_concats_in_input_order() -> None:
     log = _collab(separator="|")
     picks: list[Need] = []
-    planned, *dispatched = log.step(_mesh(pick="a", picks=picks))
+    (planned,) = log.step(_mesh(pick="a", picks=picks))
+    dispatched = planned.dispatched  # type: ignore[attr-defined]
     assert isinstance(planned, JobPlanned) and [t.role for t in planned.tasks] == ["shard"] * 3
     assert [d.subject for d in dispatched] == ["t.tasks.node.a"] * 3  # type: ignore[attr-defined]
     assert len(picks) == 3 and all(n.spread for n in picks)
@@ -285,7 +286,8 @@ def test_reduce_waits_for_every_shard_then_renders_their_outputs() -> None:
         reduce_prompt="join: {{ outputs }} / first {{ outputs.0 }}",
         separator=",",
     )
-    _, *dispatched = log.step()
+    (planned,) = log.step()
+    dispatched = planned.dispatched  # type: ignore[attr-defined]
     assert len(dispatched) == 3  # the reduce task waits
     log.run("J-0", "a")
     log.run("J-1", "b")
@@ -360,7 +362,8 @@ def _chain() -> Log:
 
 def test_chained_steps_run_in_order_with_rendered_prompts() -> None:
     log = _chain()
-    _, first = log.step()
+    (planned,) = log.step()
+    (first,) = planned.dispatched  # type: ignore[attr-defined]
     assert isinstance(first, TaskDispatched) and first.prompt == Prompt(text="write about q")
     log.run("J-0", "D")
     (second,) = log.step()
@@ -401,7 +404,8 @@ def test_a_pin_to_a_dead_node_is_rerouted_to_the_model_subject_as_an_event() -> 
 
 def test_a_task_sent_to_a_node_that_is_lost_before_taking_it_is_rerouted() -> None:
     log = Log(routing=Routing(strategy="least_loaded"))
-    _, sent = log.step(_mesh(pick="a"))
+    (planned,) = log.step(_mesh(pick="a"))
+    (sent,) = planned.dispatched  # type: ignore[attr-defined]
     assert isinstance(sent, TaskDispatched) and sent.subject == "t.tasks.node.a"
     assert log.step(_mesh(pick="b")) == []  # a is alive: wait
     (moved,) = log.step(_mesh(gone=("a",)))
