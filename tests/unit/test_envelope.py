@@ -182,3 +182,14 @@ def test_prompt_needs_exactly_one_form() -> None:
         Prompt()
     with pytest.raises(ValueError, match="exactly one"):
         Prompt(text="a", messages=())
+
+
+def test_envelopes_written_by_other_encoders_decode_the_same() -> None:
+    # The fast path reads what Envelope.encode writes; any other key order takes the careful path.
+    from events.inference import Prompt
+    from events.jobs import JobSubmitted
+
+    original = Envelope(JobSubmitted(job_id="J", model="m", prompt=Prompt(text="hi")), actor="a")
+    doc = json.loads(original.encode())
+    reordered = json.dumps({"data": doc["data"], **{k: v for k, v in doc.items() if k != "data"}})
+    assert decode(reordered.encode()) == decode(original.encode()) == original
