@@ -13,7 +13,14 @@ from events.bus import Bus
 from events.envelope import Envelope
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
-from events.jobs import Choice, JobCancelled, JobCompleted, JobFailed, JobSubmitted
+from events.jobs import (
+    Choice,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobSubmitted,
+    TaskCompleted,
+)
 from events.work import TokensProduced
 from gateway import jobs, sse
 from gateway.errors import ApiError
@@ -57,7 +64,7 @@ async def start(
     if stream:
         follower = await JobFollower(gw.bus, job_id, replay=False).start()
     else:
-        gw.ends.expect(job_id)
+        gw.ends.expect(job_id, first_result=params.n == 1)
     try:
         await jobs.submit_job(
             gw,
@@ -109,6 +116,13 @@ async def answer(gw: Gateway, started: Started) -> JobCompleted:
     try:
         async with asyncio.timeout(gw.settings.request_timeout_s):
             event = (await gw.ends.wait(started.job_id)).data
+            if isinstance(event, TaskCompleted):  # the only task's result: the job's
+                event = JobCompleted(
+                    job_id=started.job_id,
+                    output=event.output,
+                    finish_reason=event.finish_reason,
+                    usage=event.usage,
+                )
             if isinstance(event, JobCompleted):
                 _count(gw, started, event)
                 return event

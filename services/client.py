@@ -109,17 +109,22 @@ class JobEnds:
     request that wants only a job's result costs no subscription of its own (no SUB/UNSUB per
     request). A terminal event missed while the connection was down is found in the log: `wait`
     looks there whenever the feed has been quiet for `quiet_s`.
+
+    `expect(job_id, first_result=True)`, for a job of one task, also takes that task's
+    ``task.completed`` as the answer: it is the job's result, known one orchestrator round trip
+    before ``job.completed`` (which follows from it and records the same output and usage).
     """
 
     def __init__(self, bus: Bus, quiet_s: float = 2.0) -> None:
         self.bus = bus
         self.quiet_s = quiet_s
         self._waiting: dict[str, asyncio.Future[Envelope]] = {}
+        self._early: set[str] = set()  # jobs whose task.completed is their answer
         self._subs: list[Any] = []
 
     async def start(self) -> JobEnds:
         """Subscribe; returns self."""
-        for event_type in TERMINAL_TYPES:
+        for event_type in (*TERMINAL_TYPES, TaskCompleted.type):
             self._subs.append(
                 await self.bus.nc.subscribe(self.bus.names.job("*", event_type), cb=self._on)
             )
@@ -132,17 +137,23 @@ class JobEnds:
                 await sub.unsubscribe()
         self._subs = []
 
-    def expect(self, job_id: str) -> None:
+    def expect(self, job_id: str, *, first_result: bool = False) -> None:
         """Start listening for `job_id`'s end (before submitting it, so nothing is missed)."""
         self._waiting[job_id] = asyncio.get_running_loop().create_future()
+        if first_result:
+            self._early.add(job_id)
 
     def forget(self, job_id: str) -> None:
         """Stop listening for `job_id`."""
         self._waiting.pop(job_id, None)
+        self._early.discard(job_id)
 
     async def _on(self, msg: Msg) -> None:
-        future = self._waiting.get(msg.subject.split(".", 3)[2])
+        _, _, job_id, event_type = msg.subject.split(".", 3)
+        future = self._waiting.get(job_id)
         if future is None or future.done():
+            return
+        if event_type == TaskCompleted.type and job_id not in self._early:
             return
         try:
             future.set_result(decode(await self.bus.body(msg.data, msg.headers)))

@@ -11,8 +11,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from events.bus import Bus
-from events.history import read_events
 from events.inference import Prompt
+from events.jobs import JobCompleted
 from gateway.app import create_app
 from gateway.completions import cancel_job
 from gateway.keys import create_key, revoke_key
@@ -85,12 +85,14 @@ async def test_chat_completion_whole(
     assert r.headers["x-request-id"] == "req-1"
     job_id = r.headers["x-dim-job-id"]
     assert body["id"] == f"chatcmpl-{job_id}"
-    events = [
-        e async for _, e in read_events(bus, bus.names.jobs_stream, bus.names.job_all(job_id))
-    ]
-    submitted = events[0].data
+    # A one-task job is answered from its task.completed; the job's own end follows from it
+    # and records the very same answer and usage.
+    events = await wait_terminal(bus, job_id)
+    submitted, done = events[0].data, events[-1].data
     assert submitted.owner == "alice" and submitted.tenant == "acme"  # type: ignore[attr-defined]
-    assert events[-1].type == "job.completed"
+    assert isinstance(done, JobCompleted)
+    assert done.output == body["choices"][0]["message"]["content"]
+    assert done.usage.prompt_tokens == 3 and done.usage.completion_tokens == 5
 
 
 async def test_n_choices_whole_and_streamed(
