@@ -126,9 +126,13 @@ async def test_jobs_of_several_tasks_complete_though_workers_race_the_dispatches
     # n=3 plans three tasks; a fast worker's task.started often lands between their
     # dispatches and refuses the orchestrator's next append. Every job must still complete.
     async with mesh(settings) as m:
-        await m.orchestrator()
+        o = await m.orchestrator()
         await m.worker("w1")
-        await wait_until(lambda: _live(bus, 1), what="a worker")
+
+        async def seen() -> bool:  # the orchestrator's view, not just the bucket
+            return bool(o.obj.nodes.serving("sim-small"))
+
+        await wait_until(seen, what="the orchestrator to see the worker")
         for i in range(20):
             job = await submit(
                 bus, model="sim-small", prompt=Prompt(text=f"pick {i}"), params=SamplingParams(n=3)
