@@ -8,7 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from events.envelope import Event, event_type
 from events.inference import FinishReason, Prompt, SamplingParams, Usage
-from events.patterns import Chained, Collaborative, Comparative, Consensus, Pattern, Routing
+from events.patterns import (
+    Chained,
+    Collaborative,
+    Comparative,
+    Consensus,
+    Pattern,
+    RetryPolicy,
+    Routing,
+)
 
 TaskRole = Literal["main", "shard", "reduce", "candidate", "judge", "step"]
 FailureKind = Literal["engine_error", "timeout", "worker_lost", "invalid_request", "no_capacity"]
@@ -51,6 +59,8 @@ class JobSubmitted(Event):
     max_attempts: int = Field(default=3, ge=1, le=20)
     # added with the patterns (issue 4); absent in older events
     routing: Routing = Routing()
+    retry: RetryPolicy = RetryPolicy()
+    deadline_s: float | None = None  # the whole job must end within this, or it fails
     collaborative: Collaborative | None = None
     comparative: Comparative | None = None
     chained: Chained | None = None

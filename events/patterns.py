@@ -36,6 +36,15 @@ class Routing(_Value):
     )
 
 
+class RetryPolicy(_Value):
+    """How long a failed task waits before its next attempt: `backoff_s` doubling per attempt up
+    to `max_backoff_s`, less a random share of up to `jitter` (so retries of many tasks spread)."""
+
+    backoff_s: float = Field(default=0.2, ge=0, le=3600)
+    max_backoff_s: float = Field(default=30.0, ge=0, le=86_400)
+    jitter: float = Field(default=0.5, ge=0, le=1)
+
+
 class Split(_Value):
     """How one large input becomes shards: by paragraphs packed up to `size` characters, or by
     plain `size`-character pieces."""

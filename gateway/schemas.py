@@ -18,6 +18,7 @@ from events.patterns import (
     Consensus,
     OnError,
     Pattern,
+    RetryPolicy,
     Routing,
     Split,
     Step,
@@ -94,6 +95,10 @@ class JobRequest(BaseModel):
     seed: int | None = None
     node: str | None = Field(default=None, description="pin the job to this node while it is live")
     max_attempts: int | None = Field(default=None, ge=1, le=20)
+    retry: RetryPolicy = RetryPolicy()
+    deadline_s: float | None = Field(
+        default=None, gt=0, le=7 * 86_400, description="the whole job must end within this"
+    )
 
     @model_validator(mode="after")
     def _fields_of_the_pattern(self) -> JobRequest:
@@ -189,6 +194,8 @@ class JobRequest(BaseModel):
             node_id=self.node,
             max_attempts=self.max_attempts or max_attempts_default,
             routing=self.routing,
+            retry=self.retry,
+            deadline_s=self.deadline_s,
             collaborative=collaborative,
             comparative=comparative,
             chained=chained,

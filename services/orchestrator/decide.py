@@ -14,6 +14,7 @@ heartbeats stopped is failed as `worker_lost` and retried elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -58,6 +59,18 @@ def final(state: JobState, task: TaskState) -> bool:
     return task.status == "failed" and not (
         task.retriable and task.attempt < max_attempts(state, task)
     )
+
+
+def backoff(state: JobState, task: TaskState) -> timedelta:
+    """How long the task waits after its failed attempt: doubling per attempt, capped, less a
+    jitter share drawn from (job, task, attempt) — so it is the same on every decision."""
+    policy = state.retry
+    base = min(policy.max_backoff_s, policy.backoff_s * 2 ** max(0, task.attempt - 1))
+    digest = hashlib.blake2b(
+        f"{state.job_id}/{task.task_id}/{task.attempt}".encode(), digest_size=4
+    )
+    share = int.from_bytes(digest.digest(), "big") / 2**32
+    return timedelta(seconds=base * (1 - policy.jitter * share))
 
 
 def need_of(state: JobState, task: TaskState) -> Need:
@@ -146,6 +159,16 @@ def decide(
         if first:
             planned = planned.model_copy(update={"dispatched": first})
         return [planned, *(e for e in rest if type(e) is not TaskDispatched)]
+    if state.deadline_s is not None and now - state.created_at > timedelta(
+        seconds=state.deadline_s
+    ):
+        return [
+            _fail(
+                state,
+                f"the job did not finish within its deadline of {state.deadline_s:g}s",
+                "timeout",
+            )
+        ]
     out: list[Event | None] = []  # None: a task waits for an eligible node
     for task in state.tasks:
         if task.status == "planned":
@@ -194,6 +217,9 @@ def decide(
                 )
         elif task.status == "failed":
             if not final(state, task):
+                if task.finished_at is not None and now < task.finished_at + backoff(state, task):
+                    out.append(None)  # backing off before the next attempt
+                    continue
                 since = task.finished_at or now
                 out.append(
                     _place(

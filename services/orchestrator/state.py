@@ -27,7 +27,14 @@ from events.jobs import (
     TaskRole,
     TaskStarted,
 )
-from events.patterns import Chained, Collaborative, Comparative, Consensus, Routing
+from events.patterns import (
+    Chained,
+    Collaborative,
+    Comparative,
+    Consensus,
+    RetryPolicy,
+    Routing,
+)
 
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 TaskStatus = Literal["planned", "dispatched", "running", "completed", "failed"]
@@ -86,6 +93,8 @@ class JobState(_State):
     prompt: Prompt | None
     params: SamplingParams
     routing: Routing = Routing()
+    retry: RetryPolicy = RetryPolicy()
+    deadline_s: float | None = None
     collaborative: Collaborative | None = None
     comparative: Comparative | None = None
     chained: Chained | None = None
@@ -175,6 +184,8 @@ def evolve(state: JobState | None, envelope: Envelope, seq: int) -> JobState | N
             prompt=event.prompt,
             params=event.params,
             routing=event.routing,
+            retry=event.retry,
+            deadline_s=event.deadline_s,
             collaborative=event.collaborative,
             comparative=event.comparative,
             chained=event.chained,

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 from importlib import metadata
 
@@ -29,7 +30,14 @@ from events.envelope import Envelope
 from events.errors import EngineError
 from events.history import read_events
 from events.inference import FinishReason
-from events.jobs import FailureKind, TaskCompleted, TaskFailed, TaskStarted
+from events.jobs import (
+    FailureKind,
+    JobCancelled,
+    JobFailed,
+    TaskCompleted,
+    TaskFailed,
+    TaskStarted,
+)
 from events.nodes import NodeJoined, NodeLeft
 from events.subjects import encode_token
 from events.work import TaskRequested, TokensProduced
@@ -41,6 +49,7 @@ from services.worker.coalesce import Coalescer, Piece
 from services.worker.gpu import gpu_facts
 
 log = logging.getLogger(__name__)
+_ENDED_MEMORY = 100_000  # job ids remembered as ended, newest kept
 tracer = trace.get_tracer("dim.worker")
 
 
@@ -81,7 +90,8 @@ class Worker:
         self.metrics_url = ""
         self.gpus = gpu_facts()
         self.healthy = True
-        self.skipped = 0  # redelivered attempts that were already superseded
+        self.skipped = 0  # tasks not run: superseded attempts, tasks of jobs that already ended
+        self._ended: OrderedDict[str, None] = OrderedDict()  # jobs that ended early, recent
         self._latency_sum_s = 0.0
 
     def consumers(self) -> list[ConsumerSpec]:
@@ -163,11 +173,13 @@ class Worker:
             )
         )
         heartbeat = asyncio.create_task(self._heartbeat(kv, stop))
-        # Cancellations are plain messages on the job's subject: listen to all of them and
-        # abort whatever this worker runs for a cancelled job.
-        cancels = await self.bus.nc.subscribe(
-            self.names.job("*", "job.cancelled"), cb=self._on_cancel
-        )
+        # A job that ends early (cancelled, or failed: a deadline, another task's failure) says
+        # so on its subject: listen to all of them, abort what this worker runs for it and skip
+        # its tasks still queued here.
+        ends = [
+            await self.bus.nc.subscribe(self.names.job("*", t), cb=self._on_end)
+            for t in (JobCancelled.type, JobFailed.type)
+        ]
         log.info(
             "worker %s serving %s (capacity %d)",
             self.node_id,
@@ -180,8 +192,9 @@ class Worker:
             )
         finally:
             self.draining = True
-            with contextlib.suppress(Exception):
-                await cancels.unsubscribe()
+            for sub in ends:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -264,6 +277,10 @@ class Worker:
             raise Reject(f"expected task.requested on a task subject, got {request.type}")
         if request.task.prompt is None:
             raise Reject(f"task {request.task.task_id} has no prompt")
+        if request.job_id in self._ended:
+            self.skipped += 1
+            log.info("skipping %s: its job has ended", request.task.task_id)
+            return
         if delivery.deliveries > 1 and await self._superseded(request):
             self.skipped += 1
             log.info("skipping superseded attempt %d of %s", request.attempt, request.task.task_id)
@@ -456,10 +473,13 @@ class Worker:
             self.names.job(job_id, event.type), Envelope(event, actor=self.actor)
         )
 
-    async def _on_cancel(self, msg: Msg) -> None:
+    async def _on_end(self, msg: Msg) -> None:
         job_id = msg.subject.split(".")[2]
+        self._ended[job_id] = None
+        if len(self._ended) > _ENDED_MEMORY:
+            self._ended.popitem(last=False)
         for request_id in list(self._requests.get(job_id, ())):
-            log.info("job %s cancelled: aborting %s", job_id, request_id)
+            log.info("job %s ended: aborting %s", job_id, request_id)
             self.aborted += 1
             await self.engine.abort(request_id)
 

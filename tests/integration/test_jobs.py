@@ -420,3 +420,44 @@ async def test_a_node_reserved_for_a_tenant_serves_only_that_tenant(
     assert [d.node_id for d in planned.dispatched] == ["acme-gpu"]  # type: ignore[attr-defined]
     assert refused[-1].type == "job.failed" and refused[-1].data.code == "no_capacity"  # type: ignore[attr-defined]
     assert not any(e.type == "task.started" for e in refused)
+
+
+async def test_queued_tasks_of_an_ended_job_never_run(bus: Bus, settings: Settings) -> None:
+    from events.jobs import JobSubmitted
+    from gateway.completions import cancel_job
+    from services.client import submit_event
+
+    async with mesh(settings) as m:
+        o = await m.orchestrator()
+        w = await m.worker("one-slot", capacity=1, sim_ttft_ms=0, sim_tokens_per_s=20)
+
+        async def seen() -> bool:
+            return bool(o.obj.nodes.serving("sim-small"))
+
+        await wait_until(seen, what="the orchestrator to see the worker")
+        first = await submit(bus, model="sim-small", prompt=Prompt(text="first, and slow"))
+        queued = await submit(bus, model="sim-small", prompt=Prompt(text="queued behind it"))
+        await wait_until(lambda: _has(bus, first.job_id, "task.started"), what="the first task")
+        await cancel_job(bus, queued.job_id, "changed my mind", actor="test")
+        await wait_terminal(bus, first.job_id, timeout_s=20)
+        late = await submit_event(  # a deadline shorter than its generation
+            bus,
+            JobSubmitted(
+                job_id="late-job",
+                model="sim-small",
+                prompt=Prompt(text="too slow for its deadline"),
+                params=SamplingParams(max_tokens=200),
+                deadline_s=0.8,
+            ),
+        )
+        timed_out = await wait_terminal(bus, late.job_id)
+
+        async def aborted() -> bool:
+            return w.obj.aborted >= 1
+
+        await wait_until(aborted, timeout_s=5, what="the worker to abort the late job's task")
+    queued_events = [e.type for e in await job_events(bus, queued.job_id)]
+    assert "job.cancelled" in queued_events and "task.started" not in queued_events
+    assert w.obj.skipped >= 1
+    (end,) = [e.data for e in timed_out if e.type in ("job.completed", "job.failed")]
+    assert end.type == "job.failed" and end.code == "timeout"  # type: ignore[attr-defined]

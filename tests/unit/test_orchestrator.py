@@ -17,6 +17,7 @@ from events.jobs import (
     TaskFailed,
     TaskStarted,
 )
+from events.patterns import RetryPolicy
 from events.subjects import Names
 from services.orchestrator.decide import Mesh, decide
 from services.orchestrator.state import JobState, evolve
@@ -36,6 +37,7 @@ class Log:
         self.seq = 0
         self.state: JobState | None = None
         self.at = T0
+        submit.setdefault("retry", RetryPolicy(backoff_s=0))  # retries at once unless a test says
         self.append(JobSubmitted(job_id="J", model="m", prompt=Prompt(text="hi"), **submit))  # type: ignore[arg-type]
 
     def append(self, *events: Event) -> None:
@@ -252,3 +254,35 @@ def test_tasks_left_undispatched_by_a_lost_race_are_dispatched_next() -> None:
     ]
     log.append(*again)
     assert log.decide() == []
+
+
+def test_retries_back_off_with_jitter_the_same_on_every_decision() -> None:
+    log = Log(retry=RetryPolicy(backoff_s=1.0, max_backoff_s=3.0, jitter=0.5), max_attempts=4)
+    log.run_decisions()
+    failed_at = log.at + timedelta(milliseconds=10)
+    log.append(_failed(1))
+    assert log.decide(now=failed_at + timedelta(seconds=0.49)) == []  # at least half of 1 s
+    (retry,) = log.decide(now=failed_at + timedelta(seconds=1.0))  # at most all of it
+    assert isinstance(retry, TaskDispatched) and retry.attempt == 2
+    waits = []
+    for attempt in (2, 3):
+        log.append(TaskDispatched(job_id="J", task_id="J-0", attempt=attempt, subject="s"))
+        log.append(_failed(attempt))
+        assert log.state is not None
+        first = next(
+            s / 100 for s in range(401) if log.decide(now=log.at + timedelta(seconds=s / 100))
+        )
+        assert first == next(  # deterministic: the same answer when asked again
+            s / 100 for s in range(401) if log.decide(now=log.at + timedelta(seconds=s / 100))
+        )
+        waits.append(first)
+    assert 1.0 <= waits[0] <= 2.01 and 1.5 <= waits[1] <= 3.01  # 2 s, then 4 s capped at 3
+
+
+def test_a_job_past_its_deadline_fails_as_timed_out() -> None:
+    log = Log(deadline_s=2.0)
+    log.run_decisions()
+    assert log.decide(now=T0 + timedelta(seconds=1.9)) == []
+    (failed,) = log.decide(now=T0 + timedelta(seconds=2.1))
+    assert isinstance(failed, JobFailed) and failed.code == "timeout"
+    assert "deadline of 2s" in failed.reason

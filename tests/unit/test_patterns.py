@@ -27,6 +27,7 @@ from events.patterns import (
     Chained,
     Collaborative,
     Comparative,
+    RetryPolicy,
     Routing,
     Split,
     Step,
@@ -70,7 +71,12 @@ class Log:
         self.seq = 0
         self.at = T0
         self.state: JobState | None = None
-        fields: dict[str, object] = {"job_id": "J", "model": "m", "prompt": Prompt(text="q")}
+        fields: dict[str, object] = {
+            "job_id": "J",
+            "model": "m",
+            "prompt": Prompt(text="q"),
+            "retry": RetryPolicy(backoff_s=0),
+        }
         fields.update(submit)
         self.append(JobSubmitted(**fields))  # type: ignore[arg-type]
 
