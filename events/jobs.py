@@ -143,6 +143,21 @@ class TaskFailed(Event):
     retriable: bool = True
 
 
+@event_type
+class TaskDeadLettered(Event):
+    """An attempt's work message was given up on by JetStream: delivered the most times allowed
+    without a result (the workers that took it crashed, or failed it in a way they could not
+    report). Not retried: the task, and unless tolerated the job, fails with this reason."""
+
+    type = "task.dead_lettered"
+    job_id: str
+    task_id: str
+    attempt: int
+    consumer: str
+    deliveries: int
+    error: str
+
+
 class Choice(BaseModel):
     """One of a job's `n` answers."""
 
@@ -215,6 +230,7 @@ JobEvent = (
     | TaskStarted
     | TaskCompleted
     | TaskFailed
+    | TaskDeadLettered
     | JobCompleted
     | JobFailed
     | JobCancelled

@@ -131,6 +131,12 @@ class Settings(BaseSettings):
     sim_hang_rate: float = Field(
         0.0, ge=0, le=1, description="fraction of requests that never finish"
     )
+    sim_crash_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="fraction of requests on which the engine crashes with an unexpected error",
+    )
     sim_seed: int = Field(0, description="seed mixed into every simulated output")
     sim_max_context: int = Field(
         32_768, ge=1, description="context length the simulated engine advertises (tokens)"

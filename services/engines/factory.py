@@ -24,6 +24,7 @@ def build_engine(settings: Settings) -> Engine:
             tokens_per_s=settings.sim_tokens_per_s,
             error_rate=settings.sim_error_rate,
             hang_rate=settings.sim_hang_rate,
+            crash_rate=settings.sim_crash_rate,
             seed=settings.sim_seed,
             max_context=settings.sim_max_context,
         )

@@ -136,6 +136,7 @@ class SimulatedEngine:
         tokens_per_s: float = 80.0,
         error_rate: float = 0.0,
         hang_rate: float = 0.0,
+        crash_rate: float = 0.0,
         seed: int = 0,
         max_context: int = 32_768,
     ) -> None:
@@ -146,6 +147,7 @@ class SimulatedEngine:
         self.token_s = 1 / tokens_per_s if tokens_per_s > 0 else 0.0
         self.error_rate = error_rate
         self.hang_rate = hang_rate
+        self.crash_rate = crash_rate
         self.seed = seed
         self._aborted: set[str] = set()
         self._running: set[str] = set()
@@ -191,6 +193,8 @@ class SimulatedEngine:
                 await asyncio.sleep(self.ttft_s)
             if fate < self.error_rate:
                 raise EngineError("simulated engine failure (DIM_SIM_ERROR_RATE)", retriable=True)
+            if 1 - fate <= self.crash_rate:  # an engine bug: not an EngineError, nothing reported
+                raise RuntimeError("simulated engine crash (DIM_SIM_CRASH_RATE)")
             if fate < self.error_rate + self.hang_rate:
                 while request.request_id not in self._aborted:
                     await asyncio.sleep(0.05)

@@ -35,6 +35,7 @@ from events.jobs import (
 )
 from events.nodes import NodeLost
 from events.work import TaskRequested
+from services.orchestrator.dead_letters import DeadLetters
 from services.orchestrator.decide import Mesh, decide
 from services.orchestrator.state import JobState, evolve
 from services.registry.live import LiveNodes
@@ -69,6 +70,7 @@ class Orchestrator:
         self.finished: OrderedDict[str, int] = OrderedDict()
         self._sent: OrderedDict[str, None] = OrderedDict()
         self.lost_races = 0  # appends refused because another writer appended first
+        self.dead_letters = DeadLetters(bus, settings.instance_id, self.actor)
 
     @property
     def mesh(self) -> Mesh:
@@ -109,6 +111,7 @@ class Orchestrator:
         """Orchestrate until `stop` is set."""
         await self.nodes.start()
         ticker = asyncio.create_task(self._tick(stop))
+        dead = asyncio.create_task(self.dead_letters.run(stop))
         try:
             await run_ordered(
                 self.bus, self.consumer(), self.handle, key=job_key, seen=self.seen, stop=stop
@@ -117,6 +120,8 @@ class Orchestrator:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(dead, 5)
             await self.nodes.stop()
 
     def seen(self, job_id: str, seq: int) -> bool:

@@ -22,6 +22,7 @@ from events.jobs import (
     JobSubmitted,
     Part,
     TaskCompleted,
+    TaskDeadLettered,
     TaskDispatched,
     TaskFailed,
     TaskRole,
@@ -258,6 +259,19 @@ def _apply(state: JobState, envelope: Envelope) -> JobState:
             error=event.error,
             error_kind=event.kind,
             retriable=event.retriable,
+        )
+    if isinstance(event, TaskDeadLettered):
+        if not _open_attempt(state, event.task_id, event.attempt):
+            return state
+        return _with_task(
+            state,
+            event.task_id,
+            status="failed",
+            finished_at=at,
+            error=f"its work message was delivered {event.deliveries} times without a result "
+            f"({event.consumer}): {event.error}",
+            error_kind="dead_lettered",
+            retriable=False,
         )
     if isinstance(event, JobCompleted):
         return state.model_copy(

@@ -461,3 +461,63 @@ async def test_queued_tasks_of_an_ended_job_never_run(bus: Bus, settings: Settin
     assert w.obj.skipped >= 1
     (end,) = [e.data for e in timed_out if e.type in ("job.completed", "job.failed")]
     assert end.type == "job.failed" and end.code == "timeout"  # type: ignore[attr-defined]
+
+
+async def test_a_task_that_crashes_its_workers_is_dead_lettered_and_fails_its_job(
+    bus: Bus, settings: Settings
+) -> None:
+    twice = settings.model_copy(update={"task_max_deliver": 2})
+    async with mesh(twice) as m:
+        o = await m.orchestrator()
+        await m.worker("buggy", sim_crash_rate=1.0)
+
+        async def seen() -> bool:
+            return bool(o.obj.nodes.serving("sim-small"))
+
+        await wait_until(seen, what="the orchestrator to see the worker")
+        job = await submit(bus, model="sim-small", prompt=Prompt(text="poison"))
+        events = await wait_terminal(bus, job.job_id, timeout_s=20)
+    types = [e.type for e in events]
+    assert types.count("task.dead_lettered") == 1, types
+    dead = next(e.data for e in events if e.type == "task.dead_lettered")
+    assert (dead.attempt, dead.deliveries) == (1, 2)  # type: ignore[attr-defined]
+    failed = events[-1].data
+    assert failed.type == "job.failed" and failed.code == "task_failed"  # type: ignore[attr-defined]
+    assert "dead_lettered" in failed.reason and "simulated engine crash" in failed.reason  # type: ignore[attr-defined]
+    records = [e async for _, e in read_events(bus, bus.names.dead_stream, bus.names.dead_all)]
+    assert len(records) == 1 and records[0].data.deliveries == 2  # type: ignore[attr-defined]
+
+
+async def test_a_work_message_jetstream_gives_up_on_is_recorded_not_lost(
+    bus: Bus, settings: Settings
+) -> None:
+    # One delivery allowed; the worker that took it is killed. JetStream's max-deliveries
+    # advisory becomes a dead-letter record and event; the attempt it names was already moved
+    # to another node (worker_lost), so the job completes there, once.
+    once = settings.model_copy(update={"task_max_deliver": 1})
+    slow = once.model_copy(update={"sim_ttft_ms": 0, "sim_tokens_per_s": 10})
+    with spawn(slow, "worker", DIM_NODE_ID="victim") as victim:
+        async with mesh(once) as m:
+            o = await m.orchestrator()
+
+            async def seen() -> bool:
+                return bool(o.obj.nodes.serving("sim-small"))
+
+            await wait_until(seen, what="the orchestrator to see the victim")
+            job = await submit(bus, model="sim-small", prompt=Prompt(text="long answer please"))
+            await wait_until(lambda: _has(bus, job.job_id, "task.started"), what="the task")
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait(5)
+            await m.worker("rescuer")
+            await wait_until(
+                lambda: _has(bus, job.job_id, "task.dead_lettered"),
+                timeout_s=15,
+                what="the advisory to be recorded",
+            )
+            events = await wait_terminal(bus, job.job_id, timeout_s=20)
+    types = [e.type for e in events]
+    assert types.count("job.completed") == 1 and types.count("task.completed") == 1
+    dead = next(e.data for e in events if e.type == "task.dead_lettered")
+    assert dead.attempt == 1 and dead.deliveries == 1  # type: ignore[attr-defined]
+    info = await bus.js.stream_info(bus.names.tasks_stream)
+    assert info.state.messages == 0  # nothing left behind in the work queue
