@@ -111,6 +111,9 @@ class TaskStarted(Event):
     attempt: int
     node_id: str
     delivery: int = 1
+    # an attempt that continues an answer a dead worker began: what it found already produced
+    resumed_chars: int = 0
+    resumed_tokens: int = 0
 
 
 @event_type

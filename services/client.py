@@ -17,7 +17,7 @@ from events.envelope import Envelope, decode
 from events.errors import EventDecodeError
 from events.history import read_events
 from events.ids import new_id
-from events.inference import Prompt, SamplingParams
+from events.inference import FinishReason, Prompt, SamplingParams
 from events.jobs import TERMINAL_TYPES, JobSubmitted, TaskCompleted
 from events.work import TokensProduced
 
@@ -100,6 +100,31 @@ async def terminal_from_log(bus: Bus, job_id: str) -> Envelope | None:
             continue
         return decode(await bus.body(msg.data or b"", msg.headers))
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """What earlier attempts of a task streamed: the contiguous text from the start, its
+    tokens, and the finish reason if the stream reached its end."""
+
+    text: str = ""
+    tokens: int = 0
+    finish_reason: FinishReason | None = None
+
+
+async def partial_output(bus: Bus, job_id: str, task_id: str) -> Partial:
+    """The task's output so far, from its token chunks (every attempt; offsets line them up)."""
+    text, tokens, finish = TextAssembler(), 0, None
+    async for _, envelope in read_events(bus, bus.names.tokens_stream, bus.names.tokens(job_id)):
+        chunk = envelope.data
+        if not isinstance(chunk, TokensProduced) or chunk.task_id != task_id:
+            continue
+        new = text.add(chunk.offset, chunk.text)
+        if new and chunk.text:
+            tokens += round(chunk.tokens * len(new) / len(chunk.text))
+        if chunk.finish_reason is not None and chunk.offset + len(chunk.text) <= len(text.text):
+            finish = chunk.finish_reason
+    return Partial(text.text, tokens, finish)
 
 
 class JobEnds:

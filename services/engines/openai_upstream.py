@@ -21,7 +21,7 @@ import httpx
 
 from events.errors import EngineError
 from events.inference import FinishReason, Usage
-from services.engines.protocol import Chunk, GenerationRequest, require_model
+from services.engines.protocol import Chunk, GenerationRequest, estimate_tokens, require_model
 from services.engines.sse_parse import SSEParser
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,6 @@ _FINISH: Mapping[str, FinishReason] = {
     "function_call": "stop",
     "abort": "abort",
 }
-
-
-def estimate_tokens(text: str) -> int:
-    """A token estimate for upstreams that report no usage: ~4 characters per token."""
-    return max(1, round(len(text) / 4)) if text else 0
 
 
 def request_body(request: GenerationRequest, upstream_model: str) -> tuple[str, dict[str, Any]]:
@@ -62,8 +57,12 @@ def request_body(request: GenerationRequest, upstream_model: str) -> tuple[str, 
         body["seed"] = p.seed
     if request.prompt.messages is not None:
         body["messages"] = [m.model_dump() for m in request.prompt.messages]
+        if request.resume:  # continue the partial answer (vLLM's chat extension)
+            body["messages"].append({"role": "assistant", "content": request.resume})
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
         return "/chat/completions", body
-    body["prompt"] = request.prompt.text
+    body["prompt"] = (request.prompt.text or "") + request.resume
     return "/completions", body
 
 

@@ -12,12 +12,18 @@ from events.inference import FinishReason, Prompt, SamplingParams, Usage
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    """One generation: a request id unique among the engine's in-flight requests."""
+    """One generation: a request id unique among the engine's in-flight requests.
+
+    `resume` is output an earlier attempt already produced (a worker died mid-generation): the
+    engine continues the answer from prompt + `resume`, yields only the new text, and counts
+    only the new tokens; `params.max_tokens` is the budget left.
+    """
 
     request_id: str
     model: str
     prompt: Prompt
     params: SamplingParams
+    resume: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +84,8 @@ class Engine(Protocol):
     async def close(self) -> None:
         """Release the engine's resources."""
         ...
+
+
+def estimate_tokens(text: str) -> int:
+    """A token estimate where no tokenizer says: ~4 characters per token."""
+    return max(1, round(len(text) / 4)) if text else 0

@@ -200,19 +200,23 @@ class SimulatedEngine:
                     await asyncio.sleep(0.05)
             finish: FinishReason = "stop"
             produced = held = 0
-            for i, token in enumerate(tokens):
+            skip, done = 0, 0  # a resumed answer: its first tokens were produced before
+            while request.resume and skip < len(tokens) and done < len(request.resume):
+                done += len(tokens[skip])
+                skip += 1
+            for i, token in enumerate(tokens[skip:], start=skip):
                 if request.request_id in self._aborted:
                     finish = "abort"
                     break
                 if produced >= request.params.max_tokens:
                     finish = "length"
                     break
-                if self.token_s and i:
+                if self.token_s and i > skip:
                     # Pace against the clock so per-token sleep overhead does not slow decoding.
-                    lag = start + self.ttft_s + i * self.token_s - time.monotonic()
+                    lag = start + self.ttft_s + (i - skip) * self.token_s - time.monotonic()
                     if lag > 0:
                         await asyncio.sleep(lag)
-                elif i and i % 64 == 0:
+                elif i > skip and i % 64 == 0:
                     await asyncio.sleep(0)
                 produced += 1
                 held += 1

@@ -177,8 +177,15 @@ class VllmEngine:
 
     def _prompt(self, request: GenerationRequest) -> str:
         if request.prompt.messages is None:
-            return request.prompt.text or ""
+            return (request.prompt.text or "") + request.resume
         messages = [m.model_dump() for m in request.prompt.messages]
+        if request.resume:  # continue the partial answer inside the assistant's turn
+            messages.append({"role": "assistant", "content": request.resume})
+            return str(
+                self._tokenizer.apply_chat_template(
+                    messages, tokenize=False, continue_final_message=True
+                )
+            )
         return str(
             self._tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True

@@ -23,13 +23,13 @@ class Coalescer:
     so fast engines do not publish one message per token.
     """
 
-    def __init__(self, flush_ms: float, flush_chars: int) -> None:
+    def __init__(self, flush_ms: float, flush_chars: int, offset: int = 0) -> None:
         self.flush_s = flush_ms / 1000
         self.flush_chars = flush_chars
         self._text: list[str] = []
         self._chars = 0
         self._tokens = 0
-        self._offset = 0
+        self._offset = offset  # where this attempt's text starts in the output (a resume)
         self._index = 0
         self._last_cut: float | None = None
 

@@ -29,7 +29,7 @@ from events.consume import ConsumerSpec, Delivery, Reject, run_pool
 from events.envelope import Envelope
 from events.errors import EngineError
 from events.history import read_events
-from events.inference import FinishReason
+from events.inference import FinishReason, Usage
 from events.jobs import (
     FailureKind,
     JobCancelled,
@@ -41,7 +41,8 @@ from events.jobs import (
 from events.nodes import NodeJoined, NodeLeft
 from events.subjects import encode_token
 from events.work import TaskRequested, TokensProduced
-from services.engines.protocol import Engine, GenerationRequest
+from services.client import Partial, partial_output
+from services.engines.protocol import Engine, GenerationRequest, estimate_tokens
 from services.metrics import WorkerMetrics, observe_per_token
 from services.registry.records import NodeRecord
 from services.settings import Settings
@@ -315,12 +316,19 @@ class Worker:
         # task.started is not awaited on its own: its ack is awaited with the token chunks',
         # before the result, and one connection keeps the order of what it publishes.
         pending = PendingAcks(self.bus)
+        # An attempt after another (its worker died mid-answer) continues the answer from what
+        # was already streamed, so a reader's text carries on with nothing repeated or lost.
+        done = Partial()
+        if request.attempt > 1 or delivery.deliveries > 1:
+            done = await partial_output(self.bus, job_id, task.task_id)
         started = TaskStarted(
             job_id=job_id,
             task_id=task.task_id,
             attempt=request.attempt,
             node_id=self.node_id,
             delivery=delivery.deliveries,
+            resumed_chars=len(done.text),
+            resumed_tokens=done.tokens,
         )
         await pending.add(self.names.job(job_id, started.type), Envelope(started, actor=self.actor))
         keepalive = asyncio.create_task(self._keep_lease(delivery))
@@ -332,7 +340,7 @@ class Worker:
         t0 = time.monotonic()
         try:
             async with asyncio.timeout(timeout_s):
-                completed = await self._generate(request, request_id, t0, pending)
+                completed = await self._generate(request, request_id, t0, pending, done)
         except TimeoutError:
             await self.engine.abort(request_id)
             await pending.flush()
@@ -368,16 +376,42 @@ class Worker:
         m.generation_tokens.labels(model=model).inc(completed.usage.completion_tokens)
 
     async def _generate(
-        self, request: TaskRequested, request_id: str, started: float, pending: PendingAcks
+        self,
+        request: TaskRequested,
+        request_id: str,
+        started: float,
+        pending: PendingAcks,
+        done: Partial,
     ) -> TaskCompleted:
         task = request.task
         assert task.prompt is not None  # checked on delivery
-        gen = GenerationRequest(request_id, task.model, task.prompt, task.params)
+        left = task.params.max_tokens - done.tokens
+        if done.finish_reason is not None or left <= 0:
+            # An earlier attempt streamed the whole answer and died before reporting it.
+            return TaskCompleted(
+                job_id=request.job_id,
+                task_id=task.task_id,
+                attempt=request.attempt,
+                node_id=self.node_id,
+                output=done.text,
+                finish_reason=done.finish_reason or "length",
+                usage=Usage(
+                    prompt_tokens=estimate_tokens(task.prompt.render()),
+                    completion_tokens=done.tokens,
+                    estimated=True,
+                ),
+                ttft_ms=0.0,
+                duration_ms=round((time.monotonic() - started) * 1000, 3),
+            )
+        params = task.params.model_copy(update={"max_tokens": left}) if done.tokens else task.params
+        gen = GenerationRequest(request_id, task.model, task.prompt, params, resume=done.text)
         with tracer.start_as_current_span("engine.generate") as span:
             span.set_attribute("dim.engine", self.engine.kind)
             span.set_attribute("gen_ai.request.model", task.model)
             span.set_attribute("gen_ai.request.max_tokens", task.params.max_tokens)
-            return await self._stream(request, gen, started, pending, span)
+            if done.text:
+                span.set_attribute("dim.resumed_chars", len(done.text))
+            return await self._stream(request, gen, started, pending, span, done)
 
     async def _stream(
         self,
@@ -386,11 +420,14 @@ class Worker:
         started: float,
         pending: PendingAcks,
         span: trace.Span,
+        done: Partial,
     ) -> TaskCompleted:
         task = request.task
-        coalescer = Coalescer(self.settings.token_flush_ms, self.settings.token_flush_chars)
+        coalescer = Coalescer(
+            self.settings.token_flush_ms, self.settings.token_flush_chars, offset=len(done.text)
+        )
         subject = self.names.tokens(request.job_id)
-        output: list[str] = []
+        output: list[str] = [done.text]
         ttft: float | None = None
         finish = None
         usage = None
@@ -430,6 +467,10 @@ class Worker:
                 await send(piece)
         if finish is None or usage is None:
             raise EngineError("the engine ended the stream without a finish reason")
+        if done.tokens:  # the whole answer's usage: what was resumed counts once, here
+            usage = usage.model_copy(
+                update={"completion_tokens": usage.completion_tokens + done.tokens}
+            )
         self.tokens_out += usage.completion_tokens
         span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
         span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)

@@ -132,3 +132,24 @@ def test_text_assembler_drops_repeats_and_waits_for_gaps() -> None:
     assert t.add(9, "ld") == ""  # arrived early
     assert t.add(3, "lo wor") == " wor" + "ld"
     assert t.text == "Hello world"
+
+
+async def test_a_resumed_generation_yields_only_the_rest_and_counts_only_it() -> None:
+    engine = _engine()
+    whole = await _run(engine, _req(max_tokens=1000))
+    text = "".join(c.text for c in whole)
+    total = whole[-1].usage.completion_tokens  # type: ignore[union-attr]
+    pieces = [c.text for c in whole if c.text]
+    head = "".join(pieces[:5])  # what a dead worker streamed: five tokens
+    rest = await _run(
+        engine,
+        GenerationRequest("r2", "m", Prompt(text="hello world"), SamplingParams(), resume=head),
+    )
+    assert head + "".join(c.text for c in rest) == text
+    assert rest[-1].usage.completion_tokens == total - 5  # type: ignore[union-attr]
+
+
+async def test_a_coalescer_resuming_an_answer_numbers_from_its_offset() -> None:
+    c = Coalescer(flush_ms=0, flush_chars=1, offset=12)
+    piece = c.add("abc", 1, 0.0)
+    assert piece is not None and (piece.offset, piece.index) == (12, 0)

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from events.inference import ChatMessage, Prompt, SamplingParams, Usage
-from services.engines.openai_upstream import classify, delta_of, estimate_tokens, request_body
-from services.engines.protocol import GenerationRequest
+from services.engines.openai_upstream import classify, delta_of, request_body
+from services.engines.protocol import GenerationRequest, estimate_tokens
 from services.engines.sse_parse import SSEParser
 from services.engines.vllm_engine import DeltaText, engine_args, finish_reason, sampling_kwargs
 from services.settings import Settings
@@ -151,3 +151,16 @@ def test_deltas_always_join_to_the_final_text(text: str, cuts: list[int]) -> Non
     out = "".join(d.step(text[:c]) for c in sorted(cuts))
     out += d.step(text, final=True)
     assert out == text
+
+
+def test_a_resumed_request_asks_the_upstream_to_continue_the_answer() -> None:
+    chat = Prompt(messages=(ChatMessage(role="user", content="hi"),))
+    _, body = request_body(
+        GenerationRequest("r", "m", chat, SamplingParams(), resume="Once upon"), "m"
+    )
+    assert body["messages"][-1] == {"role": "assistant", "content": "Once upon"}
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    _, text = request_body(
+        GenerationRequest("r", "m", Prompt(text="Tell: "), SamplingParams(), resume="Once"), "m"
+    )
+    assert text["prompt"] == "Tell: Once"

@@ -1,0 +1,95 @@
+"""Mid-stream failover: a worker dies while streaming an answer; the next attempt continues the
+answer from what was already streamed, and the client's stream carries on — nothing repeated,
+nothing lost. Real processes, the official `openai` SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+
+import pytest
+from openai import AsyncOpenAI
+
+from events.bus import Bus
+from events.jobs import TaskCompleted, TaskStarted
+from gateway.keys import create_key
+from services.nats_server import free_port
+from services.settings import Settings
+from tests.mesh import Mesh, job_events, mesh, spawn, wait_terminal, wait_until
+
+
+@pytest.mark.parametrize("api", ["chat", "text"])
+async def test_a_stream_whose_worker_dies_carries_on_without_repeats(
+    bus: Bus, settings: Settings, api: str
+) -> None:
+    port = free_port()
+    s = settings.model_copy(update={"gateway_port": port})
+    slow = {"DIM_SIM_TTFT_MS": "0", "DIM_SIM_TOKENS_PER_S": "15"}
+    _, key = await create_key(bus, principal_id="ann", tenant="acme", roles=("member",), actor="t")
+    # The rescuer's engine has another seed: had it started the answer over, its text would
+    # differ from what the client already has, and the client's text from the recorded answer.
+    with spawn(s, "worker", DIM_NODE_ID="victim", **slow) as victim, spawn(s, "gateway"):
+        async with mesh(s) as m:
+            await m.orchestrator()
+            client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+            try:
+                job_id, deltas, killed = await _stream_and_kill(client, api, victim, m)
+            finally:
+                await client.close()
+            events = await wait_terminal(bus, job_id, timeout_s=30)
+    received = "".join(deltas)
+    (done,) = [e.data for e in events if isinstance(e.data, TaskCompleted)]
+    starts = [e.data for e in events if isinstance(e.data, TaskStarted)]
+    assert killed and [t.node_id for t in starts] == ["victim", "rescuer"]
+    assert starts[1].resumed_chars > 40  # it continued, it did not start over
+    assert received == done.output  # one complete answer, nothing repeated or lost
+    # the budget spans both attempts, and each token is counted once
+    assert starts[1].resumed_tokens < done.usage.completion_tokens <= 60
+    history = [e.type for e in await job_events(bus, job_id)]
+    assert history.count("job.completed") == 1
+
+
+async def _stream_and_kill(
+    client: AsyncOpenAI, api: str, victim: subprocess.Popen[bytes], m: Mesh
+) -> tuple[str, list[str], bool]:
+    """Stream one answer; kill the victim mid-way and start a rescuer."""
+
+    async def up() -> bool:
+        try:
+            return bool((await client.models.list()).data)
+        except Exception:
+            return False
+
+    await wait_until(up, what="the gateway and the victim")
+    deltas: list[str] = []
+    job_id = ""
+    killed = False
+    if api == "chat":
+        raw = await client.chat.completions.with_raw_response.create(
+            model="sim-small",
+            messages=[{"role": "user", "content": "tell me a long story"}],
+            max_tokens=60,
+            stream=True,
+        )
+    else:
+        raw = await client.completions.with_raw_response.create(
+            model="sim-small", prompt="tell me a long story", max_tokens=60, stream=True
+        )
+    job_id = raw.headers["x-dim-job-id"]
+    stream = raw.parse()
+    async with asyncio.timeout(60):
+        async for chunk in stream:
+            if not chunk.choices:
+                continue
+            choice = chunk.choices[0]
+            text = choice.delta.content if api == "chat" else choice.text  # type: ignore[union-attr]
+            if text:
+                deltas.append(text)
+            if not killed and len("".join(deltas)) > 40:
+                os.kill(victim.pid, signal.SIGKILL)  # mid-answer
+                victim.wait(5)
+                killed = True
+                await m.worker("rescuer", sim_seed=7, sim_ttft_ms=0, sim_tokens_per_s=15)
+    return job_id, deltas, killed
