@@ -52,3 +52,8 @@ bench-select *ARGS:
 # benchmark: chat completions through the gateway vs. a bare endpoint; SSE to 100 clients
 bench-gateway *ARGS:
     {{python}} -m tests.bench.bench_gateway {{ARGS}}
+
+# chaos: kill -9 every kind of process (and, with --cluster 3, nats-servers) while jobs flow;
+# prints the faults and the audit (lost, duplicated, usage); bounded in jobs and time
+chaos *ARGS:
+    {{python}} -m tests.chaos.run {{ARGS}}

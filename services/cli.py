@@ -397,6 +397,20 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return _run(args, go)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from services.audit import audit, collect, render
+
+    listed = Path(args.accepted).read_text().split() if args.accepted else None
+
+    async def go(bus: Bus) -> int:
+        histories, usage = await collect(bus)
+        report = audit(histories, listed if listed is not None else list(histories), usage)
+        print(render(report))
+        return 0 if report.ok else 1
+
+    return _run(args, go)
+
+
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from projections.projector import rebuild
 
@@ -577,6 +591,16 @@ def parser() -> argparse.ArgumentParser:
         "--watch-count", type=int, default=3600, help="redraws before --watch stops (default 3600)"
     )
     s.set_defaults(fn=cmd_nodes)
+
+    s = sub.add_parser(
+        "audit",
+        parents=[common],
+        help="check every job ended once, with usage counted once (exit 1 if not)",
+    )
+    s.add_argument(
+        "--accepted", help="file of job ids a client had accepted, one per line (default: all)"
+    )
+    s.set_defaults(fn=cmd_audit)
 
     s = sub.add_parser("projections", parents=[common], help="manage read models")
     psub = s.add_subparsers(dest="action", required=True, metavar="ACTION")

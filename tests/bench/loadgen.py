@@ -86,16 +86,20 @@ class Client:
             conn.close()
             raise
 
-    def _head(self, path: str, body: bytes) -> bytes:
+    def _head(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+        extra = self._extra + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         return (
             f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
-            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n{self._extra}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n{extra}\r\n"
         ).encode()
 
-    async def post(self, path: str, payload: dict[str, Any]) -> tuple[dict[str, str], bytes]:
-        """POST JSON; the response headers and whole body (raises `HttpError` unless 2xx)."""
+    async def post(
+        self, path: str, payload: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> tuple[dict[str, str], bytes]:
+        """POST JSON (with extra `headers`); the response headers and whole body (raises
+        `HttpError` unless 2xx)."""
         body = json.dumps(payload).encode()
-        conn, status, headers = await self._open(self._head(path, body), body)
+        conn, status, headers = await self._open(self._head(path, body, headers), body)
         try:
             data = b"".join([c async for c in conn.body_chunks(headers)])
         except BaseException:
