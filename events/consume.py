@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from events.bus import Bus
 from events.envelope import Envelope, decode
@@ -92,6 +93,38 @@ async def ensure_consumer(bus: Bus, spec: ConsumerSpec) -> ConsumerInfo:
     return await bus.js.add_consumer(spec.stream, config=spec.config())
 
 
+async def ensure_in_order(bus: Bus, spec: ConsumerSpec) -> None:
+    """Create or update the durable for a handler that needs stream order (`run_ordered`).
+
+    Messages a previous incarnation took but never acked (it was killed) would come back only
+    after the ack wait — behind newer ones, and a fold that skips what it has "seen" by
+    sequence would then skip them for good. So when the durable has unacked messages, it is
+    recreated to start just above its ack floor: they come again at once, in order, and the
+    handlers' idempotence absorbs whatever had in fact been applied.
+    """
+    try:
+        info = await bus.js.consumer_info(spec.stream, spec.durable)
+    except NotFoundError:
+        await ensure_consumer(bus, spec)
+        return
+    config = spec.config()
+    if info.num_ack_pending:
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        log.info(
+            "%s: %d messages unacked by a previous run; restarting from seq %d in order",
+            spec.durable,
+            info.num_ack_pending,
+            floor + 1,
+        )
+        await bus.js.delete_consumer(spec.stream, spec.durable)
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = floor + 1
+    else:  # keep where it starts: a deliver policy cannot be changed in place
+        config.deliver_policy = info.config.deliver_policy
+        config.opt_start_seq = info.config.opt_start_seq
+    await bus.js.add_consumer(spec.stream, config=config)
+
+
 @dataclass(slots=True)
 class Delivery:
     """One decoded message and what JetStream says about it."""
@@ -142,8 +175,11 @@ class _Puller:
         self.last_heard = time.monotonic()
         self._sub: Subscription | None = None
 
-    async def start(self) -> None:
-        await ensure_consumer(self.bus, self.spec)
+    async def start(self, *, in_order: bool = False) -> None:
+        if in_order:
+            await ensure_in_order(self.bus, self.spec)
+        else:
+            await ensure_consumer(self.bus, self.spec)
         self._sub = await self.bus.nc.subscribe(self.inbox, cb=self._on_msg)
 
     async def stop(self) -> None:
@@ -378,7 +414,7 @@ async def run_ordered(
     queue: asyncio.Queue[tuple[_Puller, Msg]] = asyncio.Queue()
     puller = _Puller(bus, spec, queue)
     settler = _Settler(bus, spec)
-    await puller.start()
+    await puller.start(in_order=True)
 
     async def lane(group: list[Delivery]) -> bool:
         """Handle one key's group; True if every delivery in it may be acked."""

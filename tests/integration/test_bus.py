@@ -184,3 +184,43 @@ async def test_handler_failures_are_retried_then_terminated_on_the_last_delivery
     assert "last allowed delivery (3)" in errors["P0"]
     assert "transient" in errors["P0"]
     assert errors["P1"] == "never processable"
+
+
+async def test_what_a_killed_consumer_took_comes_again_first_and_in_order(
+    bus: Bus, settings: Settings
+) -> None:
+    # A run that took messages and died without acking them: its successor gets them at once,
+    # ahead of newer ones — not after the ack wait, behind them (where a fold that skips what
+    # it has "seen" by sequence would lose them).
+    names = settings.names
+    spec = ConsumerSpec(
+        names.jobs_stream, "c-ordered", (names.jobs_all,), ack_wait_s=30.0, ack_all=True
+    )
+    for i in range(5):
+        await bus.publish(names.job(f"J{i}", "job.submitted"), _submitted(f"J{i}"))
+    info = await bus.js.add_consumer(names.jobs_stream, config=spec.config())
+    assert info.num_pending == 5
+    dead = await bus.js.pull_subscribe_bind(consumer="c-ordered", stream=names.jobs_stream)
+    taken = await dead.fetch(3, timeout=5)  # ... and never acked: the process "dies"
+    await dead.unsubscribe()
+    assert len(taken) == 3
+    for i in range(5, 7):
+        await bus.publish(names.job(f"J{i}", "job.submitted"), _submitted(f"J{i}"))
+    seqs: list[int] = []
+
+    async def handle(group: list[Delivery]) -> None:
+        seqs.extend(d.stream_seq for d in group)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_ordered(bus, spec, handle, key=lambda s: "one", stop=stop))
+    try:
+
+        async def all_seven() -> None:
+            while len(seqs) < 7:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(all_seven(), 10)  # far less than the 30 s ack wait
+    finally:
+        stop.set()
+        await task
+    assert seqs == sorted(seqs) and len(set(seqs)) == 7
