@@ -96,6 +96,10 @@ class Bus:
                     connect_timeout=connect_timeout_s,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
+                    # A server that stops answering (paused, partitioned) is left within
+                    # ~10 s for another in the URL list, not after nats-py's default 4 minutes.
+                    ping_interval=5,
+                    max_outstanding_pings=2,
                     allow_reconnect=True,
                     error_cb=error_cb,
                     reconnected_cb=reconnected_cb,

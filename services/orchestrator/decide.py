@@ -38,6 +38,7 @@ class Mesh:
     node_live: Callable[[str], bool]
     live_models: Callable[[], set[str]]
     node_gone: Callable[[str], bool] = lambda _: False  # heartbeats stopped (or record gone)
+    known: Callable[[str], bool] = lambda _: False  # some node, live or not, has served it
     pick: Callable[[Need], str | None] = lambda _: SHARED  # node id, SHARED, None: none eligible
 
 
@@ -143,12 +144,18 @@ def decide(
         return []
     if not state.planned:
         for model in models_of(state):
-            if not mesh.serves(model):
-                return [
-                    JobFailed(
-                        job_id=state.job_id, reason=_no_node(model, mesh), code="model_not_served"
-                    )
-                ]
+            if mesh.serves(model):
+                continue
+            # A model no node has served fails at once (a typo, say); one whose nodes are all
+            # away for now (restarting, or their heartbeats held up by a NATS failover) waits
+            # for one to come back, as long as a dispatched task would.
+            waited = now - state.created_at > timedelta(seconds=dispatch_timeout_s)
+            if mesh.known(model) and not waited:
+                return []
+            why = _no_node(model, mesh)
+            if waited:
+                why += f" for {dispatch_timeout_s:g}s"
+            return [JobFailed(job_id=state.job_id, reason=why, code="model_not_served")]
         planned = plan(state)
         # Dispatch what is ready in the same breath, decided on the state the plan will make.
         after = evolve(state, Envelope(planned, actor="", at=now), state.last_seq + 1)

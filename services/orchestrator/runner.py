@@ -81,6 +81,7 @@ class Orchestrator:
             node_live=lambda node: node in pool.records,
             live_models=self.nodes.live_models,
             node_gone=self.nodes.gone,
+            known=self.nodes.known,
             pick=self._pick,
         )
 

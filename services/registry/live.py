@@ -25,6 +25,10 @@ class LiveNodes(WatchedBucket[NodeRecord]):
         elif item.draining or not self.gone(key):
             self.pool.update(item)  # a draining node leaves selection
 
+    def known(self, model: str) -> bool:
+        """Whether any node this view has seen, live or not, serves `model`."""
+        return any(model in n.models for n in self.items.values())
+
     def gone(self, node_id: str, now: datetime | None = None) -> bool:
         """Whether the node stopped heartbeating or removed its record (draining is not gone)."""
         record = self.items.get(node_id)

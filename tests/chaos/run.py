@@ -193,7 +193,14 @@ async def main(args: argparse.Namespace) -> int:
             log_level="WARNING",
         )
         bus = await Bus.connect(settings.nats_url, settings.names, name="chaos")
-        await ensure_topology(bus, settings)
+        for attempt in range(60):  # a new cluster elects its JetStream leader first
+            try:
+                await ensure_topology(bus, settings)
+                break
+            except Exception:
+                if attempt == 59:
+                    raise
+                await asyncio.sleep(0.5)
         _, key = await create_key(
             bus, principal_id="chaos", tenant="chaos", roles=("member",), actor="chaos"
         )

@@ -286,3 +286,20 @@ def test_a_job_past_its_deadline_fails_as_timed_out() -> None:
     (failed,) = log.decide(now=T0 + timedelta(seconds=2.1))
     assert isinstance(failed, JobFailed) and failed.code == "timeout"
     assert "deadline of 2s" in failed.reason
+
+
+def test_a_known_model_whose_nodes_are_away_waits_for_them_an_unknown_one_fails_at_once() -> None:
+    away = Mesh(
+        serves=lambda m: False,
+        node_live=lambda n: False,
+        live_models=set,
+        known=lambda m: m == "m",
+    )
+    log = Log()
+    assert log.decide(away) == []  # its nodes may be back in a moment
+    (failed,) = log.decide(away, now=T0 + timedelta(seconds=6))
+    assert isinstance(failed, JobFailed) and failed.code == "model_not_served"
+    assert "for 5s" in failed.reason
+    nobody = Mesh(serves=lambda m: False, node_live=lambda n: False, live_models=set)
+    (typo,) = Log().decide(nobody)  # no node has ever served it
+    assert isinstance(typo, JobFailed) and typo.code == "model_not_served"
