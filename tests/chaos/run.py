@@ -277,7 +277,8 @@ async def main(args: argparse.Namespace) -> int:
     return 0 if report.ok and report.accepted == tally.submitted else 1
 
 
-def cli() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (also what the chaos test passes)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=300)
     p.add_argument("--seconds", type=float, default=40.0, help="how long the load lasts")
@@ -285,10 +286,13 @@ def cli() -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--cluster", type=int, default=1, choices=(1, 3), help="nats-server nodes")
     p.add_argument("--settle", type=float, default=90.0, help="longest wait for jobs to end")
-    args = p.parse_args()
+    return p
+
+
+def cli() -> None:
     from services.process import run
 
-    sys.exit(run(main(args)))
+    sys.exit(run(main(parser().parse_args())))
 
 
 if __name__ == "__main__":
