@@ -28,7 +28,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from opentelemetry import propagate
 
 from events.envelope import Envelope
-from events.errors import ConnectError, PublishError, WrongLastSequence
+from events.errors import ConnectError, PublishError, Unavailable, WrongLastSequence
 from events.subjects import Names
 
 log = logging.getLogger(__name__)
@@ -182,12 +182,12 @@ class Bus:
             ) as exc:
                 last = exc
             except nats.errors.ConnectionClosedError as exc:
-                raise PublishError(f"connection closed while publishing {subject}") from exc
+                raise Unavailable(f"connection closed while publishing {subject}") from exc
             if attempt < self.publish_retries:
                 log.warning("publish %s (%s) retry %d: %r", subject, envelope.id, attempt + 1, last)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        raise PublishError(
+        raise Unavailable(
             f"no JetStream ack for {subject} after {self.publish_retries + 1} tries: {last!r}"
         )
 

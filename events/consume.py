@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
@@ -36,7 +39,7 @@ from nats.js.errors import NotFoundError
 
 from events.bus import Bus
 from events.envelope import Envelope, decode
-from events.errors import DimError, EventDecodeError
+from events.errors import DimError, EventDecodeError, PublishError, Unavailable
 from events.work import MessageRejected
 
 log = logging.getLogger(__name__)
@@ -147,6 +150,23 @@ class Delivery:
     async def in_progress(self) -> None:
         """Tell JetStream the message is still being worked on (resets the ack timer)."""
         await self.msg.in_progress()
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether `exc` is NATS being unavailable for now rather than a problem with the work."""
+    if isinstance(exc, PublishError) and not isinstance(exc, Unavailable):
+        return False  # JetStream answered, and refused: retrying will not change its mind
+    return isinstance(
+        exc,
+        Unavailable
+        | TimeoutError
+        | ConnectionError
+        | nats.errors.TimeoutError
+        | nats.errors.NoRespondersError
+        | nats.errors.ConnectionClosedError
+        | nats.js.errors.NoStreamResponseError
+        | nats.js.errors.ServiceUnavailableError,
+    )
 
 
 def _backoff(deliveries: int) -> float:
@@ -417,9 +437,16 @@ async def run_ordered(
     await puller.start(in_order=True)
 
     async def lane(group: list[Delivery]) -> bool:
-        """Handle one key's group; True if every delivery in it may be acked."""
+        """Handle one key's group; True if every delivery in it may be acked.
+
+        A failure of NATS itself (no answer in time, a connection lost) is not the events'
+        fault: it is retried for as long as it lasts, keeping the order and the lease. Any
+        other failure is retried `attempts` times, then the group is terminated and recorded.
+        """
         error: BaseException | None = None
-        for attempt in range(1, attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 await handle_group(group)
                 error = None
@@ -429,9 +456,12 @@ async def run_ordered(
                 log.warning("%s: group failed (try %d): %r", spec.durable, attempt, exc)
                 if stop.is_set() or isinstance(exc, Reject):
                     break
+                if attempt >= attempts and not _transient(exc):
+                    break
                 await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
                 for d in group:
-                    await d.in_progress()
+                    with contextlib.suppress(Exception):
+                        await d.in_progress()
         if error is None:
             return True
         if stop.is_set() and not isinstance(error, Reject):

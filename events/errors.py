@@ -35,6 +35,11 @@ class PublishError(DimError, ConnectionError):
     """An event could not be stored in JetStream after the allowed retries."""
 
 
+class Unavailable(PublishError):
+    """NATS did not answer in time (a server down, a leader election): the same call may succeed
+    in a moment."""
+
+
 class WrongLastSequence(DimError, RuntimeError):
     """An optimistic append lost the race: another writer appended first."""
 

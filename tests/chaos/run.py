@@ -259,6 +259,11 @@ async def main(args: argparse.Namespace) -> int:
                 break
             await asyncio.sleep(2)
         assert report is not None
+        if report.lost or report.duplicated:
+            histories, _ = await collect(bus)
+            for job_id in (*report.lost, *report.duplicated)[:10]:
+                steps = ", ".join(f"{e.type}({e.actor})" for e in histories.get(job_id, []))
+                print(f"history of {job_id}: {steps or 'nothing in the log'}")
         await bus.close()
         for p in everyone:
             p.stop()
