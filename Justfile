@@ -40,10 +40,15 @@ bench:
     {{python}} -m tests.bench.bench_jobs
     {{python}} -m tests.bench.bench_gateway
     {{python}} -m tests.bench.bench_select
+    {{python}} -m tests.bench.bench_cancel
 
 # benchmark: jobs/s and latency through the mesh, over NATS
 bench-jobs *ARGS:
     {{python}} -m tests.bench.bench_jobs {{ARGS}}
+
+# benchmark: cancel → the generation stops (target 100 ms)
+bench-cancel *ARGS:
+    {{python}} -m tests.bench.bench_cancel {{ARGS}}
 
 # benchmark: one node pick over 1,000 nodes, per strategy
 bench-select *ARGS:
