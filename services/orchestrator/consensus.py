@@ -60,8 +60,14 @@ def vote(votes: Sequence[Vote], *, weighted: bool, min_agreement: float) -> Cons
 
     total = sum(score([v]) for v in votes)
     best = max(groups, key=lambda g: (score(g), -min(v.index for v in g)))
-    agreement = round(score(best) / total, 6)
     winner = min(best, key=lambda v: v.index)
+    return _decided(method, winner, score(best) / total, min_agreement, groups)
+
+
+def _decided(
+    method: str, winner: Vote, agreement: float, min_agreement: float, groups: list[list[Vote]]
+) -> Consensus:
+    agreement = round(agreement, 6)
     reached = agreement >= min_agreement
     return Consensus(
         method=method,
@@ -96,18 +102,8 @@ def judged(votes: Sequence[Vote], judgement: str, *, min_agreement: float) -> Co
         )  # fmt: skip
     chosen = votes[pick]
     same = [v for v in votes if normalise(v.output) == normalise(chosen.output)]
-    agreement = round(sum(v.weight for v in same) / sum(v.weight for v in votes), 6)
-    reached = agreement >= min_agreement
-    return Consensus(
-        method="judge",
-        reached=reached,
-        agreement=agreement,
-        min_agreement=min_agreement,
-        winner=chosen.index,
-        winner_model=chosen.model,
-        groups=tuple(tuple(v.index for v in g) for g in groups),
-        reason="" if reached else f"agreement {agreement:.2f} is below {min_agreement:.2f}",
-    )
+    agreement = sum(v.weight for v in same) / sum(v.weight for v in votes)
+    return _decided("judge", chosen, agreement, min_agreement, groups)
 
 
 def listing(votes: Sequence[Vote]) -> str:
