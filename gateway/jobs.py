@@ -46,6 +46,7 @@ async def submit_job(
         raise ApiError(400, str(exc), code="invalid_request", param=job.pattern) from None
     for model in dict.fromkeys(_models(job)):
         require_served(gw, model)
+        require_room(gw, model)
     job_id = job.job_id
     if idempotency_key is not None:
         kv = await gw.bus.js.key_value(gw.bus.names.bucket("idempotency"))
@@ -96,6 +97,25 @@ def require_served(gw: Gateway, model: str) -> None:
             f"available: {', '.join(live) if live else 'none'}",
             code="model_not_found",
             param="model",
+        )
+
+
+def require_room(gw: Gateway, model: str) -> None:
+    """503 (`overloaded`) when more tasks wait for `model` than `DIM_MAX_QUEUED_PER_MODEL`:
+    a clear answer now rather than a queue without end (the workers report the backlog of the
+    model's shared subject with every heartbeat)."""
+    limit = gw.settings.max_queued_per_model
+    if not limit:
+        return
+    waiting = max((n.queued.get(model, 0) for n in gw.nodes.serving(model)), default=0)
+    if waiting >= limit:
+        raise ApiError(
+            503,
+            f"the model '{model}' is overloaded: {waiting} tasks are waiting for a worker "
+            f"(the bound is {limit}); retry shortly",
+            code="overloaded",
+            param="model",
+            headers={"Retry-After": "1"},
         )
 
 

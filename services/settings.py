@@ -187,6 +187,11 @@ class Settings(BaseSettings):
         0, ge=0, description="tokens a tenant may use per UTC day (0: no quota)"
     )
     default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request names none")
+    max_queued_per_model: int = Field(
+        10_000,
+        ge=0,
+        description="tasks waiting for a model above which new requests get 503 (0: no bound)",
+    )
 
     # observability
     log_level: str = Field("INFO", description="Python logging level")

@@ -37,6 +37,7 @@ class NodeRecord(BaseModel):
     # added with the registry issue
     tenants: tuple[str, ...] = ()  # tenants this node serves (empty: every tenant)
     healthy: bool = True  # the engine answered its last health check
+    queued: dict[str, int] = {}  # tasks waiting on each served model's shared subject
 
     def live(self, now: datetime, ttl_s: float) -> bool:
         """Whether the node heartbeated within `ttl_s` and is not draining."""

@@ -91,6 +91,7 @@ class Worker:
         self.metrics_url = ""
         self.gpus = gpu_facts()
         self.healthy = True
+        self.queued: dict[str, int] = {}  # tasks waiting per served model, at the last heartbeat
         self.skipped = 0  # tasks not run: superseded attempts, tasks of jobs that already ended
         self._ended: OrderedDict[str, None] = OrderedDict()  # jobs that ended early, recent
         self._latency_sum_s = 0.0
@@ -151,6 +152,7 @@ class Worker:
             metrics_url=self.metrics_url,
             tenants=self.settings.tenants,
             healthy=self.healthy,
+            queued=dict(self.queued),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -222,8 +224,8 @@ class Worker:
                 self.draining = True
             try:
                 await self._check_health()
-                await kv.put(self.node_id, self.record().model_dump_json().encode())
                 await self._measure_queues()
+                await kv.put(self.node_id, self.record().model_dump_json().encode())
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
 
@@ -270,6 +272,7 @@ class Worker:
         for model in self.engine.models:
             info = await self.bus.js.consumer_info(self.names.tasks_stream, _model_durable(model))
             self.metrics.queued.labels(model=model).set(info.num_pending + info.num_ack_pending)
+            self.queued[model] = info.num_pending
 
     async def handle(self, delivery: Delivery) -> None:
         """Run one task attempt end to end."""

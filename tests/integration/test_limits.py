@@ -124,3 +124,41 @@ async def test_a_tenant_over_its_daily_tokens_gets_429(bus: Bus, settings: Setti
                 "/v1/chat/completions", headers={"Authorization": f"Bearer {elsewhere}"}, json=body
             )
             assert other.status_code == 200  # another tenant is not affected
+
+
+async def test_a_model_with_too_many_tasks_waiting_turns_new_work_away_with_503(
+    bus: Bus, settings: Settings
+) -> None:
+    bounded = settings.model_copy(update={"max_queued_per_model": 3})
+    _, key = await create_key(bus, principal_id="hal", tenant="acme", roles=("member",), actor="t")
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"model": "sim-small", "prompt": "slow work", "max_tokens": 6}
+    with (
+        spawn(bounded, "orchestrator"),
+        spawn(bounded, "worker", DIM_NODE_ID="one", DIM_CAPACITY="1", DIM_SIM_TOKENS_PER_S="10"),
+    ):
+        async with AsyncTestClient(app=create_app(bounded)) as c:
+            gw = c.app.state.gateway
+
+            async def ready() -> bool:
+                return bool(gw.nodes.serving("sim-small")) and len(gw.keys.items) >= 1
+
+            await wait_until(ready, what="the worker and the key in the gateway")
+            accepted = [await c.post("/v1/jobs", headers=auth, json=body) for _ in range(6)]
+            assert all(r.status_code == 202 for r in accepted)  # the backlog is not known yet
+
+            async def reported() -> bool:  # the next heartbeats report the backlog
+                return any(n.queued.get("sim-small", 0) >= 3 for n in gw.nodes.serving("sim-small"))
+
+            await wait_until(reported, timeout_s=10, what="the worker to report its backlog")
+            over = await c.post("/v1/jobs", headers=auth, json=body)
+            assert over.status_code == 503, over.text
+            error = over.json()["error"]
+            assert error["code"] == "overloaded" and "tasks are waiting" in error["message"]
+            assert over.headers["retry-after"] == "1"
+
+            async def drained() -> bool:
+                return all(n.queued.get("sim-small", 0) < 3 for n in gw.nodes.serving("sim-small"))
+
+            await wait_until(drained, timeout_s=30, what="the backlog to drain")
+            assert (await c.post("/v1/jobs", headers=auth, json=body)).status_code == 202
