@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -16,19 +17,28 @@ log = logging.getLogger(__name__)
 
 
 async def read_events(
-    bus: Bus, stream: str, subject: str, *, batch: int = 500
+    bus: Bus,
+    stream: str,
+    subject: str | list[str],
+    *,
+    batch: int = 500,
+    since: datetime | None = None,
 ) -> AsyncIterator[tuple[int, Envelope]]:
-    """Every decodable event stored on `subject` (wildcards allowed), oldest first, with its seq.
+    """Every decodable event stored on `subject` (wildcards allowed; several subjects in a
+    list), oldest first — or stored at `since` or later — with its seq.
 
     Reads up to the stream's end at the time of the call and stops there. Undecodable
     messages are skipped with a warning (their consumers have recorded them on DEAD).
     """
+    subjects = [subject] if isinstance(subject, str) else subject
     info = await bus.js.add_consumer(
         stream,
         ConsumerConfig(
-            filter_subject=subject,
+            filter_subject=subjects[0] if len(subjects) == 1 else None,
+            filter_subjects=subjects if len(subjects) > 1 else None,
             ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL if since is None else DeliverPolicy.BY_START_TIME,
+            opt_start_time=since,
             inactive_threshold=30.0,
             mem_storage=True,
         ),

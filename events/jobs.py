@@ -61,6 +61,7 @@ class JobSubmitted(Event):
     routing: Routing = Routing()
     retry: RetryPolicy = RetryPolicy()
     deadline_s: float | None = None  # the whole job must end within this, or it fails
+    priority: int = Field(default=0, ge=0, le=9)  # 9 first, when a model's queue is full
     collaborative: Collaborative | None = None
     comparative: Comparative | None = None
     chained: Chained | None = None

@@ -95,6 +95,9 @@ class JobRequest(BaseModel):
     seed: int | None = None
     node: str | None = Field(default=None, description="pin the job to this node while it is live")
     max_attempts: int | None = Field(default=None, ge=1, le=20)
+    priority: int = Field(
+        default=0, ge=0, le=9, description="when a model's queue is full, 9 goes first"
+    )
     retry: RetryPolicy = RetryPolicy()
     deadline_s: float | None = Field(
         default=None, gt=0, le=7 * 86_400, description="the whole job must end within this"
@@ -196,6 +199,7 @@ class JobRequest(BaseModel):
             routing=self.routing,
             retry=self.retry,
             deadline_s=self.deadline_s,
+            priority=self.priority,
             collaborative=collaborative,
             comparative=comparative,
             chained=chained,

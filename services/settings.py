@@ -148,6 +148,15 @@ class Settings(BaseSettings):
     projector_linger_ms: float = Field(
         50.0, ge=0, description="how long the projector gathers events before writing views"
     )
+    recover_hours: float = Field(
+        24.0, gt=0, description="an orchestrator starting takes up unfinished jobs this recent"
+    )
+    queue_depth: int = Field(
+        64,
+        ge=0,
+        description="first attempts waiting per model in the shared queue; more are held and "
+        "let through by priority, then round-robin across tenants (0: no holding back)",
+    )
     dispatch_timeout_s: float = Field(
         10.0, gt=0, description="how long a job may wait with no live node for its model"
     )

@@ -39,6 +39,7 @@ class Mesh:
     live_models: Callable[[], set[str]]
     node_gone: Callable[[str], bool] = lambda _: False  # heartbeats stopped (or record gone)
     known: Callable[[str], bool] = lambda _: False  # some node, live or not, has served it
+    admit: Callable[[JobState, TaskState], bool] = lambda _s, _t: True  # fair queue: go now?
     pick: Callable[[Need], str | None] = lambda _: SHARED  # node id, SHARED, None: none eligible
 
 
@@ -181,6 +182,9 @@ def decide(
         if task.status == "planned":
             deps = [state.task(t) for t in task.after]
             if not all(d is not None and final(state, d) for d in deps):
+                continue
+            if not mesh.admit(state, task):
+                out.append(None)  # held: the model's queue is full and others go first
                 continue
             since = max([state.created_at] + [d.finished_at for d in deps if d and d.finished_at])
             out.append(_place(state, task, 1, since, now, mesh, names, dispatch_timeout_s))

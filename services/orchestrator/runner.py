@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import OrderedDict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from nats.js.api import DeliverPolicy
 from opentelemetry import propagate, trace
@@ -26,17 +27,20 @@ from events.envelope import Envelope
 from events.errors import WrongLastSequence
 from events.history import read_events
 from events.jobs import (
+    TERMINAL_TYPES,
     JobPlanned,
     JobSubmitted,
     TaskCompleted,
     TaskDispatched,
     TaskFailed,
     TaskSpec,
+    TaskStarted,
 )
 from events.nodes import NodeLost
 from events.work import TaskRequested
 from services.orchestrator.dead_letters import DeadLetters
 from services.orchestrator.decide import Mesh, decide
+from services.orchestrator.scheduler import FairQueue
 from services.orchestrator.state import JobState, evolve
 from services.registry.live import LiveNodes
 from services.registry.select import Need
@@ -71,6 +75,8 @@ class Orchestrator:
         self._sent: OrderedDict[str, None] = OrderedDict()
         self.lost_races = 0  # appends refused because another writer appended first
         self.dead_letters = DeadLetters(bus, settings.instance_id, self.actor)
+        self.fair = FairQueue(settings.queue_depth)
+        self._last_start: dict[str, float] = {}  # model -> when a first attempt last started
 
     @property
     def mesh(self) -> Mesh:
@@ -82,6 +88,9 @@ class Orchestrator:
             live_models=self.nodes.live_models,
             node_gone=self.nodes.gone,
             known=self.nodes.known,
+            admit=lambda state, task: self.fair.admit(
+                task.model, state.tenant, state.priority, state.job_id
+            ),
             pick=self._pick,
         )
 
@@ -111,6 +120,7 @@ class Orchestrator:
     async def run(self, stop: asyncio.Event) -> None:
         """Orchestrate until `stop` is set."""
         await self.nodes.start()
+        await self._recover()
         ticker = asyncio.create_task(self._tick(stop))
         dead = asyncio.create_task(self.dead_letters.run(stop))
         try:
@@ -157,13 +167,63 @@ class Orchestrator:
         if state is None:
             log.warning("events for job %s, which has no job.submitted; ignoring", job_id)
             return
+        freed: set[str] = set()
         for d in group:
             event = d.envelope.data
             if isinstance(event, TaskDispatched | JobPlanned):
                 await self._send_tasks(state, d.envelope)
+                for sent in (event,) if isinstance(event, TaskDispatched) else event.dispatched:
+                    task = state.task(sent.task_id)
+                    if sent.attempt == 1 and task is not None:
+                        self.fair.seen_dispatch(task.model)
+            elif isinstance(event, TaskStarted) and event.attempt == 1:
+                task = state.task(event.task_id)
+                if task is not None:
+                    self.fair.started(task.model)
+                    self._last_start[task.model] = time.monotonic()
+                    freed.add(task.model)
             elif isinstance(event, TaskCompleted | TaskFailed) and event.node_id:
                 self.nodes.pool.finished(event.node_id)
+        if state.terminal:
+            self.fair.drop(job_id)
         await self._advance(state)
+        for model in freed:
+            await self._release(model)
+
+    async def _release(self, model: str) -> None:
+        """Decide again for the held jobs the model's queue has room for, in fair order."""
+        for held in self.fair.release(model):
+            state = self.active.get(held)
+            if state is not None:
+                await self._advance(state)
+
+    async def _recover(self) -> None:
+        """Take up the unfinished jobs of the last `DIM_RECOVER_HOURS`: a job that waits (held
+        for a full queue, or for an eligible node) has no event coming to wake a restarted
+        instance, so every job submitted in the window without an end is loaded and decided
+        again by the ticker."""
+        since = datetime.now(UTC) - timedelta(hours=self.settings.recover_hours)
+        names = self.names
+        ended: set[str] = set()
+        submitted: list[str] = []
+        subjects = [names.job("*", t) for t in ("job.submitted", *sorted(TERMINAL_TYPES))]
+        async for _, envelope in read_events(self.bus, names.jobs_stream, subjects, since=since):
+            job_id = getattr(envelope.data, "job_id", "")
+            if envelope.type == "job.submitted":
+                submitted.append(job_id)
+            else:
+                ended.add(job_id)
+        unfinished = [j for j in submitted if j not in ended]
+        for job_id in unfinished:
+            state = await self._load(job_id)
+            if state is not None and not state.terminal:
+                self.active[job_id] = state
+        if unfinished:
+            log.info(
+                "took up %d unfinished jobs from the last %gh",
+                len(unfinished),
+                self.settings.recover_hours,
+            )
 
     async def _load(self, job_id: str) -> JobState | None:
         state: JobState | None = None
@@ -274,6 +334,15 @@ class Orchestrator:
                 await self._record_lost()
             except Exception:
                 log.warning("recording lost nodes failed", exc_info=True)
+            for model in list(self.fair.held):
+                # Held work with no task starting for a while: the estimate may have drifted up
+                # (an append lost to another instance); what the workers last reported wins.
+                if time.monotonic() - self._last_start.get(model, 0.0) > 5.0:
+                    reported = max(
+                        (n.queued.get(model, 0) for n in self.nodes.serving(model)), default=0
+                    )
+                    self.fair.waiting[model] = min(self.fair.waiting[model], reported)
+                await self._release(model)
             for state in list(self.active.values()):
                 try:
                     await self._advance(state)

@@ -96,6 +96,7 @@ class JobState(_State):
     routing: Routing = Routing()
     retry: RetryPolicy = RetryPolicy()
     deadline_s: float | None = None
+    priority: int = 0
     collaborative: Collaborative | None = None
     comparative: Comparative | None = None
     chained: Chained | None = None
@@ -187,6 +188,7 @@ def evolve(state: JobState | None, envelope: Envelope, seq: int) -> JobState | N
             routing=event.routing,
             retry=event.retry,
             deadline_s=event.deadline_s,
+            priority=event.priority,
             collaborative=event.collaborative,
             comparative=event.comparative,
             chained=event.chained,

@@ -521,3 +521,68 @@ async def test_a_work_message_jetstream_gives_up_on_is_recorded_not_lost(
     assert dead.attempt == 1 and dead.deliveries == 1  # type: ignore[attr-defined]
     info = await bus.js.stream_info(bus.names.tasks_stream)
     assert info.state.messages == 0  # nothing left behind in the work queue
+
+
+async def test_one_tenants_flood_does_not_starve_another(bus: Bus, settings: Settings) -> None:
+    fair = settings.model_copy(update={"queue_depth": 1})
+    async with mesh(fair) as m:
+        o = await m.orchestrator()
+        await m.worker("one-slot", capacity=1, sim_ttft_ms=0, sim_tokens_per_s=10)
+
+        async def seen() -> bool:
+            return bool(o.obj.nodes.serving("sim-small"))
+
+        await wait_until(seen, what="the orchestrator to see the worker")
+        params = SamplingParams(max_tokens=4)
+        flood = [
+            await submit(
+                bus, model="sim-small", prompt=Prompt(text=f"f{i}"), params=params, tenant="flood"
+            )
+            for i in range(8)
+        ]
+        await asyncio.sleep(0.2)  # the flood is queued and held
+        polite = await submit(
+            bus, model="sim-small", prompt=Prompt(text="p"), params=params, tenant="polite"
+        )
+        ends = {}
+        for job in [*flood, polite]:
+            events = await wait_terminal(bus, job.job_id, timeout_s=30)
+            ends[job.job_id] = next(e.at for e in events if e.type == "job.completed")
+    before = sum(ends[j.job_id] < ends[polite.job_id] for j in flood)
+    assert before <= 3, f"{before} of the flood's jobs finished before the other tenant's one"
+    assert o.obj.fair.waiting["sim-small"] == 0 and not o.obj.fair.held
+
+
+async def test_a_restarted_orchestrator_takes_up_jobs_it_was_holding(
+    bus: Bus, settings: Settings
+) -> None:
+    # Held jobs have no event on the way to wake a new instance: it must find them itself.
+    fair = settings.model_copy(update={"queue_depth": 1})
+    async with mesh(fair) as m:
+        first = await m.orchestrator()
+        await m.worker("one-slot", capacity=1, sim_ttft_ms=0, sim_tokens_per_s=10)
+
+        async def seen() -> bool:
+            return bool(first.obj.nodes.serving("sim-small"))
+
+        await wait_until(seen, what="the orchestrator to see the worker")
+        params = SamplingParams(max_tokens=4)
+        jobs = [
+            await submit(bus, model="sim-small", prompt=Prompt(text=f"h{i}"), params=params)
+            for i in range(5)
+        ]
+
+        async def holding() -> bool:
+            return bool(first.obj.fair.held)
+
+        await wait_until(holding, what="jobs held back")
+
+        async def all_acked() -> bool:  # nothing left to redeliver to a new instance
+            info = await bus.js.consumer_info(bus.names.jobs_stream, "orchestrator-0")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await wait_until(all_acked, what="the orchestrator to ack what it has seen")
+        await first.halt()
+        await m.orchestrator()
+        ends = [await wait_terminal(bus, j.job_id, timeout_s=30) for j in jobs]
+    assert all(e[-1].type == "job.completed" for e in ends)
