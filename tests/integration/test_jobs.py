@@ -407,10 +407,14 @@ async def test_a_node_reserved_for_a_tenant_serves_only_that_tenant(
     bus: Bus, settings: Settings
 ) -> None:
     async with mesh(settings) as m:
-        await m.orchestrator()
+        o = await m.orchestrator()
         await m.worker("acme-gpu", models=("sim-large",), tenants=("acme",))
         await m.worker("shared", models=("sim-small",))
-        await wait_until(lambda: _live(bus, 2), what="two workers")
+
+        async def seen() -> bool:  # the orchestrator's own view, not just the bucket
+            return len(o.obj.nodes.live()) == 2
+
+        await wait_until(seen, what="the orchestrator to see both workers")
         ours = await submit(bus, model="sim-large", prompt=Prompt(text="ours"), tenant="acme")
         theirs = await submit(bus, model="sim-large", prompt=Prompt(text="theirs"), tenant="globex")
         ok = await wait_terminal(bus, ours.job_id)
