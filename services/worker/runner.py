@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from opentelemetry import propagate, trace
 
@@ -224,7 +225,8 @@ class Worker:
                 self.draining = True
             try:
                 await self._check_health()
-                await self._measure_queues()
+                with contextlib.suppress(Exception):  # the record goes out regardless
+                    await self._measure_queues()
                 await kv.put(self.node_id, self.record().model_dump_json().encode())
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
@@ -270,7 +272,12 @@ class Worker:
     async def _measure_queues(self) -> None:
         """Tasks waiting per served model (its shared consumer's backlog), for /metrics."""
         for model in self.engine.models:
-            info = await self.bus.js.consumer_info(self.names.tasks_stream, _model_durable(model))
+            try:
+                info = await self.bus.js.consumer_info(
+                    self.names.tasks_stream, _model_durable(model)
+                )
+            except NotFoundError:  # a node reserved for tenants has no shared consumer
+                continue
             self.metrics.queued.labels(model=model).set(info.num_pending + info.num_ack_pending)
             self.queued[model] = info.num_pending
 

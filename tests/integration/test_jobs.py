@@ -422,7 +422,9 @@ async def test_a_node_reserved_for_a_tenant_serves_only_that_tenant(
     assert isinstance(ok[-1].data, JobCompleted)
     (planned,) = [e.data for e in ok if e.type == "job.planned"]
     assert [d.node_id for d in planned.dispatched] == ["acme-gpu"]  # type: ignore[attr-defined]
-    assert refused[-1].type == "job.failed" and refused[-1].data.code == "no_capacity"  # type: ignore[attr-defined]
+    assert refused[-1].type == "job.failed" and refused[-1].data.code == "no_capacity", refused[
+        -1
+    ].data  # type: ignore[attr-defined]
     assert not any(e.type == "task.started" for e in refused)
 
 
