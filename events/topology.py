@@ -201,6 +201,7 @@ def topology(
             BucketSpec(names.bucket("idempotency"), ttl_s=idempotency_ttl_s, replicas=replicas),
             BucketSpec(names.bucket("jobs"), replicas=replicas),
             BucketSpec(names.bucket("usage"), replicas=replicas),
+            BucketSpec(names.bucket("queues"), replicas=replicas),
         ),
         object_stores=(BucketSpec(names.bucket("payloads"), replicas=replicas),),
     )

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from events.errors import WrongLastSequence
 from events.ids import new_id
 from events.jobs import JobSubmitted
+from events.subjects import encode_token
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
@@ -39,6 +40,7 @@ async def submit_job(
     Idempotency-Key made it, and that job's id is returned).
     """
     gw.quotas.check(principal)
+    require_tenant_room(gw, principal.tenant)
     job = job.model_copy(update={"owner": principal.principal_id, "tenant": principal.tenant})
     try:
         validate(job)
@@ -97,6 +99,21 @@ def require_served(gw: Gateway, model: str) -> None:
             f"available: {', '.join(live) if live else 'none'}",
             code="model_not_found",
             param="model",
+        )
+
+
+def require_tenant_room(gw: Gateway, tenant: str) -> None:
+    """429 (`tenant_queue_full`) when more of the tenant's jobs wait for capacity than
+    `DIM_MAX_HELD_PER_TENANT` (the orchestrators publish the number)."""
+    limit = gw.settings.max_held_per_tenant
+    record = gw.queues.items.get(encode_token(tenant))
+    if limit and record is not None and record.held >= limit:
+        raise ApiError(
+            429,
+            f"tenant '{tenant}' has {record.held} jobs waiting for capacity (the bound is "
+            f"{limit}); retry when some have started",
+            code="tenant_queue_full",
+            headers={"Retry-After": "1"},
         )
 
 

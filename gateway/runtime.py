@@ -13,6 +13,7 @@ from gateway.tokens import Signer
 from projections.usage import TenantUsage
 from services.client import JobEnds
 from services.metrics import GatewayMetrics
+from services.orchestrator.scheduler import TenantQueue
 from services.process import connect, ensure_topology
 from services.registry.live import LiveNodes
 from services.settings import Settings
@@ -32,6 +33,7 @@ class Gateway:
     quotas: Quotas
     metrics: GatewayMetrics
     ends: JobEnds  # jobs' ends, for whole (non-streamed) answers
+    queues: WatchedBucket[TenantQueue]  # each tenant's jobs held for capacity
 
     @classmethod
     async def start(cls, settings: Settings, metrics: GatewayMetrics) -> Gateway:
@@ -50,6 +52,8 @@ class Gateway:
         limiter = RateLimiter(bus, settings.rate_limit_rpm)
         quotas = Quotas(usage, settings.tenant_daily_tokens)
         ends = await JobEnds(bus).start()
+        queues = WatchedBucket(bus, bus.names.bucket("queues"), TenantQueue)
+        await queues.start()
         return cls(
             settings,
             bus,
@@ -61,11 +65,13 @@ class Gateway:
             quotas,
             metrics,
             ends,
+            queues,
         )
 
     async def stop(self) -> None:
         """Stop the watches and close the connection."""
         await self.ends.stop()
+        await self.queues.stop()
         await self.quotas.usage.stop()
         await self.sessions.stop()
         await self.keys.stop()

@@ -196,6 +196,12 @@ class Settings(BaseSettings):
         0, ge=0, description="tokens a tenant may use per UTC day (0: no quota)"
     )
     default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request names none")
+    max_held_per_tenant: int = Field(
+        1_000,
+        ge=0,
+        description="a tenant's jobs held for capacity above which its new work gets 429 "
+        "(0: no bound)",
+    )
     max_queued_per_model: int = Field(
         10_000,
         ge=0,

@@ -37,10 +37,11 @@ from events.jobs import (
     TaskStarted,
 )
 from events.nodes import NodeLost
+from events.subjects import encode_token
 from events.work import TaskRequested
 from services.orchestrator.dead_letters import DeadLetters
 from services.orchestrator.decide import Mesh, decide
-from services.orchestrator.scheduler import FairQueue
+from services.orchestrator.scheduler import FairQueue, TenantQueue
 from services.orchestrator.state import JobState, evolve
 from services.registry.live import LiveNodes
 from services.registry.select import Need
@@ -76,7 +77,10 @@ class Orchestrator:
         self.lost_races = 0  # appends refused because another writer appended first
         self.dead_letters = DeadLetters(bus, settings.instance_id, self.actor)
         self.fair = FairQueue(settings.queue_depth)
-        self._last_start: dict[str, float] = {}  # model -> when a first attempt last started
+        self._last_start: dict[str, float] = {}
+        self._published: dict[
+            str, int
+        ] = {}  # tenant -> held jobs last written to the bucket  # model -> when a first attempt last started
 
     @property
     def mesh(self) -> Mesh:
@@ -292,6 +296,21 @@ class Orchestrator:
         if len(self._sent) > _MAX_FINISHED:
             self._sent.popitem(last=False)
 
+    async def _publish_queues(self) -> None:
+        """Write each tenant's held jobs to the queues bucket when the number changes (the
+        gateways bound them; every instance writes the same numbers)."""
+        counts = self.fair.held_by_tenant()
+        changed = {t: n for t, n in counts.items() if self._published.get(t) != n}
+        changed |= {t: 0 for t in self._published if t not in counts and self._published[t]}
+        if not changed:
+            return
+        kv = await self.bus.js.key_value(self.names.bucket("queues"))
+        for tenant, n in changed.items():
+            await kv.put(
+                encode_token(tenant), TenantQueue(tenant=tenant, held=n).model_dump_json().encode()
+            )
+            self._published[tenant] = n
+
     async def _record_lost(self) -> None:
         """Drop nodes with stale heartbeats from selection and record each as `node.lost`.
 
@@ -334,6 +353,10 @@ class Orchestrator:
                 await self._record_lost()
             except Exception:
                 log.warning("recording lost nodes failed", exc_info=True)
+            try:
+                await self._publish_queues()
+            except Exception:
+                log.warning("publishing queue sizes failed", exc_info=True)
             for model in list(self.fair.held):
                 # Held work with no task starting for a while: the estimate may have drifted up
                 # (an append lost to another instance); what the workers last reported wins.

@@ -13,6 +13,17 @@ from __future__ import annotations
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict
+
+
+class TenantQueue(BaseModel):
+    """What the queues bucket says of one tenant: its jobs held for capacity."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str
+    held: int
+
 
 @dataclass(slots=True)
 class FairQueue:
@@ -72,6 +83,10 @@ class FairQueue:
             self._granted.add(job_id)
             out.append(job_id)
         return out
+
+    def held_by_tenant(self) -> Counter[str]:
+        """Jobs held per tenant, every model together."""
+        return Counter(tenant for _, _, tenant in self._where.values())
 
     def drop(self, job_id: str) -> None:
         """The job ended while held."""

@@ -162,3 +162,44 @@ async def test_a_model_with_too_many_tasks_waiting_turns_new_work_away_with_503(
 
             await wait_until(drained, timeout_s=30, what="the backlog to drain")
             assert (await c.post("/v1/jobs", headers=auth, json=body)).status_code == 202
+
+
+async def test_a_tenant_with_too_many_jobs_held_gets_429_and_others_do_not(
+    bus: Bus, settings: Settings
+) -> None:
+    bounded = settings.model_copy(update={"queue_depth": 1, "max_held_per_tenant": 2})
+    _, flood = await create_key(
+        bus, principal_id="ivy", tenant="acme", roles=("member",), actor="t"
+    )
+    _, other = await create_key(
+        bus, principal_id="joe", tenant="globex", roles=("member",), actor="t"
+    )
+    body = {"model": "sim-small", "prompt": "slow work", "max_tokens": 6}
+    with (
+        spawn(bounded, "orchestrator"),
+        spawn(bounded, "worker", DIM_NODE_ID="one", DIM_CAPACITY="1", DIM_SIM_TOKENS_PER_S="10"),
+    ):
+        async with AsyncTestClient(app=create_app(bounded)) as c:
+            gw = c.app.state.gateway
+
+            async def ready() -> bool:
+                return bool(gw.nodes.serving("sim-small")) and len(gw.keys.items) >= 2
+
+            await wait_until(ready, what="the worker and the keys in the gateway")
+            mine = {"Authorization": f"Bearer {flood}"}
+            accepted = [await c.post("/v1/jobs", headers=mine, json=body) for _ in range(6)]
+            assert all(r.status_code == 202 for r in accepted)
+
+            async def published() -> bool:  # the orchestrator's held count reaches the gateway
+                record = gw.queues.items.get("acme")
+                return record is not None and record.held >= 2
+
+            await wait_until(published, timeout_s=10, what="the held count to be published")
+            over = await c.post("/v1/jobs", headers=mine, json=body)
+            assert over.status_code == 429, over.text
+            assert over.json()["error"]["code"] == "tenant_queue_full"
+            assert over.headers["retry-after"] == "1"
+            theirs = await c.post(
+                "/v1/jobs", headers={"Authorization": f"Bearer {other}"}, json=body
+            )
+            assert theirs.status_code == 202  # another tenant is not held back by acme's flood
