@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.object_store import ObjectStore
 from opentelemetry import propagate
 
 from events.envelope import Envelope
@@ -58,6 +59,7 @@ class Bus:
     publish_timeout_s: float = 5.0
     publish_retries: int = 3
     inline_max: int = 256 * 1024  # larger encoded events go to the payloads object store
+    _payloads: ObjectStore | None = None  # opened on first use, then kept
 
     @classmethod
     async def connect(
@@ -120,7 +122,7 @@ class Bus:
         payload = envelope.encode()
         if len(payload) <= self.inline_max:
             return payload
-        store = await self.js.object_store(self.names.bucket("payloads"))
+        store = await self._payload_store()
         await store.put(envelope.id, payload)
         headers[PAYLOAD_REF_HEADER] = envelope.id
         return b""
@@ -130,8 +132,13 @@ class Bus:
         ref = (headers or {}).get(PAYLOAD_REF_HEADER)
         if not ref:
             return data
-        store = await self.js.object_store(self.names.bucket("payloads"))
+        store = await self._payload_store()
         return (await store.get(ref)).data or b""
+
+    async def _payload_store(self) -> ObjectStore:
+        if self._payloads is None:
+            self._payloads = await self.js.object_store(self.names.bucket("payloads"))
+        return self._payloads
 
     async def close(self) -> None:
         """Flush what is buffered and close the connection."""

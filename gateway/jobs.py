@@ -18,7 +18,7 @@ from gateway.schemas import JobRequest
 from projections.job_status import fold
 from projections.job_views import newest_views, read_view
 from services.client import history, submit_event
-from services.orchestrator.patterns import validate
+from services.orchestrator.patterns import models_of, validate
 from services.orchestrator.state import JobState
 
 
@@ -46,7 +46,7 @@ async def submit_job(
         validate(job)
     except ValueError as exc:
         raise ApiError(400, str(exc), code="invalid_request", param=job.pattern) from None
-    for model in dict.fromkeys(_models(job)):
+    for model in models_of(job):
         require_served(gw, model)
         require_room(gw, model)
     job_id = job.job_id
@@ -67,15 +67,6 @@ async def submit_job(
     except WrongLastSequence:
         return job_id, False  # a concurrent retry with the same key submitted it first
     return job_id, True
-
-
-def _models(job: JobSubmitted) -> list[str]:
-    if job.comparative is not None:
-        spec = job.comparative
-        return [c.model for c in spec.candidates] + ([spec.judge_model] if spec.judge_model else [])
-    if job.chained is not None:
-        return [s.model or job.model for s in job.chained.steps]
-    return [job.model]
 
 
 async def submit_request(
@@ -124,7 +115,7 @@ def require_room(gw: Gateway, model: str) -> None:
     limit = gw.settings.max_queued_per_model
     if not limit:
         return
-    waiting = max((n.queued.get(model, 0) for n in gw.nodes.serving(model)), default=0)
+    waiting = gw.nodes.waiting(model)
     if waiting >= limit:
         raise ApiError(
             503,

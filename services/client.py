@@ -205,8 +205,7 @@ class JobFollower:
     `start()` before the job is submitted so nothing is missed, and costing no JetStream
     consumer per request; if the live feed goes quiet (a reconnect can drop core messages) it
     looks the terminal event up in the log (a reader that wants only the result uses `JobEnds`).
-    Use as
-    ``async with JobFollower(...) as f``.
+    Use as ``async with JobFollower(...) as f``.
     """
 
     def __init__(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from events.envelope import Envelope, Event
+from events.inference import Prompt
 from events.jobs import JobFailed, TaskDispatched, TaskFailed, TaskRerouted
 from events.subjects import Names
 from services.orchestrator.patterns import describe, finish, models_of, plan, prompt_for, tolerated
@@ -110,14 +111,8 @@ def _dispatch(
                 node_id=pinned,
                 prompt=rendered,
             )
-        return TaskRerouted(
-            job_id=state.job_id,
-            task_id=task.task_id,
-            attempt=attempt,
-            subject=names.tasks_for_model(task.model),
-            prompt=rendered,
-            from_node=pinned,
-            reason=f"node {pinned} is not live",
+        return _rerouted(
+            state, task, attempt, names, pinned, f"node {pinned} is not live", rendered
         )
     node = mesh.pick(need_of(state, task.model_copy(update={"prompt": prompt})))
     if node is None:
@@ -129,6 +124,28 @@ def _dispatch(
         subject=names.tasks_for_node(node) if node else names.tasks_for_model(task.model),
         node_id=node or None,
         prompt=rendered,
+    )
+
+
+def _rerouted(
+    state: JobState,
+    task: TaskState,
+    attempt: int,
+    names: Names,
+    from_node: str,
+    reason: str,
+    prompt: Prompt | None,
+) -> TaskRerouted:
+    """`attempt` sent to the model's shared subject instead of `from_node` (`prompt`: the
+    rendered prompt of a templated task)."""
+    return TaskRerouted(
+        job_id=state.job_id,
+        task_id=task.task_id,
+        attempt=attempt,
+        subject=names.tasks_for_model(task.model),
+        prompt=prompt,
+        from_node=from_node,
+        reason=reason,
     )
 
 
@@ -191,14 +208,14 @@ def decide(
         elif task.status == "dispatched":
             if task.target and mesh.node_gone(task.target):
                 out.append(
-                    TaskRerouted(
-                        job_id=state.job_id,
-                        task_id=task.task_id,
-                        attempt=task.attempt + 1,
-                        subject=names.tasks_for_model(task.model),
-                        prompt=task.prompt if task.template else None,
-                        from_node=task.target,
-                        reason=f"node {task.target} stopped heartbeating before it took the task",
+                    _rerouted(
+                        state,
+                        task,
+                        task.attempt + 1,
+                        names,
+                        task.target,
+                        f"node {task.target} stopped heartbeating before it took the task",
+                        task.prompt if task.template else None,
                     )
                 )
             elif (

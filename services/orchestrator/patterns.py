@@ -98,7 +98,7 @@ def validate(job: JobSubmitted) -> None:
             earlier.add(step.name)
 
 
-def models_of(state: JobState) -> list[str]:
+def models_of(state: JobState | JobSubmitted) -> list[str]:
     """Every model the job's tasks will ask for, in order, without repeats."""
     models: list[str] = []
     if state.comparative is not None:

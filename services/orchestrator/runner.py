@@ -77,10 +77,8 @@ class Orchestrator:
         self.lost_races = 0  # appends refused because another writer appended first
         self.dead_letters = DeadLetters(bus, settings.instance_id, self.actor)
         self.fair = FairQueue(settings.queue_depth)
-        self._last_start: dict[str, float] = {}
-        self._published: dict[
-            str, int
-        ] = {}  # tenant -> held jobs last written to the bucket  # model -> when a first attempt last started
+        self._last_start: dict[str, float] = {}  # model -> when a first attempt last started
+        self._published: dict[str, int] = {}  # tenant -> held jobs last written to the bucket
 
     @property
     def mesh(self) -> Mesh:
@@ -361,9 +359,7 @@ class Orchestrator:
                 # Held work with no task starting for a while: the estimate may have drifted up
                 # (an append lost to another instance); what the workers last reported wins.
                 if time.monotonic() - self._last_start.get(model, 0.0) > 5.0:
-                    reported = max(
-                        (n.queued.get(model, 0) for n in self.nodes.serving(model)), default=0
-                    )
+                    reported = self.nodes.waiting(model)
                     self.fair.waiting[model] = min(self.fair.waiting[model], reported)
                 await self._release(model)
             for state in list(self.active.values()):

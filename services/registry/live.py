@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from events.bus import Bus
 from events.watched import WatchedBucket
@@ -25,6 +25,11 @@ class LiveNodes(WatchedBucket[NodeRecord]):
         elif item.draining or not self.gone(key):
             self.pool.update(item)  # a draining node leaves selection
 
+    def waiting(self, model: str) -> int:
+        """Tasks waiting on `model`'s shared subject, as its live nodes last reported (they all
+        measure the same consumer)."""
+        return max((n.queued.get(model, 0) for n in self.serving(model)), default=0)
+
     def known(self, model: str) -> bool:
         """Whether any node this view has seen, live or not, serves `model`."""
         return any(model in n.models for n in self.items.values())
@@ -32,8 +37,7 @@ class LiveNodes(WatchedBucket[NodeRecord]):
     def gone(self, node_id: str, now: datetime | None = None) -> bool:
         """Whether the node stopped heartbeating or removed its record (draining is not gone)."""
         record = self.items.get(node_id)
-        now = now or datetime.now(UTC)
-        return record is None or now - record.heartbeat_at > timedelta(seconds=self.ttl_s)
+        return record is None or not record.fresh(now or datetime.now(UTC), self.ttl_s)
 
     @property
     def nodes(self) -> dict[str, NodeRecord]:

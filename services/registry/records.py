@@ -39,6 +39,10 @@ class NodeRecord(BaseModel):
     healthy: bool = True  # the engine answered its last health check
     queued: dict[str, int] = {}  # tasks waiting on each served model's shared subject
 
+    def fresh(self, now: datetime, ttl_s: float) -> bool:
+        """Whether the node heartbeated within `ttl_s`."""
+        return now - self.heartbeat_at <= timedelta(seconds=ttl_s)
+
     def live(self, now: datetime, ttl_s: float) -> bool:
         """Whether the node heartbeated within `ttl_s` and is not draining."""
-        return not self.draining and now - self.heartbeat_at <= timedelta(seconds=ttl_s)
+        return not self.draining and self.fresh(now, ttl_s)

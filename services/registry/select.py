@@ -17,7 +17,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from itertools import accumulate
 
 from events.patterns import Strategy
@@ -229,8 +229,7 @@ class Pool:
 
     def expire(self, now: datetime) -> list[tuple[str, NodeRecord]]:
         """Remove nodes whose last heartbeat is older than `ttl_s`; returns them."""
-        limit = now - timedelta(seconds=self.ttl_s)
-        gone = [(i, r) for i, r in self.records.items() if r.heartbeat_at < limit]
+        gone = [(i, r) for i, r in self.records.items() if not r.fresh(now, self.ttl_s)]
         for i, _ in gone:
             self.remove(i)
         return gone
@@ -280,7 +279,7 @@ class Pool:
             node = self._pick(need, r)
             if not node or now is None:
                 return node
-            if now - self.records[node].heartbeat_at <= timedelta(seconds=self.ttl_s):
+            if self.records[node].fresh(now, self.ttl_s):
                 return node
             self.remove(node)
         return None

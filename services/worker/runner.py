@@ -29,7 +29,6 @@ from events.bus import Bus, PendingAcks
 from events.consume import ConsumerSpec, Delivery, Reject, run_pool
 from events.envelope import Envelope
 from events.errors import EngineError
-from events.history import read_events
 from events.inference import FinishReason, Usage
 from events.jobs import (
     FailureKind,
@@ -42,7 +41,8 @@ from events.jobs import (
 from events.nodes import NodeJoined, NodeLeft
 from events.subjects import encode_token
 from events.work import TaskRequested, TokensProduced
-from services.client import Partial, partial_output
+from projections.job_status import fold
+from services.client import Partial, history, partial_output
 from services.engines.protocol import Engine, GenerationRequest, estimate_tokens
 from services.metrics import WorkerMetrics, observe_per_token
 from services.registry.records import NodeRecord
@@ -252,13 +252,7 @@ class Worker:
     async def _superseded(self, request: TaskRequested) -> bool:
         """Whether a redelivered attempt is no longer wanted: the job ended, or the task has a
         result or a newer attempt (the orchestrator moved it off a node it thought lost)."""
-        from services.orchestrator.state import evolve  # the job aggregate, read-only here
-
-        state = None
-        async for seq, envelope in read_events(
-            self.bus, self.names.jobs_stream, self.names.job_all(request.job_id)
-        ):
-            state = evolve(state, envelope, seq)
+        state = fold(None, await history(self.bus, request.job_id))
         if state is None:
             return False
         task = state.task(request.task.task_id)

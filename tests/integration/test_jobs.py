@@ -18,7 +18,7 @@ from projections.projector import rebuild
 from services.client import JobFollower, TextAssembler, submit
 from services.engines.simulated import simulated_tokens
 from services.settings import Settings
-from tests.mesh import job_events, mesh, spawn, wait_terminal, wait_until
+from tests.mesh import Service, job_events, mesh, spawn, wait_terminal, wait_until
 
 
 def _expected(prompt: str, model: str = "sim-small") -> str:
@@ -79,6 +79,15 @@ async def test_job_round_trip(bus: Bus, settings: Settings) -> None:
         assert view.last_seq > 0
 
 
+async def _seen_by(o: Service, model: str = "sim-small") -> None:
+    """Wait until the orchestrator's own view — not just the bucket — has a node for `model`."""
+
+    async def seen() -> bool:
+        return bool(o.obj.nodes.serving(model))
+
+    await wait_until(seen, what=f"the orchestrator to see a node serving {model}")
+
+
 async def _live(bus: Bus, n: int) -> bool:
     kv = await bus.js.key_value(bus.names.bucket("nodes"))
     try:
@@ -129,10 +138,7 @@ async def test_jobs_of_several_tasks_complete_though_workers_race_the_dispatches
         o = await m.orchestrator()
         await m.worker("w1")
 
-        async def seen() -> bool:  # the orchestrator's view, not just the bucket
-            return bool(o.obj.nodes.serving("sim-small"))
-
-        await wait_until(seen, what="the orchestrator to see the worker")
+        await _seen_by(o)
         for i in range(20):
             job = await submit(
                 bus, model="sim-small", prompt=Prompt(text=f"pick {i}"), params=SamplingParams(n=3)
@@ -437,10 +443,7 @@ async def test_queued_tasks_of_an_ended_job_never_run(bus: Bus, settings: Settin
         o = await m.orchestrator()
         w = await m.worker("one-slot", capacity=1, sim_ttft_ms=0, sim_tokens_per_s=20)
 
-        async def seen() -> bool:
-            return bool(o.obj.nodes.serving("sim-small"))
-
-        await wait_until(seen, what="the orchestrator to see the worker")
+        await _seen_by(o)
         first = await submit(bus, model="sim-small", prompt=Prompt(text="first, and slow"))
         queued = await submit(bus, model="sim-small", prompt=Prompt(text="queued behind it"))
         await wait_until(lambda: _has(bus, first.job_id, "task.started"), what="the first task")
@@ -477,10 +480,7 @@ async def test_a_task_that_crashes_its_workers_is_dead_lettered_and_fails_its_jo
         o = await m.orchestrator()
         await m.worker("buggy", sim_crash_rate=1.0)
 
-        async def seen() -> bool:
-            return bool(o.obj.nodes.serving("sim-small"))
-
-        await wait_until(seen, what="the orchestrator to see the worker")
+        await _seen_by(o)
         job = await submit(bus, model="sim-small", prompt=Prompt(text="poison"))
         events = await wait_terminal(bus, job.job_id, timeout_s=20)
     types = [e.type for e in events]
@@ -506,10 +506,7 @@ async def test_a_work_message_jetstream_gives_up_on_is_recorded_not_lost(
         async with mesh(once) as m:
             o = await m.orchestrator()
 
-            async def seen() -> bool:
-                return bool(o.obj.nodes.serving("sim-small"))
-
-            await wait_until(seen, what="the orchestrator to see the victim")
+            await _seen_by(o)
             job = await submit(bus, model="sim-small", prompt=Prompt(text="long answer please"))
             await wait_until(lambda: _has(bus, job.job_id, "task.started"), what="the task")
             os.kill(victim.pid, signal.SIGKILL)
@@ -535,10 +532,7 @@ async def test_one_tenants_flood_does_not_starve_another(bus: Bus, settings: Set
         o = await m.orchestrator()
         await m.worker("one-slot", capacity=1, sim_ttft_ms=0, sim_tokens_per_s=10)
 
-        async def seen() -> bool:
-            return bool(o.obj.nodes.serving("sim-small"))
-
-        await wait_until(seen, what="the orchestrator to see the worker")
+        await _seen_by(o)
         params = SamplingParams(max_tokens=4)
         flood = [
             await submit(
@@ -568,10 +562,7 @@ async def test_a_restarted_orchestrator_takes_up_jobs_it_was_holding(
         first = await m.orchestrator()
         await m.worker("one-slot", capacity=1, sim_ttft_ms=0, sim_tokens_per_s=10)
 
-        async def seen() -> bool:
-            return bool(first.obj.nodes.serving("sim-small"))
-
-        await wait_until(seen, what="the orchestrator to see the worker")
+        await _seen_by(first)
         params = SamplingParams(max_tokens=4)
         jobs = [
             await submit(bus, model="sim-small", prompt=Prompt(text=f"h{i}"), params=params)

@@ -434,3 +434,11 @@ def test_no_eligible_node_waits_then_fails_with_the_requirements() -> None:
     assert isinstance(planned, JobPlanned)
     (failed,) = log.step(_mesh(pick=None), now=T0 + timedelta(seconds=6))
     assert isinstance(failed, JobFailed) and failed.code == "no_capacity"
+
+
+def test_a_templated_step_pinned_to_a_dead_node_is_rerouted_with_its_rendered_prompt() -> None:
+    steps = (Step(name="only", prompt="about {{ input }}", node_id="gone"),)
+    log = Log(pattern="chained", chained=Chained(steps=steps))
+    _, rerouted = log.step(_mesh(live=("a",)))
+    assert isinstance(rerouted, TaskRerouted) and rerouted.from_node == "gone"
+    assert rerouted.prompt == Prompt(text="about q")  # the worker needs it: not in the plan
