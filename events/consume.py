@@ -30,8 +30,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
@@ -39,7 +37,7 @@ from nats.js.errors import NotFoundError
 
 from events.bus import Bus
 from events.envelope import Envelope, decode
-from events.errors import DimError, EventDecodeError, PublishError, Unavailable
+from events.errors import DimError, EventDecodeError, transient
 from events.work import MessageRejected
 
 log = logging.getLogger(__name__)
@@ -150,23 +148,6 @@ class Delivery:
     async def in_progress(self) -> None:
         """Tell JetStream the message is still being worked on (resets the ack timer)."""
         await self.msg.in_progress()
-
-
-def _transient(exc: BaseException) -> bool:
-    """Whether `exc` is NATS being unavailable for now rather than a problem with the work."""
-    if isinstance(exc, PublishError) and not isinstance(exc, Unavailable):
-        return False  # JetStream answered, and refused: retrying will not change its mind
-    return isinstance(
-        exc,
-        Unavailable
-        | TimeoutError
-        | ConnectionError
-        | nats.errors.TimeoutError
-        | nats.errors.NoRespondersError
-        | nats.errors.ConnectionClosedError
-        | nats.js.errors.NoStreamResponseError
-        | nats.js.errors.ServiceUnavailableError,
-    )
 
 
 def _backoff(deliveries: int) -> float:
@@ -456,7 +437,7 @@ async def run_ordered(
                 log.warning("%s: group failed (try %d): %r", spec.durable, attempt, exc)
                 if stop.is_set() or isinstance(exc, Reject):
                     break
-                if attempt >= attempts and not _transient(exc):
+                if attempt >= attempts and not transient(exc):
                     break
                 await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
                 for d in group:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import nats.errors
+import nats.js.errors
+
 
 class DimError(Exception):
     """Root of every error dim raises on purpose."""
@@ -55,3 +58,20 @@ class EngineError(DimError, RuntimeError):
 
 class NatsServerError(DimError, RuntimeError):
     """The embedded nats-server could not be found or started."""
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether `exc` is NATS being unavailable for now rather than a problem with the work."""
+    if isinstance(exc, PublishError) and not isinstance(exc, Unavailable):
+        return False  # JetStream answered, and refused: retrying will not change its mind
+    return isinstance(
+        exc,
+        Unavailable
+        | TimeoutError
+        | ConnectionError
+        | nats.errors.TimeoutError
+        | nats.errors.NoRespondersError
+        | nats.errors.ConnectionClosedError
+        | nats.js.errors.NoStreamResponseError
+        | nats.js.errors.ServiceUnavailableError,
+    )

@@ -174,100 +174,102 @@ async def main(args: argparse.Namespace) -> int:
             if args.cluster > 1
             else NatsCluster(root / "nats", size=1)
         )
-        url = cluster.start()
-        port = free_port()
-        settings = Settings(
-            nats_url=url,
-            namespace="chaos",
-            replicas=3 if args.cluster > 1 else 1,
-            gateway_port=port,
-            rate_limit_rpm=0,
-            jwt_secret="chaos-secret-chaos-secret-chaos-secret",
-            heartbeat_s=0.5,
-            node_ttl_s=1.5,
-            task_ack_wait_s=3.0,
-            dispatch_timeout_s=20.0,
-            sim_ttft_ms=5,
-            sim_tokens_per_s=150,
-            capacity=16,
-            log_level="WARNING",
-        )
-        bus = await Bus.connect(settings.nats_url, settings.names, name="chaos")
-        for attempt in range(60):  # a new cluster elects its JetStream leader first
-            try:
-                await ensure_topology(bus, settings)
-                break
-            except Exception:
-                if attempt == 59:
-                    raise
-                await asyncio.sleep(0.5)
-        _, key = await create_key(
-            bus, principal_id="chaos", tenant="chaos", roles=("member",), actor="chaos"
-        )
+        everyone: list[Proc] = []
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(cluster.stop)  # last out, whatever happened
+            stack.callback(lambda: [p.stop() for p in everyone])
+            url = cluster.start()
+            port = free_port()
+            settings = Settings(
+                nats_url=url,
+                namespace="chaos",
+                replicas=3 if args.cluster > 1 else 1,
+                gateway_port=port,
+                rate_limit_rpm=0,
+                jwt_secret="chaos-secret-chaos-secret-chaos-secret",
+                heartbeat_s=0.5,
+                node_ttl_s=1.5,
+                task_ack_wait_s=3.0,
+                dispatch_timeout_s=20.0,
+                sim_ttft_ms=5,
+                sim_tokens_per_s=150,
+                capacity=16,
+                log_level="WARNING",
+            )
+            bus = await Bus.connect(settings.nats_url, settings.names, name="chaos")
+            stack.push_async_callback(bus.close)
+            for attempt in range(60):  # a new cluster elects its JetStream leader first
+                try:
+                    await ensure_topology(bus, settings)
+                    break
+                except Exception:
+                    if attempt == 59:
+                        raise
+                    await asyncio.sleep(0.5)
+            _, key = await create_key(
+                bus, principal_id="chaos", tenant="chaos", roles=("member",), actor="chaos"
+            )
 
-        def proc(name: str, *cli: str, **env: str) -> Proc:
-            return Proc(name, list(cli), child_env(settings, **env), root / f"{name}.log")
+            def proc(name: str, *cli: str, **env: str) -> Proc:
+                return Proc(name, list(cli), child_env(settings, **env), root / f"{name}.log")
 
-        procs = {
-            "orchestrator": [proc("orchestrator", "orchestrator")],
-            "projector": [proc("projector", "projector")],
-            "worker": [proc(f"w{i}", "worker", DIM_NODE_ID=f"w{i}") for i in (1, 2, 3)],
-            "gateway": [proc("gateway", "gateway")],
-        }
-        everyone = [p for group in procs.values() for p in group]
-        for p in everyone:
-            p.start()
-        tally = Tally()
-        client = Client("127.0.0.1", port, {"authorization": f"Bearer {key}"})
-        for _ in range(200):  # the gateway up and a worker registered
-            try:
-                await client.post(
-                    "/v1/chat/completions",
-                    {
-                        "model": "sim-small",
-                        "messages": [{"role": "user", "content": "up?"}],
-                        "max_tokens": 2,
-                    },
-                )
-                break
-            except Exception:
-                await asyncio.sleep(0.2)
-        client.close()
-        print(
-            f"chaos: {args.jobs} jobs over {args.seconds:g}s, a fault every {args.every:g}s, nats-server x{cluster.size}",
-            flush=True,
-        )
-        stop = asyncio.Event()
-        t0 = time.monotonic()
-        faults = asyncio.create_task(
-            inject(procs, cluster if cluster.size > 1 else None, tally, stop, args.every)
-        )
-        await submit_all(port, key, tally, args.jobs, args.seconds, args.concurrency)
-        stop.set()
-        await faults
-        print(
-            f"load done in {time.monotonic() - t0:.1f}s; waiting for every accepted job to end",
-            flush=True,
-        )
-        accepted = set(tally.accepted.values())
-        deadline = time.monotonic() + args.settle
-        report = None
-        while time.monotonic() < deadline:
-            histories, usage = await collect(bus)
-            report = audit(histories, accepted, usage)
-            if report.ok:
-                break
-            await asyncio.sleep(2)
-        assert report is not None
-        if report.lost or report.duplicated:
-            histories, _ = await collect(bus)
-            for job_id in (*report.lost, *report.duplicated)[:10]:
-                steps = ", ".join(f"{e.type}({e.actor})" for e in histories.get(job_id, []))
-                print(f"history of {job_id}: {steps or 'nothing in the log'}")
-        await bus.close()
-        for p in everyone:
-            p.stop()
-        cluster.stop()
+            procs = {
+                "orchestrator": [proc("orchestrator", "orchestrator")],
+                "projector": [proc("projector", "projector")],
+                "worker": [proc(f"w{i}", "worker", DIM_NODE_ID=f"w{i}") for i in (1, 2, 3)],
+                "gateway": [proc("gateway", "gateway")],
+            }
+            everyone.extend(p for group in procs.values() for p in group)
+            for p in everyone:
+                p.start()
+            tally = Tally()
+            client = Client("127.0.0.1", port, {"authorization": f"Bearer {key}"})
+            for _ in range(200):  # the gateway up and a worker registered
+                try:
+                    await client.post(
+                        "/v1/chat/completions",
+                        {
+                            "model": "sim-small",
+                            "messages": [{"role": "user", "content": "up?"}],
+                            "max_tokens": 2,
+                        },
+                    )
+                    break
+                except Exception:
+                    await asyncio.sleep(0.2)
+            client.close()
+            print(
+                f"chaos: {args.jobs} jobs over {args.seconds:g}s, a fault every {args.every:g}s, nats-server x{cluster.size}",
+                flush=True,
+            )
+            stop = asyncio.Event()
+            t0 = time.monotonic()
+            faults = asyncio.create_task(
+                inject(procs, cluster if cluster.size > 1 else None, tally, stop, args.every)
+            )
+            stack.callback(faults.cancel)
+            await submit_all(port, key, tally, args.jobs, args.seconds, args.concurrency)
+            stop.set()
+            await faults
+            print(
+                f"load done in {time.monotonic() - t0:.1f}s; waiting for every accepted job to end",
+                flush=True,
+            )
+            accepted = set(tally.accepted.values())
+            deadline = time.monotonic() + args.settle
+            report = None
+            while time.monotonic() < deadline:
+                histories, usage = await collect(bus)
+                report = audit(histories, accepted, usage)
+                if report.ok:
+                    break
+                await asyncio.sleep(2)
+            assert report is not None
+            if report.lost or report.duplicated:
+                histories, _ = await collect(bus)
+                for job_id in (*report.lost, *report.duplicated)[:10]:
+                    steps = ", ".join(f"{e.type}({e.actor})" for e in histories.get(job_id, []))
+                    print(f"history of {job_id}: {steps or 'nothing in the log'}")
     print()
     print(f"| {'jobs submitted':<32} | {tally.submitted:>8} |")
     print(f"| {'client retries (same key)':<32} | {tally.retries:>8} |")

@@ -96,3 +96,25 @@ async def _until(check: object, timeout_s: float) -> None:
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(poll(), timeout_s)
+
+
+async def test_a_history_read_goes_on_from_where_it_was_after_the_server_restarts(
+    server: EmbeddedNats,
+) -> None:
+    bus = await Bus.connect(server.url, NAMES)
+    try:
+        await provision(bus.js, topology(NAMES))
+        ids = [f"H{i}" for i in range(300)]
+        for job_id in ids:
+            await bus.publish(NAMES.job(job_id, "job.submitted"), _submitted(job_id))
+        seen: list[str] = []
+        async for _, envelope in read_events(bus, NAMES.jobs_stream, NAMES.jobs_all, batch=100):
+            seen.append(envelope.data.job_id)  # type: ignore[attr-defined]
+            if len(seen) == 150:  # mid-read: its ephemeral consumer dies with the server
+                assert server.proc is not None
+                server.proc.kill()
+                server.proc.wait()
+                server.start()
+        assert seen == ids  # nothing missed, nothing twice, in order
+    finally:
+        await bus.close()
