@@ -65,6 +65,11 @@ class JobSubmitted(Event):
     collaborative: Collaborative | None = None
     comparative: Comparative | None = None
     chained: Chained | None = None
+    # The plan, decided where the job came in (a gateway) when all of its tasks could go to
+    # their models' shared subjects at once: orchestrators fold it as if `job.planned` had
+    # followed and send its work, so no plan append stands between a job and its first token.
+    # None: an orchestrator plans the job.
+    plan: JobPlanned | None = None
 
 
 @event_type
@@ -100,6 +105,9 @@ class JobPlanned(Event):
     # a `task.dispatched` in all but name. Added later: older plans were followed by separate
     # task.dispatched events.
     dispatched: tuple[TaskDispatched, ...] = ()
+
+
+JobSubmitted.model_rebuild()  # `plan` names a class defined after it
 
 
 @event_type

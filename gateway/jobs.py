@@ -62,6 +62,8 @@ async def submit_job(
                 return job_id, False
             # The earlier request stopped between reserving the id and submitting: finish it.
             job = job.model_copy(update={"job_id": job_id})
+    if gw.settings.plan_at_door:
+        job = gw.preplanner.plan(job)
     try:
         await submit_event(gw.bus, job)
     except WrongLastSequence:

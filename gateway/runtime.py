@@ -9,6 +9,7 @@ from events.watched import WatchedBucket
 from gateway.accounts import SessionRecord
 from gateway.keys import KeyRing
 from gateway.limits import Quotas, RateLimiter
+from gateway.preplan import Preplanner
 from gateway.tokens import Signer
 from projections.usage import TenantUsage
 from services.client import JobEnds
@@ -34,6 +35,7 @@ class Gateway:
     metrics: GatewayMetrics
     ends: JobEnds  # jobs' ends, for whole (non-streamed) answers
     queues: WatchedBucket[TenantQueue]  # each tenant's jobs held for capacity
+    preplanner: Preplanner  # plans plain jobs at the door while their models have room
 
     @classmethod
     async def start(cls, settings: Settings, metrics: GatewayMetrics) -> Gateway:
@@ -51,9 +53,16 @@ class Gateway:
         await usage.start()
         limiter = RateLimiter(bus, settings.rate_limit_rpm)
         quotas = Quotas(usage, settings.tenant_daily_tokens)
-        ends = await JobEnds(bus).start()
         queues = WatchedBucket(bus, bus.names.bucket("queues"), TenantQueue)
         await queues.start()
+        preplanner = Preplanner(
+            nodes,
+            queues,
+            bus.names,
+            heartbeat_s=settings.heartbeat_s,
+            dispatch_timeout_s=settings.dispatch_timeout_s,
+        )
+        ends = await JobEnds(bus, on_end=preplanner.ended).start()
         return cls(
             settings,
             bus,
@@ -66,6 +75,7 @@ class Gateway:
             metrics,
             ends,
             queues,
+            preplanner,
         )
 
     async def stop(self) -> None:

@@ -140,9 +140,16 @@ class JobEnds:
     before ``job.completed`` (which follows from it and records the same output and usage).
     """
 
-    def __init__(self, bus: Bus, quiet_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        quiet_s: float = 2.0,
+        *,
+        on_end: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.bus = bus
         self.quiet_s = quiet_s
+        self.on_end = on_end  # told (job id, event type) of every end that goes by
         self._waiting: dict[str, asyncio.Future[Envelope]] = {}
         self._early: set[str] = set()  # jobs whose task.completed is their answer
         self._subs: list[Any] = []
@@ -175,6 +182,8 @@ class JobEnds:
 
     async def _on(self, msg: Msg) -> None:
         _, _, job_id, event_type = msg.subject.split(".", 3)
+        if self.on_end is not None:
+            self.on_end(job_id, event_type)
         future = self._waiting.get(job_id)
         if future is None or future.done():
             return

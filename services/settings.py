@@ -170,6 +170,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         600.0, gt=0, description="longest a completion request may wait"
     )
+    plan_at_door: bool = Field(
+        True,
+        description="plan a job in the gateway when all its tasks can start at once on their "
+        "models' shared subjects (one append fewer before the first token); off: orchestrators "
+        "plan every job",
+    )
     idempotency_ttl_s: float = Field(
         86_400.0, gt=0, description="how long an Idempotency-Key keeps returning the same job"
     )

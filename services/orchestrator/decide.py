@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from events.envelope import Envelope, Event
 from events.inference import Prompt
-from events.jobs import JobFailed, TaskDispatched, TaskFailed, TaskRerouted
+from events.jobs import JobFailed, JobPlanned, TaskDispatched, TaskFailed, TaskRerouted
 from events.subjects import Names
 from services.orchestrator.patterns import describe, finish, models_of, plan, prompt_for, tolerated
 from services.orchestrator.state import JobState, TaskState, evolve
@@ -273,6 +273,25 @@ def decide(
     if all(final(state, t) for t in state.tasks):
         return [finish(state)]
     return []
+
+
+def plan_at_door(
+    state: JobState, now: datetime, mesh: Mesh, names: Names, *, dispatch_timeout_s: float
+) -> JobPlanned | None:
+    """The plan of a job not yet submitted (`state`: its `job.submitted` folded) when every one
+    of its tasks can go to its model's shared subject now; None when an orchestrator must plan
+    it (a task waits for another's output, wants a chosen node, or must wait for room or for a
+    node). What a gateway records in the job's `job.submitted`: the decision `decide` would
+    make first, taken where the job comes in, so no plan append stands before its first token."""
+    events = decide(state, now, mesh, names, dispatch_timeout_s=dispatch_timeout_s)
+    if len(events) != 1 or not isinstance(events[0], JobPlanned):
+        return None
+    planned = events[0]
+    if len(planned.dispatched) != len(planned.tasks):
+        return None
+    if any(d.node_id is not None for d in planned.dispatched):
+        return None
+    return planned
 
 
 def _place(

@@ -62,6 +62,19 @@ def job_key(subject: str) -> str:
     return subject.split(".", 3)[2]
 
 
+def dispatches_in(envelope: Envelope) -> list[tuple[TaskDispatched, str]]:
+    """The dispatches an event records, each with the id its work message is sent under
+    (derived from the event's, so a re-send — by a restarted or a second instance — is dropped
+    by JetStream): a dispatch, a plan's first dispatches, or those of a plan made at the door."""
+    event = envelope.data
+    if isinstance(event, TaskDispatched):
+        return [(event, envelope.id)]
+    plan = event.plan if isinstance(event, JobSubmitted) else event
+    if isinstance(plan, JobPlanned):
+        return [(d, f"{envelope.id}-{d.task_id}") for d in plan.dispatched]
+    return []
+
+
 class Orchestrator:
     """One orchestrator instance."""
 
@@ -172,9 +185,10 @@ class Orchestrator:
         freed: set[str] = set()
         for d in group:
             event = d.envelope.data
-            if isinstance(event, TaskDispatched | JobPlanned):
+            dispatches = dispatches_in(d.envelope)
+            if dispatches:
                 await self._send_tasks(state, d.envelope)
-                for sent in (event,) if isinstance(event, TaskDispatched) else event.dispatched:
+                for sent, _ in dispatches:
                     task = state.task(sent.task_id)
                     if sent.attempt == 1 and task is not None:
                         self.fair.seen_dispatch(task.model)
@@ -266,12 +280,8 @@ class Orchestrator:
 
     async def _send_tasks(self, state: JobState, envelope: Envelope) -> None:
         """Put the work of a dispatch (or of a plan's first dispatches) on its subject."""
-        event = envelope.data
-        if isinstance(event, TaskDispatched):
-            await self._send_task(state, event, envelope.id)
-        elif isinstance(event, JobPlanned):
-            for d in event.dispatched:
-                await self._send_task(state, d, f"{envelope.id}-{d.task_id}")
+        for dispatch, msg_id in dispatches_in(envelope):
+            await self._send_task(state, dispatch, msg_id)
 
     async def _send_task(self, state: JobState, event: TaskDispatched, msg_id: str) -> None:
         task = state.task(event.task_id)

@@ -175,7 +175,7 @@ def evolve(state: JobState | None, envelope: Envelope, seq: int) -> JobState | N
     if state is None:
         if not isinstance(event, JobSubmitted):
             return None
-        return JobState(
+        submitted = JobState(
             job_id=event.job_id,
             pattern=event.pattern,
             model=event.model,
@@ -196,10 +196,22 @@ def evolve(state: JobState | None, envelope: Envelope, seq: int) -> JobState | N
             events=1,
             last_seq=seq,
         )
+        if event.plan is not None:  # planned where it came in: as if job.planned followed
+            return _planned(submitted, event.plan, envelope.at)
+        return submitted
     if seq <= state.last_seq:
         return state
     new = _apply(state, envelope)
     return new.model_copy(update={"events": state.events + 1, "last_seq": seq})
+
+
+def _planned(state: JobState, planned: JobPlanned, at: datetime) -> JobState:
+    first = {d.task_id: d for d in planned.dispatched}
+    tasks = tuple(
+        _dispatched(TaskState(**dict(t)), first.get(t.task_id), at)  # a task starts as its spec
+        for t in planned.tasks
+    )
+    return state.model_copy(update={"tasks": tasks})
 
 
 def _apply(state: JobState, envelope: Envelope) -> JobState:
@@ -207,12 +219,7 @@ def _apply(state: JobState, envelope: Envelope) -> JobState:
     if state.terminal:
         return state
     if isinstance(event, JobPlanned) and not state.planned:
-        first = {d.task_id: d for d in event.dispatched}
-        tasks = tuple(
-            _dispatched(TaskState(**dict(t)), first.get(t.task_id), at)  # a task starts as its spec
-            for t in event.tasks
-        )
-        return state.model_copy(update={"tasks": tasks})
+        return _planned(state, event, at)
     if isinstance(event, TaskDispatched):
         task = state.task(event.task_id)
         if task is None or event.attempt <= task.attempt:

@@ -186,6 +186,11 @@ class Pool:
     _shared: dict[str, bool] = field(default_factory=dict)
     _turns: dict[tuple[object, ...], int] = field(default_factory=dict)
 
+    def room(self, model: str) -> float:
+        """Free slots across the nodes serving `model`: their capacity less their tasks in
+        flight (at their last heartbeats, plus those counted as sent since)."""
+        return self._capacity.get(model, 0) - self._busy.get(model, 0.0)
+
     def busy(self, node_id: str) -> float:
         """Tasks in flight at its last heartbeat, plus those sent since, less those finished."""
         return max(0, self.records[node_id].in_flight + self.pending.get(node_id, 0))

@@ -13,7 +13,7 @@ from events.bus import Bus
 from gateway.app import create_app
 from gateway.keys import create_key
 from services.settings import Settings
-from tests.mesh import spawn, wait_until
+from tests.mesh import job_events, spawn, wait_until
 
 
 @dataclass
@@ -83,14 +83,40 @@ async def test_submit_read_and_history(world: World) -> None:
     assert job["usage"]["completion_tokens"] == 6 and job["finish_reason"] == "length"
     assert job["tasks"][0]["node_id"] == "w1" and job["output"]
     events = (await c.get(f"/v1/jobs/{job_id}/events", headers=world.alice)).json()
+    # a plain job with a free slot waiting is planned at the door: its plan is in job.submitted
     assert [e["type"] for e in events] == [
         "job.submitted",
-        "job.planned",
         "task.started",
         "task.completed",
         "job.completed",
     ]
+    (dispatch,) = events[0]["data"]["plan"]["dispatched"]
+    assert dispatch["task_id"] == job["tasks"][0]["task_id"] and dispatch["node_id"] is None
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+
+
+async def test_a_job_that_must_choose_a_node_is_planned_by_the_orchestrator(world: World) -> None:
+    c = world.client
+    r = await c.post(
+        "/v1/jobs",
+        headers=world.alice,
+        json={
+            "model": "sim-small",
+            "prompt": "hello",
+            "max_tokens": 4,
+            "routing": {"strategy": "round_robin"},
+        },
+    )
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    job = await _finished(c, world.alice, job_id)
+    assert job["status"] == "completed"
+    events = (await c.get(f"/v1/jobs/{job_id}/events", headers=world.alice)).json()
+    types = [e["type"] for e in events]
+    assert types[:2] == ["job.submitted", "job.planned"], types
+    assert events[0]["data"]["plan"] is None
+    (dispatch,) = events[1]["data"]["dispatched"]
+    assert dispatch["node_id"] == "w1"  # chosen, and sent to that node's own subject
 
 
 async def test_the_same_idempotency_key_returns_the_same_job(world: World) -> None:
@@ -248,3 +274,33 @@ async def test_keys_over_http(world: World) -> None:
 
 async def _has_key(gw: object, key_id: str) -> bool:
     return key_id in gw.keys.items  # type: ignore[attr-defined]
+
+
+async def test_a_free_slot_is_used_by_the_door_again_as_soon_as_its_job_ends(
+    bus: Bus, settings: Settings
+) -> None:
+    # One slot in the whole mesh, and heartbeats too slow to tell the gateway it is free again:
+    # only the job's own end, seen by the gateway, frees it for the next plan at the door.
+    slow = settings.model_copy(update={"heartbeat_s": 20.0, "node_ttl_s": 60.0})
+    with (
+        spawn(slow, "orchestrator"),
+        spawn(slow, "worker", DIM_NODE_ID="w1", DIM_CAPACITY="1"),
+    ):
+        auth = await _auth(bus, "alice", "acme", "member")
+        async with AsyncTestClient(app=create_app(slow)) as client:
+            gw = client.app.state.gateway
+
+            async def ready() -> bool:
+                return bool(gw.nodes.live()) and bool(gw.keys.items)
+
+            await wait_until(ready, what="the worker and the key in the gateway's view")
+            body = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]}
+            jobs = []
+            for _ in range(3):
+                r = await client.post("/v1/chat/completions", headers=auth, json=body)
+                assert r.status_code == 200, r.text
+                jobs.append(r.headers["x-dim-job-id"])
+            for job_id in jobs:
+                (first, *_) = await job_events(bus, job_id)
+                assert first.data.plan is not None, job_id  # type: ignore[attr-defined]
+            assert gw.preplanner.planned == 3

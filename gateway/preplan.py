@@ -1,0 +1,129 @@
+"""Planning a job where it comes in, when that is plainly safe: the fast path to a first token.
+
+An orchestrator plans every job by appending `job.planned` and then sending its work, one
+JetStream round trip (and one process hop) before any worker can start. For the common job —
+every task bound for its model's shared subject, with free slots waiting for it — that plan is
+known before the job is submitted: it is what `decide` would do first. The gateway then records
+it in the job's `job.submitted` (`plan`), and orchestrators fold it as if `job.planned` had
+followed and send its work. The decision is stored before any effect, as always, so nothing
+changes for crash safety; it only skips an append.
+
+The gateway plans at the door only while the work would start at once: the models' nodes (by
+their last heartbeats) have more free slots than tasks wait for them or were sent from here and
+have not finished, and no orchestrator holds a job for capacity. Otherwise — a full queue, a
+chosen node (strategy, pin, filters, fan-out shards), a step that waits for another, a long
+prompt — an orchestrator plans as before, and its fair queue orders what waits.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from events.envelope import Envelope
+from events.jobs import JobSubmitted
+from events.subjects import Names
+from events.watched import WatchedBucket
+from services.orchestrator.decide import Mesh, plan_at_door
+from services.orchestrator.scheduler import TenantQueue
+from services.orchestrator.state import JobState, TaskState, evolve
+from services.registry.live import LiveNodes
+
+# Prompts longer than this are planned by an orchestrator: a plan at the door repeats the
+# prompt in the task it plans, and for a long prompt the generation dwarfs the saved hop.
+MAX_PROMPT_CHARS = 16_384
+
+
+@dataclass(slots=True)
+class _Sent:
+    at: float  # monotonic
+    models: list[str]  # one entry per task sent
+
+
+class Preplanner:
+    """Plans plain jobs at the door while their models have free slots."""
+
+    def __init__(
+        self,
+        nodes: LiveNodes,
+        queues: WatchedBucket[TenantQueue],
+        names: Names,
+        *,
+        heartbeat_s: float,
+        dispatch_timeout_s: float,
+    ) -> None:
+        self.nodes = nodes
+        self.queues = queues
+        self.names = names
+        self.dispatch_timeout_s = dispatch_timeout_s
+        # A task sent from here shows in its node's heartbeat (in flight, or waiting) by the next
+        # one: it is counted here until it finishes, or for this long at most.
+        self.window_s = 1.5 * heartbeat_s
+        self._sent: OrderedDict[str, _Sent] = OrderedDict()  # job id -> its tasks, oldest first
+        self._counts: dict[str, int] = {}  # model -> tasks counted in `_sent`
+        self.planned = 0  # jobs planned at the door, since start
+
+    def plan(self, job: JobSubmitted) -> JobSubmitted:
+        """`job` with its plan when it can be planned here; else `job` as it is."""
+        if job.prompt is not None and len(job.prompt.render()) > MAX_PROMPT_CHARS:
+            return job
+        if any(q.held for q in self.queues.items.values()):
+            return job  # some job waits for capacity: the fair queue decides who goes next
+        state = evolve(None, Envelope(job, actor="gateway"), 0)
+        assert state is not None
+        self._expire(time.monotonic())
+        taken: list[str] = []
+
+        def admit(_: JobState, task: TaskState) -> bool:
+            if self.room(task.model) - taken.count(task.model) < 1:
+                return False
+            taken.append(task.model)
+            return True
+
+        pool = self.nodes.pool
+        mesh = Mesh(
+            serves=lambda model: bool(self.nodes.serving(model)),
+            node_live=lambda node: node in pool.records,
+            live_models=self.nodes.live_models,
+            node_gone=self.nodes.gone,
+            known=self.nodes.known,
+            admit=admit,
+            pick=lambda need: pool.pick(need, random.random(), datetime.now(UTC)),
+        )
+        planned = plan_at_door(
+            state, datetime.now(UTC), mesh, self.names, dispatch_timeout_s=self.dispatch_timeout_s
+        )
+        if planned is None:
+            return job
+        self._sent[job.job_id] = _Sent(time.monotonic(), taken)
+        for model in taken:
+            self._counts[model] = self._counts.get(model, 0) + 1
+        self.planned += 1
+        return job.model_copy(update={"plan": planned})
+
+    def room(self, model: str) -> float:
+        """Free slots for `model` by the last heartbeats, less the tasks waiting for it and
+        those sent from here that have not finished."""
+        return self.nodes.pool.room(model) - self.nodes.waiting(model) - self._counts.get(model, 0)
+
+    def ended(self, job_id: str, event_type: str) -> None:
+        """A job's `task.completed` or terminal event went by: its slots are free again (a job of
+        several tasks frees them at its end)."""
+        sent = self._sent.get(job_id)
+        if sent is None or (event_type == "task.completed" and len(sent.models) > 1):
+            return
+        self._release(job_id)
+
+    def _expire(self, now: float) -> None:
+        while self._sent:
+            job_id, sent = next(iter(self._sent.items()))
+            if now - sent.at <= self.window_s:
+                return
+            self._release(job_id)
+
+    def _release(self, job_id: str) -> None:
+        for model in self._sent.pop(job_id).models:
+            self._counts[model] -= 1
