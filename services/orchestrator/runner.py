@@ -86,6 +86,9 @@ class Orchestrator:
         self.nodes = LiveNodes(bus, settings.node_ttl_s)
         self.active: OrderedDict[str, JobState] = OrderedDict()
         self.finished: OrderedDict[str, int] = OrderedDict()
+        # job -> the last seq `_recover` folded: its events up to there are handled again when
+        # (re)delivered, for the work they dispatch may never have been sent
+        self._recovered: dict[str, int] = {}
         self._sent: OrderedDict[str, None] = OrderedDict()
         self.lost_races = 0  # appends refused because another writer appended first
         self.dead_letters = DeadLetters(bus, settings.instance_id, self.actor)
@@ -151,7 +154,13 @@ class Orchestrator:
             await self.nodes.stop()
 
     def seen(self, job_id: str, seq: int) -> bool:
-        """Whether the event at `seq` is already folded (e.g. this instance's own append)."""
+        """Whether the event at `seq` is already folded (e.g. this instance's own append) and
+        its effects performed."""
+        upto = self._recovered.get(job_id)
+        if upto is not None:
+            if seq <= upto:
+                return False  # folded on recovery only: handle it, so its work is sent
+            del self._recovered[job_id]
         state = self.active.get(job_id)
         if state is not None:
             return seq <= state.last_seq
@@ -234,6 +243,7 @@ class Orchestrator:
             state = await self._load(job_id)
             if state is not None and not state.terminal:
                 self.active[job_id] = state
+                self._recovered[job_id] = state.last_seq
         if unfinished:
             log.info(
                 "took up %d unfinished jobs from the last %gh",
@@ -342,6 +352,7 @@ class Orchestrator:
             return
         if state.terminal:
             self.active.pop(state.job_id, None)
+            self._recovered.pop(state.job_id, None)
             self.finished[state.job_id] = state.last_seq
             if len(self.finished) > _MAX_FINISHED:
                 self.finished.popitem(last=False)

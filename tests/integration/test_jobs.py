@@ -9,14 +9,18 @@ import signal
 from nats.js.errors import KeyNotFoundError
 
 from events.bus import Bus
+from events.envelope import Envelope
 from events.history import read_events
+from events.ids import new_id
 from events.inference import Prompt, SamplingParams
-from events.jobs import JobCompleted
+from events.jobs import JobCompleted, JobSubmitted
 from events.work import TokensProduced
 from projections.job_status import decode_view
 from projections.projector import rebuild
-from services.client import JobFollower, TextAssembler, submit
+from services.client import JobFollower, TextAssembler, submit, submit_event
 from services.engines.simulated import simulated_tokens
+from services.orchestrator.decide import Mesh, plan_at_door
+from services.orchestrator.state import evolve
 from services.settings import Settings
 from tests.mesh import Service, job_events, mesh, spawn, wait_terminal, wait_until
 
@@ -583,3 +587,27 @@ async def test_a_restarted_orchestrator_takes_up_jobs_it_was_holding(
         await m.orchestrator()
         ends = [await wait_terminal(bus, j.job_id, timeout_s=30) for j in jobs]
     assert all(e[-1].type == "job.completed" for e in ends)
+
+
+async def test_a_job_planned_at_the_door_while_no_orchestrator_runs_is_sent_when_one_starts(
+    bus: Bus, settings: Settings
+) -> None:
+    # A starting orchestrator folds recent unfinished jobs before its consumer delivers them;
+    # the work a door plan dispatches must still be sent when that delivery comes.
+    job = JobSubmitted(job_id=new_id(), model="sim-small", prompt=Prompt(text="door"))
+    state = evolve(None, Envelope(job, actor="test"), 0)
+    assert state is not None
+    anything = Mesh(serves=lambda _: True, node_live=lambda _: True, live_models=set)
+    planned = plan_at_door(state, state.created_at, anything, bus.names, dispatch_timeout_s=5)
+    assert planned is not None
+    async with mesh(settings) as m:
+        await m.worker("w1")
+        await submit_event(bus, job.model_copy(update={"plan": planned}))
+        await m.orchestrator()
+        events = await wait_terminal(bus, job.job_id, timeout_s=30)
+    assert [e.type for e in events] == [
+        "job.submitted",
+        "task.started",
+        "task.completed",
+        "job.completed",
+    ]
