@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from events.bus import Bus
+from events.errors import transient
 from gateway.keys import create_key
 from services.audit import audit, collect, render
 from services.nats_server import free_port
@@ -206,9 +207,16 @@ async def main(args: argparse.Namespace) -> int:
                     if attempt == 59:
                         raise
                     await asyncio.sleep(0.5)
-            _, key = await create_key(
-                bus, principal_id="chaos", tenant="chaos", roles=("member",), actor="chaos"
-            )
+            for attempt in range(60):  # its stream may still be electing a leader
+                try:
+                    _, key = await create_key(
+                        bus, principal_id="chaos", tenant="chaos", roles=("member",), actor="chaos"
+                    )
+                    break
+                except Exception as exc:
+                    if attempt == 59 or not transient(exc):
+                        raise
+                    await asyncio.sleep(0.5)
 
             def proc(name: str, *cli: str, **env: str) -> Proc:
                 return Proc(name, list(cli), child_env(settings, **env), root / f"{name}.log")
@@ -259,7 +267,13 @@ async def main(args: argparse.Namespace) -> int:
             deadline = time.monotonic() + args.settle
             report = None
             while time.monotonic() < deadline:
-                histories, usage = await collect(bus)
+                try:
+                    histories, usage = await collect(bus)
+                except Exception as exc:  # the cluster still settling after its last fault
+                    if not transient(exc):
+                        raise
+                    await asyncio.sleep(1)
+                    continue
                 report = audit(histories, accepted, usage)
                 if report.ok:
                     break
