@@ -27,7 +27,7 @@ from events.envelope import Envelope
 from events.jobs import JobSubmitted
 from events.subjects import Names
 from events.watched import WatchedBucket
-from services.orchestrator.decide import Mesh, plan_at_door
+from services.orchestrator.decide import plan_at_door
 from services.orchestrator.scheduler import TenantQueue
 from services.orchestrator.state import JobState, TaskState, evolve
 from services.registry.live import LiveNodes
@@ -84,14 +84,8 @@ class Preplanner:
             return True
 
         pool = self.nodes.pool
-        mesh = Mesh(
-            serves=lambda model: bool(self.nodes.serving(model)),
-            node_live=lambda node: node in pool.records,
-            live_models=self.nodes.live_models,
-            node_gone=self.nodes.gone,
-            known=self.nodes.known,
-            admit=admit,
-            pick=lambda need: pool.pick(need, random.random(), datetime.now(UTC)),
+        mesh = self.nodes.mesh(
+            admit=admit, pick=lambda need: pool.pick(need, random.random(), datetime.now(UTC))
         )
         planned = plan_at_door(
             state, datetime.now(UTC), mesh, self.names, dispatch_timeout_s=self.dispatch_timeout_s

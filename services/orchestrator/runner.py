@@ -99,13 +99,7 @@ class Orchestrator:
     @property
     def mesh(self) -> Mesh:
         """The node view `decide` consults."""
-        pool = self.nodes.pool
-        return Mesh(
-            serves=lambda model: bool(self.nodes.serving(model)),
-            node_live=lambda node: node in pool.records,
-            live_models=self.nodes.live_models,
-            node_gone=self.nodes.gone,
-            known=self.nodes.known,
+        return self.nodes.mesh(
             admit=lambda state, task: self.fair.admit(
                 task.model, state.tenant, state.priority, state.job_id
             ),
