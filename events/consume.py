@@ -94,7 +94,18 @@ async def ensure_consumer(bus: Bus, spec: ConsumerSpec) -> ConsumerInfo:
     return await bus.js.add_consumer(spec.stream, config=spec.config())
 
 
-async def ensure_in_order(bus: Bus, spec: ConsumerSpec) -> None:
+async def restart_at(bus: Bus, spec: ConsumerSpec, seq: int) -> ConsumerInfo:
+    """Recreate the durable to deliver from stream sequence `seq` on (a deliver policy cannot be
+    changed in place)."""
+    with contextlib.suppress(NotFoundError):
+        await bus.js.delete_consumer(spec.stream, spec.durable)
+    config = spec.config()
+    config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+    config.opt_start_seq = seq
+    return await bus.js.add_consumer(spec.stream, config=config)
+
+
+async def ensure_in_order(bus: Bus, spec: ConsumerSpec) -> ConsumerInfo:
     """Create or update the durable for a handler that needs stream order (`run_ordered`).
 
     Messages a previous incarnation took but never acked (it was killed) would come back only
@@ -106,9 +117,7 @@ async def ensure_in_order(bus: Bus, spec: ConsumerSpec) -> None:
     try:
         info = await bus.js.consumer_info(spec.stream, spec.durable)
     except NotFoundError:
-        await ensure_consumer(bus, spec)
-        return
-    config = spec.config()
+        return await ensure_consumer(bus, spec)
     if info.num_ack_pending:
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
         log.info(
@@ -117,13 +126,11 @@ async def ensure_in_order(bus: Bus, spec: ConsumerSpec) -> None:
             info.num_ack_pending,
             floor + 1,
         )
-        await bus.js.delete_consumer(spec.stream, spec.durable)
-        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-        config.opt_start_seq = floor + 1
-    else:  # keep where it starts: a deliver policy cannot be changed in place
-        config.deliver_policy = info.config.deliver_policy
-        config.opt_start_seq = info.config.opt_start_seq
-    await bus.js.add_consumer(spec.stream, config=config)
+        return await restart_at(bus, spec, floor + 1)
+    config = spec.config()  # keep where it starts: a deliver policy cannot be changed in place
+    config.deliver_policy = info.config.deliver_policy
+    config.opt_start_seq = info.config.opt_start_seq
+    return await bus.js.add_consumer(spec.stream, config=config)
 
 
 @dataclass(slots=True)
@@ -155,7 +162,16 @@ def _backoff(deliveries: int) -> float:
 
 
 class _Puller:
-    """Keeps pull requests outstanding for one consumer and queues what arrives."""
+    """Keeps pull requests outstanding for one consumer and queues what arrives.
+
+    In order (`run_ordered`), it also checks that every delivery arrives: JetStream numbers a
+    consumer's deliveries, and one sent while the connection was away (a reconnect, a server
+    killed, a leader moving) is counted as delivered but never comes — with an ack-all consumer
+    the next ack would then settle it unseen, and by sequence a fold would skip it for good. So
+    at the first gap in the numbering the puller stops taking what follows and recreates its
+    durable just above the last stream sequence it did receive (`reposition`); what it had
+    already received again is skipped as seen.
+    """
 
     def __init__(
         self,
@@ -175,18 +191,74 @@ class _Puller:
         self.outstanding = 0
         self.last_heard = time.monotonic()
         self._sub: Subscription | None = None
+        # In order only: the delivery number the next message must carry, and the stream
+        # sequence up to which every message of the consumer has been received.
+        self.next_delivery = 0
+        self.received_upto = 0
+        self.gap: tuple[int, int] | None = None  # (expected, got) until repositioned
 
     async def start(self, *, in_order: bool = False) -> None:
         if in_order:
-            await ensure_in_order(self.bus, self.spec)
+            self._track(await ensure_in_order(self.bus, self.spec))
         else:
             await ensure_consumer(self.bus, self.spec)
-        self._sub = await self.bus.nc.subscribe(self.inbox, cb=self._on_msg)
+        await self._subscribe()
+
+    def _track(self, info: ConsumerInfo) -> None:
+        self.next_delivery = (info.delivered.consumer_seq if info.delivered else 0) + 1
+        self.received_upto = info.ack_floor.stream_seq if info.ack_floor else 0
+        self.gap = None
+
+    async def _subscribe(self) -> None:
+        self.inbox = self.bus.nc.new_inbox()
+        inbox = self.inbox
+
+        async def on_msg(msg: Msg) -> None:
+            if inbox == self.inbox:  # not a straggler for a request of before a reposition
+                await self._on_msg(msg)
+
+        self._sub = await self.bus.nc.subscribe(inbox, cb=on_msg)
 
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
+
+    def in_sequence(self, msgs: list[Msg]) -> list[Msg]:
+        """The leading messages of `msgs` up to a gap in the delivery numbering (in order only).
+
+        A number below the expected one is a redelivery (e.g. by a new consumer leader): taken.
+        A number above it means deliveries that never arrived: that message and all after it
+        are dropped unsettled, and `gap` is set until `reposition` has run.
+        """
+        if self.gap is not None:
+            return []
+        for i, msg in enumerate(msgs):
+            seq = msg.metadata.sequence
+            if seq.consumer > self.next_delivery:
+                self.gap = (self.next_delivery, seq.consumer)
+                return msgs[:i]
+            self.next_delivery = max(self.next_delivery, seq.consumer + 1)
+            self.received_upto = max(self.received_upto, seq.stream)
+        return msgs
+
+    async def reposition(self) -> None:
+        """After a gap: recreate the durable just above what was received, on a new inbox."""
+        assert self.gap is not None
+        expected, got = self.gap
+        log.warning(
+            "%s: deliveries %d..%d never arrived; taking the consumer up again from seq %d",
+            self.spec.durable,
+            expected,
+            got - 1,
+            self.received_upto + 1,
+        )
+        await self.stop()
+        while not self.queue.empty():  # the rest of the broken run comes again
+            self.queue.get_nowait()
+        self.outstanding = 0
+        self._track(await restart_at(self.bus, self.spec, self.received_upto + 1))
+        await self._subscribe()
 
     async def _on_msg(self, msg: Msg) -> None:
         self.last_heard = time.monotonic()
@@ -455,6 +527,15 @@ async def run_ordered(
 
     try:
         while not stop.is_set():
+            if puller.gap is not None:
+                try:
+                    await puller.reposition()
+                except Exception as exc:
+                    if not transient(exc):
+                        raise
+                    log.warning("%s: cannot reposition yet: %r", spec.durable, exc)
+                    await asyncio.sleep(0.5)
+                    continue
             puller.check_stall()
             want = max_batch - puller.outstanding - queue.qsize()
             if want >= max_batch // 2:
@@ -467,6 +548,7 @@ async def run_ordered(
             msgs = [first[1]]
             while len(msgs) < max_batch and not queue.empty():
                 msgs.append(queue.get_nowait()[1])
+            msgs = puller.in_sequence(msgs)
             groups: dict[str, list[Delivery]] = {}
             done: list[Msg] = []
             for msg in msgs:

@@ -78,6 +78,17 @@ class Proc:
                 self.popen.wait()
 
 
+def complaints(proc: Proc, most: int = 30) -> str:
+    """The last warnings and errors a process logged (its log lives in a temporary folder)."""
+    try:
+        lines = proc.log.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"{proc.name}: no log"
+    worse = [ln for ln in lines if any(w in ln for w in ("WARNING", "ERROR", "Traceback"))]
+    shown = "\n".join(f"  {ln[:300]}" for ln in worse[-most:])
+    return f"{proc.name}: {len(worse)} warnings/errors" + (f", the last:\n{shown}" if worse else "")
+
+
 @dataclass
 class Tally:
     submitted: int = 0
@@ -284,6 +295,8 @@ async def main(args: argparse.Namespace) -> int:
                 for job_id in (*report.lost, *report.duplicated)[:10]:
                     steps = ", ".join(f"{e.type}({e.actor})" for e in histories.get(job_id, []))
                     print(f"history of {job_id}: {steps or 'nothing in the log'}")
+                for p in everyone:  # what the processes complained of, for the post-mortem
+                    print(complaints(p))
     print()
     print(f"| {'jobs submitted':<32} | {tally.submitted:>8} |")
     print(f"| {'client retries (same key)':<32} | {tally.retries:>8} |")

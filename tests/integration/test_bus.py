@@ -224,3 +224,50 @@ async def test_what_a_killed_consumer_took_comes_again_first_and_in_order(
         stop.set()
         await task
     assert seqs == sorted(seqs) and len(set(seqs)) == 7
+
+
+async def test_a_delivery_that_never_arrives_is_taken_again_in_order_not_acked_unseen(
+    bus: Bus, settings: Settings
+) -> None:
+    # JetStream counts a message sent to a pull request as delivered even when it never reaches
+    # the client (sent while the connection was away). Stand-in for that: another requester
+    # takes one delivery and says nothing. The ordered loop must notice the gap in the delivery
+    # numbering and take the message again in order — with ack-all, acking the next one would
+    # otherwise settle it unseen, for good.
+    names = settings.names
+    spec = ConsumerSpec(
+        names.jobs_stream, "c-gap", (names.jobs_all,), ack_wait_s=30.0, ack_all=True
+    )
+    seqs: list[int] = []
+
+    async def handle(group: list[Delivery]) -> None:
+        seqs.extend(d.stream_seq for d in group)
+
+    async def until(n: int) -> None:
+        while len(seqs) < n:
+            await asyncio.sleep(0.05)
+
+    async def run_while(publish: list[str], n: int) -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_ordered(bus, spec, handle, key=lambda s: "one", stop=stop))
+        try:
+            await asyncio.sleep(0.3)
+            for job_id in publish:
+                await bus.publish(names.job(job_id, "job.submitted"), _submitted(job_id))
+            await asyncio.wait_for(until(n), 10)  # far less than the 30 s ack wait
+        finally:
+            stop.set()
+            await task
+
+    await run_while(["J0", "J1"], 2)  # handled and acked: the floor is 2
+    thief = await bus.nc.subscribe(bus.nc.new_inbox(), max_msgs=1)
+    await bus.nc.publish(
+        f"$JS.API.CONSUMER.MSG.NEXT.{names.jobs_stream}.c-gap",
+        b'{"batch": 1, "expires": 20000000000}',
+        reply=thief.subject,
+    )
+    await bus.nc.flush()
+    await run_while(["J2", "J3", "J4"], 5)
+    stolen = await thief.next_msg(timeout=5)  # the message really went elsewhere first
+    assert stolen.metadata.sequence.stream == 3
+    assert seqs == [1, 2, 3, 4, 5]
