@@ -40,6 +40,10 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 _WRONG_LAST_SEQUENCE = 10071
+# Answers that mean "not now" rather than "no": the same id is retried. 10158: a clustered
+# leader is still storing a message with this id (e.g. a retry of ours after a slow commit; it
+# may yet land); 10167: the stream's ingest queue is full (dropped before being stored).
+_TRY_AGAIN = frozenset({10158, 10167})
 
 
 def event_headers(envelope: Envelope) -> dict[str, str]:
@@ -179,7 +183,7 @@ class Bus:
                     raise WrongLastSequence(
                         f"{subject}: {exc.description} (expected last {expected_last_seq})"
                     ) from None
-                if exc.code != 503:
+                if exc.code != 503 and exc.err_code not in _TRY_AGAIN:
                     raise PublishError(f"JetStream refused {subject}: {exc.description}") from exc
                 last: Exception = exc
             except (

@@ -12,6 +12,8 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from events.errors import transient
+
 log = logging.getLogger(__name__)
 
 _TYPES = {
@@ -110,6 +112,18 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    if transient(exc):  # NATS away for now (a server restarting, a leader election)
+        log.warning("NATS unavailable on %s %s: %r", request.method, request.url.path, exc)
+        _counted(request, "unavailable", 503)
+        message = (
+            "the event log (NATS) did not answer in time; retry shortly, with the same "
+            "Idempotency-Key for jobs, so that one stored after all is not submitted twice"
+        )
+        return Response(
+            error_body(503, message, code="unavailable"),
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     _counted(request, "internal", 500)
     return Response(

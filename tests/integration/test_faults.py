@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from litestar.testing import AsyncTestClient
 
 from events.bus import Bus
 from events.consume import ConsumerSpec, Delivery, run_ordered
@@ -18,7 +19,12 @@ from events.inference import Prompt
 from events.jobs import JobSubmitted
 from events.subjects import Names
 from events.topology import provision, topology
+from gateway.app import create_app
+from gateway.keys import create_key
 from services.nats_server import EmbeddedNats
+from services.process import ensure_topology
+from services.settings import Settings
+from tests.mesh import spawn, wait_until
 
 NAMES = Names("faults")
 
@@ -116,5 +122,62 @@ async def test_a_history_read_goes_on_from_where_it_was_after_the_server_restart
                 server.proc.wait()
                 server.start()
         assert seen == ids  # nothing missed, nothing twice, in order
+    finally:
+        await bus.close()
+
+
+async def test_a_request_while_nats_does_not_answer_gets_503_and_its_retry_submits_once(
+    server: EmbeddedNats,
+) -> None:
+    settings = Settings(
+        nats_url=server.url,
+        namespace="faults",
+        heartbeat_s=0.3,
+        node_ttl_s=60.0,  # the worker stays "live" through the pause below
+        publish_timeout_s=0.3,
+        publish_retries=1,
+        sim_ttft_ms=0,
+        sim_tokens_per_s=0,
+        jwt_secret="test-secret-that-is-long-enough-for-hs256-0123",
+    )
+    bus = await Bus.connect(server.url, settings.names)
+    try:
+        await ensure_topology(bus, settings)
+        _, key = await create_key(bus, principal_id="a", tenant="t", roles=("member",), actor="t")
+        auth = {"Authorization": f"Bearer {key}", "Idempotency-Key": "k-503"}
+        body = {"model": "sim-small", "prompt": "hello", "max_tokens": 3}
+        with spawn(settings, "worker", DIM_NODE_ID="w1"), spawn(settings, "orchestrator"):
+            async with AsyncTestClient(app=create_app(settings)) as client:
+                gw = client.app.state.gateway
+
+                async def live() -> bool:
+                    return bool(gw.nodes.live())
+
+                await wait_until(live, what="the worker in the gateway's view")
+                assert server.proc is not None
+                os.kill(server.proc.pid, signal.SIGSTOP)
+                try:
+                    r = await client.post("/v1/jobs", headers=auth, json=body)
+                finally:
+                    os.kill(server.proc.pid, signal.SIGCONT)
+                assert r.status_code == 503, r.text
+                assert r.headers["retry-after"] == "1"
+                error = r.json()["error"]
+                assert error["code"] == "unavailable" and "Idempotency-Key" in error["message"]
+                # NATS is back: the client's retry (same key) gets one job, whatever the
+                # paused server did in the end with what it had been sent.
+                for _ in range(50):
+                    again = await client.post("/v1/jobs", headers=auth, json=body)
+                    if again.status_code != 503:
+                        break
+                    await asyncio.sleep(0.2)
+                assert again.status_code == 202, again.text
+        job_id = again.json()["job_id"]
+        events = [
+            e
+            async for _, e in read_events(bus, settings.names.jobs_stream, settings.names.jobs_all)
+        ]
+        submitted = [e for e in events if e.type == "job.submitted"]
+        assert [e.data.job_id for e in submitted] == [job_id]  # type: ignore[union-attr]
     finally:
         await bus.close()
