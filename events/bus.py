@@ -202,6 +202,14 @@ class Bus:
             f"no JetStream ack for {subject} after {self.publish_retries + 1} tries: {last!r}"
         )
 
+    async def send(self, subject: str, envelope: Envelope) -> None:
+        """Put one event on a stream's subject without asking for an ack: JetStream stores it
+        (once per id, within the stream's window) unless it is lost on the way, which nothing
+        reports. For copies whose loss something else covers — the cheapest way in."""
+        headers = event_headers(envelope)
+        payload = await self._outbound(envelope, headers)
+        await self.nc.publish(subject, payload, headers=headers)
+
     async def publish_async(self, subject: str, envelope: Envelope) -> asyncio.Future[PubAck]:
         """Send one event without waiting; the future resolves to its ack."""
         headers = event_headers(envelope)

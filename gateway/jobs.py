@@ -7,6 +7,7 @@ import hashlib
 from nats.js.errors import KeyWrongLastSequenceError
 from pydantic import ValidationError
 
+from events.envelope import Envelope
 from events.errors import WrongLastSequence
 from events.ids import new_id
 from events.jobs import JobSubmitted
@@ -17,9 +18,10 @@ from gateway.runtime import Gateway
 from gateway.schemas import JobRequest
 from projections.job_status import fold
 from projections.job_views import newest_views, read_view
-from services.client import history, submit_event
+from services.client import append_submitted, history
 from services.orchestrator.patterns import models_of, validate
-from services.orchestrator.state import JobState
+from services.orchestrator.state import JobState, evolve
+from services.orchestrator.work import dispatches_in, task_request
 
 
 def _idempotency_slot(principal: Principal, key: str) -> str:
@@ -65,10 +67,25 @@ async def submit_job(
     if gw.settings.plan_at_door:
         job = gw.preplanner.plan(job)
     try:
-        await submit_event(gw.bus, job)
+        envelope, seq = await append_submitted(gw.bus, job)
     except WrongLastSequence:
         return job_id, False  # a concurrent retry with the same key submitted it first
+    if job.plan is not None:
+        await send_planned_work(gw, envelope, seq)
     return job_id, True
+
+
+async def send_planned_work(gw: Gateway, envelope: Envelope, seq: int) -> None:
+    """Send the work of a plan made here, now that it is stored: no hop through an orchestrator
+    before a worker can start. Orchestrators send the same messages (same ids: JetStream keeps
+    one) for tasks that have not started a moment later, so this copy may go without an ack: a
+    gateway that dies here, or a copy lost on the way, delays the job and loses nothing."""
+    state = evolve(None, envelope, seq)
+    assert state is not None
+    for dispatch, msg_id in dispatches_in(envelope):
+        request = task_request(state, dispatch)
+        if request is not None:
+            await gw.bus.send(dispatch.subject, Envelope(request, actor="gateway", id=msg_id))
 
 
 async def submit_request(

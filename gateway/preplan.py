@@ -4,9 +4,11 @@ An orchestrator plans every job by appending `job.planned` and then sending its 
 JetStream round trip (and one process hop) before any worker can start. For the common job —
 every task bound for its model's shared subject, with free slots waiting for it — that plan is
 known before the job is submitted: it is what `decide` would do first. The gateway then records
-it in the job's `job.submitted` (`plan`), and orchestrators fold it as if `job.planned` had
-followed and send its work. The decision is stored before any effect, as always, so nothing
-changes for crash safety; it only skips an append.
+it in the job's `job.submitted` (`plan`) and, once that is stored, sends its work
+(`gateway.jobs.send_planned_work`); orchestrators fold the plan as if `job.planned` had followed
+and send the work of tasks that have not started a moment later (same ids: JetStream keeps one
+copy). The decision is stored before any effect, as always, so nothing changes for crash safety;
+it skips an append and the hop through an orchestrator.
 
 The gateway plans at the door only while the work would start at once: the models' nodes (by
 their last heartbeats) have more free slots than tasks wait for them or were sent from here and

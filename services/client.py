@@ -50,15 +50,21 @@ async def submit(
 
 async def submit_event(bus: Bus, event: JobSubmitted) -> JobSubmitted:
     """Append `event` as the first event of its job (refused if the job already has events)."""
-    owner = event.owner
+    await append_submitted(bus, event)
+    return event
+
+
+async def append_submitted(bus: Bus, event: JobSubmitted) -> tuple[Envelope, int]:
+    """As `submit_event`; the stored envelope and its stream sequence."""
     names = bus.names
-    await bus.publish(
+    envelope = Envelope(event, actor=event.owner)
+    ack = await bus.publish(
         names.job(event.job_id, event.type),
-        Envelope(event, actor=owner),
+        envelope,
         expected_last_seq=0,
         expected_last_subject=names.job_all(event.job_id),
     )
-    return event
+    return envelope, ack.seq
 
 
 @dataclass(slots=True)

@@ -28,21 +28,19 @@ from events.errors import WrongLastSequence
 from events.history import read_events
 from events.jobs import (
     TERMINAL_TYPES,
-    JobPlanned,
     JobSubmitted,
     TaskCompleted,
     TaskDispatched,
     TaskFailed,
-    TaskSpec,
     TaskStarted,
 )
 from events.nodes import NodeLost
 from events.subjects import encode_token
-from events.work import TaskRequested
 from services.orchestrator.dead_letters import DeadLetters
 from services.orchestrator.decide import Mesh, decide
 from services.orchestrator.scheduler import FairQueue, TenantQueue
 from services.orchestrator.state import JobState, evolve
+from services.orchestrator.work import dispatches_in, task_request
 from services.registry.live import LiveNodes
 from services.registry.select import Need
 from services.settings import Settings
@@ -51,28 +49,13 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("dim.orchestrator")
 
 _MAX_ACTIVE = 200_000
-_SPEC_FIELDS = tuple(
-    f for f in TaskSpec.model_fields if f not in ("node_id", "tenant", "after", "template")
-)
 _MAX_FINISHED = 100_000
+_DOOR_GRACE_S = 1.0  # a gateway sends the work of its plans at once; orchestrators after this
 
 
 def job_key(subject: str) -> str:
     """The job id of a JOBS message, from its subject ``NS.jobs.<job_id>.<type>``."""
     return subject.split(".", 3)[2]
-
-
-def dispatches_in(envelope: Envelope) -> list[tuple[TaskDispatched, str]]:
-    """The dispatches an event records, each with the id its work message is sent under
-    (derived from the event's, so a re-send — by a restarted or a second instance — is dropped
-    by JetStream): a dispatch, a plan's first dispatches, or those of a plan made at the door."""
-    event = envelope.data
-    if isinstance(event, TaskDispatched):
-        return [(event, envelope.id)]
-    plan = event.plan if isinstance(event, JobSubmitted) else event
-    if isinstance(plan, JobPlanned):
-        return [(d, f"{envelope.id}-{d.task_id}") for d in plan.dispatched]
-    return []
 
 
 class Orchestrator:
@@ -90,6 +73,8 @@ class Orchestrator:
         # (re)delivered, for the work they dispatch may never have been sent
         self._recovered: dict[str, int] = {}
         self._sent: OrderedDict[str, None] = OrderedDict()
+        # job -> when to send the work of its plan made at the door, if not started by then
+        self._door: OrderedDict[str, tuple[float, Envelope]] = OrderedDict()
         self.lost_races = 0  # appends refused because another writer appended first
         self.dead_letters = DeadLetters(bus, settings.instance_id, self.actor)
         self.fair = FairQueue(settings.queue_depth)
@@ -190,7 +175,14 @@ class Orchestrator:
             event = d.envelope.data
             dispatches = dispatches_in(d.envelope)
             if dispatches:
-                await self._send_tasks(state, d.envelope)
+                if isinstance(event, JobSubmitted) and d.stream_seq > self._recovered.get(
+                    job_id, 0
+                ):
+                    # Planned at the door: that gateway sent the work; what has not started in
+                    # a moment is sent from here (in case it died first).
+                    self._door[job_id] = (time.monotonic() + _DOOR_GRACE_S, d.envelope)
+                else:
+                    await self._send_tasks(state, d.envelope)
                 for sent, _ in dispatches:
                     task = state.task(sent.task_id)
                     if sent.attempt == 1 and task is not None:
@@ -288,25 +280,27 @@ class Orchestrator:
             await self._send_task(state, dispatch, msg_id)
 
     async def _send_task(self, state: JobState, event: TaskDispatched, msg_id: str) -> None:
-        task = state.task(event.task_id)
-        if task is None or task.attempt != event.attempt or task.status != "dispatched":
-            return  # superseded, or already running
-        if msg_id in self._sent:
-            return
-        request = TaskRequested(
-            job_id=state.job_id,
-            attempt=event.attempt,
-            task=TaskSpec(
-                **{f: getattr(task, f) for f in _SPEC_FIELDS},
-                node_id=event.node_id,
-                tenant=state.tenant,
-            ),
-        )
+        request = task_request(state, event)
+        if request is None or msg_id in self._sent:
+            return  # superseded, already running, or sent
         # The work message's id comes from the dispatch event's: JetStream drops a re-send.
         await self.bus.publish(event.subject, Envelope(request, actor=self.actor, id=msg_id))
         self._sent[msg_id] = None
         if len(self._sent) > _MAX_FINISHED:
             self._sent.popitem(last=False)
+
+    async def _send_door_work(self) -> None:
+        """Send the work of plans made at the door whose grace has passed and which has not
+        started (the gateway's copy, if it sent one, has the same id: JetStream keeps one)."""
+        now = time.monotonic()
+        while self._door:
+            job_id, (due, envelope) = next(iter(self._door.items()))
+            if due > now:
+                return
+            state = self.active.get(job_id)
+            if state is not None:
+                await self._send_tasks(state, envelope)
+            del self._door[job_id]
 
     async def _publish_queues(self) -> None:
         """Write each tenant's held jobs to the queues bucket when the number changes (the
@@ -370,6 +364,10 @@ class Orchestrator:
                 await self._publish_queues()
             except Exception:
                 log.warning("publishing queue sizes failed", exc_info=True)
+            try:
+                await self._send_door_work()
+            except Exception:
+                log.warning("sending work planned at the door failed", exc_info=True)
             for model in list(self.fair.held):
                 # Held work with no task starting for a while: the estimate may have drifted up
                 # (an append lost to another instance); what the workers last reported wins.

@@ -338,3 +338,29 @@ async def _models_listed(http: httpx.AsyncClient, key: str) -> bool:
 
 async def _has(bus: Bus, job_id: str, event_type: str) -> bool:
     return any(e.type == event_type for e in await job_events(bus, job_id))
+
+
+async def test_work_planned_at_the_door_is_sent_by_the_gateway_itself(
+    bus: Bus, settings: Settings
+) -> None:
+    # No orchestrator runs: a plain request with a free slot is planned at the door, and the
+    # gateway puts its work on the model's subject itself once the plan is stored, so the
+    # answer comes without waiting for an orchestrator (one process hop fewer on every job).
+    quick = settings.model_copy(update={"request_timeout_s": 10.0})
+    with spawn(quick, "worker", DIM_NODE_ID="w1"):
+        _, key = await create_key(
+            bus, principal_id="al", tenant="acme", roles=("member",), actor="t"
+        )
+        async with AsyncTestClient(app=create_app(quick)) as client:
+            gw = client.app.state.gateway
+            await wait_until(lambda: _true(bool(gw.nodes.live())), what="worker in the view")
+            r = await client.post(
+                "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["message"]["content"]
+    events = await job_events(bus, r.headers["x-dim-job-id"])
+    assert [e.type for e in events] == ["job.submitted", "task.started", "task.completed"]
+    assert events[0].data.plan is not None  # type: ignore[union-attr]

@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from events.bus import Bus
 from events.envelope import Envelope
@@ -604,6 +604,39 @@ async def test_a_job_planned_at_the_door_while_no_orchestrator_runs_is_sent_when
         await m.worker("w1")
         await submit_event(bus, job.model_copy(update={"plan": planned}))
         await m.orchestrator()
+        events = await wait_terminal(bus, job.job_id, timeout_s=30)
+    assert [e.type for e in events] == [
+        "job.submitted",
+        "task.started",
+        "task.completed",
+        "job.completed",
+    ]
+
+
+async def test_work_planned_at_the_door_that_no_gateway_sent_is_sent_by_the_orchestrator(
+    bus: Bus, settings: Settings
+) -> None:
+    # A gateway stores a door plan and sends its work itself; one that dies in between leaves
+    # the work unsent. The orchestrator sends what has not started after a short grace.
+    job = JobSubmitted(job_id=new_id(), model="sim-small", prompt=Prompt(text="door"))
+    state = evolve(None, Envelope(job, actor="test"), 0)
+    assert state is not None
+    anything = Mesh(serves=lambda _: True, node_live=lambda _: True, live_models=set)
+    planned = plan_at_door(state, state.created_at, anything, bus.names, dispatch_timeout_s=5)
+    assert planned is not None
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        await m.worker("w1")
+
+        async def consuming() -> bool:  # past its start-up, which takes up unfinished jobs
+            try:
+                await bus.js.consumer_info(bus.names.jobs_stream, "orchestrator-0")
+            except NotFoundError:
+                return False
+            return True
+
+        await wait_until(consuming, what="the orchestrator's consumer")
+        await submit_event(bus, job.model_copy(update={"plan": planned}))  # and nothing sent
         events = await wait_terminal(bus, job.job_id, timeout_s=30)
     assert [e.type for e in events] == [
         "job.submitted",

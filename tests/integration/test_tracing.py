@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 import uvicorn
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -32,14 +33,20 @@ def _install_provider() -> None:
     trace.set_tracer_provider(provider)
 
 
+@pytest.mark.parametrize("at_door", [False, True], ids=["orchestrator-plans", "door-plans"])
 async def test_one_trace_spans_gateway_orchestrator_worker_and_engine(
-    bus: Bus, settings: Settings
+    bus: Bus, settings: Settings, at_door: bool
 ) -> None:
+    # Planned by the orchestrator, the work goes gateway -> orchestrator -> worker -> engine;
+    # planned at the door, the gateway sends it (gateway -> worker -> engine) and the
+    # orchestrator's folding of the job hangs off the gateway's span: one trace either way.
     _install_provider()
     EXPORTER.clear()
     port = free_port()
     # The exporter setting turns the gateway's server spans on; the test's provider collects them.
-    s = settings.model_copy(update={"gateway_port": port, "otel_exporter": "console"})
+    s = settings.model_copy(
+        update={"gateway_port": port, "otel_exporter": "console", "plan_at_door": at_door}
+    )
     _, key = await create_key(
         bus, principal_id="tess", tenant="acme", roles=("member",), actor="test"
     )
@@ -92,5 +99,9 @@ async def test_one_trace_spans_gateway_orchestrator_worker_and_engine(
     engine = next(sp for sp in by_name["engine.generate"] if sp.context.trace_id == trace_id)
     worker = ids[engine.parent.span_id]  # type: ignore[union-attr]
     assert worker.name == "worker.task"
-    assert ids[worker.parent.span_id].name == "orchestrator.advance"  # type: ignore[union-attr]
+    sender = ids[worker.parent.span_id]  # type: ignore[union-attr]
+    if at_door:
+        assert sender.context.span_id == server_spans[0].context.span_id, sender.name
+    else:
+        assert sender.name == "orchestrator.advance"
     assert engine.attributes is not None and engine.attributes["gen_ai.usage.output_tokens"] > 0
