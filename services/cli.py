@@ -89,7 +89,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
-    from services.process import setup_logging
+    from services.process import setup_logging, tune_gc
     from services.telemetry import setup_tracing
 
     settings = _settings(args, gateway_host=args.host, gateway_port=args.port)
@@ -105,6 +105,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
+    tune_gc()
     try:
         server.run()
     except DimError as exc:
