@@ -1,4 +1,5 @@
-"""Coalescing of token text into chunks: the first piece at once, then by time or size."""
+"""Coalescing of token text into chunks: the first piece on the event loop's next turn, then by
+time or size."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ class Piece:
 class Coalescer:
     """Buffers streamed text; `add` returns a piece when it is time to publish one.
 
-    The first text goes out at once (time to first token is what users feel); after that a
-    piece is cut when `flush_ms` has passed since the last one or `flush_chars` are buffered,
-    so fast engines do not publish one message per token.
+    The first text is not held back by time: while `first_waiting`, the worker cuts it (`cut`)
+    as soon as the engine lets the event loop turn — time to first token is what users feel —
+    so an engine that produced more in the same breath, or the whole answer (a tiny or cached
+    one; the simulated engine at full speed), sends it together instead of one token first.
+    After that a piece is cut when `flush_ms` has passed since the last one or `flush_chars` are
+    buffered, so fast engines do not publish one message per token.
     """
 
     def __init__(self, flush_ms: float, flush_chars: int, offset: int = 0) -> None:
@@ -40,12 +44,15 @@ class Coalescer:
         self._tokens += tokens
         if not self._chars:
             return None
-        due = (
-            self._last_cut is None
-            or self._chars >= self.flush_chars
-            or now - self._last_cut >= self.flush_s
+        due = self._chars >= self.flush_chars or (
+            self._last_cut is not None and now - self._last_cut >= self.flush_s
         )
         return self.cut(now) if due else None
+
+    @property
+    def first_waiting(self) -> bool:
+        """Text is buffered and no piece has been cut yet: cut it on the loop's next turn."""
+        return self._last_cut is None and self._chars > 0
 
     def finish(self, text: str, tokens: int, now: float) -> Piece:
         """The last piece: whatever is buffered plus `text`, even if empty (it marks the end)."""

@@ -450,25 +450,39 @@ class Worker:
             )
             await pending.add(subject, Envelope(chunk, actor=self.actor))
 
-        itl = self.metrics.itl.labels(model=task.model)
-        last = started
-        async for chunk in self.engine.generate(gen):
-            now = time.monotonic()
-            if chunk.text:
-                if ttft is None:
-                    ttft = now - started
-                elif chunk.tokens:
-                    observe_per_token(itl, now - last, chunk.tokens)
-                last = now
-                output.append(chunk.text)
-            if chunk.finish_reason is not None:
-                finish, usage = chunk.finish_reason, chunk.usage
-                # Always sent, even empty: it tells readers the stream is complete.
-                await send(coalescer.finish(chunk.text, chunk.tokens, now), finish)
-                break
-            piece = coalescer.add(chunk.text, chunk.tokens, now)
+        async def send_first() -> None:
+            piece = coalescer.cut(time.monotonic())  # None if the answer ended meanwhile
             if piece is not None:
                 await send(piece)
+
+        itl = self.metrics.itl.labels(model=task.model)
+        last = started
+        first: asyncio.Task[None] | None = None  # the first piece, sent on the loop's next turn
+        try:
+            async for chunk in self.engine.generate(gen):
+                now = time.monotonic()
+                if chunk.text:
+                    if ttft is None:
+                        ttft = now - started
+                    elif chunk.tokens:
+                        observe_per_token(itl, now - last, chunk.tokens)
+                    last = now
+                    output.append(chunk.text)
+                if chunk.finish_reason is not None:
+                    finish, usage = chunk.finish_reason, chunk.usage
+                    # Always sent, even empty: it tells readers the stream is complete.
+                    await send(coalescer.finish(chunk.text, chunk.tokens, now), finish)
+                    break
+                piece = coalescer.add(chunk.text, chunk.tokens, now)
+                if piece is not None:
+                    await send(piece)
+                elif first is None and coalescer.first_waiting:
+                    first = asyncio.create_task(send_first())
+            if first is not None:
+                await first  # its publish failing fails the attempt, as any chunk's would
+        finally:
+            if first is not None and not first.done():
+                first.cancel()  # the attempt ended otherwise (timeout, engine error)
         if finish is None or usage is None:
             raise EngineError("the engine ended the stream without a finish reason")
         if done.tokens:  # the whole answer's usage: what was resumed counts once, here

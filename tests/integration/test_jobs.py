@@ -589,28 +589,32 @@ async def test_a_restarted_orchestrator_takes_up_jobs_it_was_holding(
     assert all(e[-1].type == "job.completed" for e in ends)
 
 
-async def test_a_job_planned_at_the_door_while_no_orchestrator_runs_is_sent_when_one_starts(
-    bus: Bus, settings: Settings
-) -> None:
-    # A starting orchestrator folds recent unfinished jobs before its consumer delivers them;
-    # the work a door plan dispatches must still be sent when that delivery comes.
+_DOOR_PLANNED_JOB = ["job.submitted", "task.started", "task.completed", "job.completed"]
+
+
+def _planned_at_door(bus: Bus) -> JobSubmitted:
+    """A plain job with the plan a gateway would make for it at the door."""
     job = JobSubmitted(job_id=new_id(), model="sim-small", prompt=Prompt(text="door"))
     state = evolve(None, Envelope(job, actor="test"), 0)
     assert state is not None
     anything = Mesh(serves=lambda _: True, node_live=lambda _: True, live_models=set)
     planned = plan_at_door(state, state.created_at, anything, bus.names, dispatch_timeout_s=5)
     assert planned is not None
+    return job.model_copy(update={"plan": planned})
+
+
+async def test_a_job_planned_at_the_door_while_no_orchestrator_runs_is_sent_when_one_starts(
+    bus: Bus, settings: Settings
+) -> None:
+    # A starting orchestrator folds recent unfinished jobs before its consumer delivers them;
+    # the work a door plan dispatches must still be sent when that delivery comes.
+    job = _planned_at_door(bus)
     async with mesh(settings) as m:
         await m.worker("w1")
-        await submit_event(bus, job.model_copy(update={"plan": planned}))
+        await submit_event(bus, job)
         await m.orchestrator()
         events = await wait_terminal(bus, job.job_id, timeout_s=30)
-    assert [e.type for e in events] == [
-        "job.submitted",
-        "task.started",
-        "task.completed",
-        "job.completed",
-    ]
+    assert [e.type for e in events] == _DOOR_PLANNED_JOB
 
 
 async def test_work_planned_at_the_door_that_no_gateway_sent_is_sent_by_the_orchestrator(
@@ -618,12 +622,7 @@ async def test_work_planned_at_the_door_that_no_gateway_sent_is_sent_by_the_orch
 ) -> None:
     # A gateway stores a door plan and sends its work itself; one that dies in between leaves
     # the work unsent. The orchestrator sends what has not started after a short grace.
-    job = JobSubmitted(job_id=new_id(), model="sim-small", prompt=Prompt(text="door"))
-    state = evolve(None, Envelope(job, actor="test"), 0)
-    assert state is not None
-    anything = Mesh(serves=lambda _: True, node_live=lambda _: True, live_models=set)
-    planned = plan_at_door(state, state.created_at, anything, bus.names, dispatch_timeout_s=5)
-    assert planned is not None
+    job = _planned_at_door(bus)
     async with mesh(settings) as m:
         await m.orchestrator()
         await m.worker("w1")
@@ -636,11 +635,36 @@ async def test_work_planned_at_the_door_that_no_gateway_sent_is_sent_by_the_orch
             return True
 
         await wait_until(consuming, what="the orchestrator's consumer")
-        await submit_event(bus, job.model_copy(update={"plan": planned}))  # and nothing sent
+        await submit_event(bus, job)  # and nothing sent
         events = await wait_terminal(bus, job.job_id, timeout_s=30)
-    assert [e.type for e in events] == [
-        "job.submitted",
-        "task.started",
-        "task.completed",
-        "job.completed",
-    ]
+    assert [e.type for e in events] == _DOOR_PLANNED_JOB
+
+
+async def test_an_answer_made_in_one_breath_is_one_chunk_and_a_paced_one_leads_with_a_token(
+    bus: Bus, settings: Settings
+) -> None:
+    # Token chunks: the first text goes out on the event loop's next turn, so an engine that
+    # had the whole answer at once sends it as one chunk, and one that paces its tokens still
+    # sends its first token alone, at once (time to first token).
+    async def chunks(job_id: str) -> list[TokensProduced]:
+        names = bus.names
+        got = [e.data async for _, e in read_events(bus, names.tokens_stream, names.tokens(job_id))]
+        return [c for c in got if isinstance(c, TokensProduced)]
+
+    params = SamplingParams(max_tokens=6)
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        await m.worker("fast")
+        fast = await submit(bus, model="sim-small", prompt=Prompt(text="at once"), params=params)
+        await wait_terminal(bus, fast.job_id)
+        (whole,) = await chunks(fast.job_id)
+        assert whole.finish_reason == "length" and whole.tokens == 6 and whole.offset == 0
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        await m.worker("paced", sim_tokens_per_s=50)
+        paced = await submit(bus, model="sim-small", prompt=Prompt(text="slowly"), params=params)
+        events = await wait_terminal(bus, paced.job_id)
+    assert events[-1].type == "job.completed"
+    got = await chunks(paced.job_id)
+    assert got[0].tokens == 1 and len(got) > 1
+    assert "".join(c.text for c in got) == events[-1].data.output  # type: ignore[attr-defined]

@@ -108,21 +108,31 @@ def test_stop_matcher(pieces: list[str], stops: tuple[str, ...], out: str, stopp
     assert (text, m.stopped) == (out, stopped)
 
 
-def test_coalescer_sends_the_first_piece_at_once_then_batches() -> None:
+def test_coalescer_leaves_the_first_piece_to_the_next_loop_turn_then_batches() -> None:
     c = Coalescer(flush_ms=10, flush_chars=8)
-    first = c.add("a", 1, now=0.0)
-    assert first is not None
-    assert (first.index, first.offset, first.text) == (0, 0, "a")
-    assert c.add("b", 1, now=0.001) is None
+    assert c.add("a", 1, now=0.0) is None and c.first_waiting
+    assert c.add("b", 1, now=0.0) is None  # produced in the same breath: it joins the first
+    first = c.cut(now=0.0005)  # the worker cuts it on the event loop's next turn
+    assert first is not None and not c.first_waiting
+    assert (first.index, first.offset, first.text, first.tokens) == (0, 0, "ab", 2)
     assert c.add("c", 1, now=0.002) is None
     by_time = c.add("d", 1, now=0.011)
     assert by_time is not None
-    assert (by_time.offset, by_time.text, by_time.tokens) == (1, "bcd", 3)
+    assert (by_time.offset, by_time.text, by_time.tokens) == (2, "cd", 2)
     by_size = c.add("123456789", 1, now=0.012)
     assert by_size is not None
     assert by_size.offset == 4
     last = c.finish("", 0, now=0.013)
     assert (last.index, last.offset, last.text, last.tokens) == (3, 13, "", 0)
+
+
+def test_a_whole_answer_before_the_first_cut_is_one_piece() -> None:
+    c = Coalescer(flush_ms=10, flush_chars=64)
+    for t in ("x", "y", "z"):
+        assert c.add(t, 1, now=0.0) is None
+    last = c.finish("!", 1, now=0.0)
+    assert (last.index, last.offset, last.text, last.tokens) == (0, 0, "xyz!", 4)
+    assert c.cut(now=0.001) is None  # the first-piece turn comes too late: nothing left
 
 
 def test_text_assembler_drops_repeats_and_waits_for_gaps() -> None:
