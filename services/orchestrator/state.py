@@ -208,7 +208,7 @@ def evolve(state: JobState | None, envelope: Envelope, seq: int) -> JobState | N
 def _planned(state: JobState, planned: JobPlanned, at: datetime) -> JobState:
     first = {d.task_id: d for d in planned.dispatched}
     tasks = tuple(
-        _dispatched(TaskState(**dict(t)), first.get(t.task_id), at)  # a task starts as its spec
+        _dispatched(TaskState(**t.__dict__), first.get(t.task_id), at)  # starts as its spec
         for t in planned.tasks
     )
     return state.model_copy(update={"tasks": tasks})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -12,6 +13,10 @@ from services.orchestrator.state import JobState, TaskState
 from services.registry.records import NodeRecord
 from services.registry.select import Need, Pool
 
+# A live list this recent is reused: every request asks several times, heartbeats are seconds
+# apart, and a record changing in the bucket drops it at once.
+_LIVE_FOR_S = 0.05
+
 
 class LiveNodes(WatchedBucket[NodeRecord]):
     """Every node record, by id; `live()` filters by heartbeat age (expiry sends no delete)."""
@@ -20,9 +25,11 @@ class LiveNodes(WatchedBucket[NodeRecord]):
         super().__init__(bus, bus.names.bucket("nodes"), NodeRecord)
         self.ttl_s = ttl_s
         self.pool = Pool(ttl_s=ttl_s)  # what selection sees: live, not draining
+        self._live: tuple[float, list[NodeRecord]] | None = None  # (when, what) `live()` found
 
     def changed(self, key: str, item: NodeRecord | None) -> None:
         """Keep the selection pool in step with the bucket."""
+        self._live = None
         if item is None:
             self.pool.remove(key)
         elif item.draining or not self.gone(key):
@@ -66,9 +73,16 @@ class LiveNodes(WatchedBucket[NodeRecord]):
         return self.items
 
     def live(self, now: datetime | None = None) -> list[NodeRecord]:
-        """Nodes that heartbeated recently and are not draining."""
-        now = now or datetime.now(UTC)
-        return [n for n in self.items.values() if n.live(now, self.ttl_s)]
+        """Nodes that heartbeated recently and are not draining (do not change the list)."""
+        if now is not None:
+            return [n for n in self.items.values() if n.live(now, self.ttl_s)]
+        t = time.monotonic()
+        if self._live is not None and t - self._live[0] < _LIVE_FOR_S:
+            return self._live[1]
+        wall = datetime.now(UTC)
+        nodes = [n for n in self.items.values() if n.live(wall, self.ttl_s)]
+        self._live = (t, nodes)
+        return nodes
 
     def serving(self, model: str, now: datetime | None = None) -> list[NodeRecord]:
         """Live nodes that serve `model`."""
