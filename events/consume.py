@@ -566,7 +566,13 @@ async def run_ordered(
             for k, ok in zip(keys, results, strict=True):
                 if ok:
                     done.extend(d.msg for d in groups[k])
-            await _ack(done, all_below=spec.ack_all and all(results))
+            if not spec.ack_all:
+                await _ack(done, all_below=False)
+            elif all(results):
+                await _ack(done, all_below=True)
+            # else a lane was handed back on the way out: nothing of this batch is acked (on an
+            # ack-all consumer any ack settles the handed-back messages below it too); the next
+            # run takes the batch again
     finally:
         await _hand_back(queue)
         await puller.stop()

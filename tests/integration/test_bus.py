@@ -271,3 +271,56 @@ async def test_a_delivery_that_never_arrives_is_taken_again_in_order_not_acked_u
     stolen = await thief.next_msg(timeout=5)  # the message really went elsewhere first
     assert stolen.metadata.sequence.stream == 3
     assert seqs == [1, 2, 3, 4, 5]
+
+
+async def test_a_batch_handed_back_on_the_way_out_is_not_settled_by_an_ack_all(
+    bus: Bus, settings: Settings
+) -> None:
+    # Stopping while one lane still fails on NATS (retried, handed back) and another lane of the
+    # same batch succeeded: acking the good lane's message on an ack-all consumer would settle
+    # the handed-back one below it too, and the next run would never see it.
+    names = settings.names
+    spec = ConsumerSpec(
+        names.jobs_stream, "c-handback", (names.jobs_all,), ack_wait_s=30.0, ack_all=True
+    )
+    for job_id in ("J0", "J1"):
+        await bus.publish(names.job(job_id, "job.submitted"), _submitted(job_id))
+    tried: list[str] = []
+
+    async def flaky(group: list[Delivery]) -> None:
+        job_id = group[0].subject.split(".")[2]
+        tried.append(job_id)
+        if job_id == "J0":
+            raise ConnectionError("NATS away")  # transient: retried until the stop
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_ordered(bus, spec, flaky, key=lambda s: s.split(".")[2], stop=stop, linger_s=0.3)
+    )
+
+    async def both_tried() -> None:
+        while not ("J1" in tried and tried.count("J0") >= 2):
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(both_tried(), 10)
+    stop.set()
+    await asyncio.wait_for(task, 15)
+    again: list[str] = []
+
+    async def record(group: list[Delivery]) -> None:
+        again.extend(d.subject.split(".")[2] for d in group)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_ordered(bus, spec, record, key=lambda s: s.split(".")[2], stop=stop)
+    )
+    try:
+
+        async def j0_again() -> None:
+            while "J0" not in again:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(j0_again(), 10)  # far less than the 30 s ack wait
+    finally:
+        stop.set()
+        await task
