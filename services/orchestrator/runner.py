@@ -298,6 +298,11 @@ class Orchestrator:
             if due > now:
                 return
             state = self.active.get(job_id)
+            age = (datetime.now(UTC) - envelope.at).total_seconds()
+            if state is not None and age > self.settings.dedupe_window_s / 2:
+                # This instance is far behind the log: JetStream may no longer know the gateway's
+                # copy, so send only what the log itself says has not started.
+                state = await self._load(job_id)
             if state is not None:
                 await self._send_tasks(state, envelope)
             del self._door[job_id]

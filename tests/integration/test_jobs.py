@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 
+import pytest
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from events.bus import Bus
@@ -13,13 +14,14 @@ from events.envelope import Envelope
 from events.history import read_events
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
-from events.jobs import JobCompleted, JobSubmitted
+from events.jobs import JobCompleted, JobSubmitted, TaskStarted
 from events.work import TokensProduced
 from projections.job_status import decode_view
 from projections.projector import rebuild
-from services.client import JobFollower, TextAssembler, submit, submit_event
+from services.client import JobFollower, TextAssembler, append_submitted, submit, submit_event
 from services.engines.simulated import simulated_tokens
 from services.orchestrator.decide import Mesh, plan_at_door
+from services.orchestrator.runner import Orchestrator
 from services.orchestrator.state import evolve
 from services.settings import Settings
 from tests.mesh import Service, job_events, mesh, spawn, wait_terminal, wait_until
@@ -668,3 +670,27 @@ async def test_an_answer_made_in_one_breath_is_one_chunk_and_a_paced_one_leads_w
     got = await chunks(paced.job_id)
     assert got[0].tokens == 1 and len(got) > 1
     assert "".join(c.text for c in got) == events[-1].data.output  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("started_in_log", [False, True])
+async def test_an_orchestrator_far_behind_sends_door_work_only_if_the_log_says_it_never_started(
+    bus: Bus, settings: Settings, started_in_log: bool
+) -> None:
+    # The orchestrator sends a door plan's work itself when the task has not started a moment
+    # after it saw the plan. An instance lagging far behind the log (longer than half the
+    # duplicate window) cannot trust its own view — JetStream may have forgotten the gateway's
+    # copy's id, and a re-send would run the task twice — so it asks the log.
+    slow = settings.model_copy(update={"dedupe_window_s": 2.0})
+    orchestrator = Orchestrator(bus, slow)
+    job = _planned_at_door(bus)
+    envelope, seq = await append_submitted(bus, job)
+    orchestrator.active[job.job_id] = evolve(None, envelope, seq)  # all it has seen of the job
+    (task,) = job.plan.tasks  # type: ignore[union-attr]
+    if started_in_log:  # a worker took the gateway's copy; this instance has not read that yet
+        started = TaskStarted(job_id=job.job_id, task_id=task.task_id, attempt=1, node_id="w9")
+        await bus.publish(bus.names.job(job.job_id, started.type), Envelope(started, actor="w"))
+    await asyncio.sleep(1.1)  # the job is now older than half the window
+    orchestrator._door[job.job_id] = (0.0, envelope)  # its grace is over
+    await orchestrator._send_door_work()
+    info = await bus.js.stream_info(bus.names.tasks_stream)
+    assert info.state.messages == (0 if started_in_log else 1)
