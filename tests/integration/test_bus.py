@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -186,6 +188,48 @@ async def test_handler_failures_are_retried_then_terminated_on_the_last_delivery
     assert errors["P1"] == "never processable"
 
 
+def _ack_all_spec(settings: Settings, durable: str) -> ConsumerSpec:
+    """An ordered, ack-all consumer on every job event (as the orchestrator's)."""
+    names = settings.names
+    return ConsumerSpec(
+        names.jobs_stream, durable, (names.jobs_all,), ack_wait_s=30.0, ack_all=True
+    )
+
+
+async def _run_ordered_until(
+    bus: Bus,
+    spec: ConsumerSpec,
+    handle: Callable[[list[Delivery]], Awaitable[None]],
+    done: Callable[[], bool],
+    *,
+    before: Callable[[], Awaitable[None]] | None = None,
+    **options: Any,
+) -> None:
+    """Run the ordered loop (lanes by job id) until `done()`, within 10 s — far less than the
+    30 s ack wait, so nothing here comes from a redelivery — then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_ordered(bus, spec, handle, key=lambda s: s.split(".")[2], stop=stop, **options)
+    )
+    try:
+        if before is not None:
+            await before()
+
+        async def until() -> None:
+            while not done():
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(until(), 10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+async def _publish(bus: Bus, *job_ids: str) -> None:
+    for job_id in job_ids:
+        await bus.publish(bus.names.job(job_id, "job.submitted"), _submitted(job_id))
+
+
 async def test_what_a_killed_consumer_took_comes_again_first_and_in_order(
     bus: Bus, settings: Settings
 ) -> None:
@@ -193,36 +237,21 @@ async def test_what_a_killed_consumer_took_comes_again_first_and_in_order(
     # ahead of newer ones — not after the ack wait, behind them (where a fold that skips what
     # it has "seen" by sequence would lose them).
     names = settings.names
-    spec = ConsumerSpec(
-        names.jobs_stream, "c-ordered", (names.jobs_all,), ack_wait_s=30.0, ack_all=True
-    )
-    for i in range(5):
-        await bus.publish(names.job(f"J{i}", "job.submitted"), _submitted(f"J{i}"))
+    spec = _ack_all_spec(settings, "c-ordered")
+    await _publish(bus, *(f"J{i}" for i in range(5)))
     info = await bus.js.add_consumer(names.jobs_stream, config=spec.config())
     assert info.num_pending == 5
     dead = await bus.js.pull_subscribe_bind(consumer="c-ordered", stream=names.jobs_stream)
     taken = await dead.fetch(3, timeout=5)  # ... and never acked: the process "dies"
     await dead.unsubscribe()
     assert len(taken) == 3
-    for i in range(5, 7):
-        await bus.publish(names.job(f"J{i}", "job.submitted"), _submitted(f"J{i}"))
+    await _publish(bus, "J5", "J6")
     seqs: list[int] = []
 
     async def handle(group: list[Delivery]) -> None:
         seqs.extend(d.stream_seq for d in group)
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_ordered(bus, spec, handle, key=lambda s: "one", stop=stop))
-    try:
-
-        async def all_seven() -> None:
-            while len(seqs) < 7:
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(all_seven(), 10)  # far less than the 30 s ack wait
-    finally:
-        stop.set()
-        await task
+    await _run_ordered_until(bus, spec, handle, lambda: len(seqs) >= 7)
     assert seqs == sorted(seqs) and len(set(seqs)) == 7
 
 
@@ -234,40 +263,29 @@ async def test_a_delivery_that_never_arrives_is_taken_again_in_order_not_acked_u
     # takes one delivery and says nothing. The ordered loop must notice the gap in the delivery
     # numbering and take the message again in order — with ack-all, acking the next one would
     # otherwise settle it unseen, for good.
-    names = settings.names
-    spec = ConsumerSpec(
-        names.jobs_stream, "c-gap", (names.jobs_all,), ack_wait_s=30.0, ack_all=True
-    )
+    spec = _ack_all_spec(settings, "c-gap")
     seqs: list[int] = []
 
     async def handle(group: list[Delivery]) -> None:
         seqs.extend(d.stream_seq for d in group)
 
-    async def until(n: int) -> None:
-        while len(seqs) < n:
-            await asyncio.sleep(0.05)
-
-    async def run_while(publish: list[str], n: int) -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(run_ordered(bus, spec, handle, key=lambda s: "one", stop=stop))
-        try:
+    async def run_while(*job_ids: str) -> None:
+        async def publish() -> None:
             await asyncio.sleep(0.3)
-            for job_id in publish:
-                await bus.publish(names.job(job_id, "job.submitted"), _submitted(job_id))
-            await asyncio.wait_for(until(n), 10)  # far less than the 30 s ack wait
-        finally:
-            stop.set()
-            await task
+            await _publish(bus, *job_ids)
 
-    await run_while(["J0", "J1"], 2)  # handled and acked: the floor is 2
+        n = len(seqs) + len(job_ids)
+        await _run_ordered_until(bus, spec, handle, lambda: len(seqs) >= n, before=publish)
+
+    await run_while("J0", "J1")  # handled and acked: the floor is 2
     thief = await bus.nc.subscribe(bus.nc.new_inbox(), max_msgs=1)
     await bus.nc.publish(
-        f"$JS.API.CONSUMER.MSG.NEXT.{names.jobs_stream}.c-gap",
+        f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.c-gap",
         b'{"batch": 1, "expires": 20000000000}',
         reply=thief.subject,
     )
     await bus.nc.flush()
-    await run_while(["J2", "J3", "J4"], 5)
+    await run_while("J2", "J3", "J4")
     stolen = await thief.next_msg(timeout=5)  # the message really went elsewhere first
     assert stolen.metadata.sequence.stream == 3
     assert seqs == [1, 2, 3, 4, 5]
@@ -279,12 +297,8 @@ async def test_a_batch_handed_back_on_the_way_out_is_not_settled_by_an_ack_all(
     # Stopping while one lane still fails on NATS (retried, handed back) and another lane of the
     # same batch succeeded: acking the good lane's message on an ack-all consumer would settle
     # the handed-back one below it too, and the next run would never see it.
-    names = settings.names
-    spec = ConsumerSpec(
-        names.jobs_stream, "c-handback", (names.jobs_all,), ack_wait_s=30.0, ack_all=True
-    )
-    for job_id in ("J0", "J1"):
-        await bus.publish(names.job(job_id, "job.submitted"), _submitted(job_id))
+    spec = _ack_all_spec(settings, "c-handback")
+    await _publish(bus, "J0", "J1")
     tried: list[str] = []
 
     async def flaky(group: list[Delivery]) -> None:
@@ -293,34 +307,15 @@ async def test_a_batch_handed_back_on_the_way_out_is_not_settled_by_an_ack_all(
         if job_id == "J0":
             raise ConnectionError("NATS away")  # transient: retried until the stop
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_ordered(bus, spec, flaky, key=lambda s: s.split(".")[2], stop=stop, linger_s=0.3)
-    )
+    def both_tried() -> bool:
+        return "J1" in tried and tried.count("J0") >= 2
 
-    async def both_tried() -> None:
-        while not ("J1" in tried and tried.count("J0") >= 2):
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(both_tried(), 10)
-    stop.set()
-    await asyncio.wait_for(task, 15)
+    await _run_ordered_until(bus, spec, flaky, both_tried, linger_s=0.3)  # one batch for both
+    info = await bus.js.consumer_info(spec.stream, spec.durable)
+    assert info.ack_floor.stream_seq == 0  # nothing of the batch settled
     again: list[str] = []
 
     async def record(group: list[Delivery]) -> None:
         again.extend(d.subject.split(".")[2] for d in group)
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_ordered(bus, spec, record, key=lambda s: s.split(".")[2], stop=stop)
-    )
-    try:
-
-        async def j0_again() -> None:
-            while "J0" not in again:
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(j0_again(), 10)  # far less than the 30 s ack wait
-    finally:
-        stop.set()
-        await task
+    await _run_ordered_until(bus, spec, record, lambda: "J0" in again)
