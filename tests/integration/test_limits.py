@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 from litestar.testing import AsyncTestClient
 
@@ -126,13 +128,10 @@ async def test_a_tenant_over_its_daily_tokens_gets_429(bus: Bus, settings: Setti
             assert other.status_code == 200  # another tenant is not affected
 
 
-async def test_a_model_with_too_many_tasks_waiting_turns_new_work_away_with_503(
-    bus: Bus, settings: Settings
-) -> None:
-    bounded = settings.model_copy(update={"max_queued_per_model": 3})
-    _, key = await create_key(bus, principal_id="hal", tenant="acme", roles=("member",), actor="t")
-    auth = {"Authorization": f"Bearer {key}"}
-    body = {"model": "sim-small", "prompt": "slow work", "max_tokens": 6}
+@contextlib.asynccontextmanager
+async def _one_slow_worker(bounded: Settings, *, keys: int) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    """A gateway (test client) with an orchestrator and one worker that runs a task at a time,
+    slowly, so work piles up; yields once the gateway sees the worker and `keys` API keys."""
     with (
         spawn(bounded, "orchestrator"),
         spawn(bounded, "worker", DIM_NODE_ID="one", DIM_CAPACITY="1", DIM_SIM_TOKENS_PER_S="10"),
@@ -141,33 +140,45 @@ async def test_a_model_with_too_many_tasks_waiting_turns_new_work_away_with_503(
             gw = c.app.state.gateway
 
             async def ready() -> bool:
-                return bool(gw.nodes.serving("sim-small")) and len(gw.keys.items) >= 1
+                return bool(gw.nodes.serving("sim-small")) and len(gw.keys.items) >= keys
 
-            await wait_until(ready, what="the worker and the key in the gateway")
-            accepted = 0
-            for _ in range(6):  # until the backlog is reported (it may be, on a slow machine)
-                r = await c.post("/v1/jobs", headers=auth, json=body)
-                if r.status_code != 202:
-                    assert r.status_code == 503, r.text
-                    break
-                accepted += 1
-            assert accepted >= 4  # 1 running, 3+ waiting: the bound is reached
+            await wait_until(ready, what="the worker and the keys in the gateway")
+            yield c
 
-            async def reported() -> bool:  # the next heartbeats report the backlog
-                return any(n.queued.get("sim-small", 0) >= 3 for n in gw.nodes.serving("sim-small"))
 
-            await wait_until(reported, timeout_s=10, what="the worker to report its backlog")
-            over = await c.post("/v1/jobs", headers=auth, json=body)
-            assert over.status_code == 503, over.text
-            error = over.json()["error"]
-            assert error["code"] == "overloaded" and "tasks are waiting" in error["message"]
-            assert over.headers["retry-after"] == "1"
+async def test_a_model_with_too_many_tasks_waiting_turns_new_work_away_with_503(
+    bus: Bus, settings: Settings
+) -> None:
+    bounded = settings.model_copy(update={"max_queued_per_model": 3})
+    _, key = await create_key(bus, principal_id="hal", tenant="acme", roles=("member",), actor="t")
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"model": "sim-small", "prompt": "slow work", "max_tokens": 6}
+    async with _one_slow_worker(bounded, keys=1) as c:
+        gw = c.app.state.gateway
+        accepted = 0
+        for _ in range(6):  # until the backlog is reported (it may be, on a slow machine)
+            r = await c.post("/v1/jobs", headers=auth, json=body)
+            if r.status_code != 202:
+                assert r.status_code == 503, r.text
+                break
+            accepted += 1
+        assert accepted >= 4  # 1 running, 3+ waiting: the bound is reached
 
-            async def drained() -> bool:
-                return all(n.queued.get("sim-small", 0) < 3 for n in gw.nodes.serving("sim-small"))
+        async def reported() -> bool:  # the next heartbeats report the backlog
+            return any(n.queued.get("sim-small", 0) >= 3 for n in gw.nodes.serving("sim-small"))
 
-            await wait_until(drained, timeout_s=30, what="the backlog to drain")
-            assert (await c.post("/v1/jobs", headers=auth, json=body)).status_code == 202
+        await wait_until(reported, timeout_s=10, what="the worker to report its backlog")
+        over = await c.post("/v1/jobs", headers=auth, json=body)
+        assert over.status_code == 503, over.text
+        error = over.json()["error"]
+        assert error["code"] == "overloaded" and "tasks are waiting" in error["message"]
+        assert over.headers["retry-after"] == "1"
+
+        async def drained() -> bool:
+            return all(n.queued.get("sim-small", 0) < 3 for n in gw.nodes.serving("sim-small"))
+
+        await wait_until(drained, timeout_s=30, what="the backlog to drain")
+        assert (await c.post("/v1/jobs", headers=auth, json=body)).status_code == 202
 
 
 async def test_a_tenant_with_too_many_jobs_held_gets_429_and_others_do_not(
@@ -181,32 +192,21 @@ async def test_a_tenant_with_too_many_jobs_held_gets_429_and_others_do_not(
         bus, principal_id="joe", tenant="globex", roles=("member",), actor="t"
     )
     body = {"model": "sim-small", "prompt": "slow work", "max_tokens": 6}
-    with (
-        spawn(bounded, "orchestrator"),
-        spawn(bounded, "worker", DIM_NODE_ID="one", DIM_CAPACITY="1", DIM_SIM_TOKENS_PER_S="10"),
-    ):
-        async with AsyncTestClient(app=create_app(bounded)) as c:
-            gw = c.app.state.gateway
-
-            async def ready() -> bool:
-                return bool(gw.nodes.serving("sim-small")) and len(gw.keys.items) >= 2
-
-            await wait_until(ready, what="the worker and the keys in the gateway")
-            mine = {"Authorization": f"Bearer {flood}"}
-            answers = []
-            for _ in range(40):  # bounded: submit until the published held count turns us away
-                over = await c.post("/v1/jobs", headers=mine, json=body)
-                answers.append(over.status_code)
-                if over.status_code != 202:
-                    break
-                await asyncio.sleep(0.05)
-            assert answers.count(202) >= 4  # 1 running, 1 waiting, 2+ held before the bound bites
-            assert over.status_code == 429, over.text
-            assert over.json()["error"]["code"] == "tenant_queue_full"
-            assert over.headers["retry-after"] == "1"
-            record = gw.queues.items.get("acme")
-            assert record is not None and record.held >= 2
-            theirs = await c.post(
-                "/v1/jobs", headers={"Authorization": f"Bearer {other}"}, json=body
-            )
-            assert theirs.status_code == 202  # another tenant is not held back by acme's flood
+    async with _one_slow_worker(bounded, keys=2) as c:
+        gw = c.app.state.gateway
+        mine = {"Authorization": f"Bearer {flood}"}
+        answers = []
+        for _ in range(40):  # bounded: submit until the published held count turns us away
+            over = await c.post("/v1/jobs", headers=mine, json=body)
+            answers.append(over.status_code)
+            if over.status_code != 202:
+                break
+            await asyncio.sleep(0.05)
+        assert answers.count(202) >= 4  # 1 running, 1 waiting, 2+ held before the bound bites
+        assert over.status_code == 429, over.text
+        assert over.json()["error"]["code"] == "tenant_queue_full"
+        assert over.headers["retry-after"] == "1"
+        record = gw.queues.items.get("acme")
+        assert record is not None and record.held >= 2
+        theirs = await c.post("/v1/jobs", headers={"Authorization": f"Bearer {other}"}, json=body)
+        assert theirs.status_code == 202  # another tenant is not held back by acme's flood
