@@ -255,8 +255,9 @@ async def test_what_a_killed_consumer_took_comes_again_first_and_in_order(
     assert seqs == sorted(seqs) and len(set(seqs)) == 7
 
 
+@pytest.mark.parametrize("linger_s", [0.0, 0.05], ids=["at-once", "lingering"])
 async def test_a_delivery_that_never_arrives_is_taken_again_in_order_not_acked_unseen(
-    bus: Bus, settings: Settings
+    bus: Bus, settings: Settings, linger_s: float
 ) -> None:
     # JetStream counts a message sent to a pull request as delivered even when it never reaches
     # the client (sent while the connection was away). Stand-in for that: another requester
@@ -275,7 +276,9 @@ async def test_a_delivery_that_never_arrives_is_taken_again_in_order_not_acked_u
             await _publish(bus, *job_ids)
 
         n = len(seqs) + len(job_ids)
-        await _run_ordered_until(bus, spec, handle, lambda: len(seqs) >= n, before=publish)
+        await _run_ordered_until(
+            bus, spec, handle, lambda: len(seqs) >= n, before=publish, linger_s=linger_s
+        )
 
     await run_while("J0", "J1")  # handled and acked: the floor is 2
     thief = await bus.nc.subscribe(bus.nc.new_inbox(), max_msgs=1)
@@ -289,6 +292,46 @@ async def test_a_delivery_that_never_arrives_is_taken_again_in_order_not_acked_u
     stolen = await thief.next_msg(timeout=5)  # the message really went elsewhere first
     assert stolen.metadata.sequence.stream == 3
     assert seqs == [1, 2, 3, 4, 5]
+
+
+async def test_a_lingering_loop_leaves_what_comes_meanwhile_on_the_server_then_takes_it_at_once(
+    bus: Bus, settings: Settings
+) -> None:
+    # A lingering consumer (the projectors) asks for one message while idle; what comes during
+    # its linger stays on the server and arrives in one burst afterwards — one wake-up of the
+    # process per batch, not one per message — and is handled as one batch, in order.
+    spec = _ack_all_spec(settings, "c-linger")
+    batches: list[list[int]] = []
+    held: list[int] = []
+
+    async def handle(group: list[Delivery]) -> None:
+        batches.append([d.stream_seq for d in group])
+
+    async def publish_during_linger() -> None:
+        await _publish(bus, "J0")
+        for _ in range(100):  # the first one is taken at once: the linger has begun
+            info = await bus.js.consumer_info(spec.stream, spec.durable)
+            if info.delivered.consumer_seq == 1:
+                break
+            await asyncio.sleep(0.02)
+        await bus.publish(bus.names.job("J0", "task.started"), _submitted("J0"))
+        await _publish(bus, "J1", "J2")
+        await asyncio.sleep(0.2)
+        info = await bus.js.consumer_info(spec.stream, spec.durable)
+        held.extend([info.delivered.consumer_seq, info.num_pending])
+
+    await _run_ordered_until(
+        bus,
+        spec,
+        handle,
+        lambda: sum(map(len, batches)) >= 4,
+        before=publish_during_linger,
+        linger_s=0.8,
+    )
+    assert held == [1, 3]  # mid-linger: one delivered, three waiting on the server
+    assert sorted(batches) == [[1, 2], [3], [4]]  # one batch: J0's two events in order
+    info = await bus.js.consumer_info(spec.stream, spec.durable)
+    assert info.ack_floor.stream_seq == 4
 
 
 async def test_a_batch_handed_back_on_the_way_out_is_not_settled_by_an_ack_all(
