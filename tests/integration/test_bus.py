@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from nats.js.errors import NotFoundError
 from opentelemetry.sdk.trace import TracerProvider
 
 from events.bus import Bus
@@ -309,10 +311,11 @@ async def test_a_lingering_loop_leaves_what_comes_meanwhile_on_the_server_then_t
 
     async def publish_during_linger() -> None:
         await _publish(bus, "J0")
-        for _ in range(100):  # the first one is taken at once: the linger has begun
-            info = await bus.js.consumer_info(spec.stream, spec.durable)
-            if info.delivered.consumer_seq == 1:
-                break
+        for _ in range(250):  # the first one is taken at once: the linger has begun
+            with contextlib.suppress(NotFoundError):  # the loop has not made its consumer yet
+                info = await bus.js.consumer_info(spec.stream, spec.durable)
+                if info.delivered.consumer_seq == 1:
+                    break
             await asyncio.sleep(0.02)
         await bus.publish(bus.names.job("J0", "task.started"), _submitted("J0"))
         await _publish(bus, "J1", "J2")
@@ -326,7 +329,7 @@ async def test_a_lingering_loop_leaves_what_comes_meanwhile_on_the_server_then_t
         handle,
         lambda: sum(map(len, batches)) >= 4,
         before=publish_during_linger,
-        linger_s=0.8,
+        linger_s=1.5,
     )
     assert held == [1, 3]  # mid-linger: one delivered, three waiting on the server
     assert sorted(batches) == [[1, 2], [3], [4]]  # one batch: J0's two events in order
