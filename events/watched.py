@@ -45,8 +45,11 @@ class WatchedBucket(Generic[M]):
 
     async def _follow(self, kv: KeyValue) -> None:
         while True:
-            watcher = await kv.watchall()
+            watcher = None
             try:
+                # Inside the try: a watch that cannot be set up (NATS slow to answer, away) is
+                # tried again, not the end of the mirror.
+                watcher = await kv.watchall()
                 async for entry in watcher:
                     if entry is None:  # the end of the initial values
                         self._ready.set()
@@ -66,5 +69,6 @@ class WatchedBucket(Generic[M]):
                 log.warning("watch on %s broke; watching again", self.bucket, exc_info=True)
                 await asyncio.sleep(1)
             finally:
-                with contextlib.suppress(Exception):
-                    await watcher.stop()  # type: ignore[no-untyped-call]
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()  # type: ignore[no-untyped-call]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from litestar.testing import AsyncTestClient
+from pydantic import BaseModel
 
 from events.bus import Bus
 from events.consume import ConsumerSpec, Delivery, run_ordered
@@ -19,6 +20,7 @@ from events.inference import Prompt
 from events.jobs import JobSubmitted
 from events.subjects import Names
 from events.topology import provision, topology
+from events.watched import WatchedBucket
 from gateway.app import create_app
 from gateway.keys import create_key
 from services.nats_server import EmbeddedNats
@@ -122,6 +124,35 @@ async def test_a_history_read_goes_on_from_where_it_was_after_the_server_restart
                 server.proc.wait()
                 server.start()
         assert seen == ids  # nothing missed, nothing twice, in order
+    finally:
+        await bus.close()
+
+
+class _Entry(BaseModel):
+    name: str
+
+
+async def test_a_mirror_whose_watch_cannot_be_set_up_tries_again(server: EmbeddedNats) -> None:
+    # A bucket mirror (API keys, sessions, nodes) whose watch cannot be created — NATS not
+    # answering in time, as in a loaded CI run — must try again, not stop following for good.
+    bus = await Bus.connect(server.url, NAMES)
+    try:
+        await provision(bus.js, topology(NAMES))
+        kv = await bus.js.key_value(NAMES.bucket("keys"))
+        await kv.put("k1", b'{"name": "one"}')
+        mirror = WatchedBucket(bus, NAMES.bucket("keys"), _Entry)
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)  # the watch's set-up times out (5 s) ...
+        try:
+            follow = asyncio.create_task(mirror._follow(kv))
+            await asyncio.sleep(5.5)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)  # ... and the next try finds NATS back
+        await _until(mirror._ready.is_set, 10)  # the initial load, on the second try
+        assert mirror.items == {"k1": _Entry(name="one")}
+        await kv.put("k2", b'{"name": "two"}')
+        await _until(lambda: "k2" in mirror.items, 10)  # and changes are followed
+        follow.cancel()
     finally:
         await bus.close()
 
