@@ -192,8 +192,8 @@ class _Puller:
         self.expires_s = expires_s
         self.heartbeat_s = max(1.0, expires_s / 4)
         self.queue = queue
-        self.outstanding = 0
-        self.drained = asyncio.Event()  # set while no request is outstanding
+        self.drained = asyncio.Event()  # set while no message is asked for: see `outstanding`
+        self._outstanding = 0
         self.drained.set()
         self.last_heard = time.monotonic()
         self._sub: Subscription | None = None
@@ -209,6 +209,19 @@ class _Puller:
         else:
             await ensure_consumer(self.bus, self.spec)
         await self._subscribe()
+
+    @property
+    def outstanding(self) -> int:
+        """Messages asked for that have not come (nor been written off by the server)."""
+        return self._outstanding
+
+    @outstanding.setter
+    def outstanding(self, n: int) -> None:
+        self._outstanding = n
+        if n == 0:
+            self.drained.set()
+        else:
+            self.drained.clear()
 
     def _track(self, info: ConsumerInfo) -> None:
         self.next_delivery = (info.delivered.consumer_seq if info.delivered else 0) + 1
@@ -263,7 +276,6 @@ class _Puller:
         while not self.queue.empty():  # the rest of the broken run comes again
             self.queue.get_nowait()
         self.outstanding = 0
-        self.drained.set()
         self._track(await restart_at(self.bus, self.spec, self.received_upto + 1))
         await self._subscribe()
 
@@ -281,8 +293,6 @@ class _Puller:
             else:
                 self.outstanding = 0
         # "100" is an idle heartbeat: it only proves the request is alive.
-        if self.outstanding == 0:
-            self.drained.set()
 
     async def request(self, n: int, *, no_wait: bool = False) -> None:
         """Ask for up to `n` messages: as they come (until the request expires), or with
@@ -297,7 +307,6 @@ class _Puller:
             body["idle_heartbeat"] = int(self.heartbeat_s * 1e9)
         await self.bus.nc.publish(self.next_subject, json.dumps(body).encode(), reply=self.inbox)
         self.outstanding += n
-        self.drained.clear()
         self.last_heard = time.monotonic()
 
     async def collect(self, n: int, timeout_s: float) -> None:
@@ -312,7 +321,6 @@ class _Puller:
         if self.outstanding and time.monotonic() - self.last_heard > 2 * self.heartbeat_s + 1:
             log.warning("pull on %s went quiet; asking again", self.next_subject)
             self.outstanding = 0
-            self.drained.set()
 
 
 async def _next(

@@ -332,7 +332,7 @@ async def test_a_lingering_loop_leaves_what_comes_meanwhile_on_the_server_then_t
         linger_s=1.5,
     )
     assert held == [1, 3]  # mid-linger: one delivered, three waiting on the server
-    assert sorted(batches) == [[1, 2], [3], [4]]  # one batch: J0's two events in order
+    assert sorted(batches) == [[1, 2], [3], [4]]  # J0's two events in one group, in order
     info = await bus.js.consumer_info(spec.stream, spec.durable)
     assert info.ack_floor.stream_seq == 4
 

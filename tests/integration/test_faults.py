@@ -136,15 +136,15 @@ async def test_a_mirror_whose_watch_cannot_be_set_up_tries_again(server: Embedde
     # A bucket mirror (API keys, sessions, nodes) whose watch cannot be created — NATS not
     # answering in time, as in a loaded CI run — must try again, not stop following for good.
     bus = await Bus.connect(server.url, NAMES)
+    mirror = WatchedBucket(bus, NAMES.bucket("keys"), _Entry)
     try:
         await provision(bus.js, topology(NAMES))
         kv = await bus.js.key_value(NAMES.bucket("keys"))
         await kv.put("k1", b'{"name": "one"}')
-        mirror = WatchedBucket(bus, NAMES.bucket("keys"), _Entry)
         assert server.proc is not None
         os.kill(server.proc.pid, signal.SIGSTOP)  # the watch's set-up times out (5 s) ...
         try:
-            follow = asyncio.create_task(mirror._follow(kv))
+            mirror._task = asyncio.create_task(mirror._follow(kv))  # `start` without its wait
             await asyncio.sleep(5.5)
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)  # ... and the next try finds NATS back
@@ -152,8 +152,8 @@ async def test_a_mirror_whose_watch_cannot_be_set_up_tries_again(server: Embedde
         assert mirror.items == {"k1": _Entry(name="one")}
         await kv.put("k2", b'{"name": "two"}')
         await _until(lambda: "k2" in mirror.items, 10)  # and changes are followed
-        follow.cancel()
     finally:
+        await mirror.stop()
         await bus.close()
 
 
