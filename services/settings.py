@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     nats_port: int = Field(
         4222, ge=0, le=65535, description="client port of the embedded nats-server"
     )
+    nats_gomaxprocs: int = Field(
+        1,
+        ge=0,
+        description="cores the embedded nats-server runs Go code on at once (GOMAXPROCS); 1 by "
+        "default: it shares the machine with dim's own processes, and one spares it the "
+        "wake-ups between its threads; 0: Go's default (every core)",
+    )
 
     # worker
     node_id: str = Field(default_factory=_default_node_id, description="this worker's node id")

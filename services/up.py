@@ -122,7 +122,9 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
         )
     if settings.jwt_algorithm == "HS256" and not settings.jwt_secret:
         settings = settings.model_copy(update={"jwt_secret": _local_secret(settings.data_dir)})
-    server = EmbeddedNats(settings.data_dir / "nats", port=settings.nats_port)
+    server = EmbeddedNats(
+        settings.data_dir / "nats", port=settings.nats_port, gomaxprocs=settings.nats_gomaxprocs
+    )
     say(f"starting nats-server {server.version()} (store: {server.data_dir / 'jetstream'})")
     url = await asyncio.to_thread(server.start)
     settings = settings.model_copy(update={"nats_url": url})

@@ -34,3 +34,20 @@ def test_embedded_config_is_valid(tmp_path: Path) -> None:
 
 def test_there_are_configs_to_check() -> None:
     assert len(CONFIGS) >= 4
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize(("gomaxprocs", "expected"), [(1, "1"), (0, None)])
+def test_embedded_server_runs_on_the_cores_it_is_given(
+    tmp_path: Path, gomaxprocs: int, expected: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
+    server = EmbeddedNats(tmp_path, port=0, gomaxprocs=gomaxprocs)
+    server.start()
+    try:
+        assert server.proc is not None
+        environ = Path(f"/proc/{server.proc.pid}/environ").read_bytes().split(b"\0")
+        found = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"GOMAXPROCS=")]
+        assert found == ([expected] if expected else [])
+    finally:
+        server.stop()
