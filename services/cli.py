@@ -29,6 +29,7 @@ def _settings(args: argparse.Namespace, **more: Any) -> Settings:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from services.scheduling import use_batch_policy
     from services.up import up
 
     settings = _settings(
@@ -40,6 +41,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         sim_ttft_ms=args.sim_ttft_ms,
         sim_tokens_per_s=args.sim_tokens_per_s,
     )
+    use_batch_policy(settings.sched_batch)  # and so the server and services it starts
     try:
         return run(up(settings, args.workers, every_model=not args.models))
     except DimError as exc:
@@ -90,9 +92,11 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
     from services.process import setup_logging, tune_gc
+    from services.scheduling import use_batch_policy
     from services.telemetry import setup_tracing
 
     settings = _settings(args, gateway_host=args.host, gateway_port=args.port)
+    use_batch_policy(settings.sched_batch)
     setup_logging(settings, "gateway")
     setup_tracing(settings, "gateway")
     config = uvicorn.Config(

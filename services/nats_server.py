@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from events.errors import NatsServerError
+from services.scheduling import children_in_batch_policy
 
 
 def nats_server_binary() -> str:
@@ -54,6 +55,7 @@ class EmbeddedNats:
         name: str = "dim-embedded",
         sync_always: bool = False,
         gomaxprocs: int = 1,
+        sched_batch: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -64,6 +66,7 @@ class EmbeddedNats:
         # between its threads far less (futex wake-ups), ~15-20% of the server's CPU per
         # request in the gateway bench; 0 leaves Go's default (every core).
         self.gomaxprocs = gomaxprocs
+        self.sched_batch = sched_batch  # see services/scheduling.py
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -95,7 +98,10 @@ class EmbeddedNats:
         env = dict(os.environ)
         if self.gomaxprocs > 0:
             env["GOMAXPROCS"] = str(self.gomaxprocs)
-        with (self.data_dir / "nats-server.log").open("ab") as log:
+        with (
+            (self.data_dir / "nats-server.log").open("ab") as log,
+            children_in_batch_policy(self.sched_batch),
+        ):
             self.proc = subprocess.Popen(
                 [nats_server_binary(), "-c", str(conf)],
                 env=env,

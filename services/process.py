@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from events.bus import Bus
 from events.topology import Topology, provision, topology
+from services.scheduling import use_batch_policy
 from services.settings import Settings
 from services.telemetry import setup_tracing
 
@@ -96,6 +97,7 @@ def serve(
     body: Callable[[Bus, asyncio.Event], Awaitable[None]],
 ) -> int:
     """Run `body` until SIGINT/SIGTERM, then let it finish; returns the exit code."""
+    use_batch_policy(settings.sched_batch)
     setup_logging(settings, role)
     setup_tracing(settings, role.split()[0])
 

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     nats_port: int = Field(
         4222, ge=0, le=65535, description="client port of the embedded nats-server"
     )
+    sched_batch: bool = Field(
+        True,
+        description="run dim's processes and the embedded nats-server under Linux's SCHED_BATCH "
+        "CPU policy: a process woken by a message does not preempt the one running "
+        "(services/scheduling.py); false: the default policy",
+    )
     nats_gomaxprocs: int = Field(
         1,
         ge=0,

@@ -123,7 +123,10 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
     if settings.jwt_algorithm == "HS256" and not settings.jwt_secret:
         settings = settings.model_copy(update={"jwt_secret": _local_secret(settings.data_dir)})
     server = EmbeddedNats(
-        settings.data_dir / "nats", port=settings.nats_port, gomaxprocs=settings.nats_gomaxprocs
+        settings.data_dir / "nats",
+        port=settings.nats_port,
+        gomaxprocs=settings.nats_gomaxprocs,
+        sched_batch=settings.sched_batch,
     )
     say(f"starting nats-server {server.version()} (store: {server.data_dir / 'jetstream'})")
     url = await asyncio.to_thread(server.start)

@@ -15,6 +15,8 @@ from events.inference import Prompt
 from gateway.protocol import ChatCompletionRequest
 from services.engines.protocol import GenerationRequest
 from services.engines.simulated import SimulatedEngine
+from services.scheduling import use_batch_policy
+from services.settings import Settings
 
 ENGINE = SimulatedEngine(("sim-small",), ttft_ms=0, tokens_per_s=0)
 
@@ -53,6 +55,7 @@ async def complete(data: JSONBody[ChatCompletionRequest]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     _ = Prompt  # the bare app speaks the same request schema as the gateway
+    use_batch_policy(Settings().sched_batch)  # the CPU policy of dim's own processes
     uvicorn.run(
         Litestar([complete]),
         host="127.0.0.1",

@@ -37,7 +37,9 @@ from tests.chaos.run import Proc
 
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server = EmbeddedNats(Path(tmp), port=0, name="dim-bench-cancel")
+        server = EmbeddedNats(
+            Path(tmp), port=0, name="dim-bench-cancel", sched_batch=Settings().sched_batch
+        )
         server.start()
         settings = Settings(
             nats_url=server.url,

@@ -77,7 +77,9 @@ async def streams(client: Client, path: str, clients: int, each: int) -> tuple[i
 
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server = EmbeddedNats(Path(tmp), port=0, name="dim-bench-gw")
+        server = EmbeddedNats(
+            Path(tmp), port=0, name="dim-bench-gw", sched_batch=Settings().sched_batch
+        )
         server.start()
         gw_port, bare_port = free_port(), free_port()
         settings = Settings(

@@ -178,7 +178,9 @@ def table(rows: list[tuple[str, str, str]]) -> str:
 
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server = EmbeddedNats(Path(tmp), port=0, name="dim-bench")
+        server = EmbeddedNats(
+            Path(tmp), port=0, name="dim-bench", sched_batch=Settings().sched_batch
+        )
         server.start()
         settings = Settings(nats_url=server.url, namespace="bench", models=("sim-small",))
         procs: list[subprocess.Popen[bytes]] = []

@@ -29,6 +29,7 @@ class System:
 
     nats_url: str
     gateway: str
+    pid: int  # of `dim up`
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def system(tmp_path: Path) -> Iterator[System]:
             assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
             time.sleep(0.1)
         assert "ready: 2/2 simulated workers" in (tmp_path / "up.log").read_text()
-        yield System(f"nats://127.0.0.1:{port}", f"http://127.0.0.1:{gateway_port}")
+        yield System(f"nats://127.0.0.1:{port}", f"http://127.0.0.1:{gateway_port}", proc.pid)
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert proc.wait(60) == 0
         out = (tmp_path / "up.log").read_text()
@@ -133,6 +134,32 @@ def test_a_new_user_submits_a_job_and_reads_its_history(system: System) -> None:
 
     check = dim(url, "projections", "rebuild", "--check")
     assert check.returncode == 0 and "identical" in check.stdout, check.stdout + check.stderr
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_descendants(int(child))]
+    return found
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "SCHED_BATCH") or not Path(f"/proc/{os.getpid()}/task").exists(),
+    reason="Linux scheduling policies, read from /proc",
+)
+def test_every_process_dim_up_starts_runs_under_the_batch_policy(system: System) -> None:
+    """services/scheduling.py: no process of the mesh preempts another when a message wakes it."""
+    commands = {}
+    for pid in [system.pid, *_descendants(system.pid)]:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        commands[pid] = cmdline
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            assert os.sched_getscheduler(int(task.name)) == os.SCHED_BATCH, (cmdline, task.name)
+    roles = " ".join(commands.values())
+    for role in ("nats-server", "cli up", "cli gateway", "cli orchestrator", "cli projector"):
+        assert role in roles, roles
+    assert roles.count("cli worker") == 2, roles
 
 
 def test_commands_explain_an_unreachable_server() -> None:
@@ -225,3 +252,34 @@ def test_a_revoked_key_is_refused(system: System) -> None:
     while httpx.get(f"{system.gateway}/v1/models", headers=auth).status_code != 401:
         assert time.monotonic() - revoked < 1.0, "revocation took longer than a second"
         time.sleep(0.02)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+@pytest.mark.parametrize("role", ["orchestrator", "gateway"])
+def test_a_service_started_on_its_own_puts_itself_under_the_batch_policy(
+    nats_url: str, namespace: str, role: str
+) -> None:
+    """Not only what `dim up` starts: each `dim <service>` sets the policy itself (it inherits
+    the default one from whatever started it)."""
+    env = _env() | {
+        "DIM_NATS_URL": nats_url,
+        "DIM_NAMESPACE": namespace,
+        "DIM_JWT_SECRET": "x" * 32,
+        "DIM_GATEWAY_PORT": str(free_port()),
+    }
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # so the child does not inherit it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", role],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while os.sched_getscheduler(proc.pid) != os.SCHED_BATCH:
+            assert proc.poll() is None, f"dim {role} exited with {proc.returncode}"
+            assert time.monotonic() < deadline, f"dim {role} still runs the default policy"
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(30)
