@@ -82,26 +82,20 @@ class Envelope:
         return self.data.version
 
     def encode(self) -> bytes:
-        """The envelope as JSON bytes."""
-        head = json.dumps(
-            {
-                "id": self.id,
-                "type": self.type,
-                "version": self.version,
-                "at": self.at.isoformat().replace("+00:00", "Z"),
-                "actor": self.actor,
-            },
-            separators=(",", ":"),
+        """The envelope as JSON bytes: what ``json.dumps`` writes for the head (compact, ASCII),
+        then the data as pydantic-core serializes it. Every event of a request is encoded on
+        its way out, so the head is written directly (a ``json.dumps`` with separators builds
+        an encoder per call: it was two thirds of the cost)."""
+        at = self.at.isoformat().replace("+00:00", "Z")
+        head = (
+            f'{{"id":{_quote(self.id)},"type":{_quote(self.type)},"version":{self.version:d},'
+            f'"at":{_quote(at)},"actor":{_quote(self.actor)},"data":'
         )
-        return (
-            head[:-1].encode()
-            + b',"data":'
-            + self.data.__pydantic_serializer__.to_json(self.data)
-            + b"}"
-        )
+        return head.encode() + self.data.__pydantic_serializer__.to_json(self.data) + b"}"
 
 
 _DATA = b',"data":'
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii  # a JSON string, as json.dumps
 
 
 def _decode_fast(raw: bytes) -> Envelope | None:

@@ -193,3 +193,22 @@ def test_envelopes_written_by_other_encoders_decode_the_same() -> None:
     doc = json.loads(original.encode())
     reordered = json.dumps({"data": doc["data"], **{k: v for k, v in doc.items() if k != "data"}})
     assert decode(reordered.encode()) == decode(original.encode()) == original
+
+
+@pytest.mark.parametrize(
+    "actor", ["gateway", 'quote " back\\\\slash', "line\nbreak\ttab\x01", "ünïcødé ✓ 𝄞", ""]
+)
+def test_the_head_is_written_as_json_dumps_writes_it(actor: str) -> None:
+    env = Envelope(_submitted(), actor=actor, id='id "1"')
+    raw = env.encode()
+    head = {
+        "id": env.id,
+        "type": env.type,
+        "version": env.version,
+        "at": env.at.isoformat().replace("+00:00", "Z"),
+        "actor": actor,
+    }
+    expected = json.dumps(head, separators=(",", ":"))[:-1] + ',"data":'
+    assert raw.startswith(expected.encode())
+    assert json.loads(raw)["actor"] == actor
+    assert decode(raw) == env
