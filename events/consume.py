@@ -41,7 +41,7 @@ from nats.js.errors import NotFoundError
 
 from events.bus import Bus
 from events.envelope import Envelope, decode
-from events.errors import DimError, EventDecodeError, transient
+from events.errors import DimError, EventDecodeError, transient, while_unavailable
 from events.work import MessageRejected
 
 log = logging.getLogger(__name__)
@@ -203,11 +203,16 @@ class _Puller:
         self.received_upto = 0
         self.gap: tuple[int, int] | None = None  # (expected, got) until repositioned
 
-    async def start(self, *, in_order: bool = False) -> None:
+    async def start(self, stop: asyncio.Event, *, in_order: bool = False) -> None:
+        """Create (or update) the durable and listen for its messages; NATS not answering for
+        now is waited out (`while_unavailable`)."""
+        what = f"set up consumer {self.spec.durable}"
         if in_order:
-            self._track(await ensure_in_order(self.bus, self.spec))
+            self._track(
+                await while_unavailable(lambda: ensure_in_order(self.bus, self.spec), stop, what)
+            )
         else:
-            await ensure_consumer(self.bus, self.spec)
+            await while_unavailable(lambda: ensure_consumer(self.bus, self.spec), stop, what)
         await self._subscribe()
 
     @property
@@ -450,7 +455,7 @@ async def run_pool(
     settlers = {id(p): _Settler(bus, p.spec) for p in pullers}
     running: set[asyncio.Task[None]] = set()
     for puller in pullers:
-        await puller.start()
+        await puller.start(stop)
 
     async def one(settler: _Settler, msg: Msg) -> None:
         opened = await settler.open(msg)
@@ -518,7 +523,7 @@ async def run_ordered(
     queue: asyncio.Queue[tuple[_Puller, Msg]] = asyncio.Queue()
     puller = _Puller(bus, spec, queue)
     settler = _Settler(bus, spec)
-    await puller.start(in_order=True)
+    await puller.start(stop, in_order=True)
 
     async def lane(group: list[Delivery]) -> bool:
         """Handle one key's group; True if every delivery in it may be acked.

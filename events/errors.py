@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import nats.errors
 import nats.js.errors
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class DimError(Exception):
@@ -75,3 +83,20 @@ def transient(exc: BaseException) -> bool:
         | nats.js.errors.NoStreamResponseError
         | nats.js.errors.ServiceUnavailableError,
     )
+
+
+async def while_unavailable(
+    op: Callable[[], Awaitable[T]], stop: asyncio.Event, what: str, *, every_s: float = 0.5
+) -> T:
+    """`op()`, tried again every `every_s` while NATS is unavailable (`transient`) and `stop` is
+    not set: for what a process does once as it starts, which a NATS paused, failing over or
+    slow to answer on a loaded machine would otherwise end for good. Other errors, and the last
+    one once `stop` is set, are raised."""
+    while True:
+        try:
+            return await op()
+        except Exception as exc:
+            if not transient(exc) or stop.is_set():
+                raise
+            log.warning("cannot %s yet (NATS unavailable: %r); trying again", what, exc)
+            await asyncio.sleep(every_s)

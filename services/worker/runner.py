@@ -28,7 +28,7 @@ from opentelemetry import propagate, trace
 from events.bus import Bus, PendingAcks
 from events.consume import ConsumerSpec, Delivery, Reject, run_pool
 from events.envelope import Envelope
-from events.errors import EngineError
+from events.errors import EngineError, while_unavailable
 from events.inference import FinishReason, Usage
 from events.jobs import (
     FailureKind,
@@ -165,17 +165,25 @@ class Worker:
         self.metrics.cold_start.set(self.cold_start_s)
         server, _ = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
         self.metrics_url = f"http://{self.settings.metrics_host}:{server.server_port}/metrics"
-        kv = await self.bus.js.key_value(self.names.bucket("nodes"))
-        await kv.put(self.node_id, self.record().model_dump_json().encode())
-        await self._node_event(
+        # NATS not answering for now (paused, failing over) is waited out at each step: a worker
+        # starting meanwhile would otherwise end for good.
+        bucket = self.names.bucket("nodes")
+        kv = await while_unavailable(lambda: self.bus.js.key_value(bucket), stop, "open " + bucket)
+        record = self.record().model_dump_json().encode()
+        await while_unavailable(lambda: kv.put(self.node_id, record), stop, "register the node")
+        joined = Envelope(
             NodeJoined(
                 node_id=self.node_id,
                 models=self.engine.models,
                 engine=self.engine.kind,
                 capacity=self.capacity,
                 dim_version=dim_version(),
-            )
+            ),
+            actor=self.actor,
         )
+        subject = self.names.node_event(self.node_id, joined.type)
+        # One envelope, so a retry after a lost ack has its id and is stored once.
+        await while_unavailable(lambda: self.bus.publish(subject, joined), stop, "announce")
         heartbeat = asyncio.create_task(self._heartbeat(kv, stop))
         # A job that ends early (cancelled, or failed: a deadline, another task's failure) says
         # so on its subject: listen to all of them, abort what this worker runs for it and skip
@@ -231,7 +239,7 @@ class Worker:
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
 
-    async def _node_event(self, event: NodeJoined | NodeLeft) -> None:
+    async def _node_event(self, event: NodeLeft) -> None:
         await self.bus.publish(
             self.names.node_event(self.node_id, event.type), Envelope(event, actor=self.actor)
         )

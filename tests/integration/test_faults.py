@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 from pydantic import BaseModel
 
 from events.bus import Bus
-from events.consume import ConsumerSpec, Delivery, run_ordered
+from events.consume import ConsumerSpec, Delivery, run_ordered, run_pool
 from events.envelope import Envelope
 from events.history import read_events
 from events.inference import Prompt
@@ -154,6 +154,48 @@ async def test_a_mirror_whose_watch_cannot_be_set_up_tries_again(server: Embedde
         await _until(lambda: "k2" in mirror.items, 10)  # and changes are followed
     finally:
         await mirror.stop()
+        await bus.close()
+
+
+@pytest.mark.parametrize("in_order", [False, True], ids=["pool", "ordered"])
+async def test_a_consume_loop_started_while_nats_does_not_answer_waits_for_it(
+    server: EmbeddedNats, in_order: bool
+) -> None:
+    # A worker (pool) or an orchestrator or projector (ordered) that starts while NATS does not
+    # answer — paused, failing over, a loaded machine — must wait for it, not end for good.
+    bus = await Bus.connect(server.url, NAMES, publish_timeout_s=0.3)
+    handled: list[str] = []
+
+    async def handle_one(delivery: Delivery) -> None:
+        handled.append(delivery.envelope.data.job_id)  # type: ignore[attr-defined]
+
+    async def handle_group(group: list[Delivery]) -> None:
+        for d in group:
+            await handle_one(d)
+
+    stop = asyncio.Event()
+    loop: asyncio.Task[None] | None = None
+    try:
+        await provision(bus.js, topology(NAMES))
+        spec = ConsumerSpec(NAMES.jobs_stream, f"c-paused-{in_order}", (NAMES.jobs_all,))
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)  # creating the consumer times out (0.3 s) ...
+        try:
+            loop = asyncio.create_task(
+                run_ordered(bus, spec, handle_group, key=lambda s: s, stop=stop)
+                if in_order
+                else run_pool(bus, [spec], handle_one, capacity=4, stop=stop)
+            )
+            await asyncio.sleep(1.5)
+            assert not loop.done(), loop.exception()  # still trying
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)  # ... and a later try finds NATS back
+        await bus.publish(NAMES.job("late", "job.submitted"), _submitted("late"))
+        await _until(lambda: handled == ["late"], 10)
+    finally:
+        stop.set()
+        if loop is not None:
+            await asyncio.wait_for(loop, 10)
         await bus.close()
 
 
