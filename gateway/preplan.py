@@ -74,7 +74,7 @@ class Preplanner:
             return job
         if any(q.held for q in self.queues.items.values()):
             return job  # some job waits for capacity: the fair queue decides who goes next
-        state = evolve(None, Envelope(job, actor="gateway"), 0)
+        state = evolve(None, Envelope(job, actor="gateway", id=""), 0)  # to decide on, not stored
         assert state is not None
         self._expire(time.monotonic())
         taken: list[str] = []

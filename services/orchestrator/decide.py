@@ -76,12 +76,13 @@ def backoff(state: JobState, task: TaskState) -> timedelta:
     return timedelta(seconds=base * (1 - policy.jitter * share))
 
 
-def need_of(state: JobState, task: TaskState) -> Need:
-    """What the task asks of a node."""
+def need_of(state: JobState, task: TaskState, prompt: Prompt | None = None) -> Need:
+    """What the task asks of a node (`prompt`: the one it will run, if not its own)."""
     routing = state.routing
     key = routing.affinity_key
-    if key is None and routing.strategy == "affinity" and task.prompt is not None:
-        key = task.prompt.render()[:AFFINITY_PREFIX]
+    prompt = prompt or task.prompt
+    if key is None and routing.strategy == "affinity" and prompt is not None:
+        key = prompt.render()[:AFFINITY_PREFIX]
     return Need(
         model=task.model,
         tenant=state.tenant,
@@ -114,7 +115,7 @@ def _dispatch(
         return _rerouted(
             state, task, attempt, names, pinned, f"node {pinned} is not live", rendered
         )
-    node = mesh.pick(need_of(state, task.model_copy(update={"prompt": prompt})))
+    node = mesh.pick(need_of(state, task, prompt))
     if node is None:
         return None
     return TaskDispatched(
@@ -176,7 +177,8 @@ def decide(
             return [JobFailed(job_id=state.job_id, reason=why, code="model_not_served")]
         planned = plan(state)
         # Dispatch what is ready in the same breath, decided on the state the plan will make.
-        after = evolve(state, Envelope(planned, actor="", at=now), state.last_seq + 1)
+        # Folded only to decide on (never stored): no id drawn for it.
+        after = evolve(state, Envelope(planned, actor="", id="", at=now), state.last_seq + 1)
         assert after is not None
         rest = decide(after, now, mesh, names, dispatch_timeout_s=dispatch_timeout_s)
         # Plain first dispatches ride in the plan: one append, one delivery to every reader.

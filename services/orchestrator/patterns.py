@@ -121,10 +121,11 @@ def _spec(state: JobState, number: int, **fields: object) -> TaskSpec:
     base: dict[str, object] = {
         "task_id": task_id(state.job_id, number),
         "model": state.model,
-        "params": state.params.model_copy(update={"n": 1}),
         "node_id": state.node_id,
         "tenant": state.tenant,
     }
+    if "params" not in fields:
+        base["params"] = state.params.model_copy(update={"n": 1})
     return TaskSpec(**(base | fields))
 
 
