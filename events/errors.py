@@ -92,11 +92,14 @@ async def while_unavailable(
     not set: for what a process does once as it starts, which a NATS paused, failing over or
     slow to answer on a loaded machine would otherwise end for good. Other errors, and the last
     one once `stop` is set, are raised."""
+    tries = 0
     while True:
         try:
             return await op()
         except Exception as exc:
             if not transient(exc) or stop.is_set():
                 raise
-            log.warning("cannot %s yet (NATS unavailable: %r); trying again", what, exc)
+            if tries % 20 == 0:  # the first time, then every 20 tries
+                log.warning("cannot %s yet (NATS unavailable: %r); trying again", what, exc)
+            tries += 1
             await asyncio.sleep(every_s)

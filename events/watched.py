@@ -28,9 +28,12 @@ class WatchedBucket(Generic[M]):
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
-        """Load every entry and follow changes; returns once the initial load is done."""
-        kv = await self.bus.js.key_value(self.bucket)
-        self._task = asyncio.create_task(self._follow(kv))
+        """Load every entry and follow changes; returns once the initial load is done, or
+        raises `TimeoutError` after 10 s — calling it again then keeps the follower that is
+        still trying and waits for it anew."""
+        if self._task is None or self._task.done():
+            kv = await self.bus.js.key_value(self.bucket)
+            self._task = asyncio.create_task(self._follow(kv))
         await asyncio.wait_for(self._ready.wait(), timeout=10)
 
     async def stop(self) -> None:

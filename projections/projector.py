@@ -18,6 +18,7 @@ from nats.js.kv import KeyValue
 
 from events.bus import Bus
 from events.consume import ConsumerSpec, Delivery, run_ordered
+from events.errors import while_unavailable
 from events.history import read_events
 from events.jobs import JobCompleted, JobSubmitted
 from projections.job_status import apply, decode_view, encode_view, fold
@@ -62,7 +63,7 @@ class JobStatusProjector:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Project until `stop` is set."""
-        await self.kv()
+        await while_unavailable(self.kv, stop, "open the jobs bucket")
         await run_ordered(
             self.bus,
             self.consumer(),
@@ -214,7 +215,8 @@ class UsageProjector:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Project until `stop` is set."""
-        kv = await self.bus.js.key_value(self.names.bucket("usage"))
+        bucket = self.names.bucket("usage")
+        kv = await while_unavailable(lambda: self.bus.js.key_value(bucket), stop, "open " + bucket)
 
         async def handle(group: list[Delivery]) -> None:
             # One lane for all: usage of a tenant comes from many jobs, applied in stream order.

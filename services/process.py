@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from events.bus import Bus
+from events.errors import while_unavailable
 from events.topology import Topology, provision, topology
 from services.scheduling import use_batch_policy
 from services.settings import Settings
@@ -108,7 +109,9 @@ def serve(
             loop.add_signal_handler(sig, stop.set)
         bus = await connect(settings, f"dim-{role}")
         try:
-            await ensure_topology(bus, settings)
+            await while_unavailable(
+                lambda: ensure_topology(bus, settings), stop, "provision streams and buckets"
+            )
             await body(bus, stop)
         finally:
             await bus.close()

@@ -24,7 +24,7 @@ from opentelemetry import propagate, trace
 from events.bus import Bus
 from events.consume import ConsumerSpec, Delivery, run_ordered
 from events.envelope import Envelope
-from events.errors import WrongLastSequence
+from events.errors import WrongLastSequence, while_unavailable
 from events.history import read_events
 from events.jobs import (
     TERMINAL_TYPES,
@@ -116,8 +116,8 @@ class Orchestrator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Orchestrate until `stop` is set."""
-        await self.nodes.start()
-        await self._recover()
+        await while_unavailable(self.nodes.start, stop, "load the node registry")
+        await while_unavailable(self._recover, stop, "take up unfinished jobs")
         ticker = asyncio.create_task(self._tick(stop))
         dead = asyncio.create_task(self.dead_letters.run(stop))
         try:

@@ -24,6 +24,7 @@ from events.watched import WatchedBucket
 from gateway.app import create_app
 from gateway.keys import create_key
 from services.nats_server import EmbeddedNats
+from services.orchestrator.runner import Orchestrator
 from services.process import ensure_topology
 from services.settings import Settings
 from tests.mesh import spawn, wait_until
@@ -196,6 +197,46 @@ async def test_a_consume_loop_started_while_nats_does_not_answer_waits_for_it(
         stop.set()
         if loop is not None:
             await asyncio.wait_for(loop, 10)
+        await bus.close()
+
+
+async def test_an_orchestrator_started_while_nats_does_not_answer_waits_for_it(
+    server: EmbeddedNats,
+) -> None:
+    # Its start — the node registry, the unfinished jobs, its consumer — waits NATS out.
+    settings = Settings(nats_url=server.url, namespace="faults", publish_timeout_s=0.3)
+    bus = await Bus.connect(server.url, settings.names, publish_timeout_s=0.3)
+    stop = asyncio.Event()
+    orchestrating: asyncio.Task[None] | None = None
+    try:
+        await ensure_topology(bus, settings)
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            orchestrating = asyncio.create_task(Orchestrator(bus, settings).run(stop))
+            await asyncio.sleep(1.5)
+            assert not orchestrating.done(), orchestrating.exception()  # still trying
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        env = Envelope(
+            JobSubmitted(job_id="O1", model="nobody-serves-it", prompt=Prompt(text="x")), actor="t"
+        )
+        await bus.publish(settings.names.job("O1", env.type), env)
+
+        async def decided() -> bool:
+            events = [
+                e
+                async for _, e in read_events(
+                    bus, settings.names.jobs_stream, settings.names.job_all("O1")
+                )
+            ]
+            return any(e.type == "job.failed" for e in events)  # no node serves the model
+
+        await wait_until(decided, what="the orchestrator deciding the job", timeout_s=20)
+    finally:
+        stop.set()
+        if orchestrating is not None:
+            await asyncio.wait_for(orchestrating, 10)
         await bus.close()
 
 
