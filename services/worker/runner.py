@@ -28,7 +28,7 @@ from opentelemetry import propagate, trace
 from events.bus import Bus, PendingAcks
 from events.consume import ConsumerSpec, Delivery, Reject, run_pool
 from events.envelope import Envelope
-from events.errors import EngineError, while_unavailable
+from events.errors import EngineError, WrongLastSequence, while_unavailable
 from events.inference import FinishReason, Usage
 from events.jobs import (
     FailureKind,
@@ -53,6 +53,11 @@ from services.worker.gpu import gpu_facts
 log = logging.getLogger(__name__)
 _ENDED_MEMORY = 100_000  # job ids remembered as ended, newest kept
 tracer = trace.get_tracer("dim.worker")
+
+
+class _Raced(Exception):
+    """Something was recorded for the job between checking a redelivered attempt and starting
+    it: check again."""
 
 
 def dim_version() -> str:
@@ -257,19 +262,22 @@ class Worker:
                 log.info("engine healthy again")
             self.healthy = True
 
-    async def _superseded(self, request: TaskRequested) -> bool:
-        """Whether a redelivered attempt is no longer wanted: the job ended, or the task has a
-        result or a newer attempt (the orchestrator moved it off a node it thought lost)."""
+    async def _still_wanted(self, request: TaskRequested) -> int | None:
+        """For a redelivered attempt: the sequence of the job's last event if the attempt is
+        still wanted; None when the job ended, or the task has a result or a newer attempt (the
+        orchestrator moved it off a node it thought lost)."""
         state = fold(None, await history(self.bus, request.job_id))
         if state is None:
-            return False
+            return 0
         task = state.task(request.task.task_id)
-        return (
+        if (
             state.terminal
             or task is None
             or task.attempt != request.attempt
             or task.status in ("completed", "failed")
-        )
+        ):
+            return None
+        return state.last_seq
 
     async def _measure_queues(self) -> None:
         """Tasks waiting per served model (its shared consumer's backlog), for /metrics."""
@@ -294,10 +302,12 @@ class Worker:
             self.skipped += 1
             log.info("skipping %s: its job has ended", request.task.task_id)
             return
-        if delivery.deliveries > 1 and await self._superseded(request):
-            self.skipped += 1
-            log.info("skipping superseded attempt %d of %s", request.attempt, request.task.task_id)
-            return
+        expected: int | None = None  # the job's last event, for a redelivered attempt
+        if delivery.deliveries > 1:
+            expected = await self._still_wanted(request)
+            if expected is None:
+                self._skip_superseded(request)
+                return
         tenants = self.settings.tenants
         if tenants and request.task.tenant not in tenants:
             await self._fail(
@@ -318,12 +328,27 @@ class Worker:
             running = self.metrics.running.labels(model=request.task.model)
             running.inc()
             try:
-                await self._run(delivery, request)
+                for _ in range(5):
+                    try:
+                        await self._run(delivery, request, expected)
+                        return
+                    except _Raced:
+                        expected = await self._still_wanted(request)
+                        if expected is None:
+                            self._skip_superseded(request)
+                            return
+                await self._run(delivery, request, None)  # the job keeps moving: go ahead
             finally:
                 self.in_flight -= 1
                 running.dec()
 
-    async def _run(self, delivery: Delivery, request: TaskRequested) -> None:
+    def _skip_superseded(self, request: TaskRequested) -> None:
+        self.skipped += 1
+        log.info("skipping superseded attempt %d of %s", request.attempt, request.task.task_id)
+
+    async def _run(
+        self, delivery: Delivery, request: TaskRequested, expected_last_seq: int | None
+    ) -> None:
         task, job_id = request.task, request.job_id
         # task.started is not awaited on its own: its ack is awaited with the token chunks',
         # before the result, and one connection keeps the order of what it publishes.
@@ -342,7 +367,22 @@ class Worker:
             resumed_chars=len(done.text),
             resumed_tokens=done.tokens,
         )
-        await pending.add(self.names.job(job_id, started.type), Envelope(started, actor=self.actor))
+        subject = self.names.job(job_id, started.type)
+        if expected_last_seq is None:
+            await pending.add(subject, Envelope(started, actor=self.actor))
+        else:
+            # A redelivered attempt starts only if nothing was recorded for the job since it was
+            # found still wanted: the orchestrator may have just given this attempt up (its node
+            # lost) and sent the next one — possibly to this very worker.
+            try:
+                await self.bus.publish(
+                    subject,
+                    Envelope(started, actor=self.actor),
+                    expected_last_seq=expected_last_seq,
+                    expected_last_subject=self.names.job_all(job_id),
+                )
+            except WrongLastSequence:
+                raise _Raced from None
         keepalive = asyncio.create_task(self._keep_lease(delivery))
         request_id = f"{task.task_id}.{request.attempt}.{delivery.deliveries}"
         timeout_s = min(

@@ -7,23 +7,33 @@ import os
 import signal
 
 import pytest
+from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from events.bus import Bus
-from events.envelope import Envelope
+from events.consume import Delivery
+from events.envelope import Envelope, decode
 from events.history import read_events
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
-from events.jobs import JobCompleted, JobSubmitted, TaskStarted
-from events.work import TokensProduced
+from events.jobs import (
+    JobCompleted,
+    JobSubmitted,
+    TaskDispatched,
+    TaskFailed,
+    TaskStarted,
+)
+from events.work import TaskRequested, TokensProduced
 from projections.job_status import decode_view
 from projections.projector import rebuild
 from services.client import JobFollower, TextAssembler, append_submitted, submit, submit_event
-from services.engines.simulated import simulated_tokens
+from services.engines.simulated import SimulatedEngine, simulated_tokens
 from services.orchestrator.decide import Mesh, plan_at_door
 from services.orchestrator.runner import Orchestrator
 from services.orchestrator.state import evolve
+from services.orchestrator.work import dispatches_in, task_request
 from services.settings import Settings
+from services.worker.runner import Worker
 from tests.mesh import Service, job_events, mesh, spawn, wait_terminal, wait_until
 
 
@@ -694,3 +704,62 @@ async def test_an_orchestrator_far_behind_sends_door_work_only_if_the_log_says_i
     await orchestrator._send_door_work()
     info = await bus.js.stream_info(bus.names.tasks_stream)
     assert info.state.messages == (0 if started_in_log else 1)
+
+
+async def test_a_redelivered_attempt_given_up_while_the_worker_checks_it_is_not_started(
+    bus: Bus, settings: Settings
+) -> None:
+    # Seen in CI: a worker killed mid-answer; JetStream redelivered its work message to another
+    # worker just as the orchestrator recorded the attempt lost and sent the next one — to that
+    # same worker, which then ran both. The redelivered attempt is started only if nothing was
+    # recorded for the job since the worker found it still wanted.
+    job = _planned_at_door(bus)
+    envelope, seq = await append_submitted(bus, job)
+    state = evolve(None, envelope, seq)
+    assert state is not None
+    ((dispatch, msg_id),) = dispatches_in(envelope)
+    request = task_request(state, dispatch)
+    assert request is not None
+    started = TaskStarted(job_id=job.job_id, task_id=dispatch.task_id, attempt=1, node_id="gone")
+    await bus.publish(bus.names.job(job.job_id, started.type), Envelope(started, actor="w"))
+    worker = Worker(bus, SimulatedEngine(("sim-small",), ttft_ms=0, tokens_per_s=0), settings)
+    checked = worker._still_wanted
+    gave_up = False
+
+    async def check_then_the_orchestrator_gives_up(r: TaskRequested) -> int | None:
+        nonlocal gave_up
+        wanted = await checked(r)
+        if not gave_up:  # what the orchestrator appends when the first worker's node is lost
+            gave_up = True
+            for event in (
+                TaskFailed(
+                    job_id=job.job_id,
+                    task_id=dispatch.task_id,
+                    attempt=1,
+                    node_id="gone",
+                    kind="worker_lost",
+                    error="node gone stopped heartbeating",
+                ),
+                TaskDispatched(
+                    job_id=job.job_id,
+                    task_id=dispatch.task_id,
+                    attempt=2,
+                    subject=dispatch.subject,
+                ),
+            ):
+                await bus.publish(bus.names.job(job.job_id, event.type), Envelope(event, actor="o"))
+        return wanted
+
+    worker._still_wanted = check_then_the_orchestrator_gives_up  # type: ignore[method-assign]
+    raw = Envelope(request, actor="o", id=msg_id).encode()
+    redelivered = Delivery(
+        Msg(bus.nc, subject=dispatch.subject, data=raw), decode(raw), stream_seq=1, deliveries=2
+    )
+    await worker.handle(redelivered)
+    events = await job_events(bus, job.job_id)
+    assert [(e.type, getattr(e.data, "attempt", None)) for e in events[1:]] == [
+        ("task.started", 1),
+        ("task.failed", 1),
+        ("task.dispatched", 2),
+    ]  # attempt 1 never started again here; attempt 2 is for whoever takes its message
+    assert worker.skipped == 1
