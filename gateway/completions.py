@@ -64,7 +64,7 @@ async def start(
     if stream:
         follower = await JobFollower(gw.bus, job_id, replay=False).start()
     else:
-        gw.ends.expect(job_id, first_result=params.n == 1)
+        await gw.ends.expect(job_id, first_result=params.n == 1)
     try:
         await jobs.submit_job(
             gw,
@@ -80,7 +80,7 @@ async def start(
     except BaseException:
         if follower is not None:
             await follower.close()
-        gw.ends.forget(job_id)
+        await gw.ends.forget(job_id)
         raise
     return Started(job_id, int(time.time()), model, follower, time.monotonic())
 
@@ -135,7 +135,7 @@ async def answer(gw: Gateway, started: Started) -> JobCompleted:
         ) from None
     finally:
         in_flight.dec()
-        gw.ends.forget(started.job_id)
+        await gw.ends.forget(started.job_id)
     raise ApiError(500, f"the job ended with an unexpected {event.type}", code="incomplete")
 
 

@@ -106,10 +106,15 @@ class Preplanner:
         return self.nodes.pool.room(model) - self.nodes.waiting(model) - self._counts.get(model, 0)
 
     def ended(self, job_id: str, event_type: str) -> None:
-        """A job's `task.completed` or terminal event went by: its slots are free again (a job of
-        several tasks frees them at its end)."""
+        """A job's `task.completed` or terminal event went by: a task's slot is free again, or
+        all the job's. (The gateway hears a job's `job.completed` only when it waits for it, so
+        a job of several tasks frees a slot per task; which model's, when its tasks ask for
+        several, is a guess the next heartbeat corrects.)"""
         sent = self._sent.get(job_id)
-        if sent is None or (event_type == "task.completed" and len(sent.models) > 1):
+        if sent is None:
+            return
+        if event_type == "task.completed" and len(sent.models) > 1:
+            self._counts[sent.models.pop()] -= 1
             return
         self._release(job_id)
 

@@ -18,7 +18,14 @@ from events.errors import EventDecodeError
 from events.history import read_events
 from events.ids import new_id
 from events.inference import FinishReason, Prompt, SamplingParams
-from events.jobs import TERMINAL_TYPES, JobSubmitted, TaskCompleted
+from events.jobs import (
+    TERMINAL_TYPES,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobSubmitted,
+    TaskCompleted,
+)
 from events.work import TokensProduced
 
 
@@ -136,14 +143,16 @@ async def partial_output(bus: Bus, job_id: str, task_id: str) -> Partial:
 class JobEnds:
     """Every job's end as one process sees it, for the requests waiting on one.
 
-    One wildcard subscription per terminal event type serves every request of the process, so a
-    request that wants only a job's result costs no subscription of its own (no SUB/UNSUB per
-    request). A terminal event missed while the connection was down is found in the log: `wait`
-    looks there whenever the feed has been quiet for `quiet_s`.
-
-    `expect(job_id, first_result=True)`, for a job of one task, also takes that task's
-    ``task.completed`` as the answer: it is the job's result, known one orchestrator round trip
-    before ``job.completed`` (which follows from it and records the same output and usage).
+    Wildcard subscriptions to ``task.completed``, ``job.failed`` and ``job.cancelled`` serve
+    every request of the process, so a request for a job of one task costs no subscription of
+    its own (no SUB/UNSUB per request): `expect(job_id, first_result=True)` takes the task's
+    ``task.completed`` as the answer — the job's result, one orchestrator round trip before
+    ``job.completed`` (which follows from it and records the same output and usage). Only a job
+    of several tasks (`first_result=False`) waits for ``job.completed``, on a subscription to
+    that job's alone: a wildcard one would bring this process every job's ``job.completed``,
+    one delivery per request for nothing. A terminal event missed while the connection was down
+    is found in the log: `wait` looks there whenever the feed has been quiet for `quiet_s`.
+    `on_end` is told (job id, event type) of every event these subscriptions bring.
     """
 
     def __init__(
@@ -159,10 +168,11 @@ class JobEnds:
         self._waiting: dict[str, asyncio.Future[Envelope]] = {}
         self._early: set[str] = set()  # jobs whose task.completed is their answer
         self._subs: list[Any] = []
+        self._completed: dict[str, Any] = {}  # job id -> its own job.completed subscription
 
     async def start(self) -> JobEnds:
         """Subscribe; returns self."""
-        for event_type in (*TERMINAL_TYPES, TaskCompleted.type):
+        for event_type in (TaskCompleted.type, JobFailed.type, JobCancelled.type):
             self._subs.append(
                 await self.bus.nc.subscribe(self.bus.names.job("*", event_type), cb=self._on)
             )
@@ -170,21 +180,29 @@ class JobEnds:
 
     async def stop(self) -> None:
         """Unsubscribe."""
-        for sub in self._subs:
+        for sub in [*self._subs, *self._completed.values()]:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs = []
+        self._completed = {}
 
-    def expect(self, job_id: str, *, first_result: bool = False) -> None:
+    async def expect(self, job_id: str, *, first_result: bool = False) -> None:
         """Start listening for `job_id`'s end (before submitting it, so nothing is missed)."""
         self._waiting[job_id] = asyncio.get_running_loop().create_future()
         if first_result:
             self._early.add(job_id)
+        else:
+            subject = self.bus.names.job(job_id, JobCompleted.type)
+            self._completed[job_id] = await self.bus.nc.subscribe(subject, cb=self._on)
 
-    def forget(self, job_id: str) -> None:
+    async def forget(self, job_id: str) -> None:
         """Stop listening for `job_id`."""
         self._waiting.pop(job_id, None)
         self._early.discard(job_id)
+        sub = self._completed.pop(job_id, None)
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _on(self, msg: Msg) -> None:
         _, _, job_id, event_type = msg.subject.split(".", 3)

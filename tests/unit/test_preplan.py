@@ -201,12 +201,16 @@ def test_a_slot_is_free_again_when_its_task_finishes_or_the_next_heartbeat_tells
     assert door.plan(_job(job_id="J4")).plan is not None
 
 
-def test_a_job_of_several_tasks_frees_its_slots_when_it_ends() -> None:
-    door = _gateway(_record("a", capacity=2))
-    assert door.plan(_job(job_id="J1", params=SamplingParams(n=2))).plan is not None
-    door.ended("J1", "task.completed")  # one of its two tasks: both slots stay counted
+def test_a_job_of_several_tasks_frees_a_slot_per_task_and_the_rest_when_it_ends() -> None:
+    door = _gateway(_record("a", capacity=3))
+    assert door.plan(_job(job_id="J1", params=SamplingParams(n=3))).plan is not None
     assert door.room("m") == 0
-    door.ended("J1", "job.completed")
+    door.ended("J1", "task.completed")  # one of its three tasks
+    assert door.room("m") == 1
+    door.ended("J1", "task.completed")
     assert door.room("m") == 2
-    door.ended("J1", "job.completed")  # told twice (a redelivery): nothing more to free
-    assert door.room("m") == 2
+    door.ended("J1", "job.failed")  # the last one will not come: the job ended
+    assert door.room("m") == 3
+    door.ended("J1", "job.failed")  # told twice (a redelivery): nothing more to free
+    door.ended("J1", "task.completed")  # a late result of an attempt given up
+    assert door.room("m") == 3
