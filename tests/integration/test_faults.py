@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -158,6 +160,34 @@ async def test_a_mirror_whose_watch_cannot_be_set_up_tries_again(server: Embedde
         await bus.close()
 
 
+@contextlib.asynccontextmanager
+async def _started_while_paused(
+    server: EmbeddedNats, start: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+) -> AsyncIterator[None]:
+    """`start(stop)` begun as a task while the server answers nothing (its calls time out);
+    1.5 s later it must still be trying; then the server answers again. On leaving: `stop` set
+    and the task awaited."""
+    assert server.proc is not None
+    stop = asyncio.Event()
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    task = asyncio.create_task(start(stop))
+    try:
+        await asyncio.sleep(1.5)
+        if task.done():
+            task.result()  # what ended it
+            raise AssertionError("it returned while NATS did not answer")
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
 @pytest.mark.parametrize("in_order", [False, True], ids=["pool", "ordered"])
 async def test_a_consume_loop_started_while_nats_does_not_answer_waits_for_it(
     server: EmbeddedNats, in_order: bool
@@ -174,29 +204,18 @@ async def test_a_consume_loop_started_while_nats_does_not_answer_waits_for_it(
         for d in group:
             await handle_one(d)
 
-    stop = asyncio.Event()
-    loop: asyncio.Task[None] | None = None
+    def consume(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+        if in_order:
+            return run_ordered(bus, spec, handle_group, key=lambda s: s, stop=stop)
+        return run_pool(bus, [spec], handle_one, capacity=4, stop=stop)
+
     try:
         await provision(bus.js, topology(NAMES))
         spec = ConsumerSpec(NAMES.jobs_stream, f"c-paused-{in_order}", (NAMES.jobs_all,))
-        assert server.proc is not None
-        os.kill(server.proc.pid, signal.SIGSTOP)  # creating the consumer times out (0.3 s) ...
-        try:
-            loop = asyncio.create_task(
-                run_ordered(bus, spec, handle_group, key=lambda s: s, stop=stop)
-                if in_order
-                else run_pool(bus, [spec], handle_one, capacity=4, stop=stop)
-            )
-            await asyncio.sleep(1.5)
-            assert not loop.done(), loop.exception()  # still trying
-        finally:
-            os.kill(server.proc.pid, signal.SIGCONT)  # ... and a later try finds NATS back
-        await bus.publish(NAMES.job("late", "job.submitted"), _submitted("late"))
-        await _until(lambda: handled == ["late"], 10)
+        async with _started_while_paused(server, consume):
+            await bus.publish(NAMES.job("late", "job.submitted"), _submitted("late"))
+            await _until(lambda: handled == ["late"], 10)
     finally:
-        stop.set()
-        if loop is not None:
-            await asyncio.wait_for(loop, 10)
         await bus.close()
 
 
@@ -206,37 +225,18 @@ async def test_an_orchestrator_started_while_nats_does_not_answer_waits_for_it(
     # Its start — the node registry, the unfinished jobs, its consumer — waits NATS out.
     settings = Settings(nats_url=server.url, namespace="faults", publish_timeout_s=0.3)
     bus = await Bus.connect(server.url, settings.names, publish_timeout_s=0.3)
-    stop = asyncio.Event()
-    orchestrating: asyncio.Task[None] | None = None
+
+    async def decided() -> bool:
+        events = read_events(bus, settings.names.jobs_stream, settings.names.job_all("O1"))
+        return any([e.type == "job.failed" async for _, e in events])  # no node serves it
+
     try:
         await ensure_topology(bus, settings)
-        assert server.proc is not None
-        os.kill(server.proc.pid, signal.SIGSTOP)
-        try:
-            orchestrating = asyncio.create_task(Orchestrator(bus, settings).run(stop))
-            await asyncio.sleep(1.5)
-            assert not orchestrating.done(), orchestrating.exception()  # still trying
-        finally:
-            os.kill(server.proc.pid, signal.SIGCONT)
-        env = Envelope(
-            JobSubmitted(job_id="O1", model="nobody-serves-it", prompt=Prompt(text="x")), actor="t"
-        )
-        await bus.publish(settings.names.job("O1", env.type), env)
-
-        async def decided() -> bool:
-            events = [
-                e
-                async for _, e in read_events(
-                    bus, settings.names.jobs_stream, settings.names.job_all("O1")
-                )
-            ]
-            return any(e.type == "job.failed" for e in events)  # no node serves the model
-
-        await wait_until(decided, what="the orchestrator deciding the job", timeout_s=20)
+        async with _started_while_paused(server, Orchestrator(bus, settings).run):
+            job = JobSubmitted(job_id="O1", model="nobody-serves-it", prompt=Prompt(text="x"))
+            await bus.publish(settings.names.job("O1", job.type), Envelope(job, actor="t"))
+            await wait_until(decided, what="the orchestrator deciding the job", timeout_s=20)
     finally:
-        stop.set()
-        if orchestrating is not None:
-            await asyncio.wait_for(orchestrating, 10)
         await bus.close()
 
 
