@@ -27,19 +27,16 @@ from events.inference import Prompt, SamplingParams
 from events.work import TokensProduced
 from gateway.completions import cancel_job
 from services.client import submit
-from services.nats_server import EmbeddedNats
 from services.process import ensure_topology
 from services.settings import Settings
 from services.up import child_env
-from tests.bench.bench_jobs import pct, table
+from tests.bench.bench_jobs import embedded_server, pct, table
 from tests.chaos.run import Proc
 
 
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server = EmbeddedNats(
-            Path(tmp), port=0, name="dim-bench-cancel", sched_batch=Settings().sched_batch
-        )
+        server = embedded_server(Path(tmp), "dim-bench-cancel")
         server.start()
         settings = Settings(
             nats_url=server.url,

@@ -26,11 +26,11 @@ from pathlib import Path
 
 from events.bus import Bus
 from gateway.keys import create_key
-from services.nats_server import EmbeddedNats, free_port, port_open
+from services.nats_server import free_port, port_open
 from services.process import ensure_topology
 from services.settings import Settings
 from services.up import child_env
-from tests.bench.bench_jobs import pct, stop_all, table
+from tests.bench.bench_jobs import embedded_server, pct, stop_all, table
 from tests.bench.loadgen import Client, HttpError
 
 BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "bench"}], "max_tokens": 16}
@@ -77,9 +77,7 @@ async def streams(client: Client, path: str, clients: int, each: int) -> tuple[i
 
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server = EmbeddedNats(
-            Path(tmp), port=0, name="dim-bench-gw", sched_batch=Settings().sched_batch
-        )
+        server = embedded_server(Path(tmp), "dim-bench-gw")
         server.start()
         gw_port, bare_port = free_port(), free_port()
         settings = Settings(

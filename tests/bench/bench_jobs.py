@@ -53,6 +53,19 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
+def embedded_server(data_dir: Path, name: str) -> EmbeddedNats:
+    """The bench's nats-server, set up as `dim up` sets it up (CPU policy, Go threads), unless
+    the environment's DIM_SCHED_BATCH / DIM_NATS_GOMAXPROCS say otherwise."""
+    settings = Settings()
+    return EmbeddedNats(
+        data_dir,
+        port=0,
+        name=name,
+        sched_batch=settings.sched_batch,
+        gomaxprocs=settings.nats_gomaxprocs,
+    )
+
+
 def spawn(settings: Settings, role: str, node: str | None = None) -> subprocess.Popen[bytes]:
     """Start one dim service process for the bench."""
     tuned = settings.model_copy(
@@ -178,9 +191,7 @@ def table(rows: list[tuple[str, str, str]]) -> str:
 
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server = EmbeddedNats(
-            Path(tmp), port=0, name="dim-bench", sched_batch=Settings().sched_batch
-        )
+        server = embedded_server(Path(tmp), "dim-bench")
         server.start()
         settings = Settings(nats_url=server.url, namespace="bench", models=("sim-small",))
         procs: list[subprocess.Popen[bytes]] = []
