@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -29,11 +30,44 @@ def nats_server_binary() -> str:
     return found
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_given: set[int] = set()
+
+
+def _ephemeral_low() -> int | None:
+    """The lowest port the kernel hands out on its own (Linux), or None where unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    return None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
+    """A TCP port that was free a moment ago, for a process about to listen on it.
+
+    Where the kernel's ephemeral range is known, the port is picked below it: a port in that range
+    may meanwhile go to anyone binding port 0 (a worker's /metrics server) or to an outgoing
+    connection, and the process meant to listen there would find it taken. Never the same port
+    twice in one process.
+    """
+    low = _ephemeral_low()
+    if low is not None and low > 11_024:
+        rng = random.Random()
+        for _ in range(200):
+            port = rng.randrange(10_000, low)
+            if port in _given:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _given.add(port)
+            return port
     with socket.socket() as s:
         s.bind((host, 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    _given.add(port)
+    return port
 
 
 def port_open(host: str, port: int) -> bool:

@@ -122,6 +122,11 @@ async def run(args: argparse.Namespace) -> None:
                     except (OSError, HttpError):
                         if time.monotonic() > deadline:
                             raise
+                        ended = [p.args for p in procs if p.poll() is not None]
+                        if ended:
+                            raise SystemExit(
+                                f"bench: a process ended while starting: {ended}"
+                            ) from None
                     await asyncio.sleep(0.2)
                 print("warming up ...", file=sys.stderr)
                 await timed(mesh, path, 200, 16)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from services.nats_server import EmbeddedNats, nats_server_binary
+from services.nats_server import EmbeddedNats, free_port, nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "infra" / "nats").rglob("*.conf"))
@@ -34,6 +35,22 @@ def test_embedded_config_is_valid(tmp_path: Path) -> None:
 
 def test_there_are_configs_to_check() -> None:
     assert len(CONFIGS) >= 4
+
+
+RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+@pytest.mark.skipif(not RANGE.exists(), reason="the kernel's ephemeral range is read on Linux")
+def test_a_port_picked_for_a_listener_is_never_one_the_kernel_hands_out_meanwhile() -> None:
+    # A worker's /metrics server binds port 0; had it been given the gateway's port before the
+    # gateway listened, the gateway would not start (seen: the gateway bench got 405s from it).
+    low, high = map(int, RANGE.read_text().split())
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(port < low for port in ports), (low, high, sorted(ports)[-3:])
+    for port in ports[:5]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # and free to listen on
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
