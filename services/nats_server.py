@@ -51,7 +51,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     """
     low = _ephemeral_low()
     if low is not None and low > 11_024:
-        rng = random.Random()
+        rng = random.Random()  # its own: a test seeding `random` must not make ports repeat
         for _ in range(200):
             port = rng.randrange(10_000, low)
             if port in _given:

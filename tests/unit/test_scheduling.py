@@ -31,14 +31,14 @@ def _in_a_fresh_process(code: str) -> str:
 
 def test_a_process_puts_itself_and_what_it_starts_under_the_batch_policy() -> None:
     out = _in_a_fresh_process(
-        "import subprocess, sys, threading\n"
+        "import subprocess, threading\n"
         "print(use_batch_policy(), os.sched_getscheduler(0) == os.SCHED_BATCH)\n"
         "seen = []\n"
         "t = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(0)))\n"
         "t.start(); t.join()\n"
         "print(seen[0] == os.SCHED_BATCH)\n"
-        "child = subprocess.run([sys.executable, '-c', 'import os; print(os.sched_getscheduler(0))'],"
-        " capture_output=True, text=True).stdout.strip()\n"
+        f"child = subprocess.run({POLICY_OF_A_CHILD!r}, capture_output=True, text=True)"
+        ".stdout.strip()\n"
         "print(int(child) == os.SCHED_BATCH)\n"
     )
     assert out.split() == ["True", "True", "True", "True"]
