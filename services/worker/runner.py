@@ -168,7 +168,11 @@ class Worker:
         await self.engine.check_health()  # announce only an engine that can serve
         self.cold_start_s = time.monotonic() - t0
         self.metrics.cold_start.set(self.cold_start_s)
-        server, _ = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+        server, _ = self.metrics.serve(
+            self.settings.metrics_host,
+            self.settings.metrics_port,
+            getattr(self.engine, "metrics_registry", None),
+        )
         self.metrics_url = f"http://{self.settings.metrics_host}:{server.server_port}/metrics"
         # NATS not answering for now (paused, failing over) is waited out at each step: a worker
         # starting meanwhile would otherwise end for good.
@@ -456,7 +460,14 @@ class Worker:
                 duration_ms=round((time.monotonic() - started) * 1000, 3),
             )
         params = task.params.model_copy(update={"max_tokens": left}) if done.tokens else task.params
-        gen = GenerationRequest(request_id, task.model, task.prompt, params, resume=done.text)
+        gen = GenerationRequest(
+            request_id,
+            task.model,
+            task.prompt,
+            params,
+            resume=done.text,
+            resume_token_ids=done.token_ids,
+        )
         with tracer.start_as_current_span("engine.generate") as span:
             span.set_attribute("dim.engine", self.engine.kind)
             span.set_attribute("gen_ai.request.model", task.model)
@@ -495,6 +506,7 @@ class Worker:
                 text=piece.text,
                 tokens=piece.tokens,
                 finish_reason=finish_reason,
+                token_ids=piece.token_ids,
             )
             await pending.add(subject, Envelope(chunk, actor=self.actor))
 
@@ -519,9 +531,10 @@ class Worker:
                 if chunk.finish_reason is not None:
                     finish, usage = chunk.finish_reason, chunk.usage
                     # Always sent, even empty: it tells readers the stream is complete.
-                    await send(coalescer.finish(chunk.text, chunk.tokens, now), finish)
+                    last_piece = coalescer.finish(chunk.text, chunk.tokens, now, chunk.token_ids)
+                    await send(last_piece, finish)
                     break
-                piece = coalescer.add(chunk.text, chunk.tokens, now)
+                piece = coalescer.add(chunk.text, chunk.tokens, now, chunk.token_ids)
                 if piece is not None:
                     await send(piece)
                 elif first is None and coalescer.first_waiting:

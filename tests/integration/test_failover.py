@@ -13,8 +13,11 @@ import pytest
 from openai import AsyncOpenAI
 
 from events.bus import Bus
+from events.envelope import Envelope
 from events.jobs import TaskCompleted, TaskStarted
+from events.work import TokensProduced
 from gateway.keys import create_key
+from services.client import partial_output
 from services.nats_server import free_port
 from services.settings import Settings
 from tests.mesh import Mesh, job_events, mesh, spawn, wait_terminal, wait_until
@@ -93,3 +96,39 @@ async def _stream_and_kill(
                 killed = True
                 await m.worker("rescuer", sim_seed=7, sim_ttft_ms=0, sim_tokens_per_s=15)
     return job_id, deltas, killed
+
+
+async def _chunks(
+    bus: Bus, job_id: str, *chunks: tuple[int, int, str, tuple[int, ...] | None]
+) -> None:
+    for attempt, offset, text, ids in chunks:
+        chunk = TokensProduced(
+            job_id=job_id,
+            task_id=f"{job_id}.0",
+            attempt=attempt,
+            node_id=f"n{attempt}",
+            index=0,
+            offset=offset,
+            text=text,
+            tokens=len(ids) if ids else max(1, len(text) // 2),
+            token_ids=ids,
+        )
+        await bus.publish(bus.names.tokens(job_id), Envelope(chunk, actor="t"))
+
+
+async def test_a_resume_takes_the_streamed_token_ids_when_every_chunk_has_them(bus: Bus) -> None:
+    # attempt 1 streamed two chunks and died; attempt 2 streamed one more and died
+    await _chunks(bus, "j1", (1, 0, "Hel", (5, 6)), (1, 3, "lo", (7,)), (2, 5, " you", (8, 9)))
+    done = await partial_output(bus, "j1", "j1.0")
+    assert (done.text, done.token_ids, done.tokens) == ("Hello you", (5, 6, 7, 8, 9), 5)
+
+
+async def test_a_resume_falls_back_to_text_when_chunks_do_not_line_up(bus: Bus) -> None:
+    # a redelivered attempt that started over overlaps what is there: its ids cannot be split
+    await _chunks(bus, "j2", (1, 0, "Hel", (5, 6)), (2, 0, "Hello", (5, 6, 7)))
+    overlap = await partial_output(bus, "j2", "j2.0")
+    assert (overlap.text, overlap.token_ids) == ("Hello", None)
+    await _chunks(bus, "j3", (1, 0, "Hel", (5, 6)), (1, 3, "lo", None))  # an engine without ids
+    assert (await partial_output(bus, "j3", "j3.0")).token_ids is None
+    await _chunks(bus, "j4", (1, 5, " you", (8, 9)), (1, 0, "Hello", (5, 6, 7)))  # out of order
+    assert (await partial_output(bus, "j4", "j4.0")).token_ids is None

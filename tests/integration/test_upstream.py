@@ -7,10 +7,7 @@ gateway>/v1`, behind its own gateway. The official `openai` SDK talks to the fro
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -23,7 +20,7 @@ from services.nats_server import free_port
 from services.process import ensure_topology
 from services.registry.live import LiveNodes
 from services.settings import Settings
-from tests.mesh import job_events, spawn, wait_until
+from tests.mesh import all_of, job_events, metric, serving, spawn, wait_ready, wait_until
 
 MESSAGES = [{"role": "user", "content": "tell me about the mesh"}]
 
@@ -36,31 +33,6 @@ class Stack:
     upstream_key: str
     upstream_bus: Bus
     front_bus: Bus
-
-
-async def _ready(base: str) -> None:
-    async with httpx.AsyncClient() as client:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(f"{base}/readyz")).status_code == 200:
-                    return
-            assert time.monotonic() < deadline, f"{base} never became ready"
-            await asyncio.sleep(0.2)
-
-
-async def _serving(base: str, key: str, model: str) -> bool:
-    async with httpx.AsyncClient() as client:
-        r = await client.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"})
-        return r.status_code == 200 and model in [m["id"] for m in r.json()["data"]]
-
-
-@contextlib.contextmanager
-def _services(*contexts: contextlib.AbstractContextManager[object]) -> Iterator[None]:
-    with contextlib.ExitStack() as stack:
-        for c in contexts:
-            stack.enter_context(c)
-        yield
 
 
 @pytest.fixture
@@ -83,14 +55,14 @@ async def stack(bus: Bus, settings: Settings) -> AsyncIterator[Stack]:
     )
     front = settings.model_copy(update={"gateway_port": free_port()})
     upstream = f"http://127.0.0.1:{up.gateway_port}"
-    with _services(
+    with all_of(
         spawn(up, "orchestrator"),
         spawn(up, "worker", DIM_NODE_ID="gpu-box"),
         spawn(up, "gateway"),
     ):
-        await _ready(upstream)
-        await wait_until(lambda: _serving(upstream, up_key, "sim-small"), what="upstream model")
-        with _services(
+        await wait_ready(upstream)
+        await wait_until(lambda: serving(upstream, up_key, "sim-small"), what="upstream model")
+        with all_of(
             spawn(front, "orchestrator"),
             spawn(
                 front,
@@ -107,8 +79,8 @@ async def stack(bus: Bus, settings: Settings) -> AsyncIterator[Stack]:
             spawn(front, "gateway"),
         ):
             base = f"http://127.0.0.1:{front.gateway_port}"
-            await _ready(base)
-            await wait_until(lambda: _serving(base, front_key, "small"), what="front model")
+            await wait_ready(base)
+            await wait_until(lambda: serving(base, front_key, "small"), what="front model")
             try:
                 yield Stack(base, front_key, upstream, up_key, up_bus, bus)
             finally:
@@ -197,23 +169,16 @@ async def test_worker_advertises_facts_and_metrics_move(stack: Stack) -> None:
     async with httpx.AsyncClient() as client:
         gateway = (await client.get(f"{stack.front}/metrics")).text
         worker = (await client.get(proxy.metrics_url)).text
-    assert _sample(gateway, 'dim_gateway_time_to_first_token_seconds_count{model="small"}') >= 1
-    assert _sample(gateway, 'dim_gateway_generation_tokens_total{model="small"}') >= 6
+    assert metric(gateway, 'dim_gateway_time_to_first_token_seconds_count{model="small"}') >= 1
+    assert metric(gateway, 'dim_gateway_generation_tokens_total{model="small"}') >= 6
     assert (
-        _sample(
+        metric(
             gateway,
             'dim_gateway_requests_total{method="POST",route="/v1/chat/completions",status="200"}',
         )
         >= 1
     )
-    assert _sample(worker, 'dim_worker_time_to_first_token_seconds_count{model="small"}') >= 1
-    assert _sample(worker, 'dim_worker_inter_token_latency_seconds_count{model="small"}') >= 1
-    assert _sample(worker, 'dim_worker_requests_total{model="small",outcome="completed"}') >= 1
-    assert _sample(worker, "dim_worker_cold_start_seconds") > 0
-
-
-def _sample(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in the metrics:\n{text[:3000]}")
+    assert metric(worker, 'dim_worker_time_to_first_token_seconds_count{model="small"}') >= 1
+    assert metric(worker, 'dim_worker_inter_token_latency_seconds_count{model="small"}') >= 1
+    assert metric(worker, 'dim_worker_requests_total{model="small",outcome="completed"}') >= 1
+    assert metric(worker, "dim_worker_cold_start_seconds") > 0

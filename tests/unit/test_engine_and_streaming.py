@@ -135,6 +135,26 @@ def test_a_whole_answer_before_the_first_cut_is_one_piece() -> None:
     assert c.cut(now=0.001) is None  # the first-piece turn comes too late: nothing left
 
 
+def test_a_piece_carries_the_ids_of_exactly_its_tokens() -> None:
+    c = Coalescer(flush_ms=10, flush_chars=64)
+    assert c.add("", 1, now=0.0, token_ids=(7,)) is None  # ids ahead of their text wait too
+    assert c.add("ab", 1, now=0.0, token_ids=(8,)) is None
+    first = c.cut(now=0.001)
+    assert first is not None and (first.text, first.tokens, first.token_ids) == ("ab", 2, (7, 8))
+    last = c.finish("c", 1, now=0.002, token_ids=(9,))
+    assert (last.text, last.token_ids) == ("c", (9,))
+
+
+def test_a_piece_with_any_part_lacking_ids_has_none() -> None:
+    c = Coalescer(flush_ms=10, flush_chars=64)
+    c.add("a", 1, now=0.0, token_ids=(1,))
+    c.add("b", 1, now=0.0)  # an engine that does not know its ids
+    last = c.finish("c", 1, now=0.0, token_ids=(3,))
+    assert (last.text, last.tokens, last.token_ids) == ("abc", 3, None)
+    again = Coalescer(flush_ms=10, flush_chars=64)
+    assert again.finish("", 0, now=0.0).token_ids is None  # no tokens: nothing to say
+
+
 def test_text_assembler_drops_repeats_and_waits_for_gaps() -> None:
     t = TextAssembler()
     assert t.add(0, "Hello") == "Hello"

@@ -13,7 +13,7 @@ from events.inference import ChatMessage, Prompt, SamplingParams, Usage
 from services.engines.openai_upstream import classify, delta_of, request_body
 from services.engines.protocol import GenerationRequest, estimate_tokens
 from services.engines.sse_parse import SSEParser
-from services.engines.vllm_engine import DeltaText, engine_args, finish_reason, sampling_kwargs
+from services.engines.vllm_engine import engine_args, finish_reason, resume_point, sampling_kwargs
 from services.settings import Settings
 
 STREAM = (
@@ -110,6 +110,9 @@ def test_vllm_engine_args_come_from_settings() -> None:
     plain = engine_args(Settings(), "m")
     assert "max_model_len" not in plain and "quantization" not in plain
     assert "download_dir" not in plain
+    extra = Settings(vllm_engine_args={"enforce_eager": True, "dtype": "float32"})
+    assert engine_args(extra, "m")["enforce_eager"] is True
+    assert engine_args(extra, "m")["dtype"] == "float32"  # vLLM's own arguments win
 
 
 def test_vllm_sampling_params_carry_the_request() -> None:
@@ -135,22 +138,26 @@ def test_vllm_finish_reasons() -> None:
     assert finish_reason(None, False) == "stop"
 
 
-def test_cumulative_text_becomes_deltas_holding_back_half_characters() -> None:
-    d = DeltaText()
-    assert d.step("Hel") == "Hel"
-    assert d.step("Hello") == "lo"
-    assert d.step("Hello \ufffd") == " "  # an incomplete character waits
-    assert d.step("Hello \u00e9") == "\u00e9"  # ... until the detokenizer completes it
-    assert d.step("Hello \u00e9") == ""
-    assert d.step("Hello \u00e9\ufffd", final=True) == "\ufffd"  # the end flushes everything
+def test_resumed_ids_continue_where_their_text_ends() -> None:
+    assert resume_point("<s>user: hi", "<s>user: hi Once upon", " Once upon") == (True, "")
 
 
-@given(st.text(min_size=1, max_size=40), st.lists(st.integers(0, 40), max_size=8))
-def test_deltas_always_join_to_the_final_text(text: str, cuts: list[int]) -> None:
-    d = DeltaText()
-    out = "".join(d.step(text[:c]) for c in sorted(cuts))
-    out += d.step(text, final=True)
-    assert out == text
+def test_resumed_ids_ahead_of_the_streamed_text_owe_readers_the_rest() -> None:
+    # the detokenizer held back text that may start a stop string: it is sent first
+    assert resume_point("P", "P Once upon a", " Once upon") == (True, " a")
+    # ... but an incomplete character waits for the token that completes it
+    assert resume_point("P", "P caf\ufffd", " caf") == (True, "")
+
+
+def test_resumed_ids_that_do_not_match_the_text_are_not_used() -> None:
+    assert resume_point("P", "P Twice", " Once") == (False, "")
+    assert resume_point("P", "Q Once", " Once") == (False, "")
+
+
+@given(st.text(max_size=20), st.text(max_size=20), st.text(max_size=20))
+def test_owed_text_completes_the_streamed_text(prompt: str, resume: str, ahead: str) -> None:
+    ahead = ahead.rstrip("\ufffd")
+    assert resume_point(prompt, prompt + resume + ahead, resume) == (True, ahead)
 
 
 def test_a_resumed_request_asks_the_upstream_to_continue_the_answer() -> None:

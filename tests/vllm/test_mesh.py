@@ -1,0 +1,256 @@
+"""The whole mesh in front of the in-process vLLM engine: real processes (gateway, orchestrator,
+two `dim worker --engine vllm`), the official `openai` SDK, vLLM's own metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+import pytest_asyncio
+
+from events.bus import Bus
+from events.jobs import TaskCompleted, TaskStarted
+from gateway.keys import create_key
+from services.nats_server import free_port
+from services.process import ensure_topology
+from services.registry.records import NodeRecord
+from services.settings import Settings
+from tests.mesh import all_of, job_events, serving, spawn, wait_ready, wait_terminal, wait_until
+from tests.vllm.conftest import MODEL, vllm_settings
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
+
+CHAT = [{"role": "user", "content": "Tell me about the mesh."}]
+NODES = ("vllm-a", "vllm-b")
+
+
+@dataclass
+class Stack:
+    base: str
+    key: str
+    bus: Bus
+    workers: dict[str, subprocess.Popen[bytes]]
+    first_seen: dict[str, str] = field(default_factory=dict)  # node -> its /metrics then
+
+    def client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.base}/v1", api_key=self.key, max_retries=0)
+
+    async def record(self, node: str) -> NodeRecord | None:
+        kv = await self.bus.js.key_value(self.bus.names.bucket("nodes"))
+        try:
+            entry = await kv.get(node)
+        except Exception:
+            return None
+        return NodeRecord.model_validate_json(entry.value or b"")
+
+    async def metrics(self, node: str) -> str:
+        record = await self.record(node)
+        assert record is not None, f"{node} has no record"
+        async with httpx.AsyncClient() as client:
+            return (await client.get(record.metrics_url)).text
+
+
+def vllm_metric(text: str, name: str) -> float:
+    """The sum of a vLLM metric's samples over its labels (model, engine, reason ...)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(module_settings: Settings, tiny_model: Path) -> AsyncIterator[Stack]:
+    s = vllm_settings(module_settings, tiny_model, gateway_port=free_port())
+    bus = await Bus.connect(s.nats_url, s.names, name="test-vllm-mesh")
+    await ensure_topology(bus, s)
+    _, key = await create_key(bus, principal_id="ann", tenant="acme", roles=("member",), actor="t")
+    try:
+        with all_of(spawn(s, "orchestrator"), spawn(s, "gateway")), _workers(s) as workers:
+            stack = Stack(f"http://127.0.0.1:{s.gateway_port}", key, bus, workers)
+            await wait_ready(stack.base)
+
+            async def announced(node: str) -> bool:
+                if node in stack.first_seen:
+                    return True
+                record = await stack.record(node)
+                assert workers[node].poll() is None, f"worker {node} died while starting"
+                if record is not None:  # first seen: what did vLLM do by then?
+                    stack.first_seen[node] = await stack.metrics(node)
+                return record is not None
+
+            async def all_announced() -> bool:
+                return all([await announced(n) for n in NODES])
+
+            await wait_until(all_announced, timeout_s=600, what="both vLLM workers")
+            await wait_until(lambda: serving(stack.base, key, MODEL), what="the model listed")
+            yield stack
+    finally:
+        await bus.close()
+
+
+@contextlib.contextmanager
+def _workers(s: Settings) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    with contextlib.ExitStack() as stack:
+        yield {n: stack.enter_context(spawn(s, "worker", DIM_NODE_ID=n)) for n in NODES}
+
+
+async def test_a_node_announces_itself_only_once_its_model_is_warm(stack: Stack) -> None:
+    for node in NODES:
+        seen = stack.first_seen[node]
+        # vLLM had finished the warm-up generation before the node record existed
+        assert vllm_metric(seen, "vllm:request_success_total") >= 1, seen[:2000]
+        assert vllm_metric(seen, "vllm:num_requests_running") == 0
+        record = await stack.record(node)
+        assert record is not None and record.engine == "vllm" and record.cold_start_s > 0
+        assert record.max_context == 2048 and MODEL in record.models
+
+
+async def test_chat_and_text_completions_stream_and_answer_whole(stack: Stack) -> None:
+    client = stack.client()
+    try:
+        whole = await client.chat.completions.create(
+            model=MODEL,
+            messages=CHAT,
+            max_tokens=32,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        chunks = [
+            c
+            async for c in await client.chat.completions.create(
+                model=MODEL,
+                messages=CHAT,  # type: ignore[arg-type]
+                max_tokens=32,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        ]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text and text == whole.choices[0].message.content
+        assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices]
+        assert finish[-1] == "length" == whole.choices[0].finish_reason
+        assert chunks[-1].usage is not None and whole.usage is not None
+        assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 32
+        assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens > 5
+
+        done = await client.completions.create(
+            model=MODEL, prompt="The quick brown fox", max_tokens=24, temperature=0
+        )
+        streamed = [
+            c
+            async for c in await client.completions.create(
+                model=MODEL, prompt="The quick brown fox", max_tokens=24, temperature=0, stream=True
+            )
+        ]
+        assert "".join(c.choices[0].text for c in streamed if c.choices) == done.choices[0].text
+        assert done.usage is not None and done.usage.completion_tokens == 24
+        assert done.choices[0].finish_reason == "length"
+    finally:
+        await client.close()
+
+
+async def test_n_choices_are_sampled_apart(stack: Stack) -> None:
+    client = stack.client()
+    try:
+        answer = await client.chat.completions.create(
+            model=MODEL,
+            messages=CHAT,
+            max_tokens=16,
+            temperature=1.0,
+            n=3,  # type: ignore[arg-type]
+        )
+    finally:
+        await client.close()
+    assert sorted(c.index for c in answer.choices) == [0, 1, 2]
+    texts = [c.message.content for c in answer.choices]
+    assert all(texts) and len(set(texts)) > 1
+    assert answer.usage is not None and answer.usage.completion_tokens == 3 * 16
+
+
+async def test_a_client_hanging_up_aborts_the_vllm_request(stack: Stack) -> None:
+    async def running() -> float:
+        return sum(
+            [vllm_metric(await stack.metrics(n), "vllm:num_requests_running") for n in NODES]
+        )
+
+    async with (
+        httpx.AsyncClient(timeout=60) as client,
+        client.stream(
+            "POST",
+            f"{stack.base}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {stack.key}"},
+            json={"model": MODEL, "messages": CHAT, "max_tokens": 1800, "stream": True},
+        ) as r,
+    ):
+        job_id = r.headers["x-dim-job-id"]
+        lines = r.aiter_lines()  # read on without closing (leaving a loop would close it)
+        while not ((line := await anext(lines)).startswith("data: {") and _content(line)):
+            pass  # until text is flowing
+        assert await running() == 1  # vLLM's own count, from the worker's /metrics
+        await r.aclose()  # hang up
+    # hung up: the job is cancelled and the worker aborts the request in vLLM
+    events = [e.type for e in await wait_terminal(stack.bus, job_id, timeout_s=30)]
+    assert "job.cancelled" in events and "job.completed" not in events
+
+    async def freed() -> bool:
+        return await running() == 0
+
+    await wait_until(freed, timeout_s=15, what="vLLM to drop the request")
+
+
+def _content(line: str) -> str:
+    choices = json.loads(line.removeprefix("data: "))["choices"]
+    return str(choices[0]["delta"].get("content") or "") if choices else ""
+
+
+async def test_a_stream_whose_worker_is_killed_carries_on_with_the_same_answer(
+    stack: Stack,
+) -> None:
+    """Last: it kills a worker. At temperature 0 the rescued answer is the uninterrupted one."""
+    client = stack.client()
+    args = {"model": MODEL, "messages": CHAT, "max_tokens": 600, "temperature": 0}
+    try:
+        reference = await client.chat.completions.create(**args)  # type: ignore[call-overload]
+        expected = reference.choices[0].message.content
+        raw = await client.chat.completions.with_raw_response.create(**args, stream=True)  # type: ignore[call-overload]
+        job_id = raw.headers["x-dim-job-id"]
+        deltas: list[str] = []
+        victim = ""
+        async with asyncio.timeout(180):
+            async for chunk in raw.parse():
+                if chunk.choices and chunk.choices[0].delta.content:
+                    deltas.append(chunk.choices[0].delta.content)
+                if not victim and len("".join(deltas)) > 60:
+                    starts = [e.data for e in await job_events(stack.bus, job_id)]
+                    (started,) = [e for e in starts if isinstance(e, TaskStarted)]
+                    victim = started.node_id
+                    pid = stack.workers[victim].pid
+                    engine = psutil.Process(pid).children(recursive=True)  # vLLM's processes
+                    os.kill(pid, signal.SIGKILL)  # mid-answer
+    finally:
+        await client.close()
+    events = await wait_terminal(stack.bus, job_id, timeout_s=60)
+    starts = [e.data for e in events if isinstance(e.data, TaskStarted)]
+    (done,) = [e.data for e in events if isinstance(e.data, TaskCompleted)]
+    rescuer = next(n for n in NODES if n != victim)
+    assert [t.node_id for t in starts] == [victim, rescuer]
+    assert starts[1].resumed_tokens > 0  # it continued, it did not start over
+    received = "".join(deltas)
+    assert received == done.output == expected  # nothing repeated, nothing lost, nothing changed
+    assert done.usage.completion_tokens == 600  # each token counted once
+    # the killed worker's vLLM processes did not outlive it
+    _, alive = psutil.wait_procs(engine, timeout=10)
+    assert engine and not alive
