@@ -16,7 +16,7 @@ from events.inference import ChatMessage, Prompt, SamplingParams
 from services.engines.protocol import Chunk, GenerationRequest
 from services.engines.vllm_engine import VllmEngine
 from services.settings import Settings
-from tests.vllm.conftest import MODEL, vllm_settings
+from tests.vllm.support import MODEL, vllm_settings
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -27,11 +26,10 @@ from services.process import ensure_topology
 from services.registry.records import NodeRecord
 from services.settings import Settings
 from tests.mesh import all_of, job_events, serving, spawn, wait_ready, wait_terminal, wait_until
-from tests.vllm.conftest import MODEL, vllm_settings
+from tests.vllm.support import CHAT, LONG, MODEL, hang_up_mid_stream, vllm_metric, vllm_settings
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 
-CHAT = [{"role": "user", "content": "Tell me about the mesh."}]
 NODES = ("vllm-a", "vllm-b")
 
 
@@ -59,15 +57,6 @@ class Stack:
         assert record is not None, f"{node} has no record"
         async with httpx.AsyncClient() as client:
             return (await client.get(record.metrics_url)).text
-
-
-def vllm_metric(text: str, name: str) -> float:
-    """The sum of a vLLM metric's samples over its labels (model, engine, reason ...)."""
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith((name + "{", name + " "))
-    )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -186,21 +175,12 @@ async def test_a_client_hanging_up_aborts_the_vllm_request(stack: Stack) -> None
             [vllm_metric(await stack.metrics(n), "vllm:num_requests_running") for n in NODES]
         )
 
-    async with (
-        httpx.AsyncClient(timeout=60) as client,
-        client.stream(
-            "POST",
-            f"{stack.base}/v1/chat/completions",
-            headers={"Authorization": f"Bearer {stack.key}"},
-            json={"model": MODEL, "messages": CHAT, "max_tokens": 1800, "stream": True},
-        ) as r,
-    ):
-        job_id = r.headers["x-dim-job-id"]
-        lines = r.aiter_lines()  # read on without closing (leaving a loop would close it)
-        while not ((line := await anext(lines)).startswith("data: {") and _content(line)):
-            pass  # until text is flowing
-        assert await running() == 1  # vLLM's own count, from the worker's /metrics
-        await r.aclose()  # hang up
+    async def generated() -> float:
+        texts = [await stack.metrics(n) for n in NODES]
+        return sum(vllm_metric(t, "vllm:generation_tokens_total") for t in texts)
+
+    before = await generated()
+    job_id = await hang_up_mid_stream(stack.base, stack.key, running)
     # hung up: the job is cancelled and the worker aborts the request in vLLM
     events = [e.type for e in await wait_terminal(stack.bus, job_id, timeout_s=30)]
     assert "job.cancelled" in events and "job.completed" not in events
@@ -209,11 +189,7 @@ async def test_a_client_hanging_up_aborts_the_vllm_request(stack: Stack) -> None
         return await running() == 0
 
     await wait_until(freed, timeout_s=15, what="vLLM to drop the request")
-
-
-def _content(line: str) -> str:
-    choices = json.loads(line.removeprefix("data: "))["choices"]
-    return str(choices[0]["delta"].get("content") or "") if choices else ""
+    assert await generated() - before < LONG  # stopped, not generated to its end
 
 
 async def test_a_stream_whose_worker_is_killed_carries_on_with_the_same_answer(
