@@ -2,8 +2,9 @@
 
 `vllm serve`, Ollama, llama.cpp's server, TGI's Messages API, or another dim gateway: the worker
 streams each task from the upstream's `/v1/chat/completions` (chat prompts) or
-`/v1/completions` (text prompts) over one pooled httpx client, and turns the SSE stream into
-engine chunks. Usage comes from `stream_options.include_usage`; when the upstream reports none
+`/v1/completions` (text prompts) over a pool of keep-alive connections
+(`services.engines.http_client`), and turns the SSE stream into engine chunks — one chunk per
+read from the socket, however many tokens it carried. Usage comes from `stream_options.include_usage`; when the upstream reports none
 it is estimated (about four characters a token) and marked ``estimated``. Upstream failures map
 to retriable task failures (cannot connect, timeouts, 408/429/5xx) or final ones (other 4xx).
 `abort` closes the upstream response, which ends the request there (the server sees the client
@@ -17,10 +18,9 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
-
 from events.errors import EngineError
 from events.inference import FinishReason, Usage
+from services.engines.http_client import HttpClient, HttpError, Response
 from services.engines.protocol import Chunk, GenerationRequest, estimate_tokens, require_model
 from services.engines.sse_parse import SSEParser
 
@@ -101,17 +101,16 @@ class OpenAIUpstreamEngine:
         aliases: Mapping[str, str] | None = None,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 600.0,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._models = models
         self._aliases = dict(aliases or {})  # name served in dim → name at the upstream
         self._capacity = capacity
         self._api_key = api_key
-        self._timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self._responses: dict[str, httpx.Response] = {}
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._client: HttpClient | None = None
+        self._responses: dict[str, Response] = {}
         self._aborted: set[str] = set()
         self.upstream_models: tuple[str, ...] = ()
         self.max_context: int | None = None
@@ -123,20 +122,18 @@ class OpenAIUpstreamEngine:
 
     @property
     def capacity(self) -> int:
-        """Requests in flight at once (`DIM_CAPACITY`); also the connection pool's size."""
+        """Requests in flight at once (`DIM_CAPACITY`); also how many idle connections are kept."""
         return self._capacity
 
-    def _http(self) -> httpx.AsyncClient:
+    def _http(self) -> HttpClient:
         if self._client is None:
             headers = {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-            self._client = httpx.AsyncClient(
-                base_url=self.base_url,
+            self._client = HttpClient(
+                self.base_url,
                 headers=headers,
-                timeout=self._timeout,
-                limits=httpx.Limits(
-                    max_connections=self._capacity + 4, max_keepalive_connections=self._capacity
-                ),
-                transport=self._transport,
+                connect_timeout_s=self._connect_timeout_s,
+                read_timeout_s=self._read_timeout_s,
+                max_idle=self._capacity,
             )
         return self._client
 
@@ -155,12 +152,21 @@ class OpenAIUpstreamEngine:
     async def check_health(self) -> None:
         """`GET /models` must answer 200; remembers which models the upstream lists."""
         try:
-            r = await self._http().get("/models", timeout=self._timeout.connect or 5.0)
-        except httpx.HTTPError as exc:
+            # the connect timeout bounds the whole check: a health check must answer quickly
+            r = await self._http().request("GET", "/models", timeout_s=self._connect_timeout_s)
+            try:
+                raw = await r.read()
+            finally:
+                r.release()
+        except HttpError as exc:
             raise EngineError(f"upstream {self.base_url} unreachable: {exc!r}") from exc
-        if r.status_code != 200:
-            raise classify(r.status_code, r.text)
-        listed = [m for m in r.json().get("data") or [] if isinstance(m, dict)]
+        if r.status != 200:
+            raise classify(r.status, raw.decode(errors="replace"))
+        try:
+            answer = json.loads(raw)
+        except ValueError as exc:
+            raise EngineError(f"upstream {self.base_url}: GET /models is not JSON") from exc
+        listed = [m for m in answer.get("data") or [] if isinstance(m, dict)]
         self.upstream_models = tuple(str(m.get("id")) for m in listed)
         # vLLM lists each model's context length; other servers leave it unknown
         lengths = [m["max_model_len"] for m in listed if isinstance(m.get("max_model_len"), int)]
@@ -171,7 +177,7 @@ class OpenAIUpstreamEngine:
         for request_id in list(self._responses):
             await self.abort(request_id)
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     async def abort(self, request_id: str) -> None:
@@ -179,56 +185,73 @@ class OpenAIUpstreamEngine:
         response = self._responses.get(request_id)
         if response is not None:
             self._aborted.add(request_id)
-            await response.aclose()
+            response.abort()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        """Stream `request` from the upstream."""
+        """Stream `request` from the upstream: one chunk per read, with every token it held."""
         require_model(request, self._models)
         path, body = request_body(request, self._aliases.get(request.model, request.model))
-        client = self._http()
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        request_id = request.request_id
         parser = SSEParser()
         text: list[str] = []
         usage: Usage | None = None
         finish: FinishReason | None = None
+        response: Response | None = None
+        ended = False  # the answer was read to its end: its connection can serve another
         try:
-            async with client.stream("POST", path, json=body) as response:
-                if response.status_code != 200:
-                    raise classify(response.status_code, (await response.aread()).decode())
-                self._responses[request.request_id] = response
-                done = False
-                async for raw in response.aiter_bytes():
-                    if done:
+            response = await self._http().request("POST", path, payload)
+            if response.status != 200:
+                detail = (await response.read()).decode(errors="replace")
+                ended = True
+                raise classify(response.status, detail)
+            self._responses[request_id] = response
+            while not ended:
+                raw = await response.receive()
+                if not raw:
+                    ended = True
+                    break
+                pieces: list[str] = []
+                for data in parser.feed(raw):
+                    if data == "[DONE]":
+                        ended = True
                         break
-                    for data in parser.feed(raw):
-                        if data == "[DONE]":
-                            done = True
-                            break
-                        event = json.loads(data)
-                        if "error" in event and not event.get("choices"):
-                            err = event["error"]
-                            detail = err.get("message", str(err)) if isinstance(err, dict) else err
-                            raise EngineError(f"upstream error mid-stream: {detail}")
-                        if event.get("usage"):
-                            u = event["usage"]
-                            usage = Usage(
-                                prompt_tokens=int(u.get("prompt_tokens") or 0),
-                                completion_tokens=int(u.get("completion_tokens") or 0),
-                            )
-                        piece, reason = delta_of(event)
-                        if piece:
-                            text.append(piece)
-                            yield Chunk(piece, 1)
-                        if reason is not None:
-                            finish = _FINISH.get(reason, "stop")
+                    event = json.loads(data)
+                    if "error" in event and not event.get("choices"):
+                        err = event["error"]
+                        detail = err.get("message", str(err)) if isinstance(err, dict) else err
+                        raise EngineError(f"upstream error mid-stream: {detail}")
+                    if event.get("usage"):
+                        u = event["usage"]
+                        usage = Usage(
+                            prompt_tokens=int(u.get("prompt_tokens") or 0),
+                            completion_tokens=int(u.get("completion_tokens") or 0),
+                        )
+                    piece, reason = delta_of(event)
+                    if piece:
+                        pieces.append(piece)
+                    if reason is not None:
+                        finish = _FINISH.get(reason, "stop")
+                if pieces:
+                    # Tokens that arrived together go on together: one chunk per read
+                    # (the worker would coalesce them into one message anyway).
+                    joined = pieces[0] if len(pieces) == 1 else "".join(pieces)
+                    text.append(joined)
+                    yield Chunk(joined, len(pieces))
         except EngineError:
             raise
-        except (httpx.HTTPError, httpx.StreamError, json.JSONDecodeError) as exc:
-            if request.request_id not in self._aborted:
+        except (HttpError, json.JSONDecodeError) as exc:
+            if request_id not in self._aborted:
                 raise EngineError(f"upstream stream failed: {exc!r}") from exc
         finally:
-            self._responses.pop(request.request_id, None)
-        if request.request_id in self._aborted:
-            self._aborted.discard(request.request_id)
+            self._responses.pop(request_id, None)
+            if response is not None:
+                if ended:
+                    response.release()  # kept alive for the next request
+                else:
+                    response.abort()  # stopped early: the upstream sees its client go
+        if request_id in self._aborted:
+            self._aborted.discard(request_id)
             finish = "abort"
         if finish is None:
             raise EngineError("the upstream ended the stream without a finish reason")

@@ -6,6 +6,11 @@ for comparison, the simulated engine behind a bare Litestar endpoint (same serve
 engine, no mesh). Then: non-streaming requests one at a time (added latency p50/p99), with many
 in flight (requests/s), and 100 concurrent streaming clients (SSE tokens/s delivered).
 
+The upstream path, in the same run: a worker with `--engine openai` in front of a zero-latency
+OpenAI-shaped mock (`tests/bench/mock_upstream.py`, its own process), serving its own model
+through the same gateway; its added latency is measured against calling the mock directly, and
+its requests/s against the simulated path's.
+
     just bench-gateway
     python -m tests.bench.bench_gateway --requests 2000 --concurrency 32
 """
@@ -34,6 +39,8 @@ from tests.bench.bench_jobs import embedded_server, pct, stop_all, table
 from tests.bench.loadgen import Client, HttpError
 
 BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "bench"}], "max_tokens": 16}
+UPSTREAM_MODEL = "mock-small"  # the openai worker's model, which the mock answers
+UPSTREAM_BODY = BODY | {"model": UPSTREAM_MODEL}
 
 
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -41,7 +48,9 @@ def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[byt
     return subprocess.Popen([sys.executable, "-m", *args], env=env)
 
 
-async def timed(client: Client, path: str, n: int, concurrency: int) -> tuple[list[float], float]:
+async def timed(
+    client: Client, path: str, n: int, concurrency: int, body: dict[str, object] = BODY
+) -> tuple[list[float], float]:
     """`n` non-streaming requests, `concurrency` at a time: latencies (ms) and wall time (s)."""
     slots = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -49,7 +58,7 @@ async def timed(client: Client, path: str, n: int, concurrency: int) -> tuple[li
     async def one() -> None:
         async with slots:
             t = time.perf_counter()
-            await client.post(path, BODY)
+            await client.post(path, body)
             latencies.append((time.perf_counter() - t) * 1000)
 
     start = time.perf_counter()
@@ -79,7 +88,7 @@ async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = embedded_server(Path(tmp), "dim-bench-gw")
         server.start()
-        gw_port, bare_port = free_port(), free_port()
+        gw_port, bare_port, mock_port = free_port(), free_port(), free_port()
         settings = Settings(
             nats_url=server.url,
             namespace="benchgw",
@@ -108,9 +117,23 @@ async def run(args: argparse.Namespace) -> None:
                 env = child_env(settings, **({"DIM_NODE_ID": node} if node else {}))
                 procs.append(start("services.cli", role, env=env))
             procs.append(start("tests.bench.bare_app", str(bare_port)))
+            procs.append(
+                start("tests.bench.mock_upstream", str(mock_port), "--models", UPSTREAM_MODEL)
+            )
+            upstream_env = child_env(
+                settings,
+                DIM_NODE_ID="w-up",
+                DIM_ENGINE="openai",
+                DIM_UPSTREAM_URL=f"http://127.0.0.1:{mock_port}/v1",
+                DIM_MODELS=UPSTREAM_MODEL,
+            )
+            while not port_open("127.0.0.1", mock_port):  # the worker checks it on start
+                await asyncio.sleep(0.1)
+            procs.append(start("services.cli", "worker", env=upstream_env))
             auth = {"authorization": f"Bearer {key}"}
             mesh = Client("127.0.0.1", gw_port, auth)
             bare = Client("127.0.0.1", bare_port, auth)
+            mock = Client("127.0.0.1", mock_port)
             path = "/v1/chat/completions"
             try:
                 deadline = time.monotonic() + 60
@@ -118,6 +141,7 @@ async def run(args: argparse.Namespace) -> None:
                     try:
                         if port_open("127.0.0.1", bare_port):
                             await mesh.post(path, BODY)
+                            await mesh.post(path, UPSTREAM_BODY)
                             break
                     except (OSError, HttpError):
                         if time.monotonic() > deadline:
@@ -131,12 +155,22 @@ async def run(args: argparse.Namespace) -> None:
                 print("warming up ...", file=sys.stderr)
                 await timed(mesh, path, 200, 16)
                 await timed(bare, path, 200, 16)
+                await timed(mesh, path, 200, 16, UPSTREAM_BODY)
+                await timed(mock, path, 200, 16, UPSTREAM_BODY)
                 print("one at a time ...", file=sys.stderr)
                 mesh_1, _ = await timed(mesh, path, args.latency_requests, 1)
                 bare_1, _ = await timed(bare, path, args.latency_requests, 1)
+                up_1, _ = await timed(mesh, path, args.latency_requests, 1, UPSTREAM_BODY)
+                mock_1, _ = await timed(mock, path, args.latency_requests, 1, UPSTREAM_BODY)
                 print("many in flight ...", file=sys.stderr)
                 mesh_n, mesh_wall = await timed(mesh, path, args.requests, args.concurrency)
+                up_n, up_wall = await timed(
+                    mesh, path, args.requests, args.concurrency, UPSTREAM_BODY
+                )
                 bare_n, bare_wall = await timed(bare, path, args.requests, args.concurrency)
+                mock_n, mock_wall = await timed(
+                    mock, path, args.requests, args.concurrency, UPSTREAM_BODY
+                )
                 print("streaming clients ...", file=sys.stderr)
                 tokens, sse_wall = await streams(
                     mesh, path, args.stream_clients, args.stream_requests
@@ -144,11 +178,15 @@ async def run(args: argparse.Namespace) -> None:
             finally:
                 mesh.close()
                 bare.close()
+                mock.close()
             p50m, p50b = statistics.median(mesh_1), statistics.median(bare_1)
+            p50u, p50k = statistics.median(up_1), statistics.median(mock_1)
+            mesh_rps, up_rps = len(mesh_n) / mesh_wall, len(up_n) / up_wall
             print()
             print(
                 f"dim gateway bench — {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-                f"nats-server {server.version()}; gateway, orchestrator, projector, 2 simulated workers (zero delay); max_tokens 16"
+                f"nats-server {server.version()}; gateway, orchestrator, projector, 2 simulated workers (zero delay), 1 openai worker "
+                "in front of a zero-latency mock; max_tokens 16"
             )
             print()
             print(
@@ -162,7 +200,7 @@ async def run(args: argparse.Namespace) -> None:
                         ("added latency p99 (ms)", f"{pct(mesh_1, 99) - pct(bare_1, 99):.2f}", ""),
                         (
                             f"mesh: requests/s, {args.concurrency} in flight",
-                            f"{len(mesh_n) / mesh_wall:,.0f}",
+                            f"{mesh_rps:,.0f}",
                             "≥ 500",
                         ),
                         (
@@ -172,7 +210,7 @@ async def run(args: argparse.Namespace) -> None:
                         ),
                         (
                             "mesh / bare requests/s",
-                            f"{(len(mesh_n) / mesh_wall) / (len(bare_n) / bare_wall):.2f}x",
+                            f"{mesh_rps / (len(bare_n) / bare_wall):.2f}x",
                             "",
                         ),
                         (
@@ -184,6 +222,35 @@ async def run(args: argparse.Namespace) -> None:
                             f"SSE tokens/s delivered to {args.stream_clients} streaming clients",
                             f"{tokens / sse_wall:,.0f}",
                             "",
+                        ),
+                        ("upstream path: latency p50, one at a time (ms)", f"{p50u:.2f}", ""),
+                        (
+                            "upstream path: latency p99, one at a time (ms)",
+                            f"{pct(up_1, 99):.2f}",
+                            "",
+                        ),
+                        ("mock upstream direct: latency p50 (ms)", f"{p50k:.2f}", ""),
+                        ("mock upstream direct: latency p99 (ms)", f"{pct(mock_1, 99):.2f}", ""),
+                        ("upstream path: added latency p50 (ms)", f"{p50u - p50k:.2f}", "≤ 5"),
+                        (
+                            "upstream path: added latency p99 (ms)",
+                            f"{pct(up_1, 99) - pct(mock_1, 99):.2f}",
+                            "",
+                        ),
+                        (
+                            f"upstream path: requests/s, {args.concurrency} in flight",
+                            f"{up_rps:,.0f}",
+                            "",
+                        ),
+                        (
+                            f"mock upstream direct: requests/s, {args.concurrency} in flight",
+                            f"{len(mock_n) / mock_wall:,.0f}",
+                            "",
+                        ),
+                        (
+                            "upstream / simulated path requests/s",
+                            f"{up_rps / mesh_rps:.2f}x",
+                            "≥ 0.75x",
                         ),
                     ]
                 )

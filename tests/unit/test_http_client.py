@@ -1,0 +1,315 @@
+"""The upstream engine's HTTP/1.1 client against scripted local servers: framing (Content-Length,
+chunked, the connection's end), keep-alive reuse, a stale kept-alive connection, errors and
+timeouts, abort, draining a released answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from services.engines.http_client import (
+    ConnectError,
+    ConnectionAborted,
+    HttpClient,
+    ReadTimeout,
+    RemoteProtocolError,
+)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Server:
+    """A local TCP server running `handler` per connection; counts connections."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Server:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        if self._tasks:  # handlers end when the client closes its connections
+            _, late = await asyncio.wait(self._tasks, timeout=2)
+            assert not late, "a connection was left open"
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        """One request (head and Content-Length body); b"" when the client went away."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return b""
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        request = head + (await reader.readexactly(length) if length else b"")
+        self.requests.append(request)
+        return request
+
+    def url(self, path: str = "/v1") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@contextlib.asynccontextmanager
+async def client_for(server: Server, **kw: float) -> AsyncIterator[HttpClient]:
+    client = HttpClient(server.url(), headers={"authorization": "Bearer k"}, **kw)  # type: ignore[arg-type]
+    try:
+        yield client
+    finally:
+        await client.close()
+        await asyncio.sleep(0)  # let the transports finish closing
+
+
+def sized(body: bytes, extra: str = "") -> bytes:
+    return f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def chunked(*parts: bytes) -> bytes:
+    framed = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in parts)
+    return (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + framed + b"0\r\nx-t: 1\r\n\r\n"
+    )
+
+
+async def get(client: HttpClient, path: str = "/models", body: bytes | None = None) -> bytes:
+    response = await client.request("POST" if body else "GET", path, body)
+    try:
+        return await response.read()
+    finally:
+        response.release()
+
+
+async def test_content_length_answers_reuse_one_connection_and_send_the_headers() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader):
+            writer.write(sized(b'{"ok":1}'))
+
+    async with Server(handler) as server, client_for(server) as client:
+        for _ in range(3):
+            assert await get(client, "/chat/completions", b'{"a":1}') == b'{"ok":1}'
+        assert server.connections == 1
+        head, _, body = server.requests[0].partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        assert lines[0] == "POST /v1/chat/completions HTTP/1.1"
+        assert f"host: 127.0.0.1:{server.port}" in lines
+        assert "authorization: Bearer k" in lines and "content-length: 7" in lines
+        assert body == b'{"a":1}'
+
+
+async def test_a_chunked_answer_written_byte_by_byte_arrives_whole() -> None:
+    parts = (b"data: h\xc3\xa9\n\n", b"data: [DONE]\n\n")
+    answer = chunked(*parts)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader):
+            for i in range(len(answer)):
+                writer.write(answer[i : i + 1])
+                await writer.drain()
+                if i % 7 == 0:
+                    await asyncio.sleep(0)
+
+    async with Server(handler) as server, client_for(server) as client:
+        response = await client.request("POST", "/completions", b"{}")
+        assert response.status == 200 and response.header("Transfer-Encoding") == "chunked"
+        received = []
+        while data := await response.receive():
+            received.append(data)
+        response.release()
+        assert b"".join(received) == b"".join(parts)
+        assert await get(client, "/completions", b"{}") == b"".join(parts)
+        assert server.connections == 1  # the chunked answer ended cleanly: kept alive
+
+
+async def test_an_answer_framed_by_the_connections_end_is_read_to_it() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: 1\n\n")
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        writer.write(b"data: 2\n\n")
+
+    async with Server(handler) as server, client_for(server) as client:
+        assert await get(client) == b"data: 1\n\ndata: 2\n\n"
+        assert await get(client) == b"data: 1\n\ndata: 2\n\n"
+        assert server.connections == 2  # not reusable
+
+
+async def test_connection_close_is_honoured() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(sized(b"x", "connection: close\r\n"))
+        await reader.read()  # the client closes it: it must not wait for the server to
+
+    async with Server(handler) as server, client_for(server) as client:
+        assert await get(client) == b"x"
+        assert await get(client) == b"x"
+        assert server.connections == 2
+
+
+async def test_a_kept_alive_connection_the_server_closed_is_replaced_unseen() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = server.connections == 1
+        await server.read_request(reader)
+        writer.write(sized(b"x"))
+        await writer.drain()
+        if first:  # the next request is read, then the connection closed without an answer
+            await server.read_request(reader)
+            return
+        while await server.read_request(reader):
+            writer.write(sized(b"x"))
+
+    async with Server(handler) as server, client_for(server) as client:
+        assert await get(client) == b"x"
+        assert await get(client) == b"x"  # sent again on a new connection
+        assert (server.connections, len(server.requests)) == (2, 3)
+
+
+async def test_a_connection_closed_while_idle_leaves_the_pool() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(sized(b"x"))  # then the server's keep-alive timeout closes it
+
+    async with Server(handler) as server, client_for(server) as client:
+        assert await get(client) == b"x"
+        await asyncio.sleep(0.05)
+        assert not client._idle
+        assert await get(client) == b"x"
+        assert server.connections == 2
+
+
+async def test_the_server_going_away_mid_answer_is_an_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+
+    async with Server(handler) as server, client_for(server) as client:
+        response = await client.request("GET", "/models")
+        assert await response.receive() == b"partial"
+        with pytest.raises(RemoteProtocolError):
+            await response.receive()
+        response.release()
+
+
+async def test_a_malformed_answer_is_an_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"SMTP ready\r\n\r\n")
+        await reader.read()
+
+    async with Server(handler) as server, client_for(server) as client:
+        with pytest.raises(RemoteProtocolError):
+            await client.request("GET", "/models")
+
+
+async def test_silence_past_the_read_timeout_is_an_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        if server.connections == 1:  # the second connection gets no answer at all
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await reader.read()
+
+    async with Server(handler) as server, client_for(server, read_timeout_s=0.2) as client:
+        response = await client.request("GET", "/models")
+        assert await response.receive() == b"abc"
+        with pytest.raises(ReadTimeout):
+            await response.receive()
+        response.release()
+        with pytest.raises(ReadTimeout):  # no answer at all: the same bound
+            await client.request("GET", "/models", timeout_s=0.1)
+
+
+async def test_nothing_listening_is_a_connect_error() -> None:
+    async with Server(lambda r, w: asyncio.sleep(0)) as server:
+        port = server.port
+    client = HttpClient(f"http://127.0.0.1:{port}/v1", connect_timeout_s=1)
+    with pytest.raises(ConnectError):
+        await client.request("GET", "/models")
+    await client.close()
+
+
+async def test_abort_closes_the_connection_and_the_server_sees_it() -> None:
+    gone = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await writer.drain()
+        if await reader.read(1) == b"":
+            gone.set()
+
+    async with Server(handler) as server, client_for(server) as client:
+        response = await client.request("GET", "/models")
+        assert await response.receive() == b"abc"
+        waiting = asyncio.ensure_future(response.receive())
+        await asyncio.sleep(0.01)
+        response.abort()
+        with pytest.raises(ConnectionAborted):
+            await waiting
+        await asyncio.wait_for(gone.wait(), 2)
+        assert not client._idle
+
+
+async def test_a_released_answer_is_drained_and_its_connection_reused() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nDONE\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            writer.write(b"0\r\n\r\n")
+
+    async with Server(handler) as server, client_for(server) as client:
+        response = await client.request("POST", "/completions", b"{}")
+        assert await response.receive() == b"DONE"
+        response.release()  # the body's end has not arrived yet
+        await asyncio.sleep(0.1)
+        assert len(client._idle) == 1
+        assert await get(client, "/completions", b"{}") == b"DONE"
+        assert server.connections == 1
+
+
+async def test_an_interim_answer_is_skipped_and_large_bodies_flow() -> None:
+    big = bytes(range(256)) * 4096  # 1 MiB: past the high-water mark, reading pauses
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + sized(big))
+
+    async with Server(handler) as server, client_for(server) as client:
+        response = await client.request("GET", "/models")
+        assert response.status == 200
+        await asyncio.sleep(0.05)
+        assert await response.read() == big
+        response.release()
+
+
+def test_only_http_urls() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        HttpClient("ftp://example.com/v1")
+    assert HttpClient("https://example.com/v1").port == 443
