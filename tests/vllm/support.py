@@ -27,6 +27,14 @@ ENGINE_ARGS: dict[str, Any] = {"enforce_eager": True}
 MAX_MODEL_LEN = 2048
 LONG = 1800  # tokens of an answer long enough to hang up on (seconds of generation)
 CHAT = [{"role": "user", "content": "Tell me about the mesh."}]
+# vLLM on the same few cores as dim is slow to let other processes run: a lost node is one that
+# misses several seconds of heartbeats, not a fraction of one (the tests' usual timings)
+BUSY_MACHINE: dict[str, Any] = {
+    "heartbeat_s": 1.0,
+    "node_ttl_s": 8.0,
+    "task_ack_wait_s": 5.0,
+    "dispatch_timeout_s": 10.0,
+}
 
 
 def vllm_settings(base: Settings, model: Path, **overrides: Any) -> Settings:
@@ -41,12 +49,7 @@ def vllm_settings(base: Settings, model: Path, **overrides: Any) -> Settings:
             "vllm_max_model_len": MAX_MODEL_LEN,
             "vllm_gpu_memory_utilization": 0.2,  # on a GPU; the CPU build sizes its KV cache above
             "vllm_engine_args": ENGINE_ARGS,
-            # a model loading and compiling on two shared cores is slow to answer: a lost node
-            # is one that misses several seconds of heartbeats, not a fraction of one
-            "heartbeat_s": 1.0,
-            "node_ttl_s": 8.0,
-            "task_ack_wait_s": 5.0,
-            "dispatch_timeout_s": 10.0,
+            **BUSY_MACHINE,
             **overrides,
         }
     )

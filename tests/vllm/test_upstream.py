@@ -19,7 +19,15 @@ from services.nats_server import free_port
 from services.process import ensure_topology
 from services.settings import Settings
 from tests.mesh import all_of, serving, spawn, wait_ready, wait_terminal, wait_until
-from tests.vllm.support import CHAT, LONG, MODEL, hang_up_mid_stream, vllm_metric, vllm_server
+from tests.vllm.support import (
+    BUSY_MACHINE,
+    CHAT,
+    LONG,
+    MODEL,
+    hang_up_mid_stream,
+    vllm_metric,
+    vllm_server,
+)
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 
@@ -45,7 +53,7 @@ def served(tiny_model: Path) -> Iterator[str]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pair(module_settings: Settings, served: str) -> AsyncIterator[Pair]:
-    s = module_settings.model_copy(update={"gateway_port": free_port(), "heartbeat_s": 1.0})
+    s = module_settings.model_copy(update={"gateway_port": free_port(), **BUSY_MACHINE})
     bus = await Bus.connect(s.nats_url, s.names, name="test-vllm-upstream")
     await ensure_topology(bus, s)
     _, key = await create_key(bus, principal_id="ann", tenant="acme", roles=("member",), actor="t")
