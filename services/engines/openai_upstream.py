@@ -3,13 +3,13 @@
 `vllm serve`, Ollama, llama.cpp's server, TGI's Messages API, or another dim gateway: the worker
 streams each task from the upstream's `/v1/chat/completions` (chat prompts) or
 `/v1/completions` (text prompts) over a pool of keep-alive connections
-(`services.engines.http_client`), and turns the SSE stream into engine chunks — one chunk per
-read from the socket, however many tokens it carried. Usage comes from `stream_options.include_usage`; when the upstream reports none
-it is estimated (about four characters a token) and marked ``estimated``. Upstream failures map
-to retriable task failures (cannot connect, timeouts, 408/429/5xx) or final ones (other 4xx).
-`abort` closes the upstream response, which ends the request there (the server sees the client
-go away).
-"""
+(`services.engines.http_client`), and turns the SSE stream into engine chunks: one chunk per
+read from the socket, however many tokens it carried (the tokens that came with the stream's
+end ride on the last chunk). Usage comes from `stream_options.include_usage`; when the
+upstream reports none it is estimated (about four characters a token) and marked
+``estimated``. Upstream failures map to retriable task failures (cannot connect, timeouts,
+408/429/5xx) or final ones (other 4xx). `abort` closes the upstream connection, which ends the
+request there (the server sees the client go away)."""
 
 from __future__ import annotations
 
@@ -84,6 +84,20 @@ def delta_of(event: Mapping[str, Any]) -> tuple[str, str | None]:
     delta = choice.get("delta")
     text = (delta.get("content") or "") if isinstance(delta, dict) else (choice.get("text") or "")
     return text, choice.get("finish_reason")
+
+
+def parse_events(datas: list[str]) -> list[Any]:
+    """The JSON of several events' data: one parse for all of them (each `json.loads` call
+    costs about as much again as the parsing itself; a stream's chunks are small)."""
+    if len(datas) < 2:
+        return [json.loads(d) for d in datas]
+    try:
+        events = json.loads("[" + ",".join(datas) + "]")
+    except json.JSONDecodeError:
+        events = None
+    if events is None or len(events) != len(datas):
+        return [json.loads(d) for d in datas]  # one of them is not JSON: raise for it
+    return events  # type: ignore[no-any-return]
 
 
 class OpenAIUpstreamEngine:
@@ -199,6 +213,7 @@ class OpenAIUpstreamEngine:
         finish: FinishReason | None = None
         response: Response | None = None
         ended = False  # the answer was read to its end: its connection can serve another
+        tail, tail_tokens = "", 0
         try:
             response = await self._http().request("POST", path, payload)
             if response.status != 200:
@@ -211,12 +226,12 @@ class OpenAIUpstreamEngine:
                 if not raw:
                     ended = True
                     break
+                datas = parser.feed(raw)
+                if "[DONE]" in datas:
+                    ended = True
+                    datas = datas[: datas.index("[DONE]")]  # anything after it is not read
                 pieces: list[str] = []
-                for data in parser.feed(raw):
-                    if data == "[DONE]":
-                        ended = True
-                        break
-                    event = json.loads(data)
+                for event in parse_events(datas):
                     if "error" in event and not event.get("choices"):
                         err = event["error"]
                         detail = err.get("message", str(err)) if isinstance(err, dict) else err
@@ -233,11 +248,15 @@ class OpenAIUpstreamEngine:
                     if reason is not None:
                         finish = _FINISH.get(reason, "stop")
                 if pieces:
-                    # Tokens that arrived together go on together: one chunk per read
-                    # (the worker would coalesce them into one message anyway).
+                    # Tokens that arrived together go on together: one chunk per read (the
+                    # worker would coalesce them into one message anyway); those that came
+                    # with the stream's end ride on the last chunk.
                     joined = pieces[0] if len(pieces) == 1 else "".join(pieces)
                     text.append(joined)
-                    yield Chunk(joined, len(pieces))
+                    if ended:
+                        tail, tail_tokens = joined, len(pieces)
+                    else:
+                        yield Chunk(joined, len(pieces))
         except EngineError:
             raise
         except (HttpError, json.JSONDecodeError) as exc:
@@ -261,4 +280,4 @@ class OpenAIUpstreamEngine:
                 completion_tokens=estimate_tokens("".join(text)),
                 estimated=True,
             )
-        yield Chunk("", 0, finish_reason=finish, usage=usage)
+        yield Chunk(tail, tail_tokens, finish_reason=finish, usage=usage)

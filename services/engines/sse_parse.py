@@ -22,24 +22,28 @@ class SSEParser:
     def feed(self, raw: bytes) -> list[str]:
         """Take the next bytes of the stream; returns the events they complete."""
         text = self._decoder.decode(raw)
-        if self._pending_cr and text.startswith("\n"):
+        if not text:
+            return []  # nothing decodable yet (part of a character): a pending CR stays pending
+        if self._pending_cr and text[0] == "\n":
             text = text[1:]  # the LF of a CRLF split across two reads
         self._pending_cr = text.endswith("\r")
-        self._buffer += text
-        events: list[str] = []
-        lines = self._buffer.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        buffer = self._buffer + text if self._buffer else text
+        if "\r" in buffer:  # most servers end lines in LF alone: skip two copies then
+            buffer = buffer.replace("\r\n", "\n").replace("\r", "\n")
+        lines = buffer.split("\n")
         self._buffer = lines.pop()  # the unfinished last line
+        events: list[str] = []
+        data = self._data
         for line in lines:
-            if line == "":
-                if self._data:
-                    events.append("\n".join(self._data))
-                    self._data = []
-            elif line.startswith(":"):
-                continue  # a comment: keep-alive
-            else:
-                name, _, value = line.partition(":")
-                if name == "data":
-                    self._data.append(value.removeprefix(" "))
+            if not line:
+                if data:
+                    events.append(data[0] if len(data) == 1 else "\n".join(data))
+                    data = self._data = []
+            elif line.startswith("data:"):
+                data.append(line[6:] if line.startswith("data: ") else line[5:])
+            elif line == "data":
+                data.append("")  # a field name alone: an empty value
+            # anything else — comments (":", keep-alives), event, id, retry — is not needed
         return events
 
     def close(self) -> list[str]:

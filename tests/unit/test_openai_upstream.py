@@ -13,7 +13,7 @@ import pytest
 
 from events.errors import EngineError
 from events.inference import ChatMessage, Prompt, SamplingParams
-from services.engines.openai_upstream import OpenAIUpstreamEngine
+from services.engines.openai_upstream import OpenAIUpstreamEngine, parse_events
 from services.engines.protocol import Chunk, GenerationRequest
 from tests.unit.scripted_server import Server
 
@@ -133,8 +133,8 @@ async def test_tokens_that_arrive_together_are_one_chunk() -> None:
             writer.write(chunked_head() + frame(sse("a", "b", "c")) + b"0\r\n\r\n")
 
     async with Server(handler) as server, engine_at(server) as engine:
-        chunks = await run(engine)
-        assert [(c.text, c.tokens) for c in chunks[:-1]] == [("abc", 3)]
+        chunks = await run(engine)  # the stream's end came with them: the last chunk
+        assert [(c.text, c.tokens, c.finish_reason) for c in chunks] == [("abc", 3, "length")]
 
 
 async def test_without_usage_it_is_estimated_and_marked() -> None:
@@ -257,3 +257,11 @@ async def test_an_unreachable_upstream_is_a_retriable_failure() -> None:
         await run(engine)
     assert err.value.retriable
     await engine.close()
+
+
+def test_events_of_one_read_are_parsed_together_and_a_bad_one_still_fails() -> None:
+    assert parse_events(['{"a":1}', '{"b":[2]}', "3"]) == [{"a": 1}, {"b": [2]}, 3]
+    assert parse_events(['{"a":1}']) == [{"a": 1}] and parse_events([]) == []
+    for bad in (['{"a":1}', "{oops"], ["1, 2", "3"], ['{"a":1}', ""]):
+        with pytest.raises(json.JSONDecodeError):
+            parse_events(bad)
