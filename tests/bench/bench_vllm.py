@@ -1,0 +1,277 @@
+"""Benchmark: bare `vllm serve` against dim in front of vLLM, two ways, in one run.
+
+Rows, each with the same tiny model (tests/vllm/tiny_model.py), prompts, `max_tokens` and load
+(`--concurrency` streaming chat requests in flight):
+
+1. bare: vLLM's own OpenAI server (`vllm serve`), asked directly;
+2. dim, vllm engine: the gateway, an orchestrator and a worker running vLLM in-process;
+3. dim, openai engine: the gateway and a worker `--engine openai` in front of the same `vllm serve`.
+
+Printed per row: output tokens/s, time to first token p50/p99, end-to-end p50, and each dim
+row as a ratio to bare. On a GPU node the model runs on the GPU and everything else on the CPU;
+here all share two cores, and the engine's compute would come straight out of dim's CPU (or the
+reverse). So the model's compute threads are pinned to one core (`VLLM_CPU_OMP_THREADS_BIND`)
+and every other process — vLLM's own Python (API server, scheduler), dim's processes, NATS and
+this load generator — to the other, the same for every row.
+
+    just bench-vllm
+    python -m tests.bench.bench_vllm --requests 256 --concurrency 32 --max-tokens 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from events.bus import Bus
+from gateway.keys import create_key
+from services.nats_server import free_port
+from services.process import ensure_topology
+from services.settings import Settings
+from services.up import child_env
+from tests.bench.bench_gateway import start
+from tests.bench.bench_jobs import embedded_server, pct, stop_all
+from tests.bench.loadgen import Client, HttpError
+from tests.vllm.support import ENGINE_ARGS, MAX_MODEL_LEN, MODEL, vllm_server
+from tests.vllm.tiny_model import build
+
+PROMPTS = [
+    "Tell me about the mesh.",
+    "Count from one to five.",
+    "How are you today?",
+    "What does a worker do when it dies mid-answer?",
+]
+ENGINE_CORE, OTHER_CORE = 0, 1
+INPROC = f"{MODEL}-inproc"  # the in-process worker's name for the model; `tiny` is vllm serve's
+
+
+@dataclass
+class Run:
+    """What one row measured."""
+
+    tokens: int
+    wall_s: float
+    ttft_ms: list[float]
+    e2e_ms: list[float]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+
+async def one(client: Client, body: dict[str, object]) -> tuple[float, float, int]:
+    """One streamed chat completion: (TTFT ms, end-to-end ms, completion tokens)."""
+    t0 = time.perf_counter()
+    first: float | None = None
+    frames = b""
+    async for chunk in client.stream("/v1/chat/completions", body):
+        if first is None and b'"content":"' in chunk and _has_text(chunk):
+            first = time.perf_counter()
+        frames += chunk
+    end = time.perf_counter()
+    events = [e.removeprefix(b"data: ") for e in frames.split(b"\n\n") if e.strip()]
+    assert events[-1] == b"[DONE]", events[-3:]
+    usage = json.loads(events[-2])["usage"]
+    return ((first or end) - t0) * 1000, (end - t0) * 1000, int(usage["completion_tokens"])
+
+
+def _has_text(chunk: bytes) -> bool:
+    for frame in chunk.split(b"\n\n"):
+        if frame.startswith(b"data: {"):
+            choices = json.loads(frame[6:]).get("choices") or []
+            if choices and (choices[0].get("delta") or {}).get("content"):
+                return True
+    return False
+
+
+async def load(client: Client, model: str, n: int, concurrency: int, max_tokens: int) -> Run:
+    """`n` streamed requests for `model`, `concurrency` at a time, prompts in turn."""
+    slots = asyncio.Semaphore(concurrency)
+    ttft: list[float] = []
+    e2e: list[float] = []
+    tokens = 0
+
+    async def request(i: int) -> None:
+        nonlocal tokens
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        async with slots:
+            first, total, count = await one(client, body)
+        ttft.append(first)
+        e2e.append(total)
+        tokens += count
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(request(i) for i in range(n)))
+    return Run(tokens, time.perf_counter() - t0, ttft, e2e)
+
+
+async def until_answers(
+    client: Client, model: str, procs: list[subprocess.Popen[bytes]], what: str
+) -> None:
+    """Wait (bounded) until `client` answers a chat completion for `model`."""
+    deadline = time.monotonic() + 600
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    while True:
+        try:
+            await one(client, body)
+            return
+        except (OSError, HttpError, AssertionError):
+            ended = [p.args for p in procs if p.poll() is not None]
+            if ended:
+                raise SystemExit(f"bench: a process ended while starting: {ended}") from None
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: {what} did not answer within 600 s") from None
+        await asyncio.sleep(1)
+
+
+async def run(args: argparse.Namespace) -> None:
+    os.sched_setaffinity(0, {OTHER_CORE})  # this process and every process it starts
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(ENGINE_CORE)  # vLLM's compute threads
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build(Path(tmp) / "tiny")
+        server = embedded_server(Path(tmp) / "nats", "dim-bench-vllm")
+        server.start()
+        settings = Settings(
+            nats_url=server.url,
+            namespace="benchvllm",
+            gateway_port=free_port(),
+            rate_limit_rpm=0,
+            jwt_secret="bench-secret-bench-secret-bench-secret",
+            log_level="WARNING",
+            heartbeat_s=1.0,
+            node_ttl_s=10.0,
+        )
+        procs: list[subprocess.Popen[bytes]] = []
+        bus = await Bus.connect(settings.nats_url, settings.names, name="bench")
+        try:
+            with vllm_server(model) as bare_url:
+                await ensure_topology(bus, settings)
+                _, key = await create_key(
+                    bus, principal_id="bench", tenant="bench", roles=("member",), actor="bench"
+                )
+                vllm_worker = {
+                    "DIM_NODE_ID": "vllm-in-process",
+                    "DIM_ENGINE": "vllm",
+                    "DIM_MODELS": str(model),
+                    "DIM_MODEL_ALIASES": f"{INPROC}={model}",
+                    "DIM_CAPACITY": str(args.concurrency),
+                    "DIM_VLLM_DTYPE": "bfloat16",
+                    "DIM_VLLM_MAX_MODEL_LEN": str(MAX_MODEL_LEN),
+                    "DIM_VLLM_ENGINE_ARGS": json.dumps(ENGINE_ARGS),
+                }
+                upstream_worker = {
+                    "DIM_NODE_ID": "vllm-upstream",
+                    "DIM_ENGINE": "openai",
+                    "DIM_UPSTREAM_URL": f"{bare_url}/v1",
+                    "DIM_MODELS": MODEL,
+                    "DIM_CAPACITY": str(args.concurrency),
+                }
+                for role, extra in (
+                    ("orchestrator", {}),
+                    ("gateway", {}),
+                    ("worker", vllm_worker),
+                    ("worker", upstream_worker),
+                ):
+                    env = child_env(settings, **extra)
+                    procs.append(start("services.cli", role, env=env))
+                bare_host = urlparse(bare_url)
+                bare = Client(bare_host.hostname or "127.0.0.1", bare_host.port or 80)
+                dim = Client("127.0.0.1", settings.gateway_port, {"authorization": f"Bearer {key}"})
+                await until_answers(dim, MODEL, procs, "dim in front of vllm serve")
+                await until_answers(dim, INPROC, procs, "dim's in-process vLLM worker")
+                rows = await measure(args, bare, dim)
+                bare.close()
+                dim.close()
+        finally:
+            stop_all(procs)
+            await bus.close()
+            server.stop()
+    report(args, rows)
+
+
+async def measure(args: argparse.Namespace, bare: Client, dim: Client) -> dict[str, Run]:
+    """Warm each path, then run each row's load, one row after another."""
+    paths = {
+        "bare vllm serve": (bare, MODEL),
+        "dim, vllm engine": (dim, INPROC),
+        "dim, openai engine → vllm serve": (dim, MODEL),
+    }
+    for client, model in paths.values():
+        await load(client, model, args.concurrency, args.concurrency, args.max_tokens)  # warm
+    rows: dict[str, Run] = {}
+    for name, (client, model) in paths.items():
+        print(f"{name} ...", file=sys.stderr)
+        rows[name] = await load(client, model, args.requests, args.concurrency, args.max_tokens)
+    return rows
+
+
+def report(args: argparse.Namespace, rows: dict[str, Run]) -> None:
+    bare = rows["bare vllm serve"]
+    bare_ttft = statistics.median(bare.ttft_ms)
+    print()
+    print(
+        f"vLLM bench — {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; the tiny Llama (tests/vllm/tiny_model.py), bf16, eager; "
+        f"{args.requests} streamed chat requests, {args.concurrency} in flight, max_tokens "
+        f"{args.max_tokens}; vLLM's compute pinned to core {ENGINE_CORE}, every other process "
+        f"(vLLM's Python, dim, NATS, the load generator) to core {OTHER_CORE}"
+    )
+    print()
+    header = ("row", "output tok/s", "x bare", "TTFT p50 ms", "TTFT p99 ms", "TTFT added p50 ms",
+              "e2e p50 ms")  # fmt: skip
+    lines = [header, tuple("-" * len(h) for h in header)]
+    for name, r in rows.items():
+        lines.append(
+            (
+                name,
+                f"{r.tokens_per_s:,.0f}",
+                f"{r.tokens_per_s / bare.tokens_per_s:.3f}",
+                f"{statistics.median(r.ttft_ms):.1f}",
+                f"{pct(r.ttft_ms, 99):.1f}",
+                "" if r is bare else f"{statistics.median(r.ttft_ms) - bare_ttft:+.1f}",
+                f"{statistics.median(r.e2e_ms):.1f}",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
+    print()
+    print("targets: dim rows ≥ 0.97x bare output tokens/s; TTFT added ≤ 5 ms p50")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":  # vLLM starts its processes with spawn: the guard is needed
+    main()
