@@ -206,13 +206,14 @@ async def run(args: argparse.Namespace) -> None:
                 await until_answers(dim, MODEL, procs, "dim in front of vllm serve")
                 await until_answers(dim, INPROC, procs, "dim's in-process vLLM worker")
                 rows = await measure(args, bare, dim)
+                pinning = affinities()
                 bare.close()
                 dim.close()
         finally:
             stop_all(procs)
             await bus.close()
             server.stop()
-    report(args, rows)
+    report(args, rows, pinning)
 
 
 async def measure(args: argparse.Namespace, bare: Client, dim: Client) -> dict[str, Run]:
@@ -231,7 +232,25 @@ async def measure(args: argparse.Namespace, bare: Client, dim: Client) -> dict[s
     return rows
 
 
-def report(args: argparse.Namespace, rows: dict[str, Run]) -> None:
+def affinities() -> str:
+    """Where the threads of vLLM's model runners and of every other process may run, as seen."""
+    import psutil  # a dependency of vLLM, which this bench runs
+
+    compute: set[str] = set()
+    other: set[str] = set()
+    for proc in psutil.Process().children(recursive=True):
+        runner = proc.name().startswith("VLLM::Worker")
+        for thread in proc.threads():
+            status = Path(f"/proc/{proc.pid}/task/{thread.id}/status").read_text()
+            line = next(ln for ln in status.splitlines() if ln.startswith("Cpus_allowed_list"))
+            cores = line.split(":", 1)[1].strip()
+            (compute if runner and cores == str(ENGINE_CORE) else other).add(cores)
+    return (
+        f"cores of vLLM's compute threads: {sorted(compute)}; of all other threads: {sorted(other)}"
+    )
+
+
+def report(args: argparse.Namespace, rows: dict[str, Run], pinning: str) -> None:
     bare = rows["bare vllm serve"]
     bare_ttft = statistics.median(bare.ttft_ms)
     print()
@@ -262,6 +281,7 @@ def report(args: argparse.Namespace, rows: dict[str, Run]) -> None:
     for line in lines:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
     print()
+    print(pinning)
     print("targets: dim rows ≥ 0.97x bare output tokens/s; TTFT added ≤ 5 ms p50")
 
 
