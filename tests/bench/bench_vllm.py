@@ -81,8 +81,10 @@ async def one(client: Client, body: dict[str, object]) -> tuple[float, float, in
         frames += chunk
     end = time.perf_counter()
     events = [e.removeprefix(b"data: ") for e in frames.split(b"\n\n") if e.strip()]
-    assert events[-1] == b"[DONE]", events[-3:]
-    usage = json.loads(events[-2])["usage"]
+    last = json.loads(events[-2]) if len(events) > 1 else {}
+    if events[-1] != b"[DONE]" or "usage" not in last:
+        raise HttpError(f"{body['model']}: the stream ended with {events[-2:]!r}")
+    usage = last["usage"]
     return ((first or end) - t0) * 1000, (end - t0) * 1000, int(usage["completion_tokens"])
 
 
