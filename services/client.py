@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ from nats.js.errors import NotFoundError
 
 from events.bus import Bus
 from events.envelope import Envelope, decode
-from events.errors import EventDecodeError
+from events.errors import EventDecodeError, transient
 from events.history import read_events
 from events.ids import new_id
 from events.inference import FinishReason, Prompt, SamplingParams
@@ -27,6 +28,8 @@ from events.jobs import (
     TaskCompleted,
 )
 from events.work import TokensProduced
+
+log = logging.getLogger(__name__)
 
 
 async def submit(
@@ -104,13 +107,19 @@ class TextAssembler:
 
 
 async def terminal_from_log(bus: Bus, job_id: str) -> Envelope | None:
-    """The job's terminal event from the log, if it has ended."""
+    """The job's terminal event from the log, if it has ended; None also while NATS does not
+    answer (a reader looks again later: its own deadline bounds the wait)."""
     names = bus.names
     for event_type in TERMINAL_TYPES:
         try:
             msg = await bus.js.get_last_msg(names.jobs_stream, names.job(job_id, event_type))
         except NotFoundError:
             continue
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            log.info("cannot look up how job %s ended (NATS: %r); will look again", job_id, exc)
+            return None
         return decode(await bus.body(msg.data or b"", msg.headers))
     return None
 

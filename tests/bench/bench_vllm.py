@@ -8,11 +8,13 @@ Rows, each with the same tiny model (tests/vllm/tiny_model.py), prompts, `max_to
 3. dim, openai engine: the gateway and a worker `--engine openai` in front of the same `vllm serve`.
 
 Printed per row: output tokens/s, time to first token p50/p99, end-to-end p50, and each dim
-row as a ratio to bare. On a GPU node the model runs on the GPU and everything else on the CPU;
-here all share two cores, and the engine's compute would come straight out of dim's CPU (or the
-reverse). So the model's compute threads are pinned to one core (`VLLM_CPU_OMP_THREADS_BIND`)
-and every other process — vLLM's own Python (API server, scheduler), dim's processes, NATS and
-this load generator — to the other, the same for every row.
+row as a ratio to bare. On a GPU node the engine runs on the GPU and dim on the CPU; here both
+share two cores, and dim's CPU would come straight out of the engine's. So vLLM is pinned to one
+core and dim's processes, NATS and this load generator to the other, the same for every row:
+`vllm serve` whole (its API server, engine core and model runner) on core 0; for dim's
+in-process worker, the processes vLLM starts (engine core, model runner) on core 0, while the
+worker process itself — dim's, hosting vLLM's front end (tokenizing, detokenizing) as
+`vllm serve`'s API server does — on core 1.
 
     just bench-vllm
     python -m tests.bench.bench_vllm --requests 256 --concurrency 32 --max-tokens 128
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -150,6 +153,22 @@ async def until_answers(
         await asyncio.sleep(1)
 
 
+def pin(pid: int, cores: set[int]) -> None:
+    """Every thread of process `pid` to `cores` (a process's affinity is per thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cores)
+
+
+def pin_engines(worker: subprocess.Popen[bytes]) -> None:
+    """The processes vLLM started under dim's worker, to the engine's core."""
+    import psutil  # a dependency of vLLM, which this bench runs
+
+    for child in psutil.Process(worker.pid).children(recursive=True):
+        if child.name().startswith("VLLM::"):
+            pin(child.pid, {ENGINE_CORE})
+
+
 async def run(args: argparse.Namespace) -> None:
     os.sched_setaffinity(0, {OTHER_CORE})  # this process and every process it starts
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(ENGINE_CORE)  # vLLM's compute threads
@@ -172,7 +191,7 @@ async def run(args: argparse.Namespace) -> None:
         procs: list[subprocess.Popen[bytes]] = []
         bus = await Bus.connect(settings.nats_url, settings.names, name="bench")
         try:
-            with vllm_server(model) as bare_url:
+            with vllm_server(model, cpus=str(ENGINE_CORE)) as bare_url:
                 await ensure_topology(bus, settings)
                 _, key = await create_key(
                     bus, principal_id="bench", tenant="bench", roles=("member",), actor="bench"
@@ -207,6 +226,7 @@ async def run(args: argparse.Namespace) -> None:
                 dim = Client("127.0.0.1", settings.gateway_port, {"authorization": f"Bearer {key}"})
                 await until_answers(dim, MODEL, procs, "dim in front of vllm serve")
                 await until_answers(dim, INPROC, procs, "dim's in-process vLLM worker")
+                pin_engines(procs[2])
                 rows = await measure(args, bare, dim)
                 pinning = affinities()
                 bare.close()
@@ -235,20 +255,18 @@ async def measure(args: argparse.Namespace, bare: Client, dim: Client) -> dict[s
 
 
 def affinities() -> str:
-    """Where the threads of vLLM's model runners and of every other process may run, as seen."""
+    """The cores each process's threads may run on, as seen (by process name)."""
     import psutil  # a dependency of vLLM, which this bench runs
 
-    compute: set[str] = set()
-    other: set[str] = set()
+    seen: dict[str, set[str]] = {}
     for proc in psutil.Process().children(recursive=True):
-        runner = proc.name().startswith("VLLM::Worker")
+        name = " ".join(proc.cmdline()[1:4]) if proc.name().startswith("python") else proc.name()
         for thread in proc.threads():
             status = Path(f"/proc/{proc.pid}/task/{thread.id}/status").read_text()
             line = next(ln for ln in status.splitlines() if ln.startswith("Cpus_allowed_list"))
-            cores = line.split(":", 1)[1].strip()
-            (compute if runner and cores == str(ENGINE_CORE) else other).add(cores)
-    return (
-        f"cores of vLLM's compute threads: {sorted(compute)}; of all other threads: {sorted(other)}"
+            seen.setdefault(name[:60], set()).add(line.split(":", 1)[1].strip())
+    return "cores seen: " + "; ".join(
+        f"{n}: {','.join(sorted(c))}" for n, c in sorted(seen.items())
     )
 
 

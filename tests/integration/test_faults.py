@@ -19,12 +19,13 @@ from events.consume import ConsumerSpec, Delivery, run_ordered, run_pool
 from events.envelope import Envelope
 from events.history import read_events
 from events.inference import Prompt
-from events.jobs import JobSubmitted
+from events.jobs import JobCancelled, JobSubmitted
 from events.subjects import Names
 from events.topology import provision, topology
 from events.watched import WatchedBucket
 from gateway.app import create_app
 from gateway.keys import create_key
+from services.client import JobEnds
 from services.nats_server import EmbeddedNats
 from services.orchestrator.runner import Orchestrator
 from services.process import ensure_topology
@@ -68,6 +69,30 @@ async def test_a_publish_that_times_out_is_retried_with_the_same_id_and_stored_o
         assert [e.id for e in stored] == [env.id]  # every retry reached the server; one was kept
         assert ack.seq == 1
     finally:
+        await bus.close()
+
+
+async def test_a_wait_for_a_jobs_end_rides_out_nats_not_answering_its_log_lookups(
+    server: EmbeddedNats,
+) -> None:
+    # A request's wait looks in the log when its feed goes quiet. A lookup NATS does not answer
+    # (a loaded machine, a failover) was a 504 "no answer in time" long before the deadline.
+    bus = await Bus.connect(server.url, NAMES)
+    ends = await JobEnds(bus, quiet_s=0.2).start()
+    try:
+        await provision(bus.js, topology(NAMES))
+        await ends.expect("W1")
+        waiting = asyncio.create_task(ends.wait("W1"))
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        await asyncio.sleep(6)  # lookups time out (5 s)
+        assert not waiting.done()
+        os.kill(server.proc.pid, signal.SIGCONT)
+        end = Envelope(JobCancelled(job_id="W1"), actor="t")
+        await bus.publish(NAMES.job("W1", end.type), end)
+        assert (await asyncio.wait_for(waiting, 10)).type == "job.cancelled"
+    finally:
+        await ends.stop()
         await bus.close()
 
 
