@@ -35,6 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from events.bus import Bus
@@ -255,18 +256,42 @@ async def measure(args: argparse.Namespace, bare: Client, dim: Client) -> dict[s
 
 
 def affinities() -> str:
-    """The cores each process's threads may run on, as seen (by process name)."""
+    """The cores the threads of each kind of process may run on, as seen."""
     import psutil  # a dependency of vLLM, which this bench runs
 
     seen: dict[str, set[str]] = {}
-    for proc in psutil.Process().children(recursive=True):
-        name = " ".join(proc.cmdline()[1:4]) if proc.name().startswith("python") else proc.name()
-        for thread in proc.threads():
-            status = Path(f"/proc/{proc.pid}/task/{thread.id}/status").read_text()
-            line = next(ln for ln in status.splitlines() if ln.startswith("Cpus_allowed_list"))
-            seen.setdefault(name[:60], set()).add(line.split(":", 1)[1].strip())
-    return "cores seen: " + "; ".join(
-        f"{n}: {','.join(sorted(c))}" for n, c in sorted(seen.items())
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        seen.setdefault(_kind(proc, me), set()).update(
+            _allowed(proc.pid, t.id) for t in proc.threads()
+        )
+    return "cores seen — " + "; ".join(
+        f"{k}: {','.join(sorted(c))}" for k, c in sorted(seen.items())
+    )
+
+
+def _kind(proc: Any, me: Any) -> str:
+    args = proc.cmdline()
+    if proc.pid == me.pid:
+        return "load generator"
+    if "-m" in args and args.index("-m") + 1 < len(args):
+        module = args[args.index("-m") + 1]
+        return (
+            "vllm serve (API server)"
+            if module.startswith("vllm")
+            else " ".join(args[args.index("-m") + 1 : args.index("-m") + 3])
+        )
+    if proc.name().startswith("VLLM::") or "nats-server" in proc.name():
+        return proc.name()
+    return "other"
+
+
+def _allowed(pid: int, tid: int) -> str:
+    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    return (
+        next(ln for ln in status.splitlines() if ln.startswith("Cpus_allowed_list"))
+        .split(":", 1)[1]
+        .strip()
     )
 
 
@@ -278,8 +303,8 @@ def report(args: argparse.Namespace, rows: dict[str, Run], pinning: str) -> None
         f"vLLM bench — {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; the tiny Llama (tests/vllm/tiny_model.py), bf16, eager; "
         f"{args.requests} streamed chat requests, {args.concurrency} in flight, max_tokens "
-        f"{args.max_tokens}; vLLM's compute pinned to core {ENGINE_CORE}, every other process "
-        f"(vLLM's Python, dim, NATS, the load generator) to core {OTHER_CORE}"
+        f"{args.max_tokens}; vLLM (vllm serve whole; the engine processes under dim's worker) "
+        f"pinned to core {ENGINE_CORE}, dim, NATS and the load generator to core {OTHER_CORE}"
     )
     print()
     header = ("row", "output tok/s", "x bare", "TTFT p50 ms", "TTFT p99 ms", "TTFT added p50 ms",
