@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -68,6 +68,8 @@ class Run:
     wall_s: float
     ttft_ms: list[float]
     e2e_ms: list[float]
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU time by kind of process
+    alone_ttft_ms: list[float] = field(default_factory=list)  # one request at a time
 
     @property
     def tokens_per_s(self) -> float:
@@ -251,8 +253,31 @@ async def measure(args: argparse.Namespace, bare: Client, dim: Client) -> dict[s
     rows: dict[str, Run] = {}
     for name, (client, model) in paths.items():
         print(f"{name} ...", file=sys.stderr)
-        rows[name] = await load(client, model, args.requests, args.concurrency, args.max_tokens)
+        before = cpu_by_kind()
+        rows[name] = run = await load(
+            client, model, args.requests, args.concurrency, args.max_tokens
+        )
+        after = cpu_by_kind()
+        run.cpu_s = {k: after[k] - before.get(k, 0.0) for k in after}
+        alone = await load(client, model, args.alone, 1, 8)
+        run.alone_ttft_ms = alone.ttft_ms
     return rows
+
+
+def cpu_by_kind() -> dict[str, float]:
+    """CPU seconds (user and system) used so far, by kind of process."""
+    import psutil  # a dependency of vLLM, which this bench runs
+
+    me = psutil.Process()
+    used: dict[str, float] = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            kind = _kind(proc, me)
+        except psutil.NoSuchProcess:
+            continue
+        used[kind] = used.get(kind, 0.0) + times.user + times.system
+    return used
 
 
 def affinities() -> str:
@@ -281,8 +306,15 @@ def _kind(proc: Any, me: Any) -> str:
             if module.startswith("vllm")
             else " ".join(args[args.index("-m") + 1 : args.index("-m") + 3])
         )
-    if proc.name().startswith("VLLM::") or "nats-server" in proc.name():
-        return proc.name()
+    if proc.name().startswith("VLLM::"):
+        under = (
+            "vllm serve"
+            if any("vllm.entrypoints" in " ".join(p.cmdline()) for p in proc.parents())
+            else "dim's worker"
+        )
+        return f"{proc.name()} under {under}"
+    if "nats-server" in proc.name():
+        return "nats-server"
     return "other"
 
 
@@ -298,6 +330,7 @@ def _allowed(pid: int, tid: int) -> str:
 def report(args: argparse.Namespace, rows: dict[str, Run], pinning: str) -> None:
     bare = rows["bare vllm serve"]
     bare_ttft = statistics.median(bare.ttft_ms)
+    bare_alone = statistics.median(bare.alone_ttft_ms)
     print()
     print(
         f"vLLM bench — {platform.machine()}, {os.cpu_count()} cores, Python "
@@ -308,7 +341,7 @@ def report(args: argparse.Namespace, rows: dict[str, Run], pinning: str) -> None
     )
     print()
     header = ("row", "output tok/s", "x bare", "TTFT p50 ms", "TTFT p99 ms", "TTFT added p50 ms",
-              "e2e p50 ms")  # fmt: skip
+              "e2e p50 ms", "alone: TTFT p50 ms", "alone: added")  # fmt: skip
     lines = [header, tuple("-" * len(h) for h in header)]
     for name, r in rows.items():
         lines.append(
@@ -320,14 +353,41 @@ def report(args: argparse.Namespace, rows: dict[str, Run], pinning: str) -> None
                 f"{pct(r.ttft_ms, 99):.1f}",
                 "" if r is bare else f"{statistics.median(r.ttft_ms) - bare_ttft:+.1f}",
                 f"{statistics.median(r.e2e_ms):.1f}",
+                f"{statistics.median(r.alone_ttft_ms):.1f}",
+                "" if r is bare else f"{statistics.median(r.alone_ttft_ms) - bare_alone:+.1f}",
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
+    print_table(lines)
+    print()
+    print(f"CPU ms per 1,000 output tokens, by process, at {args.concurrency} in flight:")
+    print()
+    kinds = sorted({k for r in rows.values() for k, v in r.cpu_s.items() if v > 0.01 * r.wall_s})
+    cpu = [("row", *kinds, "core 0", "core 1")]
+    cpu.append(tuple("-" * len(h) for h in cpu[0]))
+    for name, r in rows.items():
+        per = {k: r.cpu_s.get(k, 0.0) * 1e6 / r.tokens for k in kinds}
+        engine = sum(
+            v for k, v in per.items() if k.startswith(("VLLM::", "vllm serve"))
+        )
+        cpu.append(
+            (
+                name,
+                *(f"{per[k]:.0f}" for k in kinds),
+                f"{engine:.0f}",
+                f"{sum(per.values()) - engine:.0f}",
+            )
+        )
+    print_table(cpu)
     print()
     print(pinning)
     print("targets: dim rows ≥ 0.97x bare output tokens/s; TTFT added ≤ 5 ms p50")
+
+
+def print_table(lines: list[tuple[str, ...]]) -> None:
+    """Rows of cells as a Markdown table, the first row the header."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
 
 
 def main() -> None:
@@ -335,6 +395,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--alone", type=int, default=40, help="requests one at a time, per row")
     asyncio.run(run(parser.parse_args()))
 
 
