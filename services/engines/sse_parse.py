@@ -30,9 +30,22 @@ class SSEParser:
         buffer = self._buffer + text if self._buffer else text
         if "\r" in buffer:  # most servers end lines in LF alone: skip two copies then
             buffer = buffer.replace("\r\n", "\n").replace("\r", "\n")
+        events: list[str] = []
+        end = buffer.rfind("\n\n")
+        if end >= 0:
+            # Whole events: most are one `data: ` line and take one split between them.
+            for block in buffer[:end].split("\n\n"):
+                if not self._data and block.startswith("data: ") and "\n" not in block:
+                    events.append(block[6:])
+                else:
+                    self._lines([*block.split("\n"), ""], events)
+            buffer = buffer[end + 2 :]
         lines = buffer.split("\n")
         self._buffer = lines.pop()  # the unfinished last line
-        events: list[str] = []
+        self._lines(lines, events)
+        return events
+
+    def _lines(self, lines: list[str], events: list[str]) -> None:
         data = self._data
         for line in lines:
             if not line:
@@ -44,7 +57,6 @@ class SSEParser:
             elif line == "data":
                 data.append("")  # a field name alone: an empty value
             # anything else — comments (":", keep-alives), event, id, retry — is not needed
-        return events
 
     def close(self) -> list[str]:
         """End of stream: an event not closed by a blank line is dropped, as the spec says."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import json
 import time
@@ -39,20 +40,38 @@ def tokens_of(max_tokens: int) -> list[str]:
     return [WORDS[i % len(WORDS)] for i in range(max_tokens)]
 
 
+# What changes per answer is written over fixed-width placeholders in a cached template: JSON
+# text never holds a raw control character, so these bytes occur nowhere else.
+_ID, _CREATED = b"\x00" * 12, b"\x01" * 10
+
+
 def answer(path: str, request: dict[str, Any]) -> tuple[bytes, str]:
-    """The body and content type answering one completion request (pure)."""
-    chat = path.endswith("/chat/completions")
-    model = _json(request.get("model") or "mock")
-    max_tokens = int(request.get("max_tokens") or 16)
+    """The body and content type answering one completion request."""
+    options = request.get("stream_options") or {}
+    body, content_type = _template(
+        path.endswith("/chat/completions"),
+        str(request.get("model") or "mock"),
+        int(request.get("max_tokens") or 16),
+        bool(request.get("stream")),
+        bool(options.get("include_usage")),
+    )
+    body = body.replace(_ID, b"%012d" % next(_ids)).replace(_CREATED, b"%010d" % time.time())
+    return body, content_type
+
+
+@functools.lru_cache(maxsize=256)
+def _template(
+    chat: bool, model_name: str, max_tokens: int, stream: bool, include_usage: bool
+) -> tuple[bytes, str]:
+    model = _json(model_name)
     tokens = tokens_of(max_tokens)
     prompt_tokens = 8
     usage = (
         f'{{"prompt_tokens":{prompt_tokens},"completion_tokens":{max_tokens},'
         f'"total_tokens":{prompt_tokens + max_tokens}}}'
     )
-    rid = f"cmpl-mock-{next(_ids)}"
-    created = int(time.time())
-    if not request.get("stream"):
+    rid, created = f"cmpl-{_ID.decode()}", _CREATED.decode()
+    if not stream:
         text = _json("".join(tokens))
         if chat:
             obj, choice = "chat.completion", f'"message":{{"role":"assistant","content":{text}}}'
@@ -71,7 +90,7 @@ def answer(path: str, request: dict[str, Any]) -> tuple[bytes, str]:
         events.append(f'{head}"choices":[{{"index":0,{piece},"finish_reason":null}}]}}\n\n')
     last = '"delta":{}' if chat else '"text":""'
     events.append(f'{head}"choices":[{{"index":0,{last},"finish_reason":"length"}}]}}\n\n')
-    if (request.get("stream_options") or {}).get("include_usage"):
+    if include_usage:
         events.append(f'{head}"choices":[],"usage":{usage}}}\n\n')
     events.append("data: [DONE]\n\n")
     # One HTTP chunk per event, as streaming servers write them, all in one write.

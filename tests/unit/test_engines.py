@@ -171,3 +171,45 @@ def test_a_resumed_request_asks_the_upstream_to_continue_the_answer() -> None:
         GenerationRequest("r", "m", Prompt(text="Tell: "), SamplingParams(), resume="Once"), "m"
     )
     assert text["prompt"] == "Tell: Once"
+
+
+def _sse_reference(stream: bytes) -> list[str]:
+    """The events of a whole stream, read line by line at once (no splits to handle)."""
+    text = stream.decode(errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+    events, data = [], []
+    for line in text.split("\n")[:-1]:
+        if line == "":
+            if data:
+                events.append("\n".join(data))
+            data = []
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            if name == "data":
+                data.append(value.removeprefix(" "))
+    return events
+
+
+_SSE_LINE = st.one_of(
+    st.builds(
+        lambda v: f"data: {v}",
+        st.text(alphabet=st.characters(exclude_characters="\r\n", exclude_categories=("Cs",))),
+    ),
+    st.builds(lambda v: f"data:{v}", st.text(alphabet="a é{}")),
+    st.sampled_from(["", "", "", "data", ": keep-alive", "event: x", "id: 3", "retry: 10", "da"]),
+)
+
+
+@given(
+    st.lists(st.tuples(_SSE_LINE, st.sampled_from(["\n", "\r\n", "\r"])), max_size=30),
+    st.lists(st.integers(min_value=0, max_value=2000), max_size=10),
+)
+def test_sse_parser_reads_any_stream_split_anywhere_as_a_whole_read_would(
+    lines: list[tuple[str, str]], cuts: list[int]
+) -> None:
+    stream = "".join(line + end for line, end in lines).encode()
+    parser = SSEParser()
+    events: list[str] = []
+    points = [0, *sorted(c for c in cuts if c <= len(stream)), len(stream)]
+    for a, b in itertools.pairwise(points):
+        events += parser.feed(stream[a:b])
+    assert events == _sse_reference(stream)
