@@ -15,6 +15,7 @@ proxies, no HTTP/2 — and nothing more.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from typing import cast
 from urllib.parse import urlsplit
@@ -273,6 +274,21 @@ class Response:
         self._conn._fail(ConnectionAborted("the response was closed"))
 
 
+def tls_context() -> ssl.SSLContext:
+    """Verified TLS trusting what httpx trusted by default: the bundle in ``SSL_CERT_FILE`` or
+    the directory in ``SSL_CERT_DIR`` when set, else certifi's bundle where it is installed
+    (else the system's)."""
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    try:
+        import certifi
+    except ImportError:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 class HttpClient:
     """Requests to one base URL over a pool of keep-alive connections.
 
@@ -305,7 +321,7 @@ class HttpClient:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self._max_idle = max_idle
-        self._ssl = (ssl_context or ssl.create_default_context()) if self.tls else None
+        self._ssl = (ssl_context or tls_context()) if self.tls else None
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
 

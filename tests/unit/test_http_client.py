@@ -6,9 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import ssl
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from services.engines.http_client import (
     ConnectError,
@@ -256,3 +264,58 @@ def test_only_http_urls() -> None:
     with pytest.raises(ValueError, match="not an http"):
         HttpClient("ftp://example.com/v1")
     assert HttpClient("https://example.com/v1").port == 443
+
+
+def _self_signed(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a fresh certificate for 127.0.0.1, and a client context trusting it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test upstream")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    (directory / "cert.pem").write_bytes(cert_pem)
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    return server, ssl.create_default_context(cadata=cert_pem.decode())
+
+
+async def test_https_verifies_the_server_and_keeps_alive(tmp_path: Path) -> None:
+    server_tls, trusting = _self_signed(tmp_path)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader):
+            writer.write(sized(b"secure"))
+
+    async with Server(handler, tls=server_tls) as server:
+        client = HttpClient(server.url(), ssl_context=trusting)
+        try:
+            assert await get(client) == b"secure"
+            assert await get(client) == b"secure"
+            assert server.connections == 1
+        finally:
+            await client.close()
+            await asyncio.sleep(0.05)
+        untrusting = HttpClient(server.url())  # certifi's bundle does not hold it
+        with pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await untrusting.request("GET", "/models")
+        await untrusting.close()
