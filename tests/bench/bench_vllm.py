@@ -366,9 +366,7 @@ def report(args: argparse.Namespace, rows: dict[str, Run], pinning: str) -> None
     cpu.append(tuple("-" * len(h) for h in cpu[0]))
     for name, r in rows.items():
         per = {k: r.cpu_s.get(k, 0.0) * 1e6 / r.tokens for k in kinds}
-        engine = sum(
-            v for k, v in per.items() if k.startswith(("VLLM::", "vllm serve"))
-        )
+        engine = sum(v for k, v in per.items() if k.startswith(("VLLM::", "vllm serve")))
         cpu.append(
             (
                 name,
