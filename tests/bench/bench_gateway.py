@@ -101,6 +101,7 @@ async def run(args: argparse.Namespace) -> None:
             log_level="WARNING",
         )
         procs: list[subprocess.Popen[bytes]] = []
+        last: list[subprocess.Popen[bytes]] = []
         bus = await Bus.connect(settings.nats_url, settings.names, name="bench")
         try:
             await ensure_topology(bus, settings)
@@ -117,7 +118,8 @@ async def run(args: argparse.Namespace) -> None:
                 env = child_env(settings, **({"DIM_NODE_ID": node} if node else {}))
                 procs.append(start("services.cli", role, env=env))
             procs.append(start("tests.bench.bare_app", str(bare_port)))
-            procs.append(
+            # stopped after the rest, so the openai worker never sees its upstream gone
+            last.append(
                 start("tests.bench.mock_upstream", str(mock_port), "--models", UPSTREAM_MODEL)
             )
             upstream_env = child_env(
@@ -127,7 +129,10 @@ async def run(args: argparse.Namespace) -> None:
                 DIM_UPSTREAM_URL=f"http://127.0.0.1:{mock_port}/v1",
                 DIM_MODELS=UPSTREAM_MODEL,
             )
+            mock_deadline = time.monotonic() + 30
             while not port_open("127.0.0.1", mock_port):  # the worker checks it on start
+                if last[0].poll() is not None or time.monotonic() > mock_deadline:
+                    raise SystemExit("bench: the mock upstream did not start")
                 await asyncio.sleep(0.1)
             procs.append(start("services.cli", "worker", env=upstream_env))
             auth = {"authorization": f"Bearer {key}"}
@@ -146,7 +151,7 @@ async def run(args: argparse.Namespace) -> None:
                     except (OSError, HttpError):
                         if time.monotonic() > deadline:
                             raise
-                        ended = [p.args for p in procs if p.poll() is not None]
+                        ended = [p.args for p in procs + last if p.poll() is not None]
                         if ended:
                             raise SystemExit(
                                 f"bench: a process ended while starting: {ended}"
@@ -258,6 +263,7 @@ async def run(args: argparse.Namespace) -> None:
         finally:
             await bus.close()
             stop_all(procs)
+            stop_all(last)
             server.stop()
 
 
