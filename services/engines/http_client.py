@@ -158,16 +158,21 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close the connection (the server sees its client go)."""
+        if self.error is None and not self.complete:
+            self.error = ConnectionAborted("closed by this side")  # not the answer's end
         if self.transport is not None and not self.closed:
             self.transport.close()
         self.closed = True
         self._pool._forget(self)
 
-    async def wait(self, timeout_s: float) -> None:
-        """Until something arrives, the connection ends, or `timeout_s` of silence."""
+    def _resume(self) -> None:
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until something arrives, the connection ends, or `timeout_s` of silence."""
+        self._resume()
         waiter = self._waiter = self._loop.create_future()
         timer = self._loop.call_later(timeout_s, _time_out, waiter)
         try:
@@ -197,9 +202,7 @@ class _Connection(asyncio.Protocol):
         else:
             self.draining = True
             self.body, self._buffered = [], 0
-            if self._paused and self.transport is not None:
-                self._paused = False
-                self.transport.resume_reading()
+            self._resume()
             self._drain_timer = self._loop.call_later(_DRAIN_S, self.close)
 
     def _release(self) -> None:
@@ -207,6 +210,7 @@ class _Connection(asyncio.Protocol):
             self._drain_timer.cancel()
             self._drain_timer = None
         if self.keep_alive and not self.closed:
+            self._resume()  # the answer's end may have come in the read that paused it
             self._pool._keep(self)
         else:
             self.close()

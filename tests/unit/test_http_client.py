@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from services.engines import http_client
 from services.engines.http_client import (
     ConnectError,
     ConnectionAborted,
@@ -245,19 +246,25 @@ async def test_a_released_answer_is_drained_and_its_connection_reused() -> None:
         assert server.connections == 1
 
 
-async def test_an_interim_answer_is_skipped_and_large_bodies_flow() -> None:
+@pytest.mark.parametrize("high_water", [256 * 1024, 1])
+async def test_an_interim_answer_is_skipped_and_large_bodies_flow(
+    high_water: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_client, "_HIGH_WATER", high_water)  # 1: every read pauses
     big = bytes(range(256)) * 4096  # 1 MiB: past the high-water mark, reading pauses
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + sized(big))
+        while await server.read_request(reader):
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + sized(big))
 
-    async with Server(handler) as server, client_for(server) as client:
-        response = await client.request("GET", "/models")
-        assert response.status == 200
-        await asyncio.sleep(0.05)
-        assert await response.read() == big
-        response.release()
+    async with Server(handler) as server, client_for(server, read_timeout_s=2) as client:
+        for _ in range(2):  # the whole answer came while reading was paused: kept, and read on
+            response = await client.request("GET", "/models")
+            assert response.status == 200
+            await asyncio.sleep(0.05)
+            assert await response.read() == big
+            response.release()
+        assert server.connections == 1
 
 
 def test_only_http_urls() -> None:
