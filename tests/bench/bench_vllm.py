@@ -7,8 +7,9 @@ Rows, each with the same tiny model (tests/vllm/tiny_model.py), prompts, `max_to
 2. dim, vllm engine: the gateway, an orchestrator and a worker running vLLM in-process;
 3. dim, openai engine: the gateway and a worker `--engine openai` in front of the same `vllm serve`.
 
-Printed per row: output tokens/s, time to first token p50/p99, end-to-end p50, and each dim
-row as a ratio to bare. On a GPU node the engine runs on the GPU and dim on the CPU; here both
+Printed per row: output tokens/s, time to first token p50/p99 (and one request at a time),
+end-to-end p50, each dim row as a ratio to bare, and CPU per 1,000 output tokens by process. The
+rows take turns (`--rounds`), so a drift of the machine's speed falls on every row alike. On a GPU node the engine runs on the GPU and dim on the CPU; here both
 share two cores, and dim's CPU would come straight out of the engine's. So vLLM is pinned to one
 core and dim's processes, NATS and this load generator to the other, the same for every row:
 `vllm serve` whole (its API server, engine core and model runner) on core 0; for dim's
@@ -17,7 +18,7 @@ worker process itself — dim's, hosting vLLM's front end (tokenizing, detokeniz
 `vllm serve`'s API server does — on core 1.
 
     just bench-vllm
-    python -m tests.bench.bench_vllm --requests 256 --concurrency 32 --max-tokens 128
+    python -m tests.bench.bench_vllm --requests 384 --concurrency 32 --max-tokens 128 --rounds 3
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Run:
     e2e_ms: list[float]
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU time by kind of process
     alone_ttft_ms: list[float] = field(default_factory=list)  # one request at a time
+    rounds: list[float] = field(default_factory=list)  # output tokens/s of each round
 
     @property
     def tokens_per_s(self) -> float:
@@ -242,7 +244,8 @@ async def run(args: argparse.Namespace) -> None:
 
 
 async def measure(args: argparse.Namespace, bare: Client, dim: Client) -> dict[str, Run]:
-    """Warm each path, then run each row's load, one row after another."""
+    """Warm each path, then take turns: each round runs every row's share of the load, so a
+    drift of the machine's speed over the run (seen: ±15% between runs) falls on every row."""
     paths = {
         "bare vllm serve": (bare, MODEL),
         "dim, vllm engine": (dim, INPROC),
@@ -250,17 +253,23 @@ async def measure(args: argparse.Namespace, bare: Client, dim: Client) -> dict[s
     }
     for client, model in paths.values():
         await load(client, model, args.concurrency, args.concurrency, args.max_tokens)  # warm
-    rows: dict[str, Run] = {}
-    for name, (client, model) in paths.items():
-        print(f"{name} ...", file=sys.stderr)
-        before = cpu_by_kind()
-        rows[name] = run = await load(
-            client, model, args.requests, args.concurrency, args.max_tokens
-        )
-        after = cpu_by_kind()
-        run.cpu_s = {k: after[k] - before.get(k, 0.0) for k in after}
-        alone = await load(client, model, args.alone, 1, 8)
-        run.alone_ttft_ms = alone.ttft_ms
+    rows = {name: Run(0, 0.0, [], []) for name in paths}
+    share = max(args.concurrency, args.requests // args.rounds)
+    for round_ in range(args.rounds):
+        for name, (client, model) in paths.items():
+            print(f"round {round_ + 1}: {name} ...", file=sys.stderr)
+            before = cpu_by_kind()
+            run = await load(client, model, share, args.concurrency, args.max_tokens)
+            after = cpu_by_kind()
+            row = rows[name]
+            row.tokens += run.tokens
+            row.wall_s += run.wall_s
+            row.ttft_ms += run.ttft_ms
+            row.e2e_ms += run.e2e_ms
+            row.rounds.append(run.tokens_per_s)
+            for kind, used in after.items():
+                row.cpu_s[kind] = row.cpu_s.get(kind, 0.0) + used - before.get(kind, 0.0)
+            row.alone_ttft_ms += (await load(client, model, args.alone, 1, 8)).ttft_ms
     return rows
 
 
@@ -340,7 +349,7 @@ def report(args: argparse.Namespace, rows: dict[str, Run], pinning: str) -> None
         f"pinned to core {ENGINE_CORE}, dim, NATS and the load generator to core {OTHER_CORE}"
     )
     print()
-    header = ("row", "output tok/s", "x bare", "TTFT p50 ms", "TTFT p99 ms", "TTFT added p50 ms",
+    header = ("row", "output tok/s", "x bare (rounds)", "TTFT p50 ms", "TTFT p99 ms", "TTFT added p50 ms",
               "e2e p50 ms", "alone: TTFT p50 ms", "alone: added")  # fmt: skip
     lines = [header, tuple("-" * len(h) for h in header)]
     for name, r in rows.items():
@@ -348,7 +357,7 @@ def report(args: argparse.Namespace, rows: dict[str, Run], pinning: str) -> None
             (
                 name,
                 f"{r.tokens_per_s:,.0f}",
-                f"{r.tokens_per_s / bare.tokens_per_s:.3f}",
+                f"{r.tokens_per_s / bare.tokens_per_s:.3f} ({_spread(r, bare)})",
                 f"{statistics.median(r.ttft_ms):.1f}",
                 f"{pct(r.ttft_ms, 99):.1f}",
                 "" if r is bare else f"{statistics.median(r.ttft_ms) - bare_ttft:+.1f}",
@@ -381,6 +390,12 @@ def report(args: argparse.Namespace, rows: dict[str, Run], pinning: str) -> None
     print("targets: dim rows ≥ 0.97x bare output tokens/s; TTFT added ≤ 5 ms p50")
 
 
+def _spread(row: Run, bare: Run) -> str:
+    """The lowest and highest ratio to bare of one round."""
+    ratios = [a / b for a, b in zip(row.rounds, bare.rounds, strict=True)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
+
+
 def print_table(lines: list[tuple[str, ...]]) -> None:
     """Rows of cells as a Markdown table, the first row the header."""
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
@@ -390,10 +405,11 @@ def print_table(lines: list[tuple[str, ...]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--requests", type=int, default=384, help="per row, over all rounds")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--alone", type=int, default=40, help="requests one at a time, per row")
+    parser.add_argument("--alone", type=int, default=20, help="requests one at a time, per round")
+    parser.add_argument("--rounds", type=int, default=3, help="turns the rows take")
     asyncio.run(run(parser.parse_args()))
 
 
