@@ -50,6 +50,17 @@ def check_id(kind: str, value: str) -> str:
     return value
 
 
+def job_id_of(subject: str) -> str:
+    """The job id of a JOBS subject ``NS.jobs.<job_id>.<type>`` (the inverse of `Names.job`)."""
+    return subject.split(".", 3)[2]
+
+
+def job_event_of(subject: str) -> tuple[str, str]:
+    """The job id and the event type of a JOBS subject ``NS.jobs.<job_id>.<type>``."""
+    _, _, job_id, event_type = subject.split(".", 3)
+    return job_id, event_type
+
+
 @dataclass(frozen=True, slots=True)
 class Names:
     """Every subject, stream and bucket name of one namespace."""

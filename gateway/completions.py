@@ -13,6 +13,7 @@ from events.bus import Bus
 from events.envelope import Envelope
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
+from events.job_log import JobFollower
 from events.jobs import (
     Choice,
     JobCancelled,
@@ -21,12 +22,12 @@ from events.jobs import (
     JobSubmitted,
     TaskCompleted,
 )
+from events.text import TextAssembler
 from events.work import TokensProduced
 from gateway import jobs, sse
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
-from services.client import JobFollower, TextAssembler
 from services.metrics import observe_per_token
 
 log = logging.getLogger(__name__)

@@ -10,18 +10,18 @@ from pydantic import ValidationError
 from events.envelope import Envelope
 from events.errors import WrongLastSequence
 from events.ids import new_id
+from events.job_log import append_submitted, history
 from events.jobs import JobSubmitted
 from events.subjects import encode_token
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
 from gateway.schemas import JobRequest
+from projections.job_state import JobState, evolve
 from projections.job_status import fold
 from projections.job_views import newest_views, read_view
-from services.client import append_submitted, history
-from services.orchestrator.patterns import models_of, validate
-from services.orchestrator.state import JobState, evolve
-from services.orchestrator.work import dispatches_in, task_request
+from services.jobs.patterns import models_of, validate
+from services.jobs.work import dispatches_in, task_request
 
 
 def _idempotency_slot(principal: Principal, key: str) -> str:

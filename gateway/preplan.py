@@ -27,11 +27,11 @@ from datetime import UTC, datetime
 
 from events.envelope import Envelope
 from events.jobs import JobSubmitted
+from events.records import TenantQueue
 from events.subjects import Names
 from events.watched import WatchedBucket
-from services.orchestrator.decide import plan_at_door
-from services.orchestrator.scheduler import TenantQueue
-from services.orchestrator.state import JobState, TaskState, evolve
+from projections.job_state import JobState, TaskState, evolve
+from services.jobs.decide import plan_at_door, view_of
 from services.registry.live import LiveNodes
 
 # Prompts longer than this are planned by an orchestrator: a plan at the door repeats the
@@ -86,8 +86,10 @@ class Preplanner:
             return True
 
         pool = self.nodes.pool
-        mesh = self.nodes.mesh(
-            admit=admit, pick=lambda need: pool.pick(need, random.random(), datetime.now(UTC))
+        mesh = view_of(
+            self.nodes,
+            admit=admit,
+            pick=lambda need: pool.pick(need, random.random(), datetime.now(UTC)),
         )
         planned = plan_at_door(
             state, datetime.now(UTC), mesh, self.names, dispatch_timeout_s=self.dispatch_timeout_s

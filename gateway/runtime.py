@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from events.bus import Bus
+from events.job_log import JobEnds
+from events.records import TenantQueue
 from events.watched import WatchedBucket
 from gateway.accounts import SessionRecord
 from gateway.keys import KeyRing
@@ -12,9 +14,7 @@ from gateway.limits import Quotas, RateLimiter
 from gateway.preplan import Preplanner
 from gateway.tokens import Signer
 from projections.usage import TenantUsage
-from services.client import JobEnds
 from services.metrics import GatewayMetrics
-from services.orchestrator.scheduler import TenantQueue
 from services.process import connect, ensure_topology
 from services.registry.live import LiveNodes
 from services.settings import Settings

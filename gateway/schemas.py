@@ -23,8 +23,8 @@ from events.patterns import (
     Split,
     Step,
 )
-from services.orchestrator.patterns import split
-from services.orchestrator.state import JobState
+from projections.job_state import JobState
+from services.jobs.patterns import split
 
 
 class CandidateIn(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from events.envelope import Envelope
-from services.orchestrator.state import JobState, evolve
+from projections.job_state import JobState, evolve
 
 
 def fold(view: JobState | None, events: Iterable[tuple[int, Envelope]]) -> JobState | None:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from events.bus import Bus
+from projections.job_state import JobState
 from projections.job_status import decode_view
-from services.orchestrator.state import JobState
 
 
 async def read_view(bus: Bus, job_id: str) -> JobState | None:

@@ -29,7 +29,7 @@ def _settings(args: argparse.Namespace, **more: Any) -> Settings:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from services.scheduling import use_batch_policy
+    from services.cpu_policy import use_batch_policy
     from services.up import up
 
     settings = _settings(
@@ -91,8 +91,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from services.cpu_policy import use_batch_policy
     from services.process import setup_logging, tune_gc
-    from services.scheduling import use_batch_policy
     from services.telemetry import setup_tracing
 
     settings = _settings(args, gateway_host=args.host, gateway_port=args.port)
@@ -221,8 +221,8 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
 
 
 def cmd_projector(args: argparse.Namespace) -> int:
-    from projections.projector import JobStatusProjector, UsageProjector
     from services.process import serve
+    from services.projector import JobStatusProjector, UsageProjector
 
     settings = _settings(args, instance_id=args.instance_id)
 
@@ -267,7 +267,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from services.client import JobFollower, TextAssembler, submit
+    from events.job_log import JobFollower, submit
+    from events.text import TextAssembler
 
     params = SamplingParams(
         max_tokens=args.max_tokens,
@@ -343,8 +344,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
+    from events.job_log import history
     from projections.job_views import read_view
-    from services.client import history
     from services.render import job_detail
 
     async def go(bus: Bus) -> int:
@@ -417,7 +418,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from projections.projector import rebuild
+    from services.projector import rebuild
 
     async def go(bus: Bus) -> int:
         report = await rebuild(bus, check_only=args.check)

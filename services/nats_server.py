@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from events.errors import NatsServerError
-from services.scheduling import children_in_batch_policy
+from services.cpu_policy import children_in_batch_policy
 
 
 def nats_server_binary() -> str:
@@ -100,7 +100,7 @@ class EmbeddedNats:
         # between its threads far less (futex wake-ups), ~15-20% of the server's CPU per
         # request in the gateway bench; 0 leaves Go's default (every core).
         self.gomaxprocs = gomaxprocs
-        self.sched_batch = sched_batch  # see services/scheduling.py
+        self.sched_batch = sched_batch  # see services/cpu_policy.py
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from events.bus import Bus
 from events.errors import while_unavailable
 from events.topology import Topology, provision, topology
-from services.scheduling import use_batch_policy
+from services.cpu_policy import use_batch_policy
 from services.settings import Settings
 from services.telemetry import setup_tracing
 

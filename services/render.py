@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from events.envelope import Envelope
-from services.orchestrator.state import JobState
-from services.registry.records import NodeRecord
+from events.records import NodeRecord
+from projections.job_state import JobState
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

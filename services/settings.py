@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         True,
         description="run dim's processes and the embedded nats-server under Linux's SCHED_BATCH "
         "CPU policy: a process woken by a message does not preempt the one running "
-        "(services/scheduling.py); false: the default policy",
+        "(services/cpu_policy.py); false: the default policy",
     )
     nats_gomaxprocs: int = Field(
         1,

@@ -17,9 +17,9 @@ import httpx
 from events.bus import Bus
 from events.envelope import Envelope
 from events.history import read_events
-from projections.projector import JobStatusProjector
 from services.engines.factory import build_engine
 from services.orchestrator.runner import Orchestrator
+from services.projector import JobStatusProjector
 from services.settings import Settings
 from services.up import child_env
 from services.worker.runner import Worker

@@ -7,12 +7,12 @@ from typing import Annotated
 from litestar import Controller, Response, delete, get, post
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
+from events.job_log import history
 from gateway import jobs
 from gateway.auth import GatewayDep, PrincipalDep
 from gateway.completions import cancel_job
 from gateway.errors import ApiError
 from gateway.schemas import EventOut, JobAccepted, JobOut, JobPage, JobRequest
-from services.client import history
 
 
 class JobsController(Controller):

@@ -29,7 +29,9 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath
 from pydantic import ValidationError
 
+from events.job_log import JobFollower
 from events.jobs import JobCancelled, JobCompleted, JobFailed
+from events.text import TextAssembler
 from events.work import TokensProduced
 from gateway import jobs
 from gateway.auth import authenticate, gateway_of
@@ -38,8 +40,7 @@ from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
 from gateway.schemas import JobRequest
-from services.client import JobFollower, TextAssembler
-from services.orchestrator.state import evolve
+from projections.job_state import evolve
 
 _CLOSE_FOR = {401: 4401, 403: 4403, 404: 4404}
 

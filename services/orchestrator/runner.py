@@ -35,12 +35,13 @@ from events.jobs import (
     TaskStarted,
 )
 from events.nodes import NodeLost
-from events.subjects import encode_token
+from events.records import TenantQueue
+from events.subjects import encode_token, job_id_of
+from projections.job_state import JobState, evolve
+from services.jobs.admission import FairQueue
+from services.jobs.decide import NodeView, decide, view_of
+from services.jobs.work import dispatches_in, task_request
 from services.orchestrator.dead_letters import DeadLetters
-from services.orchestrator.decide import Mesh, decide
-from services.orchestrator.scheduler import FairQueue, TenantQueue
-from services.orchestrator.state import JobState, evolve
-from services.orchestrator.work import dispatches_in, task_request
 from services.registry.live import LiveNodes
 from services.registry.select import Need
 from services.settings import Settings
@@ -51,11 +52,6 @@ tracer = trace.get_tracer("dim.orchestrator")
 _MAX_ACTIVE = 200_000
 _MAX_FINISHED = 100_000
 _DOOR_GRACE_S = 1.0  # a gateway sends the work of its plans at once; orchestrators after this
-
-
-def job_key(subject: str) -> str:
-    """The job id of a JOBS message, from its subject ``NS.jobs.<job_id>.<type>``."""
-    return subject.split(".", 3)[2]
 
 
 class Orchestrator:
@@ -82,9 +78,10 @@ class Orchestrator:
         self._published: dict[str, int] = {}  # tenant -> held jobs last written to the bucket
 
     @property
-    def mesh(self) -> Mesh:
+    def mesh(self) -> NodeView:
         """The node view `decide` consults."""
-        return self.nodes.mesh(
+        return view_of(
+            self.nodes,
             admit=lambda state, task: self.fair.admit(
                 task.model, state.tenant, state.priority, state.job_id
             ),
@@ -122,7 +119,7 @@ class Orchestrator:
         dead = asyncio.create_task(self.dead_letters.run(stop))
         try:
             await run_ordered(
-                self.bus, self.consumer(), self.handle, key=job_key, seen=self.seen, stop=stop
+                self.bus, self.consumer(), self.handle, key=job_id_of, seen=self.seen, stop=stop
             )
         finally:
             ticker.cancel()
@@ -153,12 +150,12 @@ class Orchestrator:
             "orchestrator.advance", context=parent, kind=trace.SpanKind.CONSUMER
         ) as span:
             if span.is_recording():  # no attribute work on the hot path when nothing records
-                span.set_attribute("dim.job_id", job_key(group[0].subject))
+                span.set_attribute("dim.job_id", job_id_of(group[0].subject))
                 span.set_attribute("dim.events", [d.envelope.type for d in group])
             await self._handle(group)
 
     async def _handle(self, group: list[Delivery]) -> None:
-        job_id = job_key(group[0].subject)
+        job_id = job_id_of(group[0].subject)
         if job_id in self.finished:
             return
         state = self.active.get(job_id)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 from events.bus import Bus
+from events.records import NodeRecord
 from events.watched import WatchedBucket
-from services.orchestrator.decide import Mesh
-from services.orchestrator.state import JobState, TaskState
-from services.registry.records import NodeRecord
-from services.registry.select import Need, Pool
+from services.registry.select import Pool
 
 # A live list this recent is reused: every request asks several times, heartbeats are seconds
 # apart, and a record changing in the bucket drops it at once.
@@ -34,24 +31,6 @@ class LiveNodes(WatchedBucket[NodeRecord]):
             self.pool.remove(key)
         elif item.draining or not self.gone(key):
             self.pool.update(item)  # a draining node leaves selection
-
-    def mesh(
-        self,
-        *,
-        admit: Callable[[JobState, TaskState], bool],
-        pick: Callable[[Need], str | None],
-    ) -> Mesh:
-        """This view as `decide` consults it, with the caller's admission and node choice."""
-        pool = self.pool
-        return Mesh(
-            serves=lambda model: bool(self.serving(model)),
-            node_live=lambda node: node in pool.records,
-            live_models=self.live_models,
-            node_gone=self.gone,
-            known=self.known,
-            admit=admit,
-            pick=pick,
-        )
 
     def waiting(self, model: str) -> int:
         """Tasks waiting on `model`'s shared subject, as its live nodes last reported (they all

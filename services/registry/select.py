@@ -21,7 +21,7 @@ from datetime import datetime
 from itertools import accumulate
 
 from events.patterns import Strategy
-from services.registry.records import NodeRecord
+from events.records import NodeRecord
 
 VNODES = 40  # points per node on the hash ring
 BOUND = 1.25  # affinity: a node takes at most BOUND x its fair share of the load

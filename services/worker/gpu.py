@@ -10,22 +10,11 @@ import ctypes
 import logging
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from events.records import GpuFact
 
 log = logging.getLogger(__name__)
 
 _LIBRARIES = ("libnvidia-ml.so.1", "libnvidia-ml.so", "nvml.dll")
-
-
-class GpuFact(BaseModel):
-    """One GPU as a node advertises it."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    index: int
-    name: str
-    memory_total_mib: int
-    memory_free_mib: int
 
 
 class _Memory(ctypes.Structure):

@@ -30,6 +30,7 @@ from events.consume import ConsumerSpec, Delivery, Reject, run_pool
 from events.envelope import Envelope
 from events.errors import EngineError, WrongLastSequence, while_unavailable
 from events.inference import FinishReason, Usage
+from events.job_log import history
 from events.jobs import (
     FailureKind,
     JobCancelled,
@@ -39,16 +40,16 @@ from events.jobs import (
     TaskStarted,
 )
 from events.nodes import NodeJoined, NodeLeft
-from events.subjects import encode_token
+from events.records import NodeRecord
+from events.subjects import encode_token, job_id_of
 from events.work import TaskRequested, TokensProduced
 from projections.job_status import fold
-from services.client import Partial, history, partial_output
 from services.engines.protocol import Engine, GenerationRequest, estimate_tokens
 from services.metrics import WorkerMetrics, observe_per_token
-from services.registry.records import NodeRecord
 from services.settings import Settings
 from services.worker.coalesce import Coalescer, Piece
 from services.worker.gpu import gpu_facts
+from services.worker.resume import Partial, partial_output
 
 log = logging.getLogger(__name__)
 _ENDED_MEMORY = 100_000  # job ids remembered as ended, newest kept
@@ -594,7 +595,7 @@ class Worker:
         )
 
     async def _on_end(self, msg: Msg) -> None:
-        job_id = msg.subject.split(".")[2]
+        job_id = job_id_of(msg.subject)
         self._ended[job_id] = None
         if len(self._ended) > _ENDED_MEMORY:
             self._ended.popitem(last=False)

@@ -13,9 +13,9 @@ from litestar.params import JSONBody
 
 from events.inference import Prompt
 from gateway.protocol import ChatCompletionRequest
+from services.cpu_policy import use_batch_policy
 from services.engines.protocol import GenerationRequest
 from services.engines.simulated import SimulatedEngine
-from services.scheduling import use_batch_policy
 from services.settings import Settings
 
 ENGINE = SimulatedEngine(("sim-small",), ttft_ms=0, tokens_per_s=0)

@@ -24,9 +24,9 @@ from events.bus import Bus
 from events.envelope import decode
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
+from events.job_log import submit
 from events.work import TokensProduced
 from gateway.completions import cancel_job
-from services.client import submit
 from services.process import ensure_topology
 from services.settings import Settings
 from services.up import child_env

@@ -39,8 +39,8 @@ from events.envelope import Envelope
 from events.history import read_events
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
+from events.job_log import submit
 from events.jobs import JobSubmitted
-from services.client import submit
 from services.nats_server import EmbeddedNats
 from services.process import ensure_topology
 from services.settings import Settings

@@ -17,7 +17,7 @@ import statistics
 import time
 from datetime import UTC, datetime
 
-from services.registry.records import NodeRecord
+from events.records import NodeRecord
 from services.registry.select import Need, Pool
 
 MODELS = ("llama-8b", "llama-70b", "qwen-7b", "mistral-7b")

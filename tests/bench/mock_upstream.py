@@ -23,8 +23,8 @@ from typing import Any, cast
 
 import httptools
 
+from services.cpu_policy import use_batch_policy
 from services.process import run
-from services.scheduling import use_batch_policy
 from services.settings import Settings
 
 WORDS = (" the", " mesh", " streams", " tokens", " from", " every", " node", " to", " the", " door")

@@ -149,7 +149,7 @@ def _descendants(pid: int) -> list[int]:
     reason="Linux scheduling policies, read from /proc",
 )
 def test_every_process_dim_up_starts_runs_under_the_batch_policy(system: System) -> None:
-    """services/scheduling.py: no process of the mesh preempts another when a message wakes it."""
+    """services/cpu_policy.py: no process of the mesh preempts another when a message wakes it."""
     commands = {}
     for pid in [system.pid, *_descendants(system.pid)]:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()

@@ -17,9 +17,9 @@ from events.envelope import Envelope
 from events.jobs import TaskCompleted, TaskStarted
 from events.work import TokensProduced
 from gateway.keys import create_key
-from services.client import partial_output
 from services.nats_server import free_port
 from services.settings import Settings
+from services.worker.resume import partial_output
 from tests.mesh import Mesh, job_events, mesh, spawn, wait_terminal, wait_until
 
 

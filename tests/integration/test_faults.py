@@ -19,13 +19,13 @@ from events.consume import ConsumerSpec, Delivery, run_ordered, run_pool
 from events.envelope import Envelope
 from events.history import read_events
 from events.inference import Prompt
+from events.job_log import JobEnds
 from events.jobs import JobCancelled, JobSubmitted
 from events.subjects import Names
 from events.topology import provision, topology
 from events.watched import WatchedBucket
 from gateway.app import create_app
 from gateway.keys import create_key
-from services.client import JobEnds
 from services.nats_server import EmbeddedNats
 from services.orchestrator.runner import Orchestrator
 from services.process import ensure_topology

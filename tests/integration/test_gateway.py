@@ -12,11 +12,11 @@ from litestar.testing import AsyncTestClient
 
 from events.bus import Bus
 from events.inference import Prompt
+from events.job_log import submit
 from events.jobs import JobCompleted
 from gateway.app import create_app
 from gateway.completions import cancel_job
 from gateway.keys import create_key, revoke_key
-from services.client import submit
 from services.nats_server import free_port
 from services.settings import Settings
 from tests.mesh import job_events, mesh, spawn, wait_terminal, wait_until

@@ -16,6 +16,7 @@ from events.envelope import Envelope, decode
 from events.history import read_events
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
+from events.job_log import JobFollower, append_submitted, submit, submit_event
 from events.jobs import (
     JobCompleted,
     JobSubmitted,
@@ -23,15 +24,15 @@ from events.jobs import (
     TaskFailed,
     TaskStarted,
 )
+from events.text import TextAssembler
 from events.work import TaskRequested, TokensProduced
+from projections.job_state import evolve
 from projections.job_status import decode_view
-from projections.projector import rebuild
-from services.client import JobFollower, TextAssembler, append_submitted, submit, submit_event
 from services.engines.simulated import SimulatedEngine, simulated_tokens
-from services.orchestrator.decide import Mesh, plan_at_door
+from services.jobs.decide import NodeView, plan_at_door
+from services.jobs.work import dispatches_in, task_request
 from services.orchestrator.runner import Orchestrator
-from services.orchestrator.state import evolve
-from services.orchestrator.work import dispatches_in, task_request
+from services.projector import rebuild
 from services.settings import Settings
 from services.worker.runner import Worker
 from tests.mesh import Service, job_events, mesh, spawn, wait_terminal, wait_until
@@ -389,9 +390,9 @@ async def test_events_over_the_message_limit_travel_through_the_payloads_store(
     bus: Bus, settings: Settings
 ) -> None:
     from events.bus import PAYLOAD_REF_HEADER
+    from events.job_log import submit_event
     from events.jobs import JobSubmitted
     from events.patterns import Collaborative
-    from services.client import submit_event
 
     inputs = tuple(Prompt(text=f"{i} " + "word " * 40_000) for i in range(3))  # ~200 KB each
     async with mesh(settings) as m:
@@ -451,9 +452,9 @@ async def test_a_node_reserved_for_a_tenant_serves_only_that_tenant(
 
 
 async def test_queued_tasks_of_an_ended_job_never_run(bus: Bus, settings: Settings) -> None:
+    from events.job_log import submit_event
     from events.jobs import JobSubmitted
     from gateway.completions import cancel_job
-    from services.client import submit_event
 
     async with mesh(settings) as m:
         o = await m.orchestrator()
@@ -609,7 +610,7 @@ def _planned_at_door(bus: Bus) -> JobSubmitted:
     job = JobSubmitted(job_id=new_id(), model="sim-small", prompt=Prompt(text="door"))
     state = evolve(None, Envelope(job, actor="test"), 0)
     assert state is not None
-    anything = Mesh(serves=lambda _: True, node_live=lambda _: True, live_models=set)
+    anything = NodeView(serves=lambda _: True, node_live=lambda _: True, live_models=set)
     planned = plan_at_door(state, state.created_at, anything, bus.names, dispatch_timeout_s=5)
     assert planned is not None
     return job.model_copy(update={"plan": planned})

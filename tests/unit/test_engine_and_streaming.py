@@ -8,7 +8,7 @@ import pytest
 
 from events.errors import EngineError
 from events.inference import Prompt, SamplingParams
-from services.client import TextAssembler
+from events.text import TextAssembler
 from services.engines.protocol import Chunk, Engine, GenerationRequest
 from services.engines.simulated import SimulatedEngine, count_tokens
 from services.engines.stops import StopMatcher

@@ -19,15 +19,15 @@ from events.jobs import (
 )
 from events.patterns import RetryPolicy
 from events.subjects import Names
-from services.orchestrator.decide import Mesh, decide
-from services.orchestrator.state import JobState, evolve
+from projections.job_state import JobState, evolve
+from services.jobs.decide import NodeView, decide
 
 NAMES = Names("t")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-SERVING = Mesh(
+SERVING = NodeView(
     serves=lambda m: m == "m", node_live=lambda n: n == "gpu-1", live_models=lambda: {"m"}
 )
-NOBODY = Mesh(serves=lambda m: False, node_live=lambda n: False, live_models=set)
+NOBODY = NodeView(serves=lambda m: False, node_live=lambda n: False, live_models=set)
 
 
 class Log:
@@ -46,11 +46,11 @@ class Log:
             self.at += timedelta(milliseconds=10)
             self.state = evolve(self.state, Envelope(event, actor="t", at=self.at), self.seq)
 
-    def decide(self, mesh: Mesh = SERVING, now: datetime | None = None) -> list[Event]:
+    def decide(self, mesh: NodeView = SERVING, now: datetime | None = None) -> list[Event]:
         assert self.state is not None
         return decide(self.state, now or self.at, mesh, NAMES, dispatch_timeout_s=5)
 
-    def run_decisions(self, mesh: Mesh = SERVING) -> list[Event]:
+    def run_decisions(self, mesh: NodeView = SERVING) -> list[Event]:
         out = self.decide(mesh)
         self.append(*out)
         return out
@@ -192,7 +192,7 @@ def test_pinned_jobs_go_to_the_node_subject_while_it_is_live() -> None:
     (dispatched,) = planned.dispatched  # type: ignore[attr-defined]
     assert isinstance(dispatched, TaskDispatched)
     assert dispatched.subject == "t.tasks.node.gpu-1"
-    gone = Mesh(serves=lambda m: True, node_live=lambda n: False, live_models=lambda: {"m"})
+    gone = NodeView(serves=lambda m: True, node_live=lambda n: False, live_models=lambda: {"m"})
     _, fallback = Log(node_id="gpu-1").decide(gone)
     assert isinstance(fallback, TaskDispatched)
     assert fallback.subject == "t.tasks.model.m"
@@ -289,7 +289,7 @@ def test_a_job_past_its_deadline_fails_as_timed_out() -> None:
 
 
 def test_a_known_model_whose_nodes_are_away_waits_for_them_an_unknown_one_fails_at_once() -> None:
-    away = Mesh(
+    away = NodeView(
         serves=lambda m: False,
         node_live=lambda n: False,
         live_models=set,
@@ -300,6 +300,6 @@ def test_a_known_model_whose_nodes_are_away_waits_for_them_an_unknown_one_fails_
     (failed,) = log.decide(away, now=T0 + timedelta(seconds=6))
     assert isinstance(failed, JobFailed) and failed.code == "model_not_served"
     assert "for 5s" in failed.reason
-    nobody = Mesh(serves=lambda m: False, node_live=lambda n: False, live_models=set)
+    nobody = NodeView(serves=lambda m: False, node_live=lambda n: False, live_models=set)
     (typo,) = Log().decide(nobody)  # no node has ever served it
     assert isinstance(typo, JobFailed) and typo.code == "model_not_served"

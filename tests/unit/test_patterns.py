@@ -33,11 +33,11 @@ from events.patterns import (
     Step,
 )
 from events.subjects import Names
-from services.orchestrator import consensus
-from services.orchestrator.decide import Mesh, decide
-from services.orchestrator.patterns import split, validate
-from services.orchestrator.state import JobState, evolve
-from services.orchestrator.templates import TemplateError, references, render
+from projections.job_state import JobState, evolve
+from services.jobs import consensus
+from services.jobs.decide import NodeView, decide
+from services.jobs.patterns import split, validate
+from services.jobs.templates import TemplateError, references, render
 from services.registry.select import SHARED, Need
 
 NAMES = Names("t")
@@ -49,13 +49,13 @@ def _mesh(
     live: tuple[str, ...] = ("a", "b"),
     gone: tuple[str, ...] = (),
     picks: list[Need] | None = None,
-) -> Mesh:
+) -> NodeView:
     def choose(need: Need) -> str | None:
         if picks is not None:
             picks.append(need)
         return pick
 
-    return Mesh(
+    return NodeView(
         serves=lambda model: True,
         node_live=lambda n: n in live,
         live_models=lambda: {"m"},
@@ -86,7 +86,7 @@ class Log:
             self.at += timedelta(milliseconds=10)
             self.state = evolve(self.state, Envelope(e, actor="t", at=self.at), self.seq)
 
-    def step(self, mesh: Mesh | None = None, now: datetime | None = None) -> list[Event]:
+    def step(self, mesh: NodeView | None = None, now: datetime | None = None) -> list[Event]:
         assert self.state is not None
         out = decide(self.state, now or self.at, mesh or _mesh(), NAMES, dispatch_timeout_s=5)
         self.append(*out)

@@ -12,19 +12,18 @@ from events.envelope import Envelope
 from events.inference import Prompt, SamplingParams
 from events.jobs import JobPlanned, JobSubmitted
 from events.patterns import Candidate, Chained, Comparative, Routing, Step
+from events.records import NodeRecord, TenantQueue
 from events.subjects import Names
 from events.watched import WatchedBucket
 from gateway.preplan import MAX_PROMPT_CHARS, Preplanner
-from services.orchestrator.decide import Mesh, decide, plan_at_door
-from services.orchestrator.scheduler import TenantQueue
-from services.orchestrator.state import evolve
+from projections.job_state import evolve
+from services.jobs.decide import NodeView, decide, plan_at_door
 from services.registry.live import LiveNodes
-from services.registry.records import NodeRecord
 from services.registry.select import SHARED
 
 NAMES = Names("t")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-SERVING = Mesh(  # as the node pool picks: a node only when the task's needs say choose one
+SERVING = NodeView(  # as the node pool picks: a node only when the task's needs say choose one
     serves=lambda m: m in ("m", "n"),
     node_live=lambda n: n == "gpu-1",
     live_models=lambda: {"m", "n"},
@@ -38,7 +37,7 @@ def _job(**fields: object) -> JobSubmitted:
     return JobSubmitted(model="m", **fields)  # type: ignore[arg-type]
 
 
-def _door(job: JobSubmitted, mesh: Mesh = SERVING) -> JobPlanned | None:
+def _door(job: JobSubmitted, mesh: NodeView = SERVING) -> JobPlanned | None:
     state = evolve(None, Envelope(job, actor="t", at=T0), 1)
     assert state is not None
     return plan_at_door(state, T0, mesh, NAMES, dispatch_timeout_s=5)
@@ -92,7 +91,7 @@ def test_comparative_candidates_all_start_at_once_so_it_is_planned_too() -> None
         (
             "no room for it now",
             _job(),
-            Mesh(
+            NodeView(
                 serves=lambda m: True,
                 node_live=lambda n: True,
                 live_models=lambda: {"m"},
@@ -102,11 +101,13 @@ def test_comparative_candidates_all_start_at_once_so_it_is_planned_too() -> None
         (
             "no live node serves the model",
             _job(),
-            Mesh(serves=lambda m: False, node_live=lambda n: False, live_models=set),
+            NodeView(serves=lambda m: False, node_live=lambda n: False, live_models=set),
         ),
     ],
 )
-def test_anything_else_is_left_to_an_orchestrator(why: str, job: JobSubmitted, mesh: Mesh) -> None:
+def test_anything_else_is_left_to_an_orchestrator(
+    why: str, job: JobSubmitted, mesh: NodeView
+) -> None:
     assert _door(job, mesh) is None, why
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.orchestrator.scheduler import FairQueue
+from services.jobs.admission import FairQueue
 
 
 def test_below_the_depth_everything_goes_at_once() -> None:

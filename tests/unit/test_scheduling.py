@@ -1,4 +1,4 @@
-"""The CPU policy dim's processes run under (services/scheduling.py)."""
+"""The CPU policy dim's processes run under (services/cpu_policy.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from services.scheduling import children_in_batch_policy
+from services.cpu_policy import children_in_batch_policy
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
 
@@ -20,7 +20,7 @@ def _in_a_fresh_process(code: str) -> str:
         [
             sys.executable,
             "-c",
-            f"import os\nfrom services.scheduling import use_batch_policy\n{code}",
+            f"import os\nfrom services.cpu_policy import use_batch_policy\n{code}",
         ],
         capture_output=True,
         text=True,

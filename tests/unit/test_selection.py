@@ -8,9 +8,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.registry.records import NodeRecord
+from events.records import GpuFact, NodeRecord
 from services.registry.select import SHARED, Need, Pool, Ring, capacity_weighted, eligible
-from services.worker.gpu import GpuFact
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

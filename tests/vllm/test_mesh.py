@@ -20,10 +20,10 @@ import pytest_asyncio
 
 from events.bus import Bus
 from events.jobs import TaskCompleted, TaskStarted
+from events.records import NodeRecord
 from gateway.keys import create_key
 from services.nats_server import free_port
 from services.process import ensure_topology
-from services.registry.records import NodeRecord
 from services.settings import Settings
 from tests.mesh import all_of, job_events, serving, spawn, wait_ready, wait_terminal, wait_until
 from tests.vllm.support import CHAT, LONG, MODEL, hang_up_mid_stream, vllm_metric, vllm_settings

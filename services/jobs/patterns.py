@@ -5,7 +5,7 @@ the job's result is once every task has finished.
 - collaborative: one `shard` task per input, then (aggregate=reduce) one `reduce` task over the
   shards' outputs; concat joins the outputs in input order.
 - comparative: one `candidate` task per model on the same prompt, then (consensus=judge) one
-  `judge` task; consensus by `services.orchestrator.consensus`.
+  `judge` task; consensus by `services.jobs.consensus`.
 - chained: one `step` task per step, each after the previous one, its prompt rendered from the
   input and earlier outputs.
 """
@@ -17,9 +17,9 @@ from collections.abc import Callable
 from events.inference import Prompt, Usage
 from events.jobs import Choice, JobCompleted, JobFailed, JobPlanned, JobSubmitted, Part, TaskSpec
 from events.patterns import Split
-from services.orchestrator import consensus
-from services.orchestrator.state import JobState, TaskState
-from services.orchestrator.templates import check, render
+from projections.job_state import JobState, TaskState
+from services.jobs import consensus
+from services.jobs.templates import check, render
 
 
 def task_id(job_id: str, index: int) -> str:

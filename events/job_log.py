@@ -1,4 +1,6 @@
-"""Submitting jobs and following them over NATS: what `dim submit` and the gateway build on."""
+"""A job's log, read and written as a client: appending `job.submitted`, how a job ended, its
+events in order, and following its tokens and end live (what `dim submit`, the gateway and the
+worker build on)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -18,7 +19,7 @@ from events.envelope import Envelope, decode
 from events.errors import EventDecodeError, transient
 from events.history import read_events
 from events.ids import new_id
-from events.inference import FinishReason, Prompt, SamplingParams
+from events.inference import Prompt, SamplingParams
 from events.jobs import (
     TERMINAL_TYPES,
     JobCancelled,
@@ -27,6 +28,7 @@ from events.jobs import (
     JobSubmitted,
     TaskCompleted,
 )
+from events.subjects import job_event_of
 from events.work import TokensProduced
 
 log = logging.getLogger(__name__)
@@ -77,35 +79,6 @@ async def append_submitted(bus: Bus, event: JobSubmitted) -> tuple[Envelope, int
     return envelope, ack.seq
 
 
-@dataclass(slots=True)
-class TextAssembler:
-    """Joins token chunks into the output, by offset: repeats are dropped, gaps wait.
-
-    A task redelivered to another worker streams again from offset 0; only text past what the
-    reader already has is new.
-    """
-
-    text: str = ""
-    _early: dict[int, str] = field(default_factory=dict)
-
-    def add(self, offset: int, chunk: str) -> str:
-        """Take a chunk; returns the text it adds (possibly with earlier-held chunks)."""
-        if offset > len(self.text):
-            self._early[offset] = chunk
-            return ""
-        new = chunk[len(self.text) - offset :]
-        self.text += new
-        while self._early:
-            ready = [o for o in self._early if o <= len(self.text)]
-            if not ready:
-                break
-            for o in sorted(ready):
-                piece = self._early.pop(o)[len(self.text) - o :]
-                self.text += piece
-                new += piece
-        return new
-
-
 async def terminal_from_log(bus: Bus, job_id: str) -> Envelope | None:
     """The job's terminal event from the log, if it has ended; None also while NATS does not
     answer (a reader looks again later: its own deadline bounds the wait)."""
@@ -122,43 +95,6 @@ async def terminal_from_log(bus: Bus, job_id: str) -> Envelope | None:
             return None
         return decode(await bus.body(msg.data or b"", msg.headers))
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class Partial:
-    """What earlier attempts of a task streamed: the contiguous text from the start, its
-    tokens, and the finish reason if the stream reached its end. `token_ids` are the text's
-    exact tokens when every chunk that made it up carried them (else None)."""
-
-    text: str = ""
-    tokens: int = 0
-    finish_reason: FinishReason | None = None
-    token_ids: tuple[int, ...] | None = None
-
-
-async def partial_output(bus: Bus, job_id: str, task_id: str) -> Partial:
-    """The task's output so far, from its token chunks (every attempt; offsets line them up)."""
-    text, tokens, finish = TextAssembler(), 0, None
-    ids: list[int] | None = []
-    async for _, envelope in read_events(bus, bus.names.tokens_stream, bus.names.tokens(job_id)):
-        chunk = envelope.data
-        if not isinstance(chunk, TokensProduced) or chunk.task_id != task_id:
-            continue
-        in_order = chunk.offset == len(text.text)
-        new = text.add(chunk.offset, chunk.text)
-        if new and chunk.text:
-            tokens += round(chunk.tokens * len(new) / len(chunk.text))
-            if ids is not None:
-                # ids line up with the text only while each chunk is taken whole and alone, in
-                # order (not part of one, nor with chunks held back for a gap): else use text
-                if in_order and new == chunk.text and chunk.token_ids:
-                    ids.extend(chunk.token_ids)
-                else:
-                    ids = None
-        if chunk.finish_reason is not None and chunk.offset + len(chunk.text) <= len(text.text):
-            finish = chunk.finish_reason
-    exact = tuple(ids) if ids is not None and text.text else None
-    return Partial(text.text, len(exact) if exact is not None else tokens, finish, exact)
 
 
 class JobEnds:
@@ -226,7 +162,7 @@ class JobEnds:
                 await sub.unsubscribe()
 
     async def _on(self, msg: Msg) -> None:
-        _, _, job_id, event_type = msg.subject.split(".", 3)
+        job_id, event_type = job_event_of(msg.subject)
         if self.on_end is not None:
             self.on_end(job_id, event_type)
         future = self._waiting.get(job_id)

@@ -1,4 +1,5 @@
-"""The node record a worker keeps in the nodes bucket while it is alive."""
+"""The values of the key-value buckets, part of the contract: the node record a worker keeps in
+the nodes bucket while it is alive (with its GPU facts), and a tenant's line in the queues bucket."""
 
 from __future__ import annotations
 
@@ -6,7 +7,25 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
 
-from services.worker.gpu import GpuFact
+
+class GpuFact(BaseModel):
+    """One GPU as a node advertises it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    index: int
+    name: str
+    memory_total_mib: int
+    memory_free_mib: int
+
+
+class TenantQueue(BaseModel):
+    """What the queues bucket says of one tenant: its jobs held for capacity."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str
+    held: int
 
 
 class NodeRecord(BaseModel):

@@ -3,7 +3,7 @@
 `decide` is re-run after every event and on a timer; it looks only at state, so running it
 twice, or on two orchestrator instances, proposes the same events, and the optimistic append
 lets exactly one of them land. The pattern-specific parts (plan, prompts, result) are in
-`services.orchestrator.patterns`; this module moves tasks through their lives:
+`services.jobs.patterns`; this module moves tasks through their lives:
 
 planned -> (its `after` tasks final) dispatched to a node or the model's shared subject ->
 running -> completed | failed -> (attempts left) dispatched again, avoiding the nodes that failed
@@ -23,17 +23,19 @@ from events.envelope import Envelope, Event
 from events.inference import Prompt
 from events.jobs import JobFailed, JobPlanned, TaskDispatched, TaskFailed, TaskRerouted
 from events.subjects import Names
-from services.orchestrator.patterns import describe, finish, models_of, plan, prompt_for, tolerated
-from services.orchestrator.state import JobState, TaskState, evolve
-from services.orchestrator.templates import TemplateError
+from projections.job_state import JobState, TaskState, evolve
+from services.jobs.patterns import describe, finish, models_of, plan, prompt_for, tolerated
+from services.jobs.templates import TemplateError
+from services.registry.live import LiveNodes
 from services.registry.select import SHARED, Need
 
 AFFINITY_PREFIX = 256  # characters of the prompt that key prefix affinity
 
 
 @dataclass(frozen=True, slots=True)
-class Mesh:
-    """What the orchestrator knows of the nodes when it decides."""
+class NodeView:
+    """What the decider knows of the nodes: the live view's answers, and the caller's admission
+    (fair queue) and node choice."""
 
     serves: Callable[[str], bool]
     node_live: Callable[[str], bool]
@@ -44,7 +46,26 @@ class Mesh:
     pick: Callable[[Need], str | None] = lambda _: SHARED  # node id, SHARED, None: none eligible
 
 
-def _no_node(model: str, mesh: Mesh) -> str:
+def view_of(
+    nodes: LiveNodes,
+    *,
+    admit: Callable[[JobState, TaskState], bool],
+    pick: Callable[[Need], str | None],
+) -> NodeView:
+    """The live nodes as `decide` consults them, with the caller's admission and node choice."""
+    pool = nodes.pool
+    return NodeView(
+        serves=lambda model: bool(nodes.serving(model)),
+        node_live=lambda node: node in pool.records,
+        live_models=nodes.live_models,
+        node_gone=nodes.gone,
+        known=nodes.known,
+        admit=admit,
+        pick=pick,
+    )
+
+
+def _no_node(model: str, mesh: NodeView) -> str:
     live = sorted(mesh.live_models())
     serving = ", ".join(live) if live else "none"
     return f"no live node serves model {model!r} (live models: {serving})"
@@ -96,7 +117,7 @@ def need_of(state: JobState, task: TaskState, prompt: Prompt | None = None) -> N
 
 
 def _dispatch(
-    state: JobState, task: TaskState, attempt: int, mesh: Mesh, names: Names
+    state: JobState, task: TaskState, attempt: int, mesh: NodeView, names: Names
 ) -> Event | None:
     """The dispatch of `attempt`, or None while no eligible node is live (it waits)."""
     prompt = prompt_for(state, task)
@@ -153,7 +174,7 @@ def _rerouted(
 def decide(
     state: JobState,
     now: datetime,
-    mesh: Mesh,
+    mesh: NodeView,
     names: Names,
     *,
     dispatch_timeout_s: float,
@@ -278,7 +299,7 @@ def decide(
 
 
 def plan_at_door(
-    state: JobState, now: datetime, mesh: Mesh, names: Names, *, dispatch_timeout_s: float
+    state: JobState, now: datetime, mesh: NodeView, names: Names, *, dispatch_timeout_s: float
 ) -> JobPlanned | None:
     """The plan of a job not yet submitted (`state`: its `job.submitted` folded) when every one
     of its tasks can go to its model's shared subject now; None when an orchestrator must plan
@@ -302,7 +323,7 @@ def _place(
     attempt: int,
     since: datetime,
     now: datetime,
-    mesh: Mesh,
+    mesh: NodeView,
     names: Names,
     dispatch_timeout_s: float,
 ) -> Event | None:

@@ -13,17 +13,6 @@ from __future__ import annotations
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict
-
-
-class TenantQueue(BaseModel):
-    """What the queues bucket says of one tenant: its jobs held for capacity."""
-
-    model_config = ConfigDict(frozen=True)
-
-    tenant: str
-    held: int
-
 
 @dataclass(slots=True)
 class FairQueue:

@@ -21,10 +21,10 @@ from events.consume import ConsumerSpec, Delivery, run_ordered
 from events.errors import while_unavailable
 from events.history import read_events
 from events.jobs import JobCompleted, JobSubmitted
+from events.subjects import job_id_of
+from projections.job_state import JobState
 from projections.job_status import apply, decode_view, encode_view, fold
 from projections.usage import TenantUsage, add, day_of, usage_key
-from services.orchestrator.runner import job_key
-from services.orchestrator.state import JobState
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class JobStatusProjector:
             self.bus,
             self.consumer(),
             self.handle,
-            key=job_key,
+            key=job_id_of,
             seen=self.seen,
             stop=stop,
             max_batch=1024,
@@ -82,7 +82,7 @@ class JobStatusProjector:
 
     async def handle(self, group: list[Delivery]) -> None:
         """Apply one job's new events and write its view once."""
-        job_id = job_key(group[0].subject)
+        job_id = job_id_of(group[0].subject)
         kv = await self.kv()
         # A job's first event is always job.submitted (appended with expected sequence 0),
         # so a group that starts with it is a new job: no view to read.

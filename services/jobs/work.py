@@ -7,7 +7,7 @@ from __future__ import annotations
 from events.envelope import Envelope
 from events.jobs import JobPlanned, JobSubmitted, TaskDispatched, TaskSpec
 from events.work import TaskRequested
-from services.orchestrator.state import JobState
+from projections.job_state import JobState
 
 _SPEC_FIELDS = tuple(
     f for f in TaskSpec.model_fields if f not in ("node_id", "tenant", "after", "template")
