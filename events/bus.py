@@ -22,14 +22,18 @@ from dataclasses import dataclass, field
 import nats
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg as Message
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.api import PubAck, RawStreamMsg
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from nats.js.object_store import ObjectStore
 from opentelemetry import propagate
 
 from events.envelope import Envelope
 from events.errors import ConnectError, PublishError, Unavailable, WrongLastSequence
+from events.kv import Bucket
+from events.retry import PUBLISH
 from events.subjects import Names
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,7 @@ class Bus:
     publish_retries: int = 3
     inline_max: int = 256 * 1024  # larger encoded events go to the payloads object store
     _payloads: ObjectStore | None = None  # opened on first use, then kept
+    _buckets: dict[str, Bucket] = field(default_factory=dict)  # opened on first use, then kept
 
     @classmethod
     async def connect(
@@ -144,6 +149,50 @@ class Bus:
             self._payloads = await self.js.object_store(self.names.bucket("payloads"))
         return self._payloads
 
+    async def bucket(self, name: str) -> Bucket:
+        """The namespace's key-value bucket `name` (e.g. "jobs"), opened once."""
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            bucket = Bucket(await self.js.key_value(self.names.bucket(name)))
+            self._buckets[name] = bucket
+        return bucket
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up now (it reconnects by itself)."""
+        return bool(self.nc.is_connected)
+
+    async def stream_exists(self, name: str) -> bool:
+        """Whether the stream `name` exists."""
+        try:
+            await self.js.stream_info(name)
+        except NotFoundError:
+            return False
+        return True
+
+    async def backlog(self, stream: str, durable: str) -> tuple[int, int] | None:
+        """A consumer's (messages not yet delivered, delivered and not yet acked); None if the
+        consumer does not exist."""
+        try:
+            info = await self.js.consumer_info(stream, durable)
+        except NotFoundError:
+            return None
+        return info.num_pending or 0, info.num_ack_pending or 0
+
+    async def subscribe(
+        self, subject: str, cb: Callable[[Message], Awaitable[None]]
+    ) -> Subscription:
+        """A plain (core NATS) subscription calling `cb` per message; unsubscribe when done."""
+        return await self.nc.subscribe(subject, cb=cb)
+
+    async def stored(self, stream: str, seq: int) -> RawStreamMsg:
+        """The message stored in `stream` at `seq`."""
+        return await self.js.get_msg(stream, seq)
+
+    async def delete_stored(self, stream: str, seq: int) -> None:
+        """Remove the message at `seq` from `stream`."""
+        await self.js.delete_msg(stream, seq)
+
     async def close(self) -> None:
         """Flush what is buffered and close the connection."""
         if not self.nc.is_closed:
@@ -172,7 +221,6 @@ class Bus:
             if expected_last_subject is not None:
                 headers[EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = expected_last_subject
         payload = await self._outbound(envelope, headers)
-        delay = 0.1
         for attempt in range(self.publish_retries + 1):
             try:
                 return await self.js.publish(
@@ -196,8 +244,7 @@ class Bus:
                 raise Unavailable(f"connection closed while publishing {subject}") from exc
             if attempt < self.publish_retries:
                 log.warning("publish %s (%s) retry %d: %r", subject, envelope.id, attempt + 1, last)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await asyncio.sleep(PUBLISH.delay(attempt + 1))
         raise Unavailable(
             f"no JetStream ack for {subject} after {self.publish_retries + 1} tries: {last!r}"
         )

@@ -42,6 +42,7 @@ from nats.js.errors import NotFoundError
 from events.bus import Bus
 from events.envelope import Envelope, decode
 from events.errors import DimError, EventDecodeError, transient, while_unavailable
+from events.retry import LANE, REDELIVERY
 from events.work import MessageRejected
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class Delivery:
 
 
 def _backoff(deliveries: int) -> float:
-    return float(min(0.5 * 2 ** (deliveries - 1), 30.0))
+    return REDELIVERY.delay(deliveries)
 
 
 class _Puller:
@@ -508,7 +509,7 @@ async def run_ordered(
     seen: Callable[[str, int], bool] | None = None,
     max_batch: int = 256,
     linger_s: float = 0.0,
-    attempts: int = 5,
+    attempts: int | None = None,
 ) -> None:
     """Handle what has arrived in lanes: one group per key, in stream order within the group.
 
@@ -523,6 +524,7 @@ async def run_ordered(
     queue: asyncio.Queue[tuple[_Puller, Msg]] = asyncio.Queue()
     puller = _Puller(bus, spec, queue)
     settler = _Settler(bus, spec)
+    policy = LANE if attempts is None else LANE.with_tries(attempts)
     await puller.start(stop, in_order=True)
 
     async def lane(group: list[Delivery]) -> bool:
@@ -545,9 +547,9 @@ async def run_ordered(
                 log.warning("%s: group failed (try %d): %r", spec.durable, attempt, exc)
                 if stop.is_set() or isinstance(exc, Reject):
                     break
-                if attempt >= attempts and not transient(exc):
+                if not policy.more(attempt) and not transient(exc):
                     break
-                await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+                await asyncio.sleep(policy.delay(attempt))
                 for d in group:
                     with contextlib.suppress(Exception):
                         await d.in_progress()
@@ -558,7 +560,7 @@ async def run_ordered(
                 await d.msg.nak()
             return False
         for d in group:
-            await settler.reject(d.msg, f"handler failed {attempts} times: {error!r}")
+            await settler.reject(d.msg, f"handler failed {attempt} times: {error!r}")
         return True
 
     try:

@@ -10,6 +10,8 @@ from typing import TypeVar
 import nats.errors
 import nats.js.errors
 
+from events.retry import START
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -86,7 +88,7 @@ def transient(exc: BaseException) -> bool:
 
 
 async def while_unavailable(
-    op: Callable[[], Awaitable[T]], stop: asyncio.Event, what: str, *, every_s: float = 0.5
+    op: Callable[[], Awaitable[T]], stop: asyncio.Event, what: str, *, every_s: float | None = None
 ) -> T:
     """`op()`, tried again every `every_s` while NATS is unavailable (`transient`) and `stop` is
     not set: for what a process does once as it starts, which a NATS paused, failing over or
@@ -102,4 +104,4 @@ async def while_unavailable(
             if tries % 20 == 0:  # the first time, then every 20 tries
                 log.warning("cannot %s yet (NATS unavailable: %r); trying again", what, exc)
             tries += 1
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(START.delay(tries) if every_s is None else every_s)

@@ -14,6 +14,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from events.bus import Bus
 from events.envelope import Envelope, decode
 from events.errors import EventDecodeError, transient
+from events.retry import READ
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +42,26 @@ async def read_events(
     subjects = [subject] if isinstance(subject, str) else subject
     next_seq: int | None = None  # None: start at the beginning (or at `since`)
     give_up = time.monotonic() + patience_s
-    delay = 0.1
+    retry = 0  # retries since the last progress
     while True:
         try:
             reading = _read_once(bus, stream, subjects, batch, since, next_seq)
             async with contextlib.aclosing(reading):
                 async for seq, envelope in reading:
                     next_seq = seq + 1
-                    delay = 0.1
+                    retry = 0
                     give_up = time.monotonic() + patience_s
                     yield seq, envelope
             return
         except _Interrupted as stop:
+            retry += 1
+            delay = READ.delay(retry)
             if time.monotonic() + delay > give_up:
                 raise stop.cause from None
             log.warning(
                 "reading %s interrupted (%r); going on from seq %s", stream, stop.cause, next_seq
             )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
 
 class _Interrupted(Exception):

@@ -21,6 +21,7 @@ from events.consume import ConsumerSpec, Delivery, run_ordered
 from events.errors import while_unavailable
 from events.history import read_events
 from events.jobs import JobCompleted, JobSubmitted
+from events.retry import VIEW_WRITE
 from events.subjects import job_id_of
 from projections.job_state import JobState
 from projections.job_status import apply, decode_view, encode_view, fold
@@ -87,7 +88,7 @@ class JobStatusProjector:
         # A job's first event is always job.submitted (appended with expected sequence 0),
         # so a group that starts with it is a new job: no view to read.
         new_job = isinstance(group[0].envelope.data, JobSubmitted) and job_id not in self.cache
-        for _ in range(10):
+        for _ in range(VIEW_WRITE.tries or 1):
             if new_job:
                 view, revision, new_job = None, None, False
             else:

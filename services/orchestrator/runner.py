@@ -36,6 +36,7 @@ from events.jobs import (
 )
 from events.nodes import NodeLost
 from events.records import TenantQueue
+from events.retry import DECISION
 from events.subjects import encode_token, job_id_of
 from projections.job_state import JobState, evolve
 from services.jobs.admission import FairQueue
@@ -243,7 +244,7 @@ class Orchestrator:
         return state
 
     async def _advance(self, state: JobState) -> None:
-        for _ in range(8):  # bounded: each round appends at least one event or stops
+        for _ in range(DECISION.tries or 1):  # each round appends at least one event or stops
             events = decide(
                 state,
                 datetime.now(UTC),

@@ -41,6 +41,7 @@ from events.jobs import (
 )
 from events.nodes import NodeJoined, NodeLeft
 from events.records import NodeRecord
+from events.retry import RACED_START
 from events.subjects import encode_token, job_id_of
 from events.work import TaskRequested, TokensProduced
 from projections.job_status import fold
@@ -333,7 +334,7 @@ class Worker:
             running = self.metrics.running.labels(model=request.task.model)
             running.inc()
             try:
-                for _ in range(5):
+                for _ in range(RACED_START.tries or 1):
                     try:
                         await self._run(delivery, request, expected)
                         return
