@@ -1,3 +1,4 @@
+# One module on purpose: the connection, its Response and the pool share state (idle, complete).
 """A small HTTP/1.1 client with a keep-alive pool, for the OpenAI-upstream engine.
 
 httpx cost the worker ~4.7 ms of CPU per streamed completion on the project's 2-core machine
@@ -6,10 +7,11 @@ h11 and several context managers) — more than the whole rest of the mesh spend
 This client is one asyncio protocol per connection over httptools' C parser (llhttp, already
 uvicorn's parser here): responses framed by ``Content-Length``, chunked transfer encoding or
 the connection's end; keep-alive connections reused last-in first-out; a request sent on a
-kept-alive connection the server had closed meanwhile is sent again once on a new one (nothing
-of the answer had arrived); connect and read timeouts; ``http`` and ``https``. It speaks what
-the engine needs — one request at a time per connection, bodies in memory, no redirects, no
-proxies, no HTTP/2 — and nothing more.
+kept-alive connection the server closed at once (nothing of the answer arrived, the close came
+within `_STALE_S` of the write: it was closed while idle) is sent again once, on a new
+connection — one the server may have worked on never is; connect and read timeouts; ``http``
+and ``https``. It speaks what the engine needs — one request at a time per connection, bodies
+in memory, no redirects, no proxies, no HTTP/2 — and nothing more.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ import httptools
 
 _HIGH_WATER = 256 * 1024  # body bytes buffered before the socket stops being read
 _DRAIN_S = 1.0  # how long a released connection may take to finish its answer and be reused
+# A reused connection closed this soon after the request was written, with no byte of answer,
+# was closed while idle (the close crossed the request): the request is sent again. Later, the
+# server may have worked on it (a POST is not sent twice). About a round trip, with slack.
+_STALE_S = 0.25
 
 
 class HttpError(Exception):
@@ -47,7 +53,7 @@ class ConnectionAborted(HttpError):
 
 
 class _Stale(Exception):
-    """A kept-alive connection was closed by the server before any byte of the answer."""
+    """A kept-alive connection was closed by the server at once, before any byte of the answer."""
 
 
 class _Connection(asyncio.Protocol):
@@ -61,6 +67,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
         self.closed = False
+        self.closed_at = 0.0  # loop time the connection ended
         self.idle = False
         self._reset()
 
@@ -103,10 +110,17 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.closed_at = self._loop.time()
         self._pool._forget(self)
         if self._drain_timer is not None:
             self._drain_timer.cancel()
-        if self.headers_done and not self.complete and not self._framed and self.error is None:
+        if (
+            exc is None  # a clean close: a reset is not the answer's end
+            and self.headers_done
+            and not self.complete
+            and not self._framed
+            and self.error is None
+        ):
             self.complete = True  # an answer framed by the connection's end has ended
         elif not self.complete and self.error is None:
             self.error = RemoteProtocolError(
@@ -115,6 +129,11 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # a message after the answer, in the read that ended it
+            self.error = RemoteProtocolError("the server sent a message nobody asked for")
+            raise self.error  # stops the parser: data_received fails the connection
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
@@ -272,7 +291,10 @@ class Response:
 
     def abort(self) -> None:
         """Close the connection now; `receive` raises `ConnectionAborted` from now on (what had
-        arrived and was not read yet is dropped)."""
+        arrived and was not read yet is dropped). Does nothing once released: the connection may
+        serve another request by then."""
+        if self._released:
+            return
         self._released = True
         self._conn.body = []
         self._conn._fail(ConnectionAborted("the response was closed"))
@@ -363,17 +385,23 @@ class HttpClient:
             try:
                 return await self._exchange(conn, message, timeout, reused=True)
             except _Stale:
-                continue  # the server closed it while idle: send again on another
+                break  # the server closed it while idle: sent again once, on a new connection
         return await self._exchange(await self._connect(), message, timeout, reused=False)
 
     async def _exchange(
         self, conn: _Connection, message: bytes, timeout_s: float, *, reused: bool
     ) -> Response:
         conn.start(message)
+        sent_at = conn._loop.time() if reused else 0.0
         try:
             while not conn.headers_done:
                 if conn.error is not None:
-                    if reused and not conn.received and isinstance(conn.error, RemoteProtocolError):
+                    if (
+                        reused
+                        and not conn.received
+                        and isinstance(conn.error, RemoteProtocolError)
+                        and conn.closed_at - sent_at <= _STALE_S
+                    ):
                         raise _Stale
                     raise conn.error
                 if conn.closed:
@@ -406,6 +434,8 @@ class HttpClient:
         return conn
 
     def _keep(self, conn: _Connection) -> None:
+        if conn.idle:
+            return  # already kept: never twice in the idle list
         if len(self._idle) >= self._max_idle:
             conn.close()
             return

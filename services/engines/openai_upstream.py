@@ -8,8 +8,9 @@ read from the socket, however many tokens it carried (the tokens that came with 
 end ride on the last chunk). Usage comes from `stream_options.include_usage`; when the
 upstream reports none it is estimated (about four characters a token) and marked
 ``estimated``. Upstream failures map to retriable task failures (cannot connect, timeouts,
-408/429/5xx) or final ones (other 4xx). `abort` closes the upstream connection, which ends the
-request there (the server sees the client go away)."""
+408/429/5xx, events that are not JSON objects) or final ones (other 4xx). `abort` closes the
+upstream connection, which ends the request there (the server sees the client go away); an
+abort while the answer's headers are awaited closes it as soon as they arrive."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any
 
 from events.errors import EngineError
 from events.inference import FinishReason, Usage
-from services.engines.http_client import HttpClient, HttpError, Response
+from services.engines.http_client import ConnectionAborted, HttpClient, HttpError, Response
 from services.engines.protocol import Chunk, GenerationRequest, estimate_tokens, require_model
 from services.engines.sse_parse import SSEParser
 
@@ -100,6 +101,11 @@ def parse_events(datas: list[str]) -> list[Any]:
     return events  # type: ignore[no-any-return]
 
 
+def _not_an_object(data: str) -> EngineError:
+    """An SSE event whose data is not a JSON object (retriable: the upstream misbehaved)."""
+    return EngineError(f"upstream event is not a JSON object: {data[:200]!r}")
+
+
 class OpenAIUpstreamEngine:
     """Streams completions from an OpenAI-compatible HTTP server."""
 
@@ -124,7 +130,8 @@ class OpenAIUpstreamEngine:
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._client: HttpClient | None = None
-        self._responses: dict[str, Response] = {}
+        # requests in flight (None until the answer's headers are in), and those aborted
+        self._responses: dict[str, Response | None] = {}
         self._aborted: set[str] = set()
         self.upstream_models: tuple[str, ...] = ()
         self.max_context: int | None = None
@@ -195,11 +202,13 @@ class OpenAIUpstreamEngine:
             self._client = None
 
     async def abort(self, request_id: str) -> None:
-        """Close the upstream response of `request_id`: the upstream sees its client go away."""
-        response = self._responses.get(request_id)
-        if response is not None:
+        """Close the upstream response of `request_id`: the upstream sees its client go away
+        (at once, or as soon as the answer's headers arrive when they are still awaited)."""
+        if request_id in self._responses:
             self._aborted.add(request_id)
-            response.abort()
+            response = self._responses[request_id]
+            if response is not None:
+                response.abort()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Stream `request` from the upstream: one chunk per read, with every token it held."""
@@ -214,13 +223,16 @@ class OpenAIUpstreamEngine:
         response: Response | None = None
         ended = False  # the answer was read to its end: its connection can serve another
         tail, tail_tokens = "", 0
+        self._responses[request_id] = None  # abortable from here, before the headers are in
         try:
             response = await self._http().request("POST", path, payload)
+            self._responses[request_id] = response
+            if request_id in self._aborted:  # aborted while the headers were awaited
+                raise ConnectionAborted("aborted before the answer's headers")  # closed below
             if response.status != 200:
                 detail = (await response.read()).decode(errors="replace")
                 ended = True
                 raise classify(response.status, detail)
-            self._responses[request_id] = response
             while not ended:
                 raw = await response.receive()
                 if not raw:
@@ -231,7 +243,11 @@ class OpenAIUpstreamEngine:
                     ended = True
                     datas = datas[: datas.index("[DONE]")]  # anything after it is not read
                 pieces: list[str] = []
-                for event in parse_events(datas):
+                events = parse_events(datas)
+                for event in events:
+                    if not isinstance(event, dict):
+                        # only dicts come before it, and no dict equals it: its index is its own
+                        raise _not_an_object(datas[events.index(event)])
                     if "error" in event and not event.get("choices"):
                         err = event["error"]
                         detail = err.get("message", str(err)) if isinstance(err, dict) else err
@@ -259,18 +275,21 @@ class OpenAIUpstreamEngine:
                         yield Chunk(joined, len(pieces))
         except EngineError:
             raise
-        except (HttpError, json.JSONDecodeError) as exc:
+        except json.JSONDecodeError as exc:
+            raise _not_an_object(exc.doc) from exc
+        except HttpError as exc:
             if request_id not in self._aborted:
                 raise EngineError(f"upstream stream failed: {exc!r}") from exc
         finally:
             self._responses.pop(request_id, None)
+            aborted = request_id in self._aborted
+            self._aborted.discard(request_id)  # also when the stream is closed at a yield
             if response is not None:
                 if ended:
                     response.release()  # kept alive for the next request
                 else:
                     response.abort()  # stopped early: the upstream sees its client go
-        if request_id in self._aborted:
-            self._aborted.discard(request_id)
+        if aborted:
             finish = "abort"
         if finish is None:
             raise EngineError("the upstream ended the stream without a finish reason")

@@ -1,8 +1,9 @@
 """Incremental Server-Sent Events parsing, as the WHATWG spec reads a stream.
 
 Bytes arrive in arbitrary pieces: a frame may be split anywhere (even inside a multi-byte
-character or between ``\\r`` and ``\\n``), lines end in LF, CRLF or CR, comment lines (``:`` —
-keep-alives) are ignored, and an event's ``data`` lines join with newlines. Pure: no I/O.
+character or between ``\\r`` and ``\\n``), lines end in LF, CRLF or CR, a byte order mark at the
+stream's start is dropped, comment lines (``:`` — keep-alives) are ignored, and an event's
+``data`` lines join with newlines. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ class SSEParser:
         self._buffer = ""
         self._data: list[str] = []
         self._pending_cr = False
+        self._started = False  # the first character is in (a BOM there was dropped)
 
     def feed(self, raw: bytes) -> list[str]:
         """Take the next bytes of the stream; returns the events they complete."""
         text = self._decoder.decode(raw)
         if not text:
             return []  # nothing decodable yet (part of a character): a pending CR stays pending
+        if not self._started:
+            self._started = True
+            if text[0] == "\ufeff":
+                text = text[1:]
+                if not text:
+                    return []
         if self._pending_cr and text[0] == "\n":
             text = text[1:]  # the LF of a CRLF split across two reads
         self._pending_cr = text.endswith("\r")

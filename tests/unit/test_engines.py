@@ -46,6 +46,16 @@ def test_sse_parser_gives_the_same_events_however_the_bytes_are_split(cuts: list
     assert events == EVENTS
 
 
+def test_sse_parser_strips_a_byte_order_mark_at_the_streams_start_only() -> None:
+    stream = "\ufeffdata: a\n\ndata: \ufeffb\n\n".encode()
+    assert SSEParser().feed(stream) == ["a", "\ufeffb"]
+    parser = SSEParser()  # the mark split over reads
+    assert [e for i in range(len(stream)) for e in parser.feed(stream[i : i + 1])] == [
+        "a",
+        "\ufeffb",
+    ]
+
+
 def test_an_unterminated_event_is_not_delivered() -> None:
     parser = SSEParser()
     assert parser.feed(b"data: partial") == []

@@ -1,13 +1,16 @@
 """The upstream engine's HTTP/1.1 client against scripted local servers: framing (Content-Length,
-chunked, the connection's end), keep-alive reuse, a stale kept-alive connection, errors and
-timeouts, abort, draining a released answer."""
+chunked, the connection's end), keep-alive reuse, a stale kept-alive connection (sent again once,
+only when it was closed at once), errors and timeouts, a reset, bytes after an answer, abort,
+draining a released answer."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import ipaddress
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -125,10 +128,17 @@ async def test_connection_close_is_honoured() -> None:
         assert server.connections == 2
 
 
+async def idle_connections(client: HttpClient, n: int) -> None:
+    """`n` requests at once: each opens a connection of its own, kept idle after."""
+    await asyncio.gather(*(get(client, "/gen", b"{}") for _ in range(n)))
+    assert len(client._idle) == n
+
+
 async def test_a_kept_alive_connection_the_server_closed_is_replaced_unseen() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        first = server.connections == 1
+        first = server.connections <= 2
         await server.read_request(reader)
+        await asyncio.sleep(0.01)
         writer.write(sized(b"x"))
         await writer.drain()
         if first:  # the next request is read, then the connection closed without an answer
@@ -138,9 +148,24 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced_unseen() ->
             writer.write(sized(b"x"))
 
     async with Server(handler) as server, client_for(server) as client:
-        assert await get(client) == b"x"
-        assert await get(client) == b"x"  # sent again on a new connection
-        assert (server.connections, len(server.requests)) == (2, 3)
+        await idle_connections(client, 2)  # both stale
+        assert await get(client, "/gen", b"{}") == b"x"  # sent again once, on a new connection
+        assert (server.connections, len(server.requests)) == (3, 4)
+
+
+async def test_a_request_the_server_may_have_worked_on_is_not_sent_again() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        await asyncio.sleep(0.01)
+        writer.write(sized(b"x"))
+        if await server.read_request(reader):  # worked on, then dropped without an answer
+            await asyncio.sleep(0.5)  # well past a close that means 'closed while idle'
+
+    async with Server(handler) as server, client_for(server) as client:
+        await idle_connections(client, 3)
+        with pytest.raises(RemoteProtocolError):
+            await client.request("POST", "/gen", b"{}")
+        assert len(server.requests) == 4  # three answered, the failed one sent once
 
 
 async def test_a_connection_closed_while_idle_leaves_the_pool() -> None:
@@ -167,6 +192,58 @@ async def test_the_server_going_away_mid_answer_is_an_error() -> None:
         with pytest.raises(RemoteProtocolError):
             await response.receive()
         response.release()
+
+
+async def test_a_reset_ends_an_answer_framed_by_the_connections_end_in_an_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a TCP reset, not the answer's end
+
+    async with Server(handler) as server, client_for(server) as client:
+        response = await client.request("GET", "/models")
+        assert await response.receive() == b"partial"
+        with pytest.raises(RemoteProtocolError):
+            await response.receive()
+        response.release()
+
+
+async def test_a_second_answer_in_the_same_read_is_not_taken_into_the_first() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader):
+            second = b"HTTP/1.1 500 X\r\ncontent-length: 3\r\n\r\nbad"
+            writer.write(sized(b"ok") + second)  # one write: one read for the client
+
+    async with Server(handler) as server, client_for(server) as client:
+        response = await client.request("GET", "/models")
+        assert response.status == 200
+        assert await response.read() == b"ok"
+        response.release()
+        assert not client._idle  # its framing is lost: not reused
+        assert await get(client) == b"ok"
+        assert server.connections == 2
+
+
+async def test_a_second_answer_after_a_drained_one_does_not_keep_its_connection_twice() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nDONE\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            writer.write(b"0\r\n\r\n" + sized(b"extra"))  # the end, and an answer more
+
+    async with Server(handler) as server, client_for(server) as client:
+        response = await client.request("POST", "/completions", b"{}")
+        assert await response.receive() == b"DONE"
+        response.release()  # drained: its end comes with the extra answer
+        await asyncio.sleep(0.1)
+        assert client._idle == []
+        assert await get(client, "/completions", b"{}") == b"DONE"
+        assert server.connections == 2
 
 
 async def test_a_malformed_answer_is_an_error() -> None:
@@ -226,6 +303,23 @@ async def test_abort_closes_the_connection_and_the_server_sees_it() -> None:
             await waiting
         await asyncio.wait_for(gone.wait(), 2)
         assert not client._idle
+
+
+async def test_abort_after_release_leaves_the_connection_to_its_next_request() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader):
+            await asyncio.sleep(0.05)
+            writer.write(sized(b"x"))
+
+    async with Server(handler) as server, client_for(server) as client:
+        first = await client.request("GET", "/a")
+        assert await first.read() == b"x"
+        first.release()
+        second = asyncio.ensure_future(get(client, "/b"))  # on the same connection
+        await asyncio.sleep(0.01)
+        first.abort()  # a stale handle: does nothing
+        assert await second == b"x"
+        assert server.connections == 1
 
 
 async def test_a_released_answer_is_drained_and_its_connection_reused() -> None:

@@ -1,6 +1,7 @@
 """The OpenAI-upstream engine against scripted local servers: SSE as real servers write it
 (keep-alives, CRLF and CR, frames split anywhere, multi-line data), usage reported or
-estimated, errors by status and mid-stream, timeouts, abort, health, aliases, the API key."""
+estimated, errors by status and mid-stream (events that are not JSON objects), timeouts, abort
+(also before the headers), health, aliases, the API key."""
 
 from __future__ import annotations
 
@@ -230,6 +231,57 @@ async def test_abort_ends_the_stream_and_the_upstream_sees_its_client_go() -> No
                 await engine.abort("r1")
         assert chunks[-1].finish_reason == "abort"
         await asyncio.wait_for(gone.wait(), 2)
+
+
+async def test_an_abort_while_the_headers_are_awaited_ends_the_stream_with_abort() -> None:
+    gone = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await models_or(server, reader, writer):
+            await asyncio.sleep(0.2)  # the headers come after the abort
+            writer.write(chunked_head() + frame(sse("a", "b")) + b"0\r\n\r\n")
+            if await reader.read(1) == b"":
+                gone.set()
+            return
+
+    async with Server(handler) as server, engine_at(server) as engine:
+        running = asyncio.ensure_future(run(engine))
+        await asyncio.sleep(0.05)
+        await engine.abort("r1")
+        chunks = await running
+        assert [(c.text, c.tokens, c.finish_reason) for c in chunks] == [("", 0, "abort")]
+        await asyncio.wait_for(gone.wait(), 2)
+        assert not engine._aborted and not engine._responses
+
+
+async def test_a_stream_closed_at_a_yield_after_an_abort_forgets_the_request() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await models_or(server, reader, writer):
+            writer.write(chunked_head())
+            writer.write(frame(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'))
+            await reader.read()
+
+    async with Server(handler) as server, engine_at(server) as engine:
+        request = GenerationRequest("r1", "small", CHAT, SamplingParams())
+        stream = engine.generate(request)
+        assert (await anext(stream)).text == "x"
+        await engine.abort("r1")  # the worker's task timeout: abort, then the stream is closed
+        await stream.aclose()
+        assert not engine._aborted and not engine._responses
+
+
+@pytest.mark.parametrize("data", [b'"ping"', b"1", b"[]", b""])
+async def test_an_event_that_is_not_a_json_object_is_a_retriable_failure(data: bytes) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await models_or(server, reader, writer):
+            event = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata:' + data + b"\n\n"
+            writer.write(chunked_head() + frame(event))
+            await reader.read()
+
+    async with Server(handler) as server, engine_at(server) as engine:
+        with pytest.raises(EngineError, match="not a JSON object") as err:
+            await run(engine)
+        assert err.value.retriable and data.decode() in str(err.value)
 
 
 async def test_health_lists_the_upstreams_models_and_start_checks_them() -> None:
