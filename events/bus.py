@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import nats
 import nats.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg as Message
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, RawStreamMsg
@@ -35,8 +35,11 @@ from events.errors import ConnectError, PublishError, Unavailable, WrongLastSequ
 from events.kv import Bucket
 from events.retry import PUBLISH
 from events.subjects import Names
+from events.topology import ProvisionReport, Topology, provision
 
 log = logging.getLogger(__name__)
+
+Message = Msg  # what a core NATS subscription hands its callback
 
 TYPE_HEADER = "Dim-Type"
 PAYLOAD_REF_HEADER = "Dim-Payload-Ref"
@@ -184,6 +187,15 @@ class Bus:
     ) -> Subscription:
         """A plain (core NATS) subscription calling `cb` per message; unsubscribe when done."""
         return await self.nc.subscribe(subject, cb=cb)
+
+    async def increment(self, subject: str) -> int:
+        """Add one to the counter `subject` (a stream with counters allowed); its new value."""
+        ack = await self.js.publish(subject, b"", headers={"Nats-Incr": "1"})
+        return int(ack.val or 0)
+
+    async def provision(self, topo: Topology) -> ProvisionReport:
+        """Create what `topo` has and the server has not; report what differs."""
+        return await provision(self.js, topo)
 
     async def stored(self, stream: str, seq: int) -> RawStreamMsg:
         """The message stored in `stream` at `seq`."""

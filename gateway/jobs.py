@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 
-from nats.js.errors import KeyWrongLastSequenceError
 from pydantic import ValidationError
 
 from events.envelope import Envelope
@@ -53,13 +52,13 @@ async def submit_job(
         require_room(gw, model)
     job_id = job.job_id
     if idempotency_key is not None:
-        kv = await gw.bus.js.key_value(gw.bus.names.bucket("idempotency"))
+        kv = await gw.bus.bucket("idempotency")
         slot = _idempotency_slot(principal, idempotency_key)
         try:
             await kv.create(slot, job_id.encode())
-        except KeyWrongLastSequenceError:
+        except WrongLastSequence:
             entry = await kv.get(slot)
-            job_id = (entry.value or b"").decode()
+            job_id = entry.value.decode() if entry else job_id  # None: the slot expired since
             if await history(gw.bus, job_id):
                 return job_id, False
             # The earlier request stopped between reserving the id and submitting: finish it.

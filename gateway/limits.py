@@ -51,10 +51,7 @@ class RateLimiter:
         now = time.time()
         window = int(now // WINDOW_S)
         caller = principal.key_id or principal.principal_id
-        ack = await self.bus.js.publish(
-            self.bus.names.rate(caller, window), b"", headers={"Nats-Incr": "1"}
-        )
-        count = int(ack.val or 0)
+        count = await self.bus.increment(self.bus.names.rate(caller, window))
         reset = max(1, int((window + 1) * WINDOW_S - now + 0.999))
         state = RateState(self.rpm, max(0, self.rpm - count), reset)
         if count > self.rpm:

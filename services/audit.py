@@ -108,15 +108,11 @@ async def collect(bus: Bus) -> tuple[dict[str, list[Envelope]], list[TenantUsage
         job_id = getattr(envelope.data, "job_id", None)
         if isinstance(job_id, str):
             histories[job_id].append(envelope)
-    kv = await bus.js.key_value(names.bucket("usage"))
+    kv = await bus.bucket("usage")
     records: list[TenantUsage] = []
-    try:
-        keys = await kv.keys()
-    except Exception:  # no keys yet
-        keys = []
-    for key in keys:
+    for key in await kv.keys():
         entry = await kv.get(key)
-        if entry.value:
+        if entry:
             records.append(TenantUsage.model_validate_json(entry.value))
     return dict(histories), records
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from events.bus import Bus
 from events.errors import while_unavailable
-from events.topology import Topology, provision, topology
+from events.topology import Topology, topology
 from services.cpu_policy import use_batch_policy
 from services.settings import Settings
 from services.telemetry import setup_tracing
@@ -62,7 +62,7 @@ def settings_topology(settings: Settings) -> Topology:
 
 async def ensure_topology(bus: Bus, settings: Settings) -> None:
     """Provision streams and buckets (idempotent); warn about what differs from the spec."""
-    report = await provision(bus.js, settings_topology(settings))
+    report = await bus.provision(settings_topology(settings))
     for created in report.created:
         log.info("created %s", created)
     for diff in report.differences:

@@ -12,15 +12,12 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from nats.js.api import DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
-from nats.js.kv import KeyValue
-
 from events.bus import Bus
 from events.consume import ConsumerSpec, Delivery, run_ordered
-from events.errors import while_unavailable
+from events.errors import WrongLastSequence, while_unavailable
 from events.history import read_events
 from events.jobs import JobCompleted, JobSubmitted
+from events.kv import Bucket
 from events.retry import VIEW_WRITE
 from events.subjects import job_id_of
 from projections.job_state import JobState
@@ -41,7 +38,7 @@ class JobStatusProjector:
         self.settings = settings
         self.names = bus.names
         self.cache: OrderedDict[str, tuple[JobState, int]] = OrderedDict()
-        self._kv: KeyValue | None = None
+        self._kv: Bucket | None = None
 
     def consumer(self) -> ConsumerSpec:
         """This instance's durable consumer on JOBS."""
@@ -49,17 +46,16 @@ class JobStatusProjector:
             stream=self.names.jobs_stream,
             durable=f"projector-{self.settings.instance_id}",
             filter_subjects=(self.names.jobs_all,),
-            deliver_policy=DeliverPolicy.ALL,
             inactive_threshold_s=7 * 24 * 3600.0,
             max_ack_pending=10_000,
             ack_all=True,
             description="dim job-status projector instance",
         )
 
-    async def kv(self) -> KeyValue:
+    async def kv(self) -> Bucket:
         """The jobs bucket."""
         if self._kv is None:
-            self._kv = await self.bus.js.key_value(self.names.bucket("jobs"))
+            self._kv = await self.bus.bucket("jobs")
         return self._kv
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -97,11 +93,8 @@ class JobStatusProjector:
             if new is None or new is view:
                 return
             try:
-                if revision is None:
-                    revision = await kv.create(job_id, encode_view(new))
-                else:
-                    revision = await kv.update(job_id, encode_view(new), last=revision)
-            except KeyWrongLastSequenceError:
+                revision = await kv.write(job_id, encode_view(new), revision)
+            except WrongLastSequence:
                 self.cache.pop(job_id, None)  # another writer: read again and refold
                 continue
             self.cache[job_id] = (new, revision)
@@ -111,16 +104,13 @@ class JobStatusProjector:
             return
         raise RuntimeError(f"job {job_id}: view kept changing under us; will retry")
 
-    async def _current(self, kv: KeyValue, job_id: str) -> tuple[JobState | None, int | None]:
+    async def _current(self, kv: Bucket, job_id: str) -> tuple[JobState | None, int | None]:
         cached = self.cache.get(job_id)
         if cached is not None:
             return cached
-        try:
-            entry = await kv.get(job_id)
-        except KeyNotFoundError:
+        entry = await kv.get(job_id)
+        if entry is None:
             return None, None
-        assert entry.value is not None
-        assert entry.revision is not None
         return decode_view(entry.value), entry.revision
 
 
@@ -151,14 +141,11 @@ async def rebuild(bus: Bus, *, check_only: bool = False) -> RebuildReport:
         apply(views, seq, envelope)
     report.jobs = len(views)
     horizon = max((v.last_seq for v in views.values()), default=0)
-    kv = await bus.js.key_value(names.bucket("jobs"))
+    kv = await bus.bucket("jobs")
     for job_id, view in views.items():
         want = encode_view(view)
-        try:
-            entry = await kv.get(job_id)
-            have, revision = entry.value, entry.revision
-        except KeyNotFoundError:
-            have, revision = None, None
+        entry = await kv.get(job_id)
+        have, revision = (entry.value, entry.revision) if entry else (None, None)
         if have == want:
             report.unchanged += 1
             continue
@@ -168,29 +155,19 @@ async def rebuild(bus: Bus, *, check_only: bool = False) -> RebuildReport:
         report.differences.append(job_id)
         if check_only:
             continue
-        if revision is None:
-            await kv.create(job_id, want)
-        else:
-            await kv.update(job_id, want, last=revision)
+        await kv.write(job_id, want, revision)
         report.written += 1
-    for key in await _keys(kv):
+    for key in await kv.keys():
         if key in views:
             continue
         entry = await kv.get(key)
-        if entry.value is not None and decode_view(entry.value).last_seq > horizon:
+        if entry is not None and decode_view(entry.value).last_seq > horizon:
             continue
         report.differences.append(key)
         if not check_only:
             await kv.delete(key)
             report.deleted += 1
     return report
-
-
-async def _keys(kv: KeyValue) -> list[str]:
-    try:
-        return list(await kv.keys())
-    except NoKeysError:
-        return []
 
 
 class UsageProjector:
@@ -207,7 +184,6 @@ class UsageProjector:
             stream=self.names.jobs_stream,
             durable=f"usage-{self.settings.instance_id}",
             filter_subjects=(self.names.job("*", "job.completed"),),
-            deliver_policy=DeliverPolicy.ALL,
             inactive_threshold_s=7 * 24 * 3600.0,
             max_ack_pending=10_000,
             ack_all=True,
@@ -216,8 +192,9 @@ class UsageProjector:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Project until `stop` is set."""
-        bucket = self.names.bucket("usage")
-        kv = await while_unavailable(lambda: self.bus.js.key_value(bucket), stop, "open " + bucket)
+        kv = await while_unavailable(
+            lambda: self.bus.bucket("usage"), stop, "open the usage bucket"
+        )
 
         async def handle(group: list[Delivery]) -> None:
             # One lane for all: usage of a tenant comes from many jobs, applied in stream order.
@@ -233,11 +210,7 @@ class UsageProjector:
                 touched[key] = (add(record, d.envelope, d.stream_seq), revision)
             for key, (record, revision) in touched.items():
                 assert record is not None
-                value = record.model_dump_json().encode()
-                if revision is None:
-                    await kv.create(key, value)
-                else:
-                    await kv.update(key, value, last=revision)
+                await kv.write(key, record.model_dump_json().encode(), revision)
 
         await run_ordered(
             self.bus,
@@ -250,9 +223,8 @@ class UsageProjector:
         )
 
 
-async def _read_usage(kv: KeyValue, key: str) -> tuple[TenantUsage | None, int | None]:
-    try:
-        entry = await kv.get(key)
-    except KeyNotFoundError:
+async def _read_usage(kv: Bucket, key: str) -> tuple[TenantUsage | None, int | None]:
+    entry = await kv.get(key)
+    if entry is None:
         return None, None
-    return TenantUsage.model_validate_json(entry.value or b""), entry.revision
+    return TenantUsage.model_validate_json(entry.value), entry.revision

@@ -6,7 +6,6 @@ from typing import Any
 
 from litestar import Controller, get
 from litestar.response import Response
-from nats.js.errors import NotFoundError
 
 from gateway.auth import GatewayDep
 from services.process import settings_topology
@@ -27,16 +26,15 @@ class HealthController(Controller):
     async def readyz(self, gateway: GatewayDep) -> Response[dict[str, Any]]:
         """200 when NATS is connected and the streams and buckets exist; 503 and what is missing otherwise."""
         missing: list[str] = []
-        if not gateway.bus.nc.is_connected:
+        if not gateway.bus.connected:
             missing.append("nats connection")
         else:
             topo = settings_topology(gateway.settings)
             names = [s.name for s in topo.streams] + [f"KV_{b.name}" for b in topo.buckets]
             for name in names:
                 try:
-                    await gateway.bus.js.stream_info(name)
-                except NotFoundError:
-                    missing.append(name)
+                    if not await gateway.bus.stream_exists(name):
+                        missing.append(name)
                 except Exception:  # connection trouble while checking
                     missing.append(name)
         if missing:

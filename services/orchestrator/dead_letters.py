@@ -22,10 +22,7 @@ import json
 import logging
 from typing import Any
 
-from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
-
-from events.bus import Bus
+from events.bus import Bus, Message
 from events.consume import ConsumerSpec, Delivery, run_ordered
 from events.envelope import Envelope, decode
 from events.errors import EventDecodeError
@@ -52,16 +49,15 @@ class DeadLetters:
             stream=self.names.dead_stream,
             durable=f"orchestrator-dead-{self.instance_id}",
             filter_subjects=(self.names.dead_all,),
-            deliver_policy=DeliverPolicy.ALL,
             inactive_threshold_s=7 * 24 * 3600.0,
             description="dim orchestrator: dead letters into job histories",
         )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow DEAD and the work queue's advisories until `stop` is set."""
-        self._advisories = await self.bus.nc.subscribe(
+        self._advisories = await self.bus.subscribe(
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.names.tasks_stream}.*",
-            cb=self._on_advisory,
+            self._on_advisory,
         )
         try:
             await run_ordered(
@@ -108,12 +104,12 @@ class DeadLetters:
         )
         self.recorded += 1
 
-    async def _on_advisory(self, msg: Msg) -> None:
+    async def _on_advisory(self, msg: Message) -> None:
         try:
             advisory = json.loads(msg.data)
             stream, seq = advisory["stream"], int(advisory["stream_seq"])
             consumer, deliveries = advisory.get("consumer", "?"), int(advisory.get("deliveries", 0))
-            stored = await self.bus.js.get_msg(stream, seq)
+            stored = await self.bus.stored(stream, seq)
         except Exception:
             log.warning("unreadable max-deliveries advisory or message", exc_info=True)
             return
@@ -133,4 +129,4 @@ class DeadLetters:
             self.names.dead(consumer), Envelope(record, actor=self.actor, id=f"maxdeliver-{seq}")
         )
         with contextlib.suppress(Exception):
-            await self.bus.js.delete_msg(stream, seq)  # given up on: not left in the queue
+            await self.bus.delete_stored(stream, seq)  # given up on: not left in the queue

@@ -18,7 +18,6 @@ import time
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
-from nats.js.api import DeliverPolicy
 from opentelemetry import propagate, trace
 
 from events.bus import Bus
@@ -105,7 +104,6 @@ class Orchestrator:
             durable=f"orchestrator-{self.settings.instance_id}",
             filter_subjects=(self.names.jobs_all,),
             ack_wait_s=30.0,
-            deliver_policy=DeliverPolicy.ALL,
             inactive_threshold_s=7 * 24 * 3600.0,
             max_ack_pending=10_000,
             ack_all=True,
@@ -313,7 +311,7 @@ class Orchestrator:
         changed |= {t: 0 for t in self._published if t not in counts and self._published[t]}
         if not changed:
             return
-        kv = await self.bus.js.key_value(self.names.bucket("queues"))
+        kv = await self.bus.bucket("queues")
         for tenant, n in changed.items():
             await kv.put(
                 encode_token(tenant), TenantQueue(tenant=tenant, held=n).model_dump_json().encode()
