@@ -31,7 +31,8 @@ from events.records import TenantQueue
 from events.subjects import Names
 from events.watched import WatchedBucket
 from projections.job_state import JobState, TaskState, evolve
-from services.jobs.decide import plan_at_door, view_of
+from services.jobs.decide import plan_at_door
+from services.jobs.placement import view_of
 from services.registry.live import LiveNodes
 
 # Prompts longer than this are planned by an orchestrator: a plan at the door repeats the

@@ -6,12 +6,19 @@ tenant. So one tenant's flood queues behind itself, not in front of everyone els
 Pure bookkeeping (no I/O). Counts come from events, which every orchestrator instance sees:
 a dispatch of a first attempt adds one waiting task, its `task.started` takes it away. Retries
 and reroutes are not held back: their work was admitted once already.
+
+`decide` asks through a `Trial`, which answers as `FairQueue.admit` would, in turn, without
+changing the queue; the runner then applies what the decision did: its holds at once, each
+admission once the dispatch it let through is stored (an append lost to another instance
+changes nothing here: that instance's dispatch is counted when its event arrives).
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
+
+from projections.job_state import JobState, TaskState
 
 
 @dataclass(slots=True)
@@ -41,6 +48,62 @@ class FairQueue:
             lanes.setdefault(tenant, deque()).append(job_id)
             self._where[job_id] = (model, priority, tenant)
         return False
+
+    def trial(self) -> Trial:
+        """Admission for one decision, asked without changing this queue."""
+        return Trial(self)
+
+    def admitted(self, model: str, job_id: str) -> None:
+        """A first attempt of `job_id` let through by a trial was dispatched (as `admit`)."""
+        if not self.depth:
+            return
+        if job_id in self._granted:
+            self._granted.discard(job_id)
+        else:
+            self._forget(job_id, rotate=True)
+        self.waiting[model] += 1
+
+    def hold(self, model: str, tenant: str, priority: int, job_id: str) -> None:
+        """Hold `job_id` for room in `model`'s queue (as `admit` does when it says no)."""
+        if job_id not in self._where:
+            lanes = self.held.setdefault(model, {}).setdefault(priority, OrderedDict())
+            lanes.setdefault(tenant, deque()).append(job_id)
+            self._where[job_id] = (model, priority, tenant)
+
+    def peek_without(self, model: str, job_id: str) -> str | None:
+        """`peek` as it will be once `job_id` is let through (out of its lane, whose tenant
+        then goes to the back of the line)."""
+        where = self._where.get(job_id)
+        if where is None or where[0] != model:
+            return self.peek(model)
+        levels = self.held[model]
+        _, priority, tenant = where
+        top = max(levels)
+        if priority != top:
+            return self.peek(model)
+        lanes = levels[top]
+        for other, queue in lanes.items():
+            if other != tenant:
+                return queue[0]
+        rest = [j for j in lanes[tenant] if j != job_id]
+        if rest:
+            return rest[0]
+        lower = [p for p in levels if p != top]
+        if not lower:
+            return None
+        lanes = levels[max(lower)]
+        return lanes[next(iter(lanes))][0]
+
+    def top_without(self, model: str, job_id: str) -> int:
+        """The highest priority level held for `model` once `job_id` is out (-1: none)."""
+        levels = self.held.get(model) or {}
+        where = self._where.get(job_id)
+        if where is not None and where[0] == model:
+            _, priority, tenant = where
+            lanes = levels[priority]
+            if len(lanes) == 1 and len(lanes[tenant]) == 1:  # its level empties
+                return max((p for p in levels if p != priority), default=-1)
+        return max(levels, default=-1)
 
     def seen_dispatch(self, model: str) -> None:
         """A first attempt dispatched by another instance (its event arrived here)."""
@@ -99,3 +162,56 @@ class FairQueue:
             del levels[priority]
         if not levels:
             del self.held[model]
+
+
+@dataclass(slots=True)
+class Trial:
+    """One decision's admission asks (all for one job), answered as `FairQueue.admit` would
+    answer them in turn, without changing the queue. `apply` then does to the queue what those
+    answers did, in the same order, counting only the tasks whose dispatch was stored."""
+
+    fair: FairQueue
+    admitted: set[str] = field(default_factory=set)  # task ids let through
+    _ops: list[tuple[str, str, str, int]] = field(default_factory=list)  # let | hold, in order
+    _held: tuple[str, int] | None = None  # (model, priority) the job is held for, by this trial
+    _taken: Counter[str] = field(default_factory=Counter)  # per model, let through here
+    _through: bool = False  # the job was let through once already in this decision
+    _job: str = ""
+
+    def admit(self, state: JobState, task: TaskState) -> bool:
+        """May the task's first attempt be dispatched now?"""
+        fair, model, job_id = self.fair, task.model, state.job_id
+        if not fair.depth:
+            return True
+        self._job = job_id
+        if job_id in fair._granted and not self._through:
+            return self._let(model, task)
+        if self._through:
+            peek, top = fair.peek_without(model, job_id), fair.top_without(model, job_id)
+        else:
+            peek, top = fair.peek(model), max(fair.held.get(model) or [-1])
+        if self._held is not None and self._held[0] == model and self._held[1] > top:
+            peek = job_id  # held again by this trial, alone on the highest level: it heads
+        if fair.waiting[model] + self._taken[model] < fair.depth and peek in (None, job_id):
+            return self._let(model, task)
+        if self._held is None and (self._through or job_id not in fair._where):
+            self._held = (model, state.priority)
+            self._ops.append(("hold", model, state.tenant, state.priority))
+        return False
+
+    def _let(self, model: str, task: TaskState) -> bool:
+        self._through = True
+        self._held = None  # out of the line again
+        self._taken[model] += 1
+        self.admitted.add(task.task_id)
+        self._ops.append(("let", model, task.task_id, 0))
+        return True
+
+    def apply(self, dispatched: set[str]) -> None:
+        """Do to the queue what the answers did, in order: a hold always, a let-through only
+        for a task whose dispatch was stored (`dispatched`: task ids)."""
+        for kind, model, what, priority in self._ops:
+            if kind == "hold":
+                self.fair.hold(model, what, priority, self._job)
+            elif what in dispatched:
+                self.fair.admitted(model, self._job)

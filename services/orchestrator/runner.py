@@ -38,8 +38,9 @@ from events.records import TenantQueue
 from events.retry import DECISION
 from events.subjects import encode_token, job_id_of
 from projections.job_state import JobState, evolve
-from services.jobs.admission import FairQueue
-from services.jobs.decide import NodeView, decide, view_of
+from services.jobs.admission import FairQueue, Trial
+from services.jobs.decide import decide
+from services.jobs.placement import NodeView, view_of
 from services.jobs.work import dispatches_in, task_request
 from services.orchestrator.dead_letters import DeadLetters
 from services.registry.live import LiveNodes
@@ -77,16 +78,9 @@ class Orchestrator:
         self._last_start: dict[str, float] = {}  # model -> when a first attempt last started
         self._published: dict[str, int] = {}  # tenant -> held jobs last written to the bucket
 
-    @property
-    def mesh(self) -> NodeView:
-        """The node view `decide` consults."""
-        return view_of(
-            self.nodes,
-            admit=lambda state, task: self.fair.admit(
-                task.model, state.tenant, state.priority, state.job_id
-            ),
-            pick=self._pick,
-        )
+    def _view(self, admission: Trial) -> NodeView:
+        """The node view one decision consults, asking `admission` for room."""
+        return view_of(self.nodes, admit=admission.admit, pick=self._pick)
 
     def _pick(self, need: Need) -> str | None:
         """A node for a task; counted on the node at once, so the next pick (of the same
@@ -243,31 +237,37 @@ class Orchestrator:
 
     async def _advance(self, state: JobState) -> None:
         for _ in range(DECISION.tries or 1):  # each round appends at least one event or stops
+            admission = self.fair.trial()
             events = decide(
                 state,
                 datetime.now(UTC),
-                self.mesh,
+                self._view(admission),
                 self.names,
                 dispatch_timeout_s=self.settings.dispatch_timeout_s,
             )
+            stored: set[str] = set()  # task ids whose dispatch was appended
+            try:
+                for event in events:
+                    envelope = Envelope(event, actor=self.actor)
+                    try:
+                        ack = await self.bus.publish(
+                            self.names.job(state.job_id, event.type),
+                            envelope,
+                            expected_last_seq=state.last_seq,
+                            expected_last_subject=self.names.job_all(state.job_id),
+                        )
+                    except WrongLastSequence:
+                        # Someone appended first; their events are on their way to us.
+                        self.lost_races += 1
+                        self._remember(state)
+                        return
+                    state = evolve(state, envelope, ack.seq) or state
+                    stored.update(d.task_id for d, _ in dispatches_in(envelope))
+                    await self._send_tasks(state, envelope)
+            finally:
+                admission.apply(stored)  # what admission let through counts once it is stored
             if not events:
                 break
-            for event in events:
-                envelope = Envelope(event, actor=self.actor)
-                try:
-                    ack = await self.bus.publish(
-                        self.names.job(state.job_id, event.type),
-                        envelope,
-                        expected_last_seq=state.last_seq,
-                        expected_last_subject=self.names.job_all(state.job_id),
-                    )
-                except WrongLastSequence:
-                    # Someone appended first; their events are on their way to us.
-                    self.lost_races += 1
-                    self._remember(state)
-                    return
-                state = evolve(state, envelope, ack.seq) or state
-                await self._send_tasks(state, envelope)
         self._remember(state)
 
     async def _send_tasks(self, state: JobState, envelope: Envelope) -> None:

@@ -29,7 +29,8 @@ from events.work import TaskRequested, TokensProduced
 from projections.job_state import evolve
 from projections.job_status import decode_view
 from services.engines.simulated import SimulatedEngine, simulated_tokens
-from services.jobs.decide import NodeView, plan_at_door
+from services.jobs.decide import plan_at_door
+from services.jobs.placement import NodeView
 from services.jobs.work import dispatches_in, task_request
 from services.orchestrator.runner import Orchestrator
 from services.projector import rebuild

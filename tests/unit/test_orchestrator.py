@@ -20,7 +20,8 @@ from events.jobs import (
 from events.patterns import RetryPolicy
 from events.subjects import Names
 from projections.job_state import JobState, evolve
-from services.jobs.decide import NodeView, decide
+from services.jobs.decide import decide
+from services.jobs.placement import NodeView
 
 NAMES = Names("t")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -35,8 +35,9 @@ from events.patterns import (
 from events.subjects import Names
 from projections.job_state import JobState, evolve
 from services.jobs import consensus
-from services.jobs.decide import NodeView, decide
+from services.jobs.decide import decide
 from services.jobs.patterns import split, validate
+from services.jobs.placement import NodeView
 from services.jobs.templates import TemplateError, references, render
 from services.registry.select import SHARED, Need
 

@@ -17,7 +17,8 @@ from events.subjects import Names
 from events.watched import WatchedBucket
 from gateway.preplan import MAX_PROMPT_CHARS, Preplanner
 from projections.job_state import evolve
-from services.jobs.decide import NodeView, decide, plan_at_door
+from services.jobs.decide import decide, plan_at_door
+from services.jobs.placement import NodeView
 from services.registry.live import LiveNodes
 from services.registry.select import SHARED
 

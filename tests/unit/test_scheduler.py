@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from hypothesis import given
 from hypothesis import strategies as st
 
+from projections.job_state import JobState, TaskState
 from services.jobs.admission import FairQueue
 
 
@@ -67,3 +70,60 @@ def test_never_more_than_the_depth_waits_and_every_job_gets_out(
             out.append(j)
         assert q.waiting["m"] <= 3
     assert sorted(out) == sorted(pending) and not q.held
+
+
+def _state(job_id: str, tenant: str, priority: int, models: list[str]) -> JobState:
+    """A job with one planned task per entry of `models` (only what admission reads)."""
+    tasks = [TaskState.model_construct(task_id=f"t{i}", model=m) for i, m in enumerate(models)]
+    return JobState.model_construct(
+        job_id=job_id,
+        tenant=tenant,
+        priority=priority,
+        tasks=tuple(tasks),
+        created_at=datetime.now(UTC),
+    )
+
+
+def _snapshot(q: FairQueue) -> tuple[object, ...]:
+    held = {
+        m: {p: [(t, list(d)) for t, d in lanes.items()] for p, lanes in levels.items()}
+        for m, levels in q.held.items()
+    }
+    return (+q.waiting, held, sorted(q._granted), dict(q._where))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from("abc"),
+            st.integers(0, 2),
+            st.lists(st.sampled_from("mn"), min_size=1, max_size=4),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    st.lists(st.sampled_from(["start-m", "start-n", "release-m", "release-n"]), max_size=25),
+)
+def test_a_trial_answers_as_admit_would_and_applied_leaves_the_same_queue(
+    jobs: list[tuple[str, int, list[str]]], moves: list[str]
+) -> None:
+    """decide asks through a trial (no change to the queue); the runner applies the hold at once
+    and each admission once stored: the same as asking `admit` task by task."""
+    real, tried = FairQueue(depth=2), FairQueue(depth=2)
+    for i, (tenant, priority, models) in enumerate(jobs):
+        state = _state(f"j{i}", tenant, priority, models)
+        trial = tried.trial()
+        before = _snapshot(tried)
+        answers = [trial.admit(state, task) for task in state.tasks]
+        assert _snapshot(tried) == before  # asking changed nothing
+        assert answers == [real.admit(t.model, tenant, priority, state.job_id) for t in state.tasks]
+        trial.apply(trial.admitted)  # every task let through was dispatched
+        assert _snapshot(tried) == _snapshot(real)
+        if i < len(moves):  # tasks start, held jobs are let through
+            kind, model = moves[i].split("-")
+            for q in (real, tried):
+                if kind == "start":
+                    q.started(model)
+                else:
+                    q.release(model)
+            assert _snapshot(tried) == _snapshot(real)
