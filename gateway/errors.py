@@ -13,6 +13,13 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from events.errors import transient
+from services.accounts.errors import (
+    AccountError,
+    EmailTaken,
+    InvalidCredentials,
+    InvalidRefreshToken,
+    WeakPassword,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,27 @@ def _api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[dict[
     body = exc.body()
     _counted(request, body["error"]["code"], exc.status)
     return Response(body, status_code=exc.status, headers=exc.headers)
+
+
+# Each account error's status, code and the request field it is about (its message is the text).
+_ACCOUNT_ERRORS: dict[type[AccountError], tuple[int, str, str | None]] = {
+    WeakPassword: (400, "weak_password", "password"),
+    EmailTaken: (409, "email_taken", "email"),
+    InvalidCredentials: (401, "invalid_credentials", None),
+    InvalidRefreshToken: (401, "invalid_refresh_token", None),
+}
+
+
+def account_api_error(exc: AccountError) -> ApiError:
+    """The `ApiError` the client sees for an account error (400 for one not in the map)."""
+    for kind, (status, code, param) in _ACCOUNT_ERRORS.items():
+        if isinstance(exc, kind):
+            return ApiError(status, str(exc), code=code, param=param)
+    return ApiError(400, str(exc))
+
+
+def _account_error(request: Request[Any, Any, Any], exc: AccountError) -> Response[dict[str, Any]]:
+    return _api_error(request, account_api_error(exc))
 
 
 def _validation(
@@ -134,6 +162,7 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
 
 exception_handlers: dict[type[Exception] | int, Any] = {
     ApiError: _api_error,
+    AccountError: _account_error,
     ValidationException: _validation,
     HTTPException: _http,
     Exception: _unexpected,

@@ -8,12 +8,12 @@ from events.bus import Bus
 from events.job_log import JobEnds
 from events.records import TenantQueue
 from events.watched import WatchedBucket
-from gateway.accounts import SessionRecord
 from gateway.keys import KeyRing
 from gateway.limits import Quotas, RateLimiter
 from gateway.preplan import Preplanner
 from gateway.tokens import Signer
 from projections.usage import TenantUsage
+from services.accounts.sessions import SessionRecord
 from services.metrics import GatewayMetrics
 from services.process import connect, ensure_topology
 from services.registry.live import LiveNodes

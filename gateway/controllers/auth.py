@@ -8,12 +8,12 @@ from typing import Any
 from litestar import Controller, Request, delete, get, post
 from litestar.params import FromPath, JSONBody
 
-from gateway import accounts
 from gateway.auth import GatewayDep, PrincipalDep, authenticate, gateway_of, require_admin
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
 from gateway.schemas import LoginRequest, Me, RefreshRequest, Registered, RegisterRequest, TokenPair
+from services import accounts
 
 
 def _pair(gateway: Gateway, session: accounts.SessionRecord, refresh_token: str) -> TokenPair:

@@ -7,9 +7,9 @@ from litestar.params import FromPath, JSONBody
 
 from gateway.auth import GatewayDep, PrincipalDep
 from gateway.errors import ApiError
-from gateway.keys import KeyRecord, create_key, revoke_key
 from gateway.principal import Principal
 from gateway.schemas import KeyIssued, KeyOut, KeyRequest
+from services.accounts.keys import KeyRecord, create_key, revoke_key
 
 
 def _out(record: KeyRecord) -> KeyOut:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from events.bus import Bus
-from gateway.keys import create_key
+from services.accounts.keys import create_key
 from services.nats_server import free_port, port_open
 from services.process import ensure_topology
 from services.settings import Settings

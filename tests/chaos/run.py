@@ -33,7 +33,7 @@ from pathlib import Path
 
 from events.bus import Bus
 from events.errors import transient
-from gateway.keys import create_key
+from services.accounts.keys import create_key
 from services.audit import audit, collect, render
 from services.nats_server import free_port
 from services.process import ensure_topology

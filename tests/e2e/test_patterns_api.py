@@ -20,7 +20,7 @@ import websockets
 
 from events.bus import Bus
 from events.history import read_events
-from gateway.keys import create_key
+from services.accounts.keys import create_key
 from services.engines.simulated import simulated_tokens
 from services.nats_server import free_port
 from services.settings import Settings

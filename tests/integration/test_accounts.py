@@ -13,8 +13,8 @@ from litestar.testing import AsyncTestClient
 
 from events.bus import Bus
 from events.history import read_events
-from gateway import accounts
 from gateway.app import create_app
+from services import accounts
 from services.settings import Settings
 from tests.mesh import wait_until
 

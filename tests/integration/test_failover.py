@@ -16,7 +16,7 @@ from events.bus import Bus
 from events.envelope import Envelope
 from events.jobs import TaskCompleted, TaskStarted
 from events.work import TokensProduced
-from gateway.keys import create_key
+from services.accounts.keys import create_key
 from services.nats_server import free_port
 from services.settings import Settings
 from services.worker.resume import partial_output

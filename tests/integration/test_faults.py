@@ -25,7 +25,7 @@ from events.subjects import Names
 from events.topology import provision, topology
 from events.watched import WatchedBucket
 from gateway.app import create_app
-from gateway.keys import create_key
+from services.accounts.keys import create_key
 from services.nats_server import EmbeddedNats
 from services.orchestrator.runner import Orchestrator
 from services.process import ensure_topology

@@ -16,7 +16,7 @@ from events.job_log import submit
 from events.jobs import JobCompleted
 from gateway.app import create_app
 from gateway.completions import cancel_job
-from gateway.keys import create_key, revoke_key
+from services.accounts.keys import create_key, revoke_key
 from services.nats_server import free_port
 from services.settings import Settings
 from tests.mesh import job_events, mesh, spawn, wait_terminal, wait_until

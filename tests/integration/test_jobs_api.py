@@ -11,7 +11,7 @@ from litestar.testing import AsyncTestClient
 
 from events.bus import Bus
 from gateway.app import create_app
-from gateway.keys import create_key
+from services.accounts.keys import create_key
 from services.settings import Settings
 from tests.mesh import job_events, spawn, wait_until
 

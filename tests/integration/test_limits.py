@@ -11,8 +11,8 @@ from litestar.testing import AsyncTestClient
 
 from events.bus import Bus
 from gateway.app import create_app
-from gateway.keys import create_key
 from gateway.limits import WINDOW_S
+from services.accounts.keys import create_key
 from services.settings import Settings
 from tests.mesh import spawn, wait_until
 

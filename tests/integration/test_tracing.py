@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from events.bus import Bus
 from gateway.app import create_app
-from gateway.keys import create_key
+from services.accounts.keys import create_key
 from services.nats_server import free_port
 from services.settings import Settings
 from tests.mesh import mesh, wait_until

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from events.bus import Bus
-from gateway.keys import create_key
+from services.accounts.keys import create_key
 from services.nats_server import free_port
 from services.process import ensure_topology
 from services.registry.live import LiveNodes

@@ -12,7 +12,7 @@ import pytest
 import websockets
 
 from events.bus import Bus
-from gateway.keys import create_key
+from services.accounts.keys import create_key
 from services.nats_server import free_port
 from services.settings import Settings
 from tests.mesh import mesh, spawn, wait_until

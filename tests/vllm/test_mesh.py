@@ -21,7 +21,7 @@ import pytest_asyncio
 from events.bus import Bus
 from events.jobs import TaskCompleted, TaskStarted
 from events.records import NodeRecord
-from gateway.keys import create_key
+from services.accounts.keys import create_key
 from services.nats_server import free_port
 from services.process import ensure_topology
 from services.settings import Settings

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from events.bus import Bus
-from gateway.keys import create_key
+from services.accounts.keys import create_key
 from services.nats_server import free_port
 from services.process import ensure_topology
 from services.settings import Settings

@@ -1,0 +1,159 @@
+"""`dim submit`, `dim jobs`, `dim job`: run a prompt and follow it, list jobs, show one job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from events.bus import Bus
+from events.inference import Prompt, SamplingParams
+from events.jobs import JobCancelled, JobCompleted, JobFailed
+from events.work import TokensProduced
+from services.cli.common import settings_of, with_bus
+
+if TYPE_CHECKING:
+    from services.cli.common import Subcommands
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from events.job_log import JobFollower, submit
+    from events.text import TextAssembler
+
+    params = SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        stop=tuple(args.stop or ()),
+        seed=args.seed,
+    )
+
+    max_attempts = settings_of(args).max_attempts
+
+    async def go(bus: Bus) -> int:
+        job = await submit(
+            bus,
+            model=args.model,
+            prompt=Prompt(text=args.prompt),
+            params=params,
+            owner=args.owner,
+            node_id=args.node,
+            max_attempts=max_attempts,
+        )
+        if not args.json:
+            print(f"job {job.job_id} submitted", file=sys.stderr)
+        text = TextAssembler()
+        last = None
+        async with JobFollower(bus, job.job_id, replay=True) as events:
+            async for envelope in events:
+                data = envelope.data
+                if isinstance(data, TokensProduced):
+                    new = text.add(data.offset, data.text)
+                    if new and not args.json:
+                        sys.stdout.write(new)
+                        sys.stdout.flush()
+                elif isinstance(data, (JobCompleted, JobFailed, JobCancelled)):
+                    last = data
+        if args.json:
+            print(json.dumps(last.model_dump(mode="json") if last else None))
+        elif isinstance(last, JobCompleted):
+            if last.output.startswith(text.text):
+                sys.stdout.write(last.output[len(text.text) :])
+            else:
+                print("\n[the answer was regenerated after a retry; final output:]\n" + last.output)
+            u = last.usage
+            print(
+                f"\n\ncompleted ({last.finish_reason})  prompt {u.prompt_tokens} + completion "
+                f"{u.completion_tokens} = {u.total_tokens} tokens   job {job.job_id}",
+                file=sys.stderr,
+            )
+        elif isinstance(last, JobFailed):
+            print(f"\nfailed ({last.code}): {last.reason}", file=sys.stderr)
+        elif isinstance(last, JobCancelled):
+            print(f"\ncancelled: {last.reason}", file=sys.stderr)
+        return 0 if isinstance(last, JobCompleted) else 1
+
+    return with_bus(args, go)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from projections.job_views import newest_views
+    from services.render import jobs_table
+
+    async def go(bus: Bus) -> int:
+        views = await newest_views(
+            bus, lambda v: args.status is None or v.status == args.status, limit=args.limit
+        )
+        if args.json:
+            print(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
+        else:
+            print(jobs_table(views))
+        return 0
+
+    return with_bus(args, go)
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from events.job_log import history
+    from projections.job_views import read_view
+    from services.render import job_detail
+
+    async def go(bus: Bus) -> int:
+        view = await read_view(bus, args.job_id)
+        events = await history(bus, args.job_id)
+        if view is None and not events:
+            print(f"dim: no job {args.job_id!r}", file=sys.stderr)
+            return 1
+        if args.json:
+            doc = {
+                "job": view.model_dump(mode="json") if view else None,
+                "events": [
+                    {
+                        "seq": s,
+                        "id": e.id,
+                        "type": e.type,
+                        "at": e.at.isoformat(),
+                        "actor": e.actor,
+                        "data": e.data.model_dump(mode="json"),
+                    }
+                    for s, e in events
+                ],
+            }
+            print(json.dumps(doc, indent=2))
+        else:
+            print(job_detail(view, events))
+        return 0
+
+    return with_bus(args, go)
+
+
+def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`submit`, `jobs`, `job`."""
+    s = sub.add_parser(
+        "submit",
+        parents=[common],
+        help="submit a prompt, stream its tokens, print status and usage",
+    )
+    s.add_argument("prompt")
+    s.add_argument("--model", "-m", required=True)
+    s.add_argument("--max-tokens", type=int, default=256)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--stop", action="append", help="stop string (repeatable)")
+    s.add_argument("--node", help="pin the job to this node id")
+    s.add_argument("--owner", default="cli")
+    s.add_argument("--json", action="store_true", help="print only the final event as JSON")
+    s.set_defaults(fn=cmd_submit)
+
+    s = sub.add_parser("jobs", parents=[common], help="list recent jobs")
+    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--status", choices=["queued", "running", "completed", "failed", "cancelled"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_jobs)
+
+    s = sub.add_parser("job", parents=[common], help="show a job and its event history")
+    s.add_argument("job_id")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_job)

@@ -1,0 +1,197 @@
+"""The long-running processes: `dim up` (the whole mesh here), and each service on its own:
+`worker`, `orchestrator`, `projector`, `gateway`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from events.bus import Bus
+from events.errors import DimError
+from services.cli.common import settings_of
+from services.process import run
+
+if TYPE_CHECKING:
+    from services.cli.common import Subcommands
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from services.cpu_policy import use_batch_policy
+    from services.up import up
+
+    settings = settings_of(
+        args,
+        models=tuple(args.models.split(",")) if args.models else None,
+        nats_port=args.nats_port,
+        gateway_port=args.gateway_port,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        sim_ttft_ms=args.sim_ttft_ms,
+        sim_tokens_per_s=args.sim_tokens_per_s,
+    )
+    use_batch_policy(settings.sched_batch)  # and so the server and services it starts
+    try:
+        return run(up(settings, args.workers, every_model=not args.models))
+    except DimError as exc:
+        print(f"dim up: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from services.engines.factory import build_engine
+    from services.process import serve
+    from services.worker.runner import Worker
+
+    models = args.models or args.model
+    settings = settings_of(
+        args,
+        node_id=args.node_id,
+        models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
+        capacity=args.capacity,
+        engine=args.engine,
+        upstream_url=args.upstream,
+        model_aliases=args.aliases,
+        metrics_port=args.metrics_port,
+        tenants=tuple(t.strip() for t in args.tenants.split(",") if t.strip())
+        if args.tenants
+        else None,
+    )
+
+    async def body(bus: Bus, stop: asyncio.Event) -> None:
+        await Worker(bus, build_engine(settings), settings).run(stop)
+
+    return serve(settings, f"worker {settings.node_id}", body)
+
+
+def cmd_orchestrator(args: argparse.Namespace) -> int:
+    from services.orchestrator.runner import Orchestrator
+    from services.process import serve
+
+    settings = settings_of(args, instance_id=args.instance_id)
+
+    async def body(bus: Bus, stop: asyncio.Event) -> None:
+        await Orchestrator(bus, settings).run(stop)
+
+    return serve(settings, "orchestrator", body)
+
+
+def cmd_projector(args: argparse.Namespace) -> int:
+    from services.process import serve
+    from services.projector import JobStatusProjector, UsageProjector
+
+    settings = settings_of(args, instance_id=args.instance_id)
+
+    async def body(bus: Bus, stop: asyncio.Event) -> None:
+        await asyncio.gather(
+            JobStatusProjector(bus, settings).run(stop), UsageProjector(bus, settings).run(stop)
+        )
+
+    return serve(settings, "projector", body)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from services.cpu_policy import use_batch_policy
+    from services.process import setup_logging, tune_gc
+    from services.telemetry import setup_tracing
+
+    settings = settings_of(args, gateway_host=args.host, gateway_port=args.port)
+    use_batch_policy(settings.sched_batch)
+    setup_logging(settings, "gateway")
+    setup_tracing(settings, "gateway")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    tune_gc()
+    try:
+        server.run()
+    except DimError as exc:
+        print(f"dim gateway: {exc}", file=sys.stderr)
+        return 1
+    return 0 if server.started else 1
+
+
+def _add_up(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser(
+        "up",
+        parents=[common],
+        help="run the whole mesh here: nats-server, orchestrator, projector, workers",
+    )
+    s.add_argument("--workers", type=int, default=3, help="simulated workers to start (default 3)")
+    s.add_argument(
+        "--models",
+        help="models every simulated worker serves, comma-separated (default: sim-small on "
+        "every worker, and sim-large too on every third)",
+    )
+    s.add_argument(
+        "--nats-port", type=int, help="client port of the embedded nats-server (default 4222)"
+    )
+    s.add_argument("--data-dir", help="where nats-server keeps its store (default .dim)")
+    s.add_argument("--gateway-port", type=int, help="port of the HTTP gateway (default 8000)")
+    s.add_argument("--sim-ttft-ms", type=float, help="simulated time to first token")
+    s.add_argument("--sim-tokens-per-s", type=float, help="simulated decode speed (0: no delay)")
+    s.set_defaults(fn=cmd_up)
+
+
+def _add_worker(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("worker", parents=[common], help="run a worker node")
+    s.add_argument("--node-id", help="this node's id (env DIM_NODE_ID; default: host name)")
+    s.add_argument("--models", help="models to serve, comma-separated (env DIM_MODELS)")
+    s.add_argument("--model", help="the model to serve (vllm: a Hugging Face id or a path)")
+    s.add_argument(
+        "--engine",
+        choices=("simulated", "openai", "vllm"),
+        help="inference engine (env DIM_ENGINE; default simulated); see docs/engines.md",
+    )
+    s.add_argument(
+        "--upstream",
+        help="openai engine: base URL of an OpenAI-compatible server, e.g. "
+        "http://127.0.0.1:8001/v1 (env DIM_UPSTREAM_URL; its key in DIM_UPSTREAM_API_KEY)",
+    )
+    s.add_argument(
+        "--aliases", help="more names for served models: alias=model,... (env DIM_MODEL_ALIASES)"
+    )
+    s.add_argument(
+        "--metrics-port", type=int, help="Prometheus /metrics port (env DIM_METRICS_PORT; 0: any)"
+    )
+    s.add_argument("--capacity", type=int, help="requests in flight at once (env DIM_CAPACITY)")
+    s.add_argument(
+        "--tenants",
+        help="serve only these tenants, comma-separated (env DIM_TENANTS; default: every tenant)",
+    )
+    s.set_defaults(fn=cmd_worker)
+
+
+def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`up`, `worker`, `orchestrator`, `projector`, `gateway`."""
+    _add_up(sub, common)
+    _add_worker(sub, common)
+    for name, fn, what in (
+        ("orchestrator", cmd_orchestrator, "run an orchestrator instance"),
+        ("projector", cmd_projector, "run a job-status projector instance"),
+    ):
+        s = sub.add_parser(name, parents=[common], help=what)
+        s.add_argument(
+            "--instance-id", help="stable id of this instance (env DIM_INSTANCE_ID; default 0)"
+        )
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser(
+        "gateway", parents=[common], help="run the HTTP gateway (OpenAI-compatible API)"
+    )
+    s.add_argument("--host", help="address to listen on (env DIM_GATEWAY_HOST; default 127.0.0.1)")
+    s.add_argument(
+        "--port", type=int, help="port to listen on (env DIM_GATEWAY_PORT; default 8000)"
+    )
+    s.set_defaults(fn=cmd_gateway)
