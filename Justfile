@@ -7,7 +7,7 @@ python := ".venv/bin/python"
 default:
     @just --list
 
-# bring the whole mesh up: embedded nats-server, orchestrator, projector, 2 simulated workers
+# bring the whole mesh up: embedded nats-server, orchestrator, projector, 3 simulated workers, gateway
 up *ARGS:
     .venv/bin/dim up {{ARGS}}
 
@@ -29,7 +29,7 @@ test-gpu *ARGS:
     infra/vllm-env .venv-gpu vllm
     .venv-gpu/bin/python -m pytest tests/vllm {{ARGS}}
 
-# ruff (lint and format check) and mypy
+# ruff (lint and format check), mypy, and the import contracts (lint-imports)
 lint:
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
@@ -41,7 +41,7 @@ fmt:
     .venv/bin/ruff format .
     .venv/bin/ruff check --fix .
 
-# benchmarks: jobs through the mesh, then the gateway (prints tables; not tests)
+# benchmarks: jobs through the mesh, the gateway, node selection, cancel (prints tables; not tests)
 bench:
     {{python}} -m tests.bench.bench_jobs
     {{python}} -m tests.bench.bench_gateway

@@ -84,8 +84,8 @@ class Envelope:
     def encode(self) -> bytes:
         """The envelope as JSON bytes: what ``json.dumps`` writes for the head (compact, ASCII),
         then the data as pydantic-core serializes it. Every event of a request is encoded on
-        its way out, so the head is written directly (a ``json.dumps`` with separators builds
-        an encoder per call: it was two thirds of the cost)."""
+        its way out, so the head is written directly: a ``json.dumps`` with separators would
+        build a new encoder on every call (measured in docs/benchmarks.md)."""
         at = self.at.isoformat().replace("+00:00", "Z")
         head = (
             f'{{"id":{_quote(self.id)},"type":{_quote(self.type)},"version":{self.version:d},'

@@ -1,1 +1,3 @@
-"""The HTTP gateway (Litestar). Not built yet: the OpenAI-compatible API, auth, jobs API and WebSocket streaming come with the gateway issue."""
+"""The HTTP gateway, a Litestar app (`app.create_app`): the OpenAI-compatible API, the jobs API,
+WebSocket streaming, authentication and rate limits. It plans plain jobs at the door with the
+job core (`services.jobs`); see docs/api.md and docs/architecture.md."""

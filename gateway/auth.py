@@ -35,8 +35,8 @@ async def provide_principal(request: Request[Any, Any, Any], gateway: GatewayDep
 
     It takes the `gateway` dependency rather than reading the app state itself so that Litestar
     resolves the two one after the other: dependencies of the same depth are resolved
-    concurrently, in an anyio task group of their own — two tasks per request, ~7% of the
-    gateway's CPU for a chat completion (docs/benchmarks.md)."""
+    concurrently, in an anyio task group of their own, which costs two tasks per request for
+    no gain (measured in docs/benchmarks.md)."""
     principal = authenticate(gateway, request.headers.get("authorization"))
     state = await gateway.limiter.hit(principal)
     if state is not None:

@@ -72,17 +72,17 @@ async def ensure_topology(bus: Bus, settings: Settings) -> None:
 def tune_gc() -> None:
     """Collect cycles less often: a dim process allocates many short-lived objects per message
     (events, models, futures) that reference counting frees, and Python's default — a young
-    collection every 700 allocations, rescanning what start-up built — cost the mesh's processes
-    6-8% of their CPU under load (docs/benchmarks.md). Start-up objects are frozen out of the
-    scans; young collections come every 50,000 allocations."""
+    collection every 700 allocations, rescanning what start-up built — spends CPU on scans that
+    find little to collect (measured in docs/benchmarks.md). Start-up objects are frozen out of
+    the scans; young collections come every 50,000 allocations."""
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run a process's main coroutine on uvloop where it is installed (it is a dependency
-    everywhere but Windows), else on asyncio's own loop. uvloop roughly halves the CPU that
-    nats-py and the HTTP server spend per message on this machine; see docs/benchmarks.md."""
+    everywhere but Windows), else on asyncio's own loop: uvloop costs nats-py and the HTTP
+    server less CPU per message (measured in docs/benchmarks.md)."""
     tune_gc()
     try:
         import uvloop

@@ -1,1 +1,2 @@
-"""Inference engines behind one protocol: simulated (no GPU), and later vLLM and OpenAI upstreams."""
+"""Inference engines behind one protocol: simulated (no GPU), openai (any OpenAI-compatible
+server upstream) and vllm (a model served in-process). See docs/engines.md."""
