@@ -54,7 +54,7 @@ class StepIn(BaseModel):
 
 
 class JobRequest(BaseModel):
-    """`POST /v1/jobs`. Fields by pattern (README: "Patterns"):
+    """`POST /v1/jobs`. Fields by pattern (docs/patterns.md):
 
     - single: `model` + `prompt` or `messages`.
     - collaborative: `model` + `inputs` (or one `input` with `split`); `aggregate` concat or

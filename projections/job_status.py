@@ -1,4 +1,4 @@
-"""The job-status read model: one view per job, folded from JOBS with the orchestrator's `evolve`.
+"""The job-status read model: one view per job, folded from JOBS by `job_state.evolve`.
 
 A view carries `last_seq`, the stream sequence of the last event applied, so applying an event
 twice (JetStream delivers at least once) changes nothing. Views are serialised canonically, so a

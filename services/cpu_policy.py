@@ -2,13 +2,12 @@
 
 A request crosses nats-server many times (gateway → server → worker → server → gateway ...), and
 under the default policy every message that wakes a process makes it preempt whichever process
-was running on that core. With the whole mesh on one machine that means switches, not work: at
-32 requests in flight on 2 cores the processes were preempted ~5-6 times per request in all, and
+was running on that core. With the whole mesh on one machine that means switches, not work, and
 a preempted process comes back to cold caches. A SCHED_BATCH task does not preempt on wake-up:
 it runs when the running task blocks or its slice ends, so each process drains what has arrived
 in one go. The share of CPU each gets is unchanged (nice values are untouched), and a process
 woken while a core is idle runs at once as before, so one request at a time is as fast.
-Measured in docs/benchmarks.md (gateway bench: ~15% more requests/s).
+What it gains is measured in docs/benchmarks.md.
 
 The policy is per thread and inherited by threads and processes created afterwards, so it is set
 first thing in each process; `DIM_SCHED_BATCH=false` keeps the default policy. Elsewhere than
