@@ -34,8 +34,7 @@ from events.work import TokensProduced
 log = logging.getLogger(__name__)
 
 
-async def submit(
-    bus: Bus,
+def single(
     *,
     model: str,
     prompt: Prompt,
@@ -46,8 +45,8 @@ async def submit(
     max_attempts: int = 3,
     job_id: str | None = None,
 ) -> JobSubmitted:
-    """Append ``job.submitted`` for one prompt (the `single` pattern); returns the event."""
-    event = JobSubmitted(
+    """The ``job.submitted`` of one prompt (the `single` pattern)."""
+    return JobSubmitted(
         job_id=job_id or new_id(),
         model=model,
         prompt=prompt,
@@ -57,7 +56,11 @@ async def submit(
         node_id=node_id,
         max_attempts=max_attempts,
     )
-    return await submit_event(bus, event)
+
+
+async def submit(bus: Bus, **fields: Any) -> JobSubmitted:
+    """Append ``job.submitted`` for one prompt (`single`'s fields); returns the event."""
+    return await submit_event(bus, single(**fields))
 
 
 async def submit_event(bus: Bus, event: JobSubmitted) -> JobSubmitted:

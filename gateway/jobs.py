@@ -19,7 +19,8 @@ from gateway.schemas import JobRequest
 from projections.job_state import JobState, evolve
 from projections.job_status import fold
 from projections.job_views import newest_views, read_view
-from services.jobs.patterns import models_of, validate
+from services.jobs.patterns import models_of
+from services.jobs.validation import validate
 from services.jobs.work import dispatches_in, task_request
 
 

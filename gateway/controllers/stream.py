@@ -41,6 +41,7 @@ from gateway.principal import Principal
 from gateway.runtime import Gateway
 from gateway.schemas import JobRequest
 from projections.job_state import evolve
+from services.jobs.validation import first_problem
 
 _CLOSE_FOR = {401: 4401, 403: 4403, 404: 4404}
 
@@ -181,10 +182,9 @@ async def submit_and_stream(socket: WebSocket[Any, Any, Any]) -> None:
         try:
             request = JobRequest.model_validate_json(raw)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
+            why, param = first_problem(exc)
             raise ApiError(
-                400, f"invalid job request: {first['msg']}", code="invalid_request", param=param
+                400, f"invalid job request: {why}", code="invalid_request", param=param
             ) from None
         job_id, _ = await jobs.submit_request(gw, principal, request)
         await socket.send_json({"type": "accepted", "job_id": job_id})

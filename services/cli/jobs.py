@@ -7,6 +7,8 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from events.bus import Bus
 from events.inference import Prompt, SamplingParams
 from events.jobs import JobCancelled, JobCompleted, JobFailed
@@ -18,29 +20,36 @@ if TYPE_CHECKING:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from events.job_log import JobFollower, submit
+    from events.job_log import JobFollower, single, submit_event
     from events.text import TextAssembler
+    from services.jobs.validation import first_problem, validate
 
-    params = SamplingParams(
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        stop=tuple(args.stop or ()),
-        seed=args.seed,
-    )
-
-    max_attempts = settings_of(args).max_attempts
-
-    async def go(bus: Bus) -> int:
-        job = await submit(
-            bus,
+    try:  # checked as the gateway checks every request, before anything is sent
+        job = single(
             model=args.model,
             prompt=Prompt(text=args.prompt),
-            params=params,
+            params=SamplingParams(
+                max_tokens=args.max_tokens,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                stop=tuple(args.stop or ()),
+                seed=args.seed,
+            ),
             owner=args.owner,
             node_id=args.node,
-            max_attempts=max_attempts,
+            max_attempts=settings_of(args).max_attempts,
         )
+        validate(job)
+    except ValidationError as exc:
+        why, field = first_problem(exc)
+        print(f"dim submit: invalid job: {field}: {why}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"dim submit: invalid job: {exc}", file=sys.stderr)
+        return 2
+
+    async def go(bus: Bus) -> int:
+        await submit_event(bus, job)
         if not args.json:
             print(f"job {job.job_id} submitted", file=sys.stderr)
         text = TextAssembler()

@@ -12,14 +12,12 @@ the job's result is once every task has finished.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from events.inference import Prompt, Usage
 from events.jobs import Choice, JobCompleted, JobFailed, JobPlanned, JobSubmitted, Part, TaskSpec
 from events.patterns import Split
 from projections.job_state import JobState, TaskState
 from services.jobs import consensus
-from services.jobs.templates import check, render
+from services.jobs.templates import render
 
 
 def task_id(job_id: str, index: int) -> str:
@@ -46,56 +44,6 @@ def split(text: str, how: Split) -> tuple[str, ...]:
     if current or not shards:
         shards.append(current)
     return tuple(shards)
-
-
-# --- validation at the door ------------------------------------------------------------------
-
-
-def _outputs_ref(n: int) -> Callable[[str], bool]:
-    def ok(ref: str) -> bool:
-        if ref == "outputs":
-            return True
-        head, _, tail = ref.partition(".")
-        return head == "outputs" and tail.isdigit() and int(tail) < n
-
-    return ok
-
-
-def validate(job: JobSubmitted) -> None:
-    """Raise `ValueError` (with the field in words) unless the job's pattern spec is usable."""
-    if job.pattern == "collaborative":
-        spec = job.collaborative
-        if spec is None:
-            raise ValueError("a collaborative job needs 'inputs' (or 'input' with 'split')")
-        if spec.aggregate == "reduce":
-            ok = _outputs_ref(len(spec.inputs))
-            check(
-                spec.reduce_prompt,
-                lambda r: ok(r) or (r == "input" and job.prompt is not None),
-                "reduce_prompt",
-            )
-        return
-    if job.prompt is None:
-        raise ValueError(f"a {job.pattern} job needs a prompt")
-    if job.pattern == "comparative":
-        if job.comparative is None:
-            raise ValueError("a comparative job needs 'models' (at least two)")
-        if job.comparative.consensus == "judge":
-            check(
-                job.comparative.judge_prompt, {"input", "candidates"}.__contains__, "judge_prompt"
-            )
-    elif job.pattern == "chained":
-        if job.chained is None:
-            raise ValueError("a chained job needs 'steps'")
-        earlier: set[str] = set()
-        for i, step in enumerate(job.chained.steps):
-            allowed = (
-                {"input"} | {f"steps.{n}" for n in earlier} | {f"steps.{n}.output" for n in earlier}
-            )
-            if i:
-                allowed.add("previous")
-            check(step.prompt, allowed.__contains__, f"step '{step.name}' prompt")
-            earlier.add(step.name)
 
 
 def models_of(state: JobState | JobSubmitted) -> list[str]:

@@ -36,9 +36,10 @@ from events.subjects import Names
 from projections.job_state import JobState, evolve
 from services.jobs import consensus
 from services.jobs.decide import decide
-from services.jobs.patterns import split, validate
+from services.jobs.patterns import split
 from services.jobs.placement import NodeView
 from services.jobs.templates import TemplateError, references, render
+from services.jobs.validation import validate
 from services.registry.select import SHARED, Need
 
 NAMES = Names("t")
