@@ -30,11 +30,7 @@ class Reject(DimError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ConsumerSpec:
-    """A durable pull consumer as dim wants it.
-
-    `deliver_policy` is the nats-py spelling of `deliver`, kept for callers that still pass it;
-    when given it wins.
-    """
+    """A durable pull consumer as dim wants it."""
 
     stream: str
     durable: str
@@ -46,7 +42,6 @@ class ConsumerSpec:
     inactive_threshold_s: float | None = None
     description: str | None = None
     ack_all: bool = False
-    deliver_policy: DeliverPolicy | None = None
 
     def config(self) -> ConsumerConfig:
         """The nats-py config for this spec."""
@@ -55,9 +50,7 @@ class ConsumerSpec:
             name=self.durable,
             durable_name=self.durable,
             description=self.description,
-            deliver_policy=(
-                DeliverPolicy(self.deliver) if self.deliver_policy is None else self.deliver_policy
-            ),
+            deliver_policy=DeliverPolicy(self.deliver),
             ack_policy=AckPolicy.ALL if self.ack_all else AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait_s,
             max_deliver=self.max_deliver,
