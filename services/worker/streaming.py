@@ -1,0 +1,250 @@
+"""One generation on the engine: the request (continuing what earlier attempts streamed), its
+token chunks sent to TOKENS as they come (coalesced, without waiting for acks), and the result
+with usage and timings."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from opentelemetry import trace
+from prometheus_client import Histogram
+
+from events.bus import PendingAcks
+from events.envelope import Envelope
+from events.errors import EngineError
+from events.inference import FinishReason, Usage
+from events.jobs import TaskCompleted
+from events.subjects import Names
+from events.work import TaskRequested, TokensProduced
+from services.engines.protocol import Engine, GenerationRequest, estimate_tokens
+from services.metrics import WorkerMetrics, observe_per_token
+from services.settings import Settings
+from services.worker.coalesce import Coalescer, Piece
+from services.worker.resume import Partial
+from services.worker.tally import Tally
+
+tracer = trace.get_tracer("dim.worker")
+
+# What the engine's stream ended with: time to the first text (None: no text), finish, usage.
+_Ending = tuple[float | None, FinishReason | None, Usage | None]
+
+
+class _Chunks:
+    """The token chunks of one attempt: pieces cut by its `Coalescer`, published without
+    waiting (their acks are awaited with the result's)."""
+
+    __slots__ = (
+        "actor",
+        "attempt",
+        "coalescer",
+        "job_id",
+        "node_id",
+        "pending",
+        "subject",
+        "task_id",
+    )
+
+    def __init__(
+        self,
+        request: TaskRequested,
+        node_id: str,
+        actor: str,
+        subject: str,
+        pending: PendingAcks,
+        coalescer: Coalescer,
+    ) -> None:
+        self.job_id = request.job_id
+        self.task_id = request.task.task_id
+        self.attempt = request.attempt
+        self.node_id = node_id
+        self.actor = actor
+        self.subject = subject
+        self.pending = pending
+        self.coalescer = coalescer
+
+    async def send(self, piece: Piece, finish_reason: FinishReason | None = None) -> None:
+        chunk = TokensProduced(
+            job_id=self.job_id,
+            task_id=self.task_id,
+            attempt=self.attempt,
+            node_id=self.node_id,
+            index=piece.index,
+            offset=piece.offset,
+            text=piece.text,
+            tokens=piece.tokens,
+            finish_reason=finish_reason,
+            token_ids=piece.token_ids,
+        )
+        await self.pending.add(self.subject, Envelope(chunk, actor=self.actor))
+
+    async def send_first(self) -> None:
+        piece = self.coalescer.cut(time.monotonic())  # None if the answer ended meanwhile
+        if piece is not None:
+            await self.send(piece)
+
+
+class Streamer:
+    """Runs generations on `engine` and streams their tokens."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        names: Names,
+        metrics: WorkerMetrics,
+        tally: Tally,
+        actor: str,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.names = names
+        self.metrics = metrics
+        self.tally = tally
+        self.node_id = settings.node_id
+        self.actor = actor
+
+    async def generate(
+        self,
+        request: TaskRequested,
+        request_id: str,
+        started: float,
+        pending: PendingAcks,
+        done: Partial,
+    ) -> TaskCompleted:
+        """Generate the task's answer, or what is left of it after `done`."""
+        task = request.task
+        assert task.prompt is not None  # checked on delivery
+        left = task.params.max_tokens - done.tokens
+        if done.finish_reason is not None or left <= 0:
+            # An earlier attempt streamed the whole answer and died before reporting it.
+            return self._already_done(request, started, done)
+        params = task.params.model_copy(update={"max_tokens": left}) if done.tokens else task.params
+        gen = GenerationRequest(
+            request_id,
+            task.model,
+            task.prompt,
+            params,
+            resume=done.text,
+            resume_token_ids=done.token_ids,
+        )
+        with tracer.start_as_current_span("engine.generate") as span:
+            span.set_attribute("dim.engine", self.engine.kind)
+            span.set_attribute("gen_ai.request.model", task.model)
+            span.set_attribute("gen_ai.request.max_tokens", task.params.max_tokens)
+            if done.text:
+                span.set_attribute("dim.resumed_chars", len(done.text))
+            return await self._stream(request, gen, started, pending, span, done)
+
+    def _already_done(self, request: TaskRequested, started: float, done: Partial) -> TaskCompleted:
+        task = request.task
+        assert task.prompt is not None  # checked on delivery
+        return TaskCompleted(
+            job_id=request.job_id,
+            task_id=task.task_id,
+            attempt=request.attempt,
+            node_id=self.node_id,
+            output=done.text,
+            finish_reason=done.finish_reason or "length",
+            usage=Usage(
+                prompt_tokens=estimate_tokens(task.prompt.render()),
+                completion_tokens=done.tokens,
+                estimated=True,
+            ),
+            ttft_ms=0.0,
+            duration_ms=round((time.monotonic() - started) * 1000, 3),
+        )
+
+    async def _stream(
+        self,
+        request: TaskRequested,
+        gen: GenerationRequest,
+        started: float,
+        pending: PendingAcks,
+        span: trace.Span,
+        done: Partial,
+    ) -> TaskCompleted:
+        coalescer = Coalescer(
+            self.settings.token_flush_ms, self.settings.token_flush_chars, offset=len(done.text)
+        )
+        subject = self.names.tokens(request.job_id)
+        chunks = _Chunks(request, self.node_id, self.actor, subject, pending, coalescer)
+        output: list[str] = [done.text]
+        itl = self.metrics.itl.labels(model=request.task.model)
+        ending = await self._relay(gen, chunks, output, started, itl)
+        return self._result(request, output, ending, started, span, done)
+
+    async def _relay(
+        self,
+        gen: GenerationRequest,
+        chunks: _Chunks,
+        output: list[str],
+        started: float,
+        itl: Histogram,
+    ) -> _Ending:
+        """Send the engine's output on as chunks, appending its text to `output`."""
+        coalescer, send = chunks.coalescer, chunks.send
+        ttft: float | None = None
+        finish = None
+        usage = None
+        last = started
+        first: asyncio.Task[None] | None = None  # the first piece, sent on the loop's next turn
+        try:
+            async for chunk in self.engine.generate(gen):
+                now = time.monotonic()
+                if chunk.text:
+                    if ttft is None:
+                        ttft = now - started
+                    elif chunk.tokens:
+                        observe_per_token(itl, now - last, chunk.tokens)
+                    last = now
+                    output.append(chunk.text)
+                if chunk.finish_reason is not None:
+                    finish, usage = chunk.finish_reason, chunk.usage
+                    # Always sent, even empty: it tells readers the stream is complete.
+                    last_piece = coalescer.finish(chunk.text, chunk.tokens, now, chunk.token_ids)
+                    await send(last_piece, finish)
+                    break
+                piece = coalescer.add(chunk.text, chunk.tokens, now, chunk.token_ids)
+                if piece is not None:
+                    await send(piece)
+                elif first is None and coalescer.first_waiting:
+                    first = asyncio.create_task(chunks.send_first())
+            if first is not None:
+                await first  # its publish failing fails the attempt, as any chunk's would
+        finally:
+            if first is not None and not first.done():
+                first.cancel()  # the attempt ended otherwise (timeout, engine error)
+        return ttft, finish, usage
+
+    def _result(
+        self,
+        request: TaskRequested,
+        output: list[str],
+        ending: _Ending,
+        started: float,
+        span: trace.Span,
+        done: Partial,
+    ) -> TaskCompleted:
+        ttft, finish, usage = ending
+        if finish is None or usage is None:
+            raise EngineError("the engine ended the stream without a finish reason")
+        if done.tokens:  # the whole answer's usage: what was resumed counts once, here
+            usage = usage.model_copy(
+                update={"completion_tokens": usage.completion_tokens + done.tokens}
+            )
+        self.tally.tokens_out += usage.completion_tokens
+        span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+        span.set_attribute("gen_ai.response.finish_reasons", [finish])
+        return TaskCompleted(
+            job_id=request.job_id,
+            task_id=request.task.task_id,
+            attempt=request.attempt,
+            node_id=self.node_id,
+            output="".join(output),
+            finish_reason=finish,
+            usage=usage,
+            ttft_ms=round((ttft if ttft is not None else time.monotonic() - started) * 1000, 3),
+            duration_ms=round((time.monotonic() - started) * 1000, 3),
+        )
