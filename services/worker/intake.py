@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Protocol
 
 from opentelemetry import propagate, trace
 
-from events.bus import Bus
+from events.bus import Bus, Message
 from events.consume import ConsumerSpec, Delivery, Reject
 from events.job_log import history
 from events.retry import RACED_START
@@ -26,12 +25,6 @@ from services.worker.tally import Tally
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("dim.worker")
 _ENDED_MEMORY = 100_000  # job ids remembered as ended, newest kept
-
-
-class Subjected(Protocol):
-    """A message, as far as `Intake.on_end` reads it."""
-
-    subject: str
 
 
 def model_durable(model: str) -> str:
@@ -173,7 +166,7 @@ class Intake:
         self.tally.skipped += 1
         log.info("skipping superseded attempt %d of %s", request.attempt, request.task.task_id)
 
-    async def on_end(self, msg: Subjected) -> None:
+    async def on_end(self, msg: Message) -> None:
         """A job ended early (cancelled, or failed): skip its tasks still queued here, abort
         what runs for it."""
         job_id = job_id_of(msg.subject)
