@@ -8,11 +8,12 @@ rebuild from the log produces byte-identical views.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import singledispatch
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from events.envelope import Envelope
+from events.envelope import Envelope, Event
 from events.inference import FinishReason, Prompt, SamplingParams, Usage
 from events.jobs import (
     JobCancelled,
@@ -215,105 +216,127 @@ def _planned(state: JobState, planned: JobPlanned, at: datetime) -> JobState:
 
 
 def _apply(state: JobState, envelope: Envelope) -> JobState:
-    event, at = envelope.data, envelope.at
     if state.terminal:
         return state
-    if isinstance(event, JobPlanned) and not state.planned:
-        return _planned(state, event, at)
-    if isinstance(event, TaskDispatched):
-        task = state.task(event.task_id)
-        if task is None or event.attempt <= task.attempt:
-            return state
-        sent = _dispatched(task, event, at)
-        tasks = tuple(sent if t.task_id == event.task_id else t for t in state.tasks)
-        return state.model_copy(update={"tasks": tasks})
-    if isinstance(event, TaskStarted):
-        task = state.task(event.task_id)
-        if (
-            task is None
-            or event.attempt != task.attempt
-            or task.status not in ("dispatched", "running")
-        ):
-            return state
-        new = _with_task(
-            state, event.task_id, status="running", ran_on=event.node_id, started_at=at
-        )
-        if state.started_at is None:
-            new = new.model_copy(update={"status": "running", "started_at": at})
-        return new
-    if isinstance(event, TaskCompleted):
-        if not _open_attempt(state, event.task_id, event.attempt):
-            return state
-        return _with_task(
-            state,
-            event.task_id,
-            status="completed",
-            ran_on=event.node_id,
-            finished_at=at,
-            output=event.output,
-            finish_reason=event.finish_reason,
-            usage=event.usage,
-            ttft_ms=event.ttft_ms,
-        )
-    if isinstance(event, TaskFailed):
-        failed = state.task(event.task_id)
-        if failed is None or not _open_attempt(state, event.task_id, event.attempt):
-            return state
-        return _with_task(
-            state,
-            event.task_id,
-            status="failed",
-            finished_at=at,
-            tried=failed.tried + ((event.node_id,) if event.node_id else ()),
-            error=event.error,
-            error_kind=event.kind,
-            retriable=event.retriable,
-        )
-    if isinstance(event, TaskDeadLettered):
-        if not _open_attempt(state, event.task_id, event.attempt):
-            return state
-        return _with_task(
-            state,
-            event.task_id,
-            status="failed",
-            finished_at=at,
-            error=f"its work message was delivered {event.deliveries} times without a result "
-            f"({event.consumer}): {event.error}",
-            error_kind="dead_lettered",
-            retriable=False,
-        )
-    if isinstance(event, JobCompleted):
-        return state.model_copy(
-            update={
-                "status": "completed",
-                "finished_at": at,
-                "output": event.output,
-                "finish_reason": event.finish_reason,
-                "usage": event.usage,
-                "parts": event.parts,
-                "consensus": event.consensus,
-                "errors": event.errors,
-                "ttft_ms": min(
-                    (t.ttft_ms for t in state.tasks if t.ttft_ms is not None), default=None
-                ),
-            }
-        )
-    if isinstance(event, JobFailed):
-        return state.model_copy(
-            update={
-                "status": "failed",
-                "finished_at": at,
-                "error": event.reason,
-                "error_code": event.code,
-            }
-        )
-    if isinstance(event, JobCancelled):
-        return state.model_copy(
-            update={
-                "status": "cancelled",
-                "finished_at": at,
-                "error": event.reason,
-                "error_code": "cancelled",
-            }
-        )
+    return _change(envelope.data, state, envelope.at)
+
+
+@singledispatch
+def _change(event: Event, state: JobState, at: datetime) -> JobState:
+    """What `event` changes in the job (one function per event type; others change nothing)."""
     return state
+
+
+@_change.register
+def _(event: JobPlanned, state: JobState, at: datetime) -> JobState:
+    return state if state.planned else _planned(state, event, at)
+
+
+@_change.register
+def _(event: TaskDispatched, state: JobState, at: datetime) -> JobState:  # and TaskRerouted
+    task = state.task(event.task_id)
+    if task is None or event.attempt <= task.attempt:
+        return state
+    sent = _dispatched(task, event, at)
+    tasks = tuple(sent if t.task_id == event.task_id else t for t in state.tasks)
+    return state.model_copy(update={"tasks": tasks})
+
+
+@_change.register
+def _(event: TaskStarted, state: JobState, at: datetime) -> JobState:
+    task = state.task(event.task_id)
+    if (
+        task is None
+        or event.attempt != task.attempt
+        or task.status not in ("dispatched", "running")
+    ):
+        return state
+    new = _with_task(state, event.task_id, status="running", ran_on=event.node_id, started_at=at)
+    if state.started_at is None:
+        new = new.model_copy(update={"status": "running", "started_at": at})
+    return new
+
+
+@_change.register
+def _(event: TaskCompleted, state: JobState, at: datetime) -> JobState:
+    if not _open_attempt(state, event.task_id, event.attempt):
+        return state
+    return _with_task(
+        state,
+        event.task_id,
+        status="completed",
+        ran_on=event.node_id,
+        finished_at=at,
+        output=event.output,
+        finish_reason=event.finish_reason,
+        usage=event.usage,
+        ttft_ms=event.ttft_ms,
+    )
+
+
+@_change.register
+def _(event: TaskFailed, state: JobState, at: datetime) -> JobState:
+    failed = state.task(event.task_id)
+    if failed is None or not _open_attempt(state, event.task_id, event.attempt):
+        return state
+    return _with_task(
+        state,
+        event.task_id,
+        status="failed",
+        finished_at=at,
+        tried=failed.tried + ((event.node_id,) if event.node_id else ()),
+        error=event.error,
+        error_kind=event.kind,
+        retriable=event.retriable,
+    )
+
+
+@_change.register
+def _(event: TaskDeadLettered, state: JobState, at: datetime) -> JobState:
+    if not _open_attempt(state, event.task_id, event.attempt):
+        return state
+    return _with_task(
+        state,
+        event.task_id,
+        status="failed",
+        finished_at=at,
+        error=f"its work message was delivered {event.deliveries} times without a result "
+        f"({event.consumer}): {event.error}",
+        error_kind="dead_lettered",
+        retriable=False,
+    )
+
+
+@_change.register
+def _(event: JobCompleted, state: JobState, at: datetime) -> JobState:
+    ttft = min((t.ttft_ms for t in state.tasks if t.ttft_ms is not None), default=None)
+    return state.model_copy(
+        update={
+            "status": "completed",
+            "finished_at": at,
+            "output": event.output,
+            "finish_reason": event.finish_reason,
+            "usage": event.usage,
+            "parts": event.parts,
+            "consensus": event.consensus,
+            "errors": event.errors,
+            "ttft_ms": ttft,
+        }
+    )
+
+
+@_change.register
+def _(event: JobFailed, state: JobState, at: datetime) -> JobState:
+    update = {
+        "status": "failed",
+        "finished_at": at,
+        "error": event.reason,
+        "error_code": event.code,
+    }
+    return state.model_copy(update=update)
+
+
+@_change.register
+def _(event: JobCancelled, state: JobState, at: datetime) -> JobState:
+    update = {"status": "cancelled", "finished_at": at, "error": event.reason}
+    return state.model_copy(update=update | {"error_code": "cancelled"})
