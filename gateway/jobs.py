@@ -19,6 +19,7 @@ from gateway.schemas import JobRequest
 from projections.job_state import JobState, evolve
 from projections.job_status import fold
 from projections.job_views import newest_views, read_view
+from services.jobs.admission import overloaded, tenant_full
 from services.jobs.patterns import models_of
 from services.jobs.validation import validate
 from services.jobs.work import dispatches_in, task_request
@@ -117,7 +118,7 @@ def require_tenant_room(gw: Gateway, tenant: str) -> None:
     `DIM_MAX_HELD_PER_TENANT` (the orchestrators publish the number)."""
     limit = gw.settings.max_held_per_tenant
     record = gw.queues.items.get(encode_token(tenant))
-    if limit and record is not None and record.held >= limit:
+    if record is not None and tenant_full(record.held, limit):
         raise ApiError(
             429,
             f"tenant '{tenant}' has {record.held} jobs waiting for capacity (the bound is "
@@ -135,7 +136,7 @@ def require_room(gw: Gateway, model: str) -> None:
     if not limit:
         return
     waiting = gw.nodes.waiting(model)
-    if waiting >= limit:
+    if overloaded(waiting, limit):
         raise ApiError(
             503,
             f"the model '{model}' is overloaded: {waiting} tasks are waiting for a worker "

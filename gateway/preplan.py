@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from events.envelope import Envelope
@@ -31,6 +29,7 @@ from events.records import TenantQueue
 from events.subjects import Names
 from events.watched import WatchedBucket
 from projections.job_state import JobState, TaskState, evolve
+from services.jobs.admission import DoorLedger, door_room
 from services.jobs.decide import plan_at_door
 from services.jobs.placement import view_of
 from services.registry.live import LiveNodes
@@ -38,12 +37,6 @@ from services.registry.live import LiveNodes
 # Prompts longer than this are planned by an orchestrator: a plan at the door repeats the
 # prompt in the task it plans, and for a long prompt the generation dwarfs the saved hop.
 MAX_PROMPT_CHARS = 16_384
-
-
-@dataclass(slots=True)
-class _Sent:
-    at: float  # monotonic
-    models: list[str]  # one entry per task sent
 
 
 class Preplanner:
@@ -62,11 +55,7 @@ class Preplanner:
         self.queues = queues
         self.names = names
         self.dispatch_timeout_s = dispatch_timeout_s
-        # A task sent from here shows in its node's heartbeat (in flight, or waiting) by the next
-        # one: it is counted here until it finishes, or for this long at most.
-        self.window_s = 1.5 * heartbeat_s
-        self._sent: OrderedDict[str, _Sent] = OrderedDict()  # job id -> its tasks, oldest first
-        self._counts: dict[str, int] = {}  # model -> tasks counted in `_sent`
+        self.ledger = DoorLedger(window_s=1.5 * heartbeat_s)  # a heartbeat and a half
         self.planned = 0  # jobs planned at the door, since start
 
     def plan(self, job: JobSubmitted) -> JobSubmitted:
@@ -77,7 +66,7 @@ class Preplanner:
             return job  # some job waits for capacity: the fair queue decides who goes next
         state = evolve(None, Envelope(job, actor="gateway", id=""), 0)  # to decide on, not stored
         assert state is not None
-        self._expire(time.monotonic())
+        self.ledger.expire(time.monotonic())
         taken: list[str] = []
 
         def admit(_: JobState, task: TaskState) -> bool:
@@ -97,37 +86,15 @@ class Preplanner:
         )
         if planned is None:
             return job
-        self._sent[job.job_id] = _Sent(time.monotonic(), taken)
-        for model in taken:
-            self._counts[model] = self._counts.get(model, 0) + 1
+        self.ledger.record(job.job_id, taken, time.monotonic())
         self.planned += 1
         return job.model_copy(update={"plan": planned})
 
     def room(self, model: str) -> float:
-        """Free slots for `model` by the last heartbeats, less the tasks waiting for it and
-        those sent from here that have not finished."""
-        return self.nodes.pool.room(model) - self.nodes.waiting(model) - self._counts.get(model, 0)
+        """Room for `model` at this door (`admission.door_room`)."""
+        nodes = self.nodes
+        return door_room(nodes.pool.room(model), nodes.waiting(model), self.ledger.sent(model))
 
     def ended(self, job_id: str, event_type: str) -> None:
-        """A job's `task.completed` or terminal event went by: a task's slot is free again, or
-        all the job's. (The gateway hears a job's `job.completed` only when it waits for it, so
-        a job of several tasks frees a slot per task; which model's, when its tasks ask for
-        several, is a guess the next heartbeat corrects.)"""
-        sent = self._sent.get(job_id)
-        if sent is None:
-            return
-        if event_type == "task.completed" and len(sent.models) > 1:
-            self._counts[sent.models.pop()] -= 1
-            return
-        self._release(job_id)
-
-    def _expire(self, now: float) -> None:
-        while self._sent:
-            job_id, sent = next(iter(self._sent.items()))
-            if now - sent.at <= self.window_s:
-                return
-            self._release(job_id)
-
-    def _release(self, job_id: str) -> None:
-        for model in self._sent.pop(job_id).models:
-            self._counts[model] -= 1
+        """A job's `task.completed` or terminal event went by (`DoorLedger.ended`)."""
+        self.ledger.ended(job_id, event_type)

@@ -1,4 +1,11 @@
-"""Fair admission of new work: per model, at most `depth` tasks wait in the shared work queue
+"""Admission of new work: whether a model has room for it, at the door and in the orchestrator.
+
+The door (`DoorLedger`, `door_room`): a gateway plans a job itself only while the model's nodes
+have free slots for it — by their last heartbeats, less the tasks waiting in the model's queue
+and those it sent itself that have not finished. `overloaded` and `tenant_full` are the bounds
+the gateway answers 503/429 with.
+
+The orchestrator (`FairQueue`): per model, at most `depth` tasks wait in the shared work queue
 (dispatched, not yet started); beyond that, jobs wait here and are let through as tasks start —
 highest priority first, then round-robin across tenants, first come first served within a
 tenant. So one tenant's flood queues behind itself, not in front of everyone else.
@@ -16,6 +23,7 @@ changes nothing here: that instance's dispatch is counted when its event arrives
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from projections.job_state import JobState, TaskState
@@ -215,3 +223,71 @@ class Trial:
                 self.fair.hold(model, what, priority, self._job)
             elif what in dispatched:
                 self.fair.admitted(model, self._job)
+
+
+def door_room(free: float, waiting: int, sent: int) -> float:
+    """Room for a model at the door: its nodes' free slots by their last heartbeats (`free`),
+    less the tasks waiting in its shared queue and those sent from this door not yet done."""
+    return free - waiting - sent
+
+
+def overloaded(waiting: int, limit: int) -> bool:
+    """Whether more tasks wait for a model than its bound (`limit`; 0: no bound)."""
+    return bool(limit) and waiting >= limit
+
+
+def tenant_full(held: int, limit: int) -> bool:
+    """Whether a tenant has as many jobs held for capacity as it may (`limit`; 0: no bound)."""
+    return bool(limit) and held >= limit
+
+
+@dataclass(slots=True)
+class _Sent:
+    at: float  # monotonic
+    models: list[str]  # one entry per task sent
+
+
+@dataclass(slots=True)
+class DoorLedger:
+    """The tasks a gateway sent at the door and has not seen finish, per model. A task sent
+    shows in its node's heartbeat (in flight, or waiting) by the next one, so it is counted here
+    until it finishes or for `window_s` at most."""
+
+    window_s: float
+    _sent: OrderedDict[str, _Sent] = field(default_factory=OrderedDict)  # job -> its tasks
+    _counts: dict[str, int] = field(default_factory=dict)  # model -> tasks counted in `_sent`
+
+    def sent(self, model: str) -> int:
+        """Tasks for `model` sent from here and counted still."""
+        return self._counts.get(model, 0)
+
+    def record(self, job_id: str, models: Iterable[str], now: float) -> None:
+        """The job's tasks (one model entry per task) were sent at `now` (monotonic)."""
+        sent = _Sent(now, list(models))
+        self._sent[job_id] = sent
+        for model in sent.models:
+            self._counts[model] = self._counts.get(model, 0) + 1
+
+    def ended(self, job_id: str, event_type: str) -> None:
+        """A job's `task.completed` or terminal event went by: a task's slot is free again, or
+        all the job's. (A job of several tasks frees a slot per task; which model's, when its
+        tasks ask for several, is a guess the next heartbeat corrects.)"""
+        sent = self._sent.get(job_id)
+        if sent is None:
+            return
+        if event_type == "task.completed" and len(sent.models) > 1:
+            self._counts[sent.models.pop()] -= 1
+            return
+        self._release(job_id)
+
+    def expire(self, now: float) -> None:
+        """Stop counting what was sent longer than `window_s` before `now`."""
+        while self._sent:
+            job_id, sent = next(iter(self._sent.items()))
+            if now - sent.at <= self.window_s:
+                return
+            self._release(job_id)
+
+    def _release(self, job_id: str) -> None:
+        for model in self._sent.pop(job_id).models:
+            self._counts[model] -= 1

@@ -199,7 +199,7 @@ def test_a_slot_is_free_again_when_its_task_finishes_or_the_next_heartbeat_tells
     assert door.plan(_job(job_id="J2")).plan is None  # the only slot is taken
     door.ended("J1", "task.completed")
     assert door.plan(_job(job_id="J3")).plan is not None
-    door.window_s = 0.0  # past the next heartbeat: the records count what still runs
+    door.ledger.window_s = 0.0  # past the next heartbeat: the records count what still runs
     assert door.plan(_job(job_id="J4")).plan is not None
 
 
