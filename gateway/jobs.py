@@ -149,9 +149,7 @@ def require_room(gw: Gateway, model: str) -> None:
 
 def visible(view: JobState, principal: Principal) -> bool:
     """Whether the caller may see the job: its owner, or an admin of its tenant."""
-    if view.tenant != principal.tenant:
-        return False
-    return principal.admin or view.owner == principal.principal_id
+    return principal.may_see(view.owner, view.tenant)
 
 
 async def load_view(gw: Gateway, principal: Principal, job_id: str) -> JobState:

@@ -21,3 +21,8 @@ class Principal:
     def admin(self) -> bool:
         """Whether the caller may use admin endpoints (within its tenant)."""
         return "admin" in self.roles
+
+    def may_see(self, owner: str, tenant: str) -> bool:
+        """Whether the caller may see what `owner` made in `tenant` (a job, a key): its owner,
+        or an admin of that tenant."""
+        return tenant == self.tenant and (self.admin or owner == self.principal_id)

@@ -7,7 +7,6 @@ from litestar.params import FromPath, JSONBody
 
 from gateway.auth import GatewayDep, PrincipalDep
 from gateway.errors import ApiError
-from gateway.principal import Principal
 from gateway.schemas import KeyIssued, KeyOut, KeyRequest
 from services.accounts.keys import KeyRecord, create_key, revoke_key
 
@@ -21,12 +20,6 @@ def _out(record: KeyRecord) -> KeyOut:
         name=record.name,
         created_at=record.created_at,
     )
-
-
-def _mine(record: KeyRecord, principal: Principal) -> bool:
-    if record.tenant != principal.tenant:
-        return False
-    return principal.admin or record.principal_id == principal.principal_id
 
 
 class KeysController(Controller):
@@ -65,7 +58,7 @@ class KeysController(Controller):
         return [
             _out(r)
             for r in sorted(gateway.keys.items.values(), key=lambda r: r.key_id)
-            if _mine(r, principal)
+            if principal.may_see(r.principal_id, r.tenant)
         ]
 
     @delete(
@@ -79,6 +72,6 @@ class KeysController(Controller):
     ) -> None:
         """Revoke one of your keys (an admin: any of the tenant's)."""
         record = gateway.keys.items.get(key_id)
-        if record is None or not _mine(record, principal):
+        if record is None or not principal.may_see(record.principal_id, record.tenant):
             raise ApiError(404, f"no key {key_id!r}", code="key_not_found", param="key_id")
         await revoke_key(gateway.bus, record, by=principal.principal_id)

@@ -24,25 +24,23 @@ from events.bus import Bus
 from events.consume import ConsumerSpec, Delivery, run_ordered
 from events.envelope import Envelope
 from events.errors import WrongLastSequence, while_unavailable
-from events.history import read_events
 from events.jobs import (
-    TERMINAL_TYPES,
     JobSubmitted,
     TaskCompleted,
     TaskDispatched,
     TaskFailed,
     TaskStarted,
 )
-from events.nodes import NodeLost
-from events.records import TenantQueue
 from events.retry import DECISION
-from events.subjects import encode_token, job_id_of
+from events.subjects import job_id_of
 from projections.job_state import JobState, evolve
 from services.jobs.admission import FairQueue, Trial
 from services.jobs.decide import decide
 from services.jobs.placement import NodeView, view_of
 from services.jobs.work import dispatches_in, task_request
 from services.orchestrator.dead_letters import DeadLetters
+from services.orchestrator.recovery import load_job, unfinished_since
+from services.orchestrator.upkeep import HeldCounts, record_lost
 from services.registry.live import LiveNodes
 from services.registry.select import Need
 from services.settings import Settings
@@ -76,7 +74,7 @@ class Orchestrator:
         self.dead_letters = DeadLetters(bus, settings.instance_id, self.actor)
         self.fair = FairQueue(settings.queue_depth)
         self._last_start: dict[str, float] = {}  # model -> when a first attempt last started
-        self._published: dict[str, int] = {}  # tenant -> held jobs last written to the bucket
+        self.queues = HeldCounts(bus)
 
     def _view(self, admission: Trial) -> NodeView:
         """The node view one decision consults, asking `admission` for room."""
@@ -201,20 +199,9 @@ class Orchestrator:
     async def _recover(self) -> None:
         """Take up the unfinished jobs of the last `DIM_RECOVER_HOURS`: a job that waits (held
         for a full queue, or for an eligible node) has no event coming to wake a restarted
-        instance, so every job submitted in the window without an end is loaded and decided
-        again by the ticker."""
+        instance, so each is loaded and decided again by the ticker."""
         since = datetime.now(UTC) - timedelta(hours=self.settings.recover_hours)
-        names = self.names
-        ended: set[str] = set()
-        submitted: list[str] = []
-        subjects = [names.job("*", t) for t in ("job.submitted", *sorted(TERMINAL_TYPES))]
-        async for _, envelope in read_events(self.bus, names.jobs_stream, subjects, since=since):
-            job_id = getattr(envelope.data, "job_id", "")
-            if envelope.type == "job.submitted":
-                submitted.append(job_id)
-            else:
-                ended.add(job_id)
-        unfinished = [j for j in submitted if j not in ended]
+        unfinished = await unfinished_since(self.bus, since)
         for job_id in unfinished:
             state = await self._load(job_id)
             if state is not None and not state.terminal:
@@ -228,12 +215,7 @@ class Orchestrator:
             )
 
     async def _load(self, job_id: str) -> JobState | None:
-        state: JobState | None = None
-        async for seq, envelope in read_events(
-            self.bus, self.names.jobs_stream, self.names.job_all(job_id)
-        ):
-            state = evolve(state, envelope, seq)
-        return state
+        return await load_job(self.bus, job_id)
 
     async def _advance(self, state: JobState) -> None:
         for _ in range(DECISION.tries or 1):  # each round appends at least one event or stops
@@ -303,38 +285,6 @@ class Orchestrator:
                 await self._send_tasks(state, envelope)
             del self._door[job_id]
 
-    async def _publish_queues(self) -> None:
-        """Write each tenant's held jobs to the queues bucket when the number changes (the
-        gateways bound them; every instance writes the same numbers)."""
-        counts = self.fair.held_by_tenant()
-        changed = {t: n for t, n in counts.items() if self._published.get(t) != n}
-        changed |= {t: 0 for t in self._published if t not in counts and self._published[t]}
-        if not changed:
-            return
-        kv = await self.bus.bucket("queues")
-        for tenant, n in changed.items():
-            await kv.put(
-                encode_token(tenant), TenantQueue(tenant=tenant, held=n).model_dump_json().encode()
-            )
-            self._published[tenant] = n
-
-    async def _record_lost(self) -> None:
-        """Drop nodes with stale heartbeats from selection and record each as `node.lost`.
-
-        Every orchestrator instance notices; the message id (node and last heartbeat) makes
-        JetStream keep one event.
-        """
-        for node_id, record in self.nodes.pool.expire(datetime.now(UTC)):
-            lost = NodeLost(
-                node_id=node_id, last_heartbeat_at=record.heartbeat_at, in_flight=record.in_flight
-            )
-            msg_id = f"lost-{node_id}-{int(record.heartbeat_at.timestamp() * 1000)}"
-            log.warning("node %s lost: no heartbeat since %s", node_id, record.heartbeat_at)
-            await self.bus.publish(
-                self.names.node_event(node_id, lost.type),
-                Envelope(lost, actor=self.actor, id=msg_id),
-            )
-
     def _remember(self, state: JobState) -> None:
         current = self.active.get(state.job_id)
         if current is not None and current.last_seq > state.last_seq:
@@ -358,11 +308,11 @@ class Orchestrator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=min(1.0, self.settings.heartbeat_s / 2))
             try:
-                await self._record_lost()
+                await record_lost(self.bus, self.nodes.pool, self.actor)
             except Exception:
                 log.warning("recording lost nodes failed", exc_info=True)
             try:
-                await self._publish_queues()
+                await self.queues.publish(self.fair.held_by_tenant())
             except Exception:
                 log.warning("publishing queue sizes failed", exc_info=True)
             try:
