@@ -15,7 +15,7 @@ from events.subjects import encode_token
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
-from gateway.schemas import JobRequest
+from gateway.schemas.jobs import JobRequest
 from projections.job_state import JobState, evolve
 from projections.job_status import fold
 from projections.job_views import newest_views, read_view

@@ -12,7 +12,14 @@ from gateway.auth import GatewayDep, PrincipalDep, authenticate, gateway_of, req
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
-from gateway.schemas import LoginRequest, Me, RefreshRequest, Registered, RegisterRequest, TokenPair
+from gateway.schemas.accounts import (
+    LoginRequest,
+    Me,
+    RefreshRequest,
+    Registered,
+    RegisterRequest,
+    TokenPair,
+)
 from services import accounts
 
 

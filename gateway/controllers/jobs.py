@@ -12,7 +12,7 @@ from gateway import jobs
 from gateway.auth import GatewayDep, PrincipalDep
 from gateway.completions import cancel_job
 from gateway.errors import ApiError
-from gateway.schemas import EventOut, JobAccepted, JobOut, JobPage, JobRequest
+from gateway.schemas.jobs import EventOut, JobAccepted, JobOut, JobPage, JobRequest
 
 
 class JobsController(Controller):

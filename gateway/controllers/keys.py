@@ -7,7 +7,7 @@ from litestar.params import FromPath, JSONBody
 
 from gateway.auth import GatewayDep, PrincipalDep
 from gateway.errors import ApiError
-from gateway.schemas import KeyIssued, KeyOut, KeyRequest
+from gateway.schemas.accounts import KeyIssued, KeyOut, KeyRequest
 from services.accounts.keys import KeyRecord, create_key, revoke_key
 
 

@@ -39,7 +39,7 @@ from gateway.completions import cancel_job
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
-from gateway.schemas import JobRequest
+from gateway.schemas.jobs import JobRequest
 from projections.job_state import evolve
 from services.jobs.validation import first_problem
 

@@ -1,4 +1,5 @@
-"""Schemas of dim's own API (jobs, keys, nodes); OpenAI's are in `protocol`."""
+"""Schemas of the jobs API: the request (every pattern's fields), the accepted answer, a job's
+view, a page of jobs, an event of its history."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from events.accounts import Role
 from events.inference import ChatMessage, Prompt, SamplingParams
 from events.jobs import JobSubmitted, Part
 from events.patterns import (
@@ -324,82 +324,3 @@ class EventOut(BaseModel):
     at: datetime
     actor: str
     data: dict[str, Any]
-
-
-class KeyRequest(BaseModel):
-    """`POST /v1/keys`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(default="", max_length=100)
-    role: Role = "member"
-    principal_id: str | None = Field(default=None, description="admins may issue keys for others")
-
-
-class KeyOut(BaseModel):
-    """A key without its secret."""
-
-    key_id: str
-    principal_id: str
-    tenant: str
-    roles: list[str]
-    name: str
-    created_at: datetime
-
-
-class KeyIssued(KeyOut):
-    """A new key, with the secret: shown this once."""
-
-    key: str
-
-
-class RegisterRequest(BaseModel):
-    """`POST /v1/auth/register`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
-    password: str = Field(min_length=1, max_length=1024)
-    role: Role = "member"
-
-
-class Registered(BaseModel):
-    """A new account."""
-
-    principal_id: str
-    email: str
-    tenant: str
-    roles: list[str]
-
-
-class LoginRequest(BaseModel):
-    """`POST /v1/auth/login`."""
-
-    email: str
-    password: str
-
-
-class RefreshRequest(BaseModel):
-    """`POST /v1/auth/refresh`."""
-
-    refresh_token: str
-
-
-class TokenPair(BaseModel):
-    """An access token (short-lived JWT) and the session's refresh token (rotates on use)."""
-
-    access_token: str
-    token_type: Literal["bearer"] = "bearer"
-    expires_in: int
-    refresh_token: str
-
-
-class Me(BaseModel):
-    """The caller."""
-
-    principal_id: str
-    tenant: str
-    roles: list[str]
-    authenticated_by: Literal["api_key", "session"]
-    key_id: str | None = None
-    session_id: str | None = None
