@@ -28,6 +28,7 @@ from gateway import jobs, sse
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
+from services.jobs.results import of_only_task
 from services.metrics import observe_per_token
 
 log = logging.getLogger(__name__)
@@ -118,12 +119,7 @@ async def answer(gw: Gateway, started: Started) -> JobCompleted:
         async with asyncio.timeout(gw.settings.request_timeout_s):
             event = (await gw.ends.wait(started.job_id)).data
             if isinstance(event, TaskCompleted):  # the only task's result: the job's
-                event = JobCompleted(
-                    job_id=started.job_id,
-                    output=event.output,
-                    finish_reason=event.finish_reason,
-                    usage=event.usage,
-                )
+                event = of_only_task(started.job_id, event)
             if isinstance(event, JobCompleted):
                 _count(gw, started, event)
                 return event

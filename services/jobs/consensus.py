@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict
 
 from events.patterns import Consensus
+from projections.job_state import JobState
 
 _SPACE = re.compile(r"\s+")
 _EDGE = " \t\n\"'`.,;:!?"
@@ -109,3 +110,19 @@ def judged(votes: Sequence[Vote], judgement: str, *, min_agreement: float) -> Co
 def listing(votes: Sequence[Vote]) -> str:
     """The candidates as the judge reads them: numbered from 1."""
     return "\n\n".join(f"{i}. {v.output}" for i, v in enumerate(votes, 1))
+
+
+def votes_of(state: JobState) -> list[Vote]:
+    """The completed candidates of a comparative job, as votes."""
+    spec = state.comparative
+    assert spec is not None
+    return [
+        Vote(
+            index=t.index,
+            model=t.model,
+            output=t.output or "",
+            weight=spec.candidates[t.index].weight,
+        )
+        for t in state.tasks
+        if t.role == "candidate" and t.status == "completed"
+    ]

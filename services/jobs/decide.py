@@ -23,8 +23,9 @@ from events.jobs import JobFailed, JobPlanned, TaskDispatched, TaskFailed
 from events.subjects import Names
 from projections.job_state import JobState, TaskState, evolve
 from services.jobs.attempts import backoff, final
-from services.jobs.patterns import describe, finish, models_of, plan, tolerated
+from services.jobs.patterns import models_of, plan
 from services.jobs.placement import NodeView, fail, no_node, place, rerouted
+from services.jobs.results import describe, finish, tolerated
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@ from events.inference import Prompt
 from events.jobs import JobFailed, TaskDispatched, TaskRerouted
 from events.subjects import Names
 from projections.job_state import JobState, TaskState
-from services.jobs.patterns import describe, prompt_for
+from services.jobs.patterns import prompt_for
+from services.jobs.results import describe
 from services.jobs.templates import TemplateError
 from services.registry.live import LiveNodes
 from services.registry.select import SHARED, Need
