@@ -29,6 +29,7 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath
 from pydantic import ValidationError
 
+from events.envelope import Envelope, Event
 from events.job_log import JobFollower
 from events.jobs import JobCancelled, JobCompleted, JobFailed
 from events.text import TextAssembler
@@ -60,6 +61,46 @@ def _cursor(socket: WebSocket[Any, Any, Any], name: str) -> int:
     return int(raw)
 
 
+# Left out of event frames: what can be large (a prompt, a collaborative job's inputs, outputs,
+# the plan's tasks); the end frame carries the result, `GET /v1/jobs/{id}` the rest.
+_NOT_IN_FRAMES = frozenset({"prompt", "params", "tasks", "output", "parts", "collaborative"})
+
+
+def _event_frame(envelope: Envelope, event_seq: int, status: str | None) -> dict[str, Any]:
+    event = envelope.data
+    return {
+        "type": "event",
+        "event_seq": event_seq,
+        "event": event.type,
+        "status": status,
+        "data": event.model_dump(mode="json", exclude=set(_NOT_IN_FRAMES)),
+    }
+
+
+def _end_frame(event: Event, status: str | None) -> dict[str, Any]:
+    end: dict[str, Any] = {"type": "end", "status": status}
+    if not isinstance(event, JobCompleted):
+        return end | {"error": getattr(event, "reason", None)}
+    return end | {
+        "output": event.output,
+        "finish_reason": event.finish_reason,
+        "usage": event.usage.model_dump() | {"total_tokens": event.usage.total_tokens},
+        "parts": [p.model_dump(mode="json") for p in event.parts],
+        "consensus": event.consensus.model_dump(mode="json") if event.consensus else None,
+        "errors": list(event.errors),
+    }
+
+
+async def _listen_for_cancel(
+    gw: Gateway, socket: WebSocket[Any, Any, Any], principal: Principal, job_id: str
+) -> None:
+    while True:
+        message = await socket.receive_json()
+        if isinstance(message, dict) and message.get("type") == "cancel":
+            why = f"cancelled by {principal.principal_id}"
+            await cancel_job(gw.bus, job_id, why, actor=principal.principal_id)
+
+
 async def _pump(
     gw: Gateway,
     socket: WebSocket[Any, Any, Any],
@@ -69,19 +110,7 @@ async def _pump(
     after_event: int,
 ) -> None:
     """Send the job's frames past the cursors; listen for a cancel while doing so."""
-
-    async def listen() -> None:
-        while True:
-            message = await socket.receive_json()
-            if isinstance(message, dict) and message.get("type") == "cancel":
-                await cancel_job(
-                    gw.bus,
-                    job_id,
-                    f"cancelled by {principal.principal_id}",
-                    actor=principal.principal_id,
-                )
-
-    listener = asyncio.create_task(listen())
+    listener = asyncio.create_task(_listen_for_cancel(gw, socket, principal, job_id))
     texts: dict[str, TextAssembler] = {}
     seq = 0
     state = None
@@ -93,59 +122,19 @@ async def _pump(
                     text = texts.setdefault(event.task_id, TextAssembler())
                     offset = len(text.text)
                     new = text.add(event.offset, event.text)
-                    if not new:
-                        continue
-                    seq += 1
-                    if seq > after:
-                        await socket.send_json(
-                            {
-                                "type": "text",
-                                "seq": seq,
-                                "task_id": event.task_id,
-                                "offset": offset,
-                                "text": new,
-                            }
-                        )
+                    if new:
+                        seq += 1
+                        if seq > after:
+                            frame = {"type": "text", "seq": seq, "task_id": event.task_id}
+                            await socket.send_json(frame | {"offset": offset, "text": new})
                     continue
                 event_seq = follower.seqs[envelope.id]
                 state = evolve(state, envelope, event_seq)
+                status = state.status if state else None
                 if event_seq > after_event:
-                    await socket.send_json(
-                        {
-                            "type": "event",
-                            "event_seq": event_seq,
-                            "event": event.type,
-                            "status": state.status if state else None,
-                            "data": event.model_dump(
-                                mode="json",
-                                exclude={
-                                    "prompt",
-                                    "params",
-                                    "tasks",
-                                    "output",
-                                    "parts",
-                                    "collaborative",
-                                },
-                            ),
-                        }
-                    )
+                    await socket.send_json(_event_frame(envelope, event_seq, status))
                 if isinstance(event, (JobCompleted, JobFailed, JobCancelled)):
-                    end: dict[str, Any] = {"type": "end", "status": state.status if state else None}
-                    if isinstance(event, JobCompleted):
-                        end |= {
-                            "output": event.output,
-                            "finish_reason": event.finish_reason,
-                            "usage": event.usage.model_dump()
-                            | {"total_tokens": event.usage.total_tokens},
-                            "parts": [p.model_dump(mode="json") for p in event.parts],
-                            "consensus": event.consensus.model_dump(mode="json")
-                            if event.consensus
-                            else None,
-                            "errors": list(event.errors),
-                        }
-                    else:
-                        end |= {"error": getattr(event, "reason", None)}
-                    await socket.send_json(end)
+                    await socket.send_json(_end_frame(event, status))
                     await socket.close(code=1000)
                     return
     finally:

@@ -62,6 +62,7 @@ class Presence:
         self.metrics_url = ""
         self.gpus = gpu_facts()
         self.healthy = True
+        self._done_at_check = 0  # generations completed when the last health check began
         self.draining = False
         self.queued: dict[str, int] = {}  # tasks waiting per served model, at the last heartbeat
 
@@ -143,17 +144,25 @@ class Presence:
                 log.warning("heartbeat failed", exc_info=True)
 
     async def _check_health(self) -> None:
+        """Ask the engine; one that fails to answer leaves selection — unless it finished
+        generations since the last check: a busy engine (say `vllm serve` with its API server
+        on cores its model also uses) may answer a health check late, and is plainly alive."""
+        done = self.tally.completed
         try:
             async with asyncio.timeout(max(1.0, self.settings.heartbeat_s)):
                 await self.engine.check_health()
         except Exception as exc:
-            if self.healthy:
-                log.warning("engine unhealthy, leaving selection: %r", exc)
-            self.healthy = False
+            if done > self._done_at_check and self.healthy:
+                log.info("engine health check failed while it answers requests: %r", exc)
+            else:
+                if self.healthy:
+                    log.warning("engine unhealthy, leaving selection: %r", exc)
+                self.healthy = False
         else:
             if not self.healthy:
                 log.info("engine healthy again")
             self.healthy = True
+        self._done_at_check = done
 
     async def _measure_queues(self) -> None:
         """Tasks waiting per served model (its shared consumer's backlog), for /metrics."""
