@@ -15,9 +15,10 @@ a dispatch of a first attempt adds one waiting task, its `task.started` takes it
 and reroutes are not held back: their work was admitted once already.
 
 `decide` asks through a `Trial`, which answers as `FairQueue.admit` would, in turn, without
-changing the queue; the runner then applies what the decision did: its holds at once, each
-admission once the dispatch it let through is stored (an append lost to another instance
-changes nothing here: that instance's dispatch is counted when its event arrives).
+changing the queue; the runner applies the answers as soon as `decide` returns, and unwinds the
+count of a task whose dispatch was then not stored (an append lost to another instance, whose
+own dispatch is counted when its event arrives; a task that found no node) — which `admit`
+alone left counted until a repair.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ class FairQueue:
 class Trial:
     """One decision's admission asks (all for one job), answered as `FairQueue.admit` would
     answer them in turn, without changing the queue. `apply` then does to the queue what those
-    answers did, in the same order, counting only the tasks whose dispatch was stored."""
+    answers did, in the same order; `unwind`, once the appends are done, takes back what was
+    counted for a task whose dispatch was not stored."""
 
     fair: FairQueue
     admitted: set[str] = field(default_factory=set)  # task ids let through
@@ -215,14 +217,22 @@ class Trial:
         self._ops.append(("let", model, task.task_id, 0))
         return True
 
-    def apply(self, dispatched: set[str]) -> None:
-        """Do to the queue what the answers did, in order: a hold always, a let-through only
-        for a task whose dispatch was stored (`dispatched`: task ids)."""
+    def apply(self) -> None:
+        """Do to the queue what the answers did, in order — at once, before anything else may
+        ask (another job's decision runs while this one's events are appended)."""
         for kind, model, what, priority in self._ops:
             if kind == "hold":
                 self.fair.hold(model, what, priority, self._job)
-            elif what in dispatched:
+            else:
                 self.fair.admitted(model, self._job)
+
+    def unwind(self, stored: set[str]) -> None:
+        """Take back the waiting task counted for each let-through whose dispatch was not stored
+        (`stored`: task ids): the append lost to another instance, whose own dispatch is counted
+        when it arrives, or the task found no eligible node."""
+        for kind, model, what, _ in self._ops:
+            if kind == "let" and what not in stored:
+                self.fair.started(model)
 
 
 def door_room(free: float, waiting: int, sent: int) -> float:

@@ -227,6 +227,7 @@ class Orchestrator:
                 self.names,
                 dispatch_timeout_s=self.settings.dispatch_timeout_s,
             )
+            admission.apply()  # before any await: other jobs' decisions see it
             stored: set[str] = set()  # task ids whose dispatch was appended
             try:
                 for event in events:
@@ -247,7 +248,7 @@ class Orchestrator:
                     stored.update(d.task_id for d, _ in dispatches_in(envelope))
                     await self._send_tasks(state, envelope)
             finally:
-                admission.apply(stored)  # what admission let through counts once it is stored
+                admission.unwind(stored)
             if not events:
                 break
         self._remember(state)

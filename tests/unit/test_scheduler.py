@@ -117,7 +117,8 @@ def test_a_trial_answers_as_admit_would_and_applied_leaves_the_same_queue(
         answers = [trial.admit(state, task) for task in state.tasks]
         assert _snapshot(tried) == before  # asking changed nothing
         assert answers == [real.admit(t.model, tenant, priority, state.job_id) for t in state.tasks]
-        trial.apply(trial.admitted)  # every task let through was dispatched
+        trial.apply()
+        trial.unwind(trial.admitted)  # every task let through was dispatched: nothing to undo
         assert _snapshot(tried) == _snapshot(real)
         if i < len(moves):  # tasks start, held jobs are let through
             kind, model = moves[i].split("-")
@@ -127,3 +128,14 @@ def test_a_trial_answers_as_admit_would_and_applied_leaves_the_same_queue(
                 else:
                     q.release(model)
             assert _snapshot(tried) == _snapshot(real)
+
+
+def test_a_let_through_whose_dispatch_was_not_stored_is_not_left_counted() -> None:
+    q = FairQueue(depth=2)
+    state = _state("j", "a", 0, ["m", "m"])
+    trial = q.trial()
+    assert [trial.admit(state, t) for t in state.tasks] == [True, True]
+    trial.apply()
+    assert q.waiting["m"] == 2  # counted at once: a decision for another job sees it
+    trial.unwind({"t0"})  # t1's append was lost (or it found no node)
+    assert q.waiting["m"] == 1
