@@ -13,7 +13,7 @@ level policy (`events.patterns.RetryPolicy`) is part of a job's request and is a
 | `REDELIVERY` | `events.consume` (a handler's `Retry`) | 0.5 s doubling to 30 s | the consumer's `max_deliver` |
 | `LANE` | `events.consume.run_ordered` (one job's lane) | 0.4 s doubling to 5 s | after 5 tries (NATS being away: never) |
 | `RACED_START` | the worker starting a redelivered task while its job moves on | none (it checks the log again) | after 5 tries: goes ahead |
-| `VIEW_WRITE` | the projector's compare-and-set of a view | none | after 10 tries |
+| `VIEW_WRITE` | the projector's compare-and-set of a view or a usage record (`Bucket.change`) | none | after 10 tries |
 | `DECISION` | the orchestrator re-deciding after a lost append | none | after 8 rounds |
 """
 

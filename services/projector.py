@@ -11,13 +11,14 @@ import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 
 from events.bus import Bus
 from events.consume import ConsumerSpec, Delivery, run_ordered
 from events.errors import WrongLastSequence, while_unavailable
 from events.history import read_events
 from events.jobs import JobCompleted, JobSubmitted
-from events.kv import Bucket
+from events.kv import Bucket, Entry
 from events.retry import VIEW_WRITE
 from events.subjects import job_id_of
 from projections.job_state import JobState
@@ -198,19 +199,13 @@ class UsageProjector:
 
         async def handle(group: list[Delivery]) -> None:
             # One lane for all: usage of a tenant comes from many jobs, applied in stream order.
-            touched: dict[str, tuple[TenantUsage | None, int | None]] = {}
+            by_key: dict[str, list[Delivery]] = {}
             for d in group:
                 event = d.envelope.data
-                if not isinstance(event, JobCompleted) or event.tenant is None:
-                    continue
-                key = usage_key(event.tenant, day_of(d.envelope.at))
-                if key not in touched:
-                    touched[key] = await _read_usage(kv, key)
-                record, revision = touched[key]
-                touched[key] = (add(record, d.envelope, d.stream_seq), revision)
-            for key, (record, revision) in touched.items():
-                assert record is not None
-                await kv.write(key, record.model_dump_json().encode(), revision)
+                if isinstance(event, JobCompleted) and event.tenant is not None:
+                    by_key.setdefault(usage_key(event.tenant, day_of(d.envelope.at)), []).append(d)
+            for key, deliveries in by_key.items():
+                await kv.change(key, partial(_counted, deliveries))
 
         await run_ordered(
             self.bus,
@@ -223,8 +218,9 @@ class UsageProjector:
         )
 
 
-async def _read_usage(kv: Bucket, key: str) -> tuple[TenantUsage | None, int | None]:
-    entry = await kv.get(key)
-    if entry is None:
-        return None, None
-    return TenantUsage.model_validate_json(entry.value), entry.revision
+def _counted(deliveries: list[Delivery], entry: Entry | None) -> bytes | None:
+    """The usage record `entry` holds with `deliveries` counted in (each once, by sequence)."""
+    record = TenantUsage.model_validate_json(entry.value) if entry else None
+    for d in deliveries:
+        record = add(record, d.envelope, d.stream_seq)
+    return record.model_dump_json().encode() if record else None

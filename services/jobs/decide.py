@@ -28,7 +28,7 @@ from services.jobs.placement import NodeView, fail, no_node, place, rerouted
 from services.jobs.results import describe, finish, tolerated
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every decision, and frozen init costs
 class _Step:
     """What every step of one decision sees."""
 
