@@ -63,6 +63,7 @@ class Presence:
         self.gpus = gpu_facts()
         self.healthy = True
         self._done_at_check = 0  # generations completed when the last health check began
+        self._failures = 0  # health checks failed in a row
         self.draining = False
         self.queued: dict[str, int] = {}  # tasks waiting per served model, at the last heartbeat
 
@@ -144,21 +145,25 @@ class Presence:
                 log.warning("heartbeat failed", exc_info=True)
 
     async def _check_health(self) -> None:
-        """Ask the engine; one that fails to answer leaves selection — unless it finished
-        generations since the last check: a busy engine (say `vllm serve` with its API server
-        on cores its model also uses) may answer a health check late, and is plainly alive."""
-        done = self.tally.completed
+        """Ask the engine; one that fails to answer leaves selection — unless it is plainly
+        alive: it finished generations since the last check, or it is busy and this is its
+        first failure in a row. A busy engine (say `vllm serve` with its API server on cores its
+        model also uses) may answer a health check late; a hung one fails twice."""
+        done, t = self.tally.completed, self.tally
         try:
             async with asyncio.timeout(max(1.0, self.settings.heartbeat_s)):
                 await self.engine.check_health()
         except Exception as exc:
-            if done > self._done_at_check and self.healthy:
+            self._failures += 1
+            busy = done > self._done_at_check or (t.in_flight > 0 and self._failures == 1)
+            if busy and self.healthy:
                 log.info("engine health check failed while it answers requests: %r", exc)
             else:
                 if self.healthy:
                     log.warning("engine unhealthy, leaving selection: %r", exc)
                 self.healthy = False
         else:
+            self._failures = 0
             if not self.healthy:
                 log.info("engine healthy again")
             self.healthy = True

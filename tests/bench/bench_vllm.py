@@ -258,6 +258,7 @@ async def measure(args: argparse.Namespace, bare: Client, dim: Client) -> dict[s
     for round_ in range(args.rounds):
         for name, (client, model) in paths.items():
             print(f"round {round_ + 1}: {name} ...", file=sys.stderr)
+            await settle()
             before = cpu_by_kind()
             run = await load(client, model, share, args.concurrency, args.max_tokens)
             after = cpu_by_kind()
@@ -271,6 +272,21 @@ async def measure(args: argparse.Namespace, bare: Client, dim: Client) -> dict[s
                 row.cpu_s[kind] = row.cpu_s.get(kind, 0.0) + used - before.get(kind, 0.0)
             row.alone_ttft_ms += (await load(client, model, args.alone, 1, 8)).ttft_ms
     return rows
+
+
+async def settle(limit_s: float = 20.0) -> None:
+    """Wait until vLLM's processes are idle: after a row, an engine's model runner keeps its
+    core busy for a while (seen: ~20% of core 0 through the next row, taken from the engine that
+    row measures)."""
+    give_up = time.monotonic() + limit_s
+    while time.monotonic() < give_up:
+        before = cpu_by_kind()
+        await asyncio.sleep(0.5)
+        after = cpu_by_kind()
+        busy = sum(after[k] - before.get(k, 0.0) for k in after if k.startswith("VLLM::"))
+        if busy / 0.5 < 0.05:
+            return
+    print(f"vLLM still busy after {limit_s:g}s; measuring anyway", file=sys.stderr)
 
 
 def cpu_by_kind() -> dict[str, float]:

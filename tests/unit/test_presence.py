@@ -52,3 +52,14 @@ async def test_a_busy_engine_answering_late_stays_while_it_finishes_generations(
     assert presence.record().healthy
     await presence._check_health()  # none finished since: it leaves
     assert not presence.record().healthy
+
+
+async def test_a_busy_engine_gets_one_late_answer_and_a_hung_one_leaves_at_the_second() -> None:
+    presence, engine, tally = _presence()
+    await presence._check_health()
+    tally.in_flight = 3  # load arrived; nothing finished yet
+    engine.slow = True
+    await presence._check_health()
+    assert presence.record().healthy  # busy: its first failure in a row
+    await presence._check_health()  # still nothing finished: hung
+    assert not presence.record().healthy
