@@ -39,6 +39,7 @@ class FairQueue:
     held: dict[str, dict[int, OrderedDict[str, deque[str]]]] = field(default_factory=dict)
     _granted: set[str] = field(default_factory=set)
     _where: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # job -> its place
+    _open: Trial | None = None  # the trial of an unbounded queue (records nothing)
 
     def admit(self, model: str, tenant: str, priority: int, job_id: str) -> bool:
         """May a first attempt of `job_id` be dispatched now? If not, the job is held."""
@@ -59,7 +60,12 @@ class FairQueue:
         return False
 
     def trial(self) -> Trial:
-        """Admission for one decision, asked without changing this queue."""
+        """Admission for one decision, asked without changing this queue (with no bound, one
+        that lets everything through and records nothing, shared)."""
+        if not self.depth:
+            if self._open is None:
+                self._open = Trial(self)
+            return self._open
         return Trial(self)
 
     def admitted(self, model: str, job_id: str) -> None:

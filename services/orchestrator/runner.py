@@ -33,8 +33,8 @@ from events.jobs import (
 )
 from events.retry import DECISION
 from events.subjects import job_id_of
-from projections.job_state import JobState, evolve
-from services.jobs.admission import FairQueue, Trial
+from projections.job_state import JobState, TaskState, evolve
+from services.jobs.admission import FairQueue
 from services.jobs.decide import decide
 from services.jobs.placement import NodeView, view_of
 from services.jobs.work import dispatches_in, task_request
@@ -73,12 +73,14 @@ class Orchestrator:
         self.lost_races = 0  # appends refused because another writer appended first
         self.dead_letters = DeadLetters(bus, settings.instance_id, self.actor)
         self.fair = FairQueue(settings.queue_depth)
+        self._admission = self.fair.trial()  # the decision being made asks this
+        self.view: NodeView = view_of(self.nodes, admit=self._admit, pick=self._pick)
         self._last_start: dict[str, float] = {}  # model -> when a first attempt last started
         self.queues = HeldCounts(bus)
 
-    def _view(self, admission: Trial) -> NodeView:
-        """The node view one decision consults, asking `admission` for room."""
-        return view_of(self.nodes, admit=admission.admit, pick=self._pick)
+    def _admit(self, state: JobState, task: TaskState) -> bool:
+        """Admission for the decision being made (`self._admission`)."""
+        return self._admission.admit(state, task)
 
     def _pick(self, need: Need) -> str | None:
         """A node for a task; counted on the node at once, so the next pick (of the same
@@ -219,11 +221,11 @@ class Orchestrator:
 
     async def _advance(self, state: JobState) -> None:
         for _ in range(DECISION.tries or 1):  # each round appends at least one event or stops
-            admission = self.fair.trial()
+            self._admission = admission = self.fair.trial()
             events = decide(
                 state,
                 datetime.now(UTC),
-                self._view(admission),
+                self.view,
                 self.names,
                 dispatch_timeout_s=self.settings.dispatch_timeout_s,
             )
