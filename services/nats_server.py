@@ -90,8 +90,10 @@ class EmbeddedNats:
         sync_always: bool = False,
         gomaxprocs: int = 1,
         sched_batch: bool = True,
+        extra: str = "",
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.extra = extra  # more configuration: authorization, tls
         self.host = host
         self.port = port or free_port(host)
         self.name = name
@@ -117,6 +119,7 @@ class EmbeddedNats:
             f'listen: "{self.host}:{self.port}"\n'
             "max_payload: 8MB\n"
             f'jetstream {{\n  store_dir: "{store}"{sync}\n}}\n'
+            f"{self.extra}"
         )
 
     def start(self, timeout_s: float = 15.0) -> str:
