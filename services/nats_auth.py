@@ -109,7 +109,7 @@ def role_permissions(role: str, names: Names) -> Permissions:
             *_kv(names, "keys", "accounts", "sessions", "idempotency"),
             *_reads(_streams(names, "jobs", "tokens", "rate")),
             *_reads(_buckets(names, "nodes", "keys", "queues", "usage", "sessions", "accounts")),
-            *_reads(_buckets(names, "idempotency", "jobs") + [payloads]),
+            *_reads([*_buckets(names, "idempotency", "jobs"), payloads]),
         ]
         subscribe += [names.jobs_all, names.tokens_all]
     elif role == "orchestrator":
@@ -133,7 +133,7 @@ def role_permissions(role: str, names: Names) -> Permissions:
             f"$JS.API.STREAM.MSG.DELETE.{names.tasks_stream}",
             *_kv(names, "queues"),
             *_reads(_streams(names, "jobs", "dead", "tasks")),
-            *_reads(_buckets(names, "nodes", "queues") + [payloads]),
+            *_reads([*_buckets(names, "nodes", "queues"), payloads]),
         ]
         subscribe += [f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{names.tasks_stream}.*"]
     elif role == "projector":
@@ -141,7 +141,7 @@ def role_permissions(role: str, names: Names) -> Permissions:
             f"{ns}.dead.>",
             *_kv(names, "jobs", "usage"),
             *_reads(_streams(names, "jobs")),
-            *_reads(_buckets(names, "jobs", "usage") + [payloads]),
+            *_reads([*_buckets(names, "jobs", "usage"), payloads]),
         ]
     else:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}, or a worker node")
@@ -162,7 +162,7 @@ def worker_permissions(names: Names, node_id: str, models: tuple[str, ...]) -> P
         f"{ns}.tokens.*",
         f"{ns}.nodes.{node_id}.>",
         f"$KV.{names.bucket('nodes')}.{node_id}",
-        *_reads(_streams(names, "jobs", "tokens") + [f"OBJ_{names.bucket('payloads')}"]),
+        *_reads([*_streams(names, "jobs", "tokens"), f"OBJ_{names.bucket('payloads')}"]),
     ]
     for durable, subject in durables:
         publish += [

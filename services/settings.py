@@ -56,6 +56,16 @@ class Settings(BaseSettings):
     nats_port: int = Field(
         4222, ge=0, le=65535, description="client port of the embedded nats-server"
     )
+    nats_listen: str = Field(
+        "127.0.0.1",
+        description="address the embedded nats-server listens on (0.0.0.0: every interface, "
+        "for workers on other hosts)",
+    )
+    nats_secure: bool = Field(
+        True,
+        description="`dim up` secures its nats-server: TLS, and one NATS identity per role with "
+        "only the rights it needs (docs/security.md); false: open to every client, as before",
+    )
     sched_batch: bool = Field(
         True,
         description="run dim's processes and the embedded nats-server under Linux's SCHED_BATCH "

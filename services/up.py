@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from events.bus import Bus
 from events.errors import NatsServerError
+from services.local_bus import local_bus, worker_identity
 from services.nats_server import EmbeddedNats, port_open
 from services.process import connect, ensure_topology
 from services.registry.live import LiveNodes
@@ -122,31 +124,52 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
         )
     if settings.jwt_algorithm == "HS256" and not settings.jwt_secret:
         settings = settings.model_copy(update={"jwt_secret": _local_secret(settings.data_dir)})
+    nodes = {
+        f"sim-{i}": worker_models(settings, i, every_model=every_model)
+        for i in range(1, workers + 1)
+    }
+    local = None
+    if settings.nats_secure:
+        local = local_bus(settings, nodes, _hosts(settings.nats_listen))
     server = EmbeddedNats(
         settings.data_dir / "nats",
         port=settings.nats_port,
+        host=settings.nats_listen,
         gomaxprocs=settings.nats_gomaxprocs,
         sched_batch=settings.sched_batch,
+        extra=local.server_config() if local else "",
     )
     say(f"starting nats-server {server.version()} (store: {server.data_dir / 'jetstream'})")
     url = await asyncio.to_thread(server.start)
     settings = settings.model_copy(update={"nats_url": url})
-    say(f"nats-server listening on {url}")
+    if local:
+        say(
+            f"nats-server listening on {url}: TLS, one identity per role ({local.tls.ca_cert.parent.parent})"
+        )
+    else:
+        say(f"nats-server listening on {url}, open to every client (DIM_NATS_SECURE=false)")
+
+    def as_(identity: str, base: Settings = settings) -> Settings:
+        return local.settings_for(base, identity) if local else base
+
     children: list[Child] = []
     pumps: list[asyncio.Task[None]] = []
     try:
-        bus = await connect(settings, "dim-up")
+        bus = await connect(as_("admin"), "dim-up")
         await ensure_topology(bus, settings)
         say(f"streams and buckets ready in namespace {settings.namespace!r}")
-        children.append(Child("orchestrator", ["orchestrator"], child_env(settings)))
-        children.append(Child("projector", ["projector"], child_env(settings)))
-        children.append(Child("gateway", ["gateway"], child_env(settings)))
-        for i in range(1, workers + 1):
-            node = f"sim-{i}"
-            models = ",".join(worker_models(settings, i, every_model=every_model))
-            children.append(
-                Child(node, ["worker"], child_env(settings, DIM_NODE_ID=node, DIM_MODELS=models))
+        for role in ("orchestrator", "projector", "gateway"):
+            children.append(Child(role, [role], child_env(as_(role))))
+        no_secrets = settings.model_copy(
+            update={"jwt_secret": "", "jwt_private_key": ""}
+        )  # a worker signs no tokens
+        for node, served in nodes.items():
+            env = child_env(
+                as_(worker_identity(node), no_secrets),
+                DIM_NODE_ID=node,
+                DIM_MODELS=",".join(served),
             )
+            children.append(Child(node, ["worker"], env))
         for child in children:
             await child.start()
             pumps.append(asyncio.create_task(child.pump()))
@@ -185,6 +208,14 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
             pump.cancel()
         await asyncio.to_thread(server.stop)
         say("nats-server stopped; bye")
+
+
+def _hosts(listen: str) -> tuple[str, ...]:
+    """Names the server certificate must carry besides loopback: the listen address, and this
+    host's name when it listens on every interface."""
+    if listen in ("0.0.0.0", "::", ""):
+        return (socket.gethostname(),)
+    return (listen,)
 
 
 def _local_secret(data_dir: Path) -> str:

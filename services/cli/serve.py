@@ -26,6 +26,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         args,
         models=tuple(args.models.split(",")) if args.models else None,
         nats_port=args.nats_port,
+        nats_listen=args.nats_listen,
         gateway_port=args.gateway_port,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         sim_ttft_ms=args.sim_ttft_ms,
@@ -137,7 +138,14 @@ def _add_up(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--nats-port", type=int, help="client port of the embedded nats-server (default 4222)"
     )
-    s.add_argument("--data-dir", help="where nats-server keeps its store (default .dim)")
+    s.add_argument(
+        "--nats-listen",
+        help="address nats-server listens on (default 127.0.0.1; 0.0.0.0 for remote workers)",
+    )
+    s.add_argument(
+        "--data-dir",
+        help="where nats-server keeps its store, its TLS files and the identities (default .dim)",
+    )
     s.add_argument("--gateway-port", type=int, help="port of the HTTP gateway (default 8000)")
     s.add_argument("--sim-ttft-ms", type=float, help="simulated time to first token")
     s.add_argument("--sim-tokens-per-s", type=float, help="simulated decode speed (0: no delay)")
