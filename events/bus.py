@@ -30,8 +30,9 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from nats.js.object_store import ObjectStore
 from opentelemetry import propagate
 
+from events.connection import DEFAULT_INBOX_PREFIX, NatsAuth, dial
 from events.envelope import Envelope
-from events.errors import ConnectError, PublishError, Unavailable, WrongLastSequence
+from events.errors import PublishError, Unavailable, WrongLastSequence
 from events.kv import Bucket
 from events.retry import PUBLISH
 from events.subjects import Names
@@ -80,52 +81,24 @@ class Bus:
         names: Names,
         *,
         name: str = "dim",
+        auth: NatsAuth | None = None,
+        inbox_prefix: str = DEFAULT_INBOX_PREFIX,
         connect_timeout_s: float = 5.0,
         publish_timeout_s: float = 5.0,
         publish_retries: int = 3,
         on_reconnect: Callable[[], Awaitable[None]] | None = None,
         inline_max: int = 256 * 1024,
     ) -> Bus:
-        """Connect to NATS (reconnecting forever once connected) and open JetStream."""
-
-        connected = False
-
-        async def error_cb(exc: Exception) -> None:
-            if connected:  # before that, the bounded connect below reports one clear error
-                log.warning("nats: %s", exc)
-
-        async def reconnected_cb() -> None:
-            log.info("nats: reconnected to %s", nc.connected_url)
-            if on_reconnect is not None:
-                await on_reconnect()
-
-        servers = [s.strip() for s in url.split(",") if s.strip()]
-        try:
-            # Reconnect forever once connected, but bound the first connect: nats-py would
-            # otherwise retry an unreachable server for ever.
-            nc = await asyncio.wait_for(
-                nats.connect(
-                    servers=servers,
-                    name=name,
-                    connect_timeout=connect_timeout_s,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    # A server that stops answering (paused, partitioned) is left within
-                    # ~10 s for another in the URL list, not after nats-py's default 4 minutes.
-                    ping_interval=5,
-                    max_outstanding_pings=2,
-                    allow_reconnect=True,
-                    error_cb=error_cb,
-                    reconnected_cb=reconnected_cb,
-                ),
-                timeout=connect_timeout_s,
-            )
-            connected = True
-        except Exception as exc:
-            raise ConnectError(
-                f"cannot reach NATS at {url}: {exc!r}; is nats-server running? "
-                "`dim up` starts one, or set DIM_NATS_URL"
-            ) from exc
+        """Connect to NATS as `auth` says (reconnecting forever once connected) and open
+        JetStream; replies come to subjects under `inbox_prefix`."""
+        nc = await dial(
+            url,
+            name=name,
+            auth=auth or NatsAuth(),
+            inbox_prefix=inbox_prefix,
+            connect_timeout_s=connect_timeout_s,
+            on_reconnect=on_reconnect,
+        )
         js = nc.jetstream(timeout=publish_timeout_s, publish_async_max_pending=8192)
         return cls(nc, js, names, publish_timeout_s, publish_retries, inline_max)
 

@@ -44,6 +44,10 @@ class ConnectError(DimError, ConnectionError):
     """NATS could not be reached."""
 
 
+class NatsAuthError(DimError, ValueError):
+    """NATS credentials or TLS files that cannot be used as given."""
+
+
 class PublishError(DimError, ConnectionError):
     """An event could not be stored in JetStream after the allowed retries."""
 

@@ -35,11 +35,13 @@ def setup_logging(settings: Settings, role: str) -> None:
 
 
 async def connect(settings: Settings, name: str) -> Bus:
-    """Connect to the settings' NATS as `name`."""
+    """Connect to the settings' NATS as `name`, with the settings' credentials and TLS."""
     return await Bus.connect(
         settings.nats_url,
         settings.names,
         name=name,
+        auth=settings.nats_auth,
+        inbox_prefix=settings.nats_inbox_prefix,
         connect_timeout_s=settings.connect_timeout_s,
         publish_timeout_s=settings.publish_timeout_s,
         publish_retries=settings.publish_retries,

@@ -7,14 +7,19 @@ overrides fields from its flags with `Settings.model_copy`.
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from events.connection import DEFAULT_INBOX_PREFIX, NatsAuth
 from events.subjects import Names, check_id
+
+# Subject tokens separated by dots: no wildcards, whitespace or empty tokens.
+_SUBJECT_PREFIX = re.compile(r"[^.*>\s]+(\.[^.*>\s]+)*")
 
 
 def _default_node_id() -> str:
@@ -49,6 +54,31 @@ class Settings(BaseSettings):
     )
     tokens_max_age_s: float = Field(
         900.0, gt=0, description="how long token chunks are kept for resume"
+    )
+
+    # bus identity and TLS (every process and the CLI)
+    nats_creds: Path | None = Field(
+        None, description="NATS credentials file (user JWT and NKey seed) this process connects as"
+    )
+    nats_nkey_seed: Path | None = Field(
+        None, description="file holding the NKey user seed (SU...) this process connects as"
+    )
+    nats_user: str | None = Field(None, description="NATS user this process connects as")
+    nats_password: SecretStr | None = Field(None, description="password of DIM_NATS_USER")
+    nats_tls_ca: Path | None = Field(
+        None, description="PEM CA the NATS server's certificate must chain to (else the system's)"
+    )
+    nats_tls_cert: Path | None = Field(
+        None, description="PEM client certificate to present to NATS (with DIM_NATS_TLS_KEY)"
+    )
+    nats_tls_key: Path | None = Field(None, description="private key of DIM_NATS_TLS_CERT")
+    nats_tls_hostname: str | None = Field(
+        None, description="name the NATS server's certificate must carry, if not the URL's host"
+    )
+    nats_inbox_prefix: str = Field(
+        DEFAULT_INBOX_PREFIX,
+        description="subject prefix of this process's reply inboxes (a server may confine each "
+        "identity to its own)",
     )
 
     # embedded server (dim up)
@@ -275,6 +305,31 @@ class Settings(BaseSettings):
         Names(value)
         return value
 
+    @field_validator("nats_inbox_prefix")
+    @classmethod
+    def _valid_inbox_prefix(cls, value: str) -> str:
+        if not _SUBJECT_PREFIX.fullmatch(value):
+            raise ValueError(
+                "an inbox prefix is one or more subject tokens separated by dots, without "
+                "wildcards or spaces, e.g. _INBOX or _INBOX_worker"
+            )
+        return value
+
+    @field_validator(
+        "nats_creds",
+        "nats_nkey_seed",
+        "nats_tls_ca",
+        "nats_tls_cert",
+        "nats_tls_key",
+        "nats_user",
+        "nats_password",
+        "nats_tls_hostname",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("node_id", "instance_id")
     @classmethod
     def _valid_id(cls, value: str) -> str:
@@ -287,7 +342,9 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if value is None:
                 continue  # the child's default is None too
-            if isinstance(value, tuple):
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, tuple):
                 value = ",".join(value)
             elif isinstance(value, dict) and name == "model_aliases":
                 value = ",".join(f"{k}={v}" for k, v in value.items())
@@ -295,6 +352,21 @@ class Settings(BaseSettings):
                 value = json.dumps(value)
             env[f"DIM_{name.upper()}"] = str(value)
         return env
+
+    @property
+    def nats_auth(self) -> NatsAuth:
+        """Who this process is to NATS, and how it checks the server; half-set credentials are a
+        `NatsAuthError` naming them (not a validation error: that would print the input)."""
+        return NatsAuth(
+            creds=self.nats_creds,
+            nkey_seed=self.nats_nkey_seed,
+            user=self.nats_user,
+            password=None if self.nats_password is None else self.nats_password.get_secret_value(),
+            tls_ca=self.nats_tls_ca,
+            tls_cert=self.nats_tls_cert,
+            tls_key=self.nats_tls_key,
+            tls_hostname=self.nats_tls_hostname,
+        )
 
     @property
     def names(self) -> Names:

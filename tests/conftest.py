@@ -18,7 +18,7 @@ import pytest
 
 from events.bus import Bus
 from services.nats_server import EmbeddedNats
-from services.process import ensure_topology
+from services.process import connect, ensure_topology
 from services.settings import Settings
 
 
@@ -102,7 +102,7 @@ def fast_settings(nats_url: str, namespace: str) -> Settings:
 @pytest.fixture
 async def bus(settings: Settings) -> AsyncIterator[Bus]:
     """A connected bus with the namespace provisioned."""
-    b = await Bus.connect(settings.nats_url, settings.names, name="dim-test")
+    b = await connect(settings, "dim-test")
     await ensure_topology(b, settings)
     try:
         yield b

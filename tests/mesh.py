@@ -19,6 +19,7 @@ from events.envelope import Envelope
 from events.history import read_events
 from services.engines.factory import build_engine
 from services.orchestrator.runner import Orchestrator
+from services.process import connect
 from services.projector import JobStatusProjector
 from services.settings import Settings
 from services.up import child_env
@@ -52,7 +53,7 @@ class Mesh:
         make: Callable[[Bus], Any],
         ready: Callable[[Any], Awaitable[None]] | None = None,
     ) -> Service:
-        bus = await Bus.connect(self.settings.nats_url, self.settings.names, name=name)
+        bus = await connect(self.settings, name)
         obj = make(bus)
         stop = asyncio.Event()
 

@@ -6,12 +6,26 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
+
 from events.bus import Bus
+from events.connection import redact_url
 from services.cli.common import settings_of, with_bus
 from services.settings import Settings
 
 if TYPE_CHECKING:
     from services.cli.common import Subcommands
+
+
+def shown(value: object) -> str:
+    """A setting's value as `dim settings` prints it: secrets masked, URLs without passwords."""
+    if isinstance(value, SecretStr):
+        return "********" if value.get_secret_value() else ""
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, str):
+        return redact_url(value) if "://" in value else value
+    return str(value)
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
@@ -20,9 +34,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
     current = Settings()
     rows = []
     for name, field in Settings.model_fields.items():
-        value = getattr(current, name)
-        shown = ",".join(value) if isinstance(value, tuple) else str(value)
-        rows.append([f"DIM_{name.upper()}", shown, field.description or ""])
+        rows.append([f"DIM_{name.upper()}", shown(getattr(current, name)), field.description or ""])
     print(table(["VARIABLE", "VALUE", "MEANING"], rows))
     return 0
 

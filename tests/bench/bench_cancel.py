@@ -20,14 +20,13 @@ from pathlib import Path
 
 from nats.aio.msg import Msg
 
-from events.bus import Bus
 from events.envelope import decode
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
 from events.job_log import submit
 from events.work import TokensProduced
 from gateway.completions import cancel_job
-from services.process import ensure_topology
+from services.process import connect, ensure_topology
 from services.settings import Settings
 from services.up import child_env
 from tests.bench.bench_jobs import embedded_server, pct, table
@@ -46,7 +45,7 @@ async def run(args: argparse.Namespace) -> None:
             token_flush_ms=15,
             log_level="WARNING",
         )
-        bus = await Bus.connect(settings.nats_url, settings.names, name="bench")
+        bus = await connect(settings, "bench")
         procs = [
             Proc(role, [role], child_env(settings, DIM_NODE_ID="w1"), Path(tmp) / f"{role}.log")
             for role in ("orchestrator", "worker")

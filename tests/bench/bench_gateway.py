@@ -29,10 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from events.bus import Bus
 from services.accounts.keys import create_key
 from services.nats_server import free_port, port_open
-from services.process import ensure_topology
+from services.process import connect, ensure_topology
 from services.settings import Settings
 from services.up import child_env
 from tests.bench.bench_jobs import embedded_server, pct, stop_all, table
@@ -102,7 +101,7 @@ async def run(args: argparse.Namespace) -> None:
         )
         procs: list[subprocess.Popen[bytes]] = []
         last: list[subprocess.Popen[bytes]] = []
-        bus = await Bus.connect(settings.nats_url, settings.names, name="bench")
+        bus = await connect(settings, "bench")
         try:
             await ensure_topology(bus, settings)
             _, key = await create_key(

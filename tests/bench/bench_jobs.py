@@ -42,7 +42,7 @@ from events.inference import Prompt, SamplingParams
 from events.job_log import submit
 from events.jobs import JobSubmitted
 from services.nats_server import EmbeddedNats
-from services.process import ensure_topology
+from services.process import connect, ensure_topology
 from services.settings import Settings
 from services.up import child_env
 
@@ -195,7 +195,7 @@ async def run(args: argparse.Namespace) -> None:
         server.start()
         settings = Settings(nats_url=server.url, namespace="bench", models=("sim-small",))
         procs: list[subprocess.Popen[bytes]] = []
-        bus = await Bus.connect(settings.nats_url, settings.names, name="bench")
+        bus = await connect(settings, "bench")
         try:
             await ensure_topology(bus, settings)
             procs.append(spawn(settings, "orchestrator"))

@@ -39,10 +39,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from events.bus import Bus
 from services.accounts.keys import create_key
 from services.nats_server import free_port
-from services.process import ensure_topology
+from services.process import connect, ensure_topology
 from services.settings import Settings
 from services.up import child_env
 from tests.bench.bench_gateway import start
@@ -194,7 +193,7 @@ async def run(args: argparse.Namespace) -> None:
             node_ttl_s=10.0,
         )
         procs: list[subprocess.Popen[bytes]] = []
-        bus = await Bus.connect(settings.nats_url, settings.names, name="bench")
+        bus = await connect(settings, "bench")
         try:
             with vllm_server(model, cpus=str(ENGINE_CORE)) as bare_url:
                 await ensure_topology(bus, settings)

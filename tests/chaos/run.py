@@ -31,12 +31,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from events.bus import Bus
 from events.errors import transient
 from services.accounts.keys import create_key
 from services.audit import audit, collect, render
 from services.nats_server import free_port
-from services.process import ensure_topology
+from services.process import connect, ensure_topology
 from services.settings import Settings
 from services.up import child_env
 from tests.bench.loadgen import Client, HttpError
@@ -208,7 +207,7 @@ async def main(args: argparse.Namespace) -> int:
                 capacity=16,
                 log_level="WARNING",
             )
-            bus = await Bus.connect(settings.nats_url, settings.names, name="chaos")
+            bus = await connect(settings, "chaos")
             stack.push_async_callback(bus.close)
             for attempt in range(60):  # a new cluster elects its JetStream leader first
                 try:

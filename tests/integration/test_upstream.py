@@ -17,7 +17,7 @@ import pytest
 from events.bus import Bus
 from services.accounts.keys import create_key
 from services.nats_server import free_port
-from services.process import ensure_topology
+from services.process import connect, ensure_topology
 from services.registry.live import LiveNodes
 from services.settings import Settings
 from tests.mesh import all_of, job_events, metric, serving, spawn, wait_ready, wait_until
@@ -45,7 +45,7 @@ async def stack(bus: Bus, settings: Settings) -> AsyncIterator[Stack]:
             "sim_tokens_per_s": 40,  # slow enough to cancel mid-answer
         }
     )
-    up_bus = await Bus.connect(up.nats_url, up.names, name="test-upstream")
+    up_bus = await connect(up, "test-upstream")
     await ensure_topology(up_bus, up)
     _, up_key = await create_key(
         up_bus, principal_id="front", tenant="up", roles=("member",), actor="test"

@@ -23,7 +23,7 @@ from events.jobs import TaskCompleted, TaskStarted
 from events.records import NodeRecord
 from services.accounts.keys import create_key
 from services.nats_server import free_port
-from services.process import ensure_topology
+from services.process import connect, ensure_topology
 from services.settings import Settings
 from tests.mesh import all_of, job_events, serving, spawn, wait_ready, wait_terminal, wait_until
 from tests.vllm.support import CHAT, LONG, MODEL, hang_up_mid_stream, vllm_metric, vllm_settings
@@ -62,7 +62,7 @@ class Stack:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(module_settings: Settings, tiny_model: Path) -> AsyncIterator[Stack]:
     s = vllm_settings(module_settings, tiny_model, gateway_port=free_port())
-    bus = await Bus.connect(s.nats_url, s.names, name="test-vllm-mesh")
+    bus = await connect(s, "test-vllm-mesh")
     await ensure_topology(bus, s)
     _, key = await create_key(bus, principal_id="ann", tenant="acme", roles=("member",), actor="t")
     try:

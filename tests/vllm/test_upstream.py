@@ -16,7 +16,7 @@ import pytest_asyncio
 from events.bus import Bus
 from services.accounts.keys import create_key
 from services.nats_server import free_port
-from services.process import ensure_topology
+from services.process import connect, ensure_topology
 from services.settings import Settings
 from tests.mesh import all_of, serving, spawn, wait_ready, wait_terminal, wait_until
 from tests.vllm.support import (
@@ -54,7 +54,7 @@ def served(tiny_model: Path) -> Iterator[str]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pair(module_settings: Settings, served: str) -> AsyncIterator[Pair]:
     s = module_settings.model_copy(update={"gateway_port": free_port(), **BUSY_MACHINE})
-    bus = await Bus.connect(s.nats_url, s.names, name="test-vllm-upstream")
+    bus = await connect(s, "test-vllm-upstream")
     await ensure_topology(bus, s)
     _, key = await create_key(bus, principal_id="ann", tenant="acme", roles=("member",), actor="t")
     worker = spawn(
