@@ -43,9 +43,11 @@ def settings_of(args: argparse.Namespace, **more: Any) -> Settings:
 
 
 async def _with_bus(settings: Settings, fn: Body) -> int:
+    from services.local_bus import local_admin
     from services.process import connect
 
-    bus = await connect(settings, "dim-cli")
+    # On the machine of a `dim up`, with no credentials given: its admin identity.
+    bus = await connect(local_admin(settings), "dim-cli")
     try:
         return int(await fn(bus))
     finally:

@@ -30,6 +30,7 @@ class System:
     nats_url: str
     gateway: str
     pid: int  # of `dim up`
+    data_dir: Path  # where `dim up` keeps the store, the TLS files and the identities
 
 
 @pytest.fixture
@@ -68,7 +69,12 @@ def system(tmp_path: Path) -> Iterator[System]:
             assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
             time.sleep(0.1)
         assert "ready: 2/2 simulated workers" in (tmp_path / "up.log").read_text()
-        yield System(f"nats://127.0.0.1:{port}", f"http://127.0.0.1:{gateway_port}", proc.pid)
+        yield System(
+            f"nats://127.0.0.1:{port}",
+            f"http://127.0.0.1:{gateway_port}",
+            proc.pid,
+            tmp_path / "data",
+        )
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert proc.wait(60) == 0
         out = (tmp_path / "up.log").read_text()
@@ -82,10 +88,20 @@ def system(tmp_path: Path) -> Iterator[System]:
         print((tmp_path / "up.log").read_text())
 
 
-def dim(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def dim(target: System | str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`dim <args>` against a running system (as on its machine: the admin identity is found in
+    its data directory) or a bare NATS URL."""
+    env = (
+        {"DIM_NATS_URL": target}
+        if isinstance(target, str)
+        else {
+            "DIM_NATS_URL": target.nats_url,
+            "DIM_DATA_DIR": str(target.data_dir),
+        }
+    )
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args],
-        env=_env() | {"DIM_NATS_URL": url},
+        env=_env() | env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -93,7 +109,7 @@ def dim(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_new_user_submits_a_job_and_reads_its_history(system: System) -> None:
-    url = system.nats_url
+    url = system
     run = dim(url, "submit", "hello", "--model", "sim-small")
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.split()) > 5  # the streamed answer
@@ -170,7 +186,7 @@ def test_commands_explain_an_unreachable_server() -> None:
 
 
 def _key(system: System, *flags: str) -> str:
-    run = dim(system.nats_url, "keys", "create", *flags)
+    run = dim(system, "keys", "create", *flags)
     assert run.returncode == 0, run.stderr
     assert "shown only now" in run.stderr
     return run.stdout.strip()
@@ -245,9 +261,9 @@ def test_a_revoked_key_is_refused(system: System) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     key_id = key.split("_")[1]
-    listed = dim(system.nats_url, "keys", "list")
+    listed = dim(system, "keys", "list")
     assert key_id in listed.stdout and key.split("_")[2] not in listed.stdout  # never the secret
-    assert dim(system.nats_url, "keys", "revoke", key_id).returncode == 0
+    assert dim(system, "keys", "revoke", key_id).returncode == 0
     revoked = time.monotonic()
     while httpx.get(f"{system.gateway}/v1/models", headers=auth).status_code != 401:
         assert time.monotonic() - revoked < 1.0, "revocation took longer than a second"
