@@ -59,6 +59,7 @@ def _reads(streams: list[str]) -> list[str]:
     out: list[str] = []
     for s in streams:
         out += [
+            f"$JS.API.CONSUMER.CREATE.{s}",
             f"$JS.API.CONSUMER.CREATE.{s}.>",
             f"$JS.API.CONSUMER.DURABLE.CREATE.{s}.>",
             f"$JS.API.CONSUMER.INFO.{s}.>",

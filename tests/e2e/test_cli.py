@@ -299,3 +299,31 @@ def test_a_service_started_on_its_own_puts_itself_under_the_batch_policy(
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_the_bus_of_dim_up_refuses_an_anonymous_client_and_speaks_tls(system: System) -> None:
+    tls = system.data_dir / "nats" / "tls"
+    tries = (  # in a process of its own: nats-py leaves a refused connection's socket open
+        "import asyncio, ssl, sys, nats\n"
+        "async def main():\n"
+        "    ca = ssl.create_default_context(cafile=sys.argv[2]) if sys.argv[2] else None\n"
+        "    await nats.connect(sys.argv[1], tls=ca, allow_reconnect=False)\n"
+        "asyncio.run(main())\n"
+    )
+
+    def anonymous(ca: str) -> str:
+        run = subprocess.run(
+            [sys.executable, "-c", tries, system.nats_url, ca],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert run.returncode != 0
+        return run.stderr
+
+    assert "Authorization Violation" in anonymous(str(tls / "ca.pem"))  # TLS, no identity
+    assert "CERTIFICATE_VERIFY_FAILED" in anonymous("")  # not dim up's CA: no TLS session at all
+    ids = system.data_dir / "nats" / "ids"
+    for secret in [tls / "server-key.pem", tls / "ca-key.pem", *ids.glob("*.nk")]:
+        assert secret.stat().st_mode & 0o077 == 0, secret  # readable by its owner only
+    assert {p.stem for p in ids.glob("*.nk")} >= {"admin", "gateway", "w-sim-1", "w-sim-2"}
