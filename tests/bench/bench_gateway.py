@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from services.accounts.keys import create_key
+from services.local_bus import local_bus, worker_identity
 from services.nats_server import free_port, port_open
 from services.process import connect, ensure_topology
 from services.settings import Settings
@@ -85,11 +86,9 @@ async def streams(client: Client, path: str, clients: int, each: int) -> tuple[i
 
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server = embedded_server(Path(tmp), "dim-bench-gw")
-        server.start()
         gw_port, bare_port, mock_port = free_port(), free_port(), free_port()
         settings = Settings(
-            nats_url=server.url,
+            data_dir=Path(tmp),
             namespace="benchgw",
             gateway_port=gw_port,
             rate_limit_rpm=0,
@@ -99,9 +98,18 @@ async def run(args: argparse.Namespace) -> None:
             capacity=256,
             log_level="WARNING",
         )
+        nodes = {"w1": settings.models, "w2": settings.models, "w-up": (UPSTREAM_MODEL,)}
+        local = local_bus(settings, nodes) if args.secure else None
+        server = embedded_server(Path(tmp), "dim-bench-gw", local.server_config() if local else "")
+        server.start()
+        settings = settings.model_copy(update={"nats_url": server.url})
+
+        def as_(identity: str) -> Settings:  # as `dim up` starts each process
+            return local.settings_for(settings, identity) if local else settings
+
         procs: list[subprocess.Popen[bytes]] = []
         last: list[subprocess.Popen[bytes]] = []
-        bus = await connect(settings, "bench")
+        bus = await connect(as_("admin"), "bench")
         try:
             await ensure_topology(bus, settings)
             _, key = await create_key(
@@ -114,7 +122,8 @@ async def run(args: argparse.Namespace) -> None:
                 ("worker", "w2"),
                 ("gateway", None),
             ):
-                env = child_env(settings, **({"DIM_NODE_ID": node} if node else {}))
+                who = worker_identity(node) if node else role
+                env = child_env(as_(who), **({"DIM_NODE_ID": node} if node else {}))
                 procs.append(start("services.cli", role, env=env))
             procs.append(start("tests.bench.bare_app", str(bare_port)))
             # stopped after the rest, so the openai worker never sees its upstream gone
@@ -122,7 +131,7 @@ async def run(args: argparse.Namespace) -> None:
                 start("tests.bench.mock_upstream", str(mock_port), "--models", UPSTREAM_MODEL)
             )
             upstream_env = child_env(
-                settings,
+                as_(worker_identity("w-up")),
                 DIM_NODE_ID="w-up",
                 DIM_ENGINE="openai",
                 DIM_UPSTREAM_URL=f"http://127.0.0.1:{mock_port}/v1",
@@ -190,7 +199,8 @@ async def run(args: argparse.Namespace) -> None:
             print(
                 f"dim gateway bench — {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                 f"nats-server {server.version()}; gateway, orchestrator, projector, 2 simulated workers (zero delay), 1 openai worker "
-                "in front of a zero-latency mock; max_tokens 16"
+                "in front of a zero-latency mock; max_tokens 16; NATS "
+                + ("secured: TLS, one identity per role" if args.secure else "open, no TLS")
             )
             print()
             print(
@@ -276,6 +286,11 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--stream-clients", type=int, default=100)
     p.add_argument("--stream-requests", type=int, default=3, help="requests per streaming client")
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="NATS as `dim up` secures it: TLS, one identity per role (docs/security.md)",
+    )
     asyncio.run(run(p.parse_args()))
 
 

@@ -41,6 +41,7 @@ from events.ids import new_id
 from events.inference import Prompt, SamplingParams
 from events.job_log import submit
 from events.jobs import JobSubmitted
+from services.local_bus import local_bus, worker_identity
 from services.nats_server import EmbeddedNats
 from services.process import connect, ensure_topology
 from services.settings import Settings
@@ -53,9 +54,10 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
-def embedded_server(data_dir: Path, name: str) -> EmbeddedNats:
+def embedded_server(data_dir: Path, name: str, extra: str = "") -> EmbeddedNats:
     """The bench's nats-server, set up as `dim up` sets it up (CPU policy, Go threads), unless
-    the environment's DIM_SCHED_BATCH / DIM_NATS_GOMAXPROCS say otherwise."""
+    the environment's DIM_SCHED_BATCH / DIM_NATS_GOMAXPROCS say otherwise (`extra`: more of its
+    configuration, e.g. `dim up`'s TLS and identities)."""
     settings = Settings()
     return EmbeddedNats(
         data_dir,
@@ -63,6 +65,7 @@ def embedded_server(data_dir: Path, name: str) -> EmbeddedNats:
         name=name,
         sched_batch=settings.sched_batch,
         gomaxprocs=settings.nats_gomaxprocs,
+        extra=extra,
     )
 
 
@@ -191,16 +194,23 @@ def table(rows: list[tuple[str, str, str]]) -> str:
 
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server = embedded_server(Path(tmp), "dim-bench")
+        settings = Settings(data_dir=Path(tmp), namespace="bench", models=("sim-small",))
+        nodes = {f"bench-{i}": settings.models for i in range(args.workers)}
+        local = local_bus(settings, nodes) if args.secure else None
+        server = embedded_server(Path(tmp), "dim-bench", local.server_config() if local else "")
         server.start()
-        settings = Settings(nats_url=server.url, namespace="bench", models=("sim-small",))
+        settings = settings.model_copy(update={"nats_url": server.url})
+
+        def as_(identity: str) -> Settings:  # as `dim up` starts each process
+            return local.settings_for(settings, identity) if local else settings
+
         procs: list[subprocess.Popen[bytes]] = []
-        bus = await connect(settings, "bench")
+        bus = await connect(as_("admin"), "bench")
         try:
             await ensure_topology(bus, settings)
-            procs.append(spawn(settings, "orchestrator"))
-            procs.append(spawn(settings, "projector"))
-            procs += [spawn(settings, "worker", f"bench-{i}") for i in range(args.workers)]
+            procs.append(spawn(as_("orchestrator"), "orchestrator"))
+            procs.append(spawn(as_("projector"), "projector"))
+            procs += [spawn(as_(worker_identity(n)), "worker", n) for n in nodes]
             kv = await bus.js.key_value(settings.names.bucket("nodes"))
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -290,6 +300,11 @@ def main() -> None:
         "--concurrency", type=int, default=64, help="jobs in flight in the throughput phase"
     )
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="NATS as `dim up` secures it: TLS, one identity per role (docs/security.md)",
+    )
     p.add_argument("--max-tokens", type=int, default=16)
     asyncio.run(run(p.parse_args()))
 
