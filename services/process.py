@@ -32,6 +32,13 @@ def setup_logging(settings: Settings, role: str) -> None:
     )
     for noisy in ("nats", "httpx", "httpcore"):  # httpx logs every upstream request at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # nats-py's protocol answers a TLS connection's end as for plain TCP; asyncio says so on
+    # every close of a TLS connection to NATS, which means nothing here
+    logging.getLogger("asyncio").addFilter(_not_eof_received)
+
+
+def _not_eof_received(record: logging.LogRecord) -> bool:
+    return "eof_received() has no effect when using ssl" not in record.getMessage()
 
 
 async def connect(settings: Settings, name: str) -> Bus:
