@@ -7,9 +7,9 @@ rebuild from the log produces byte-identical views.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from functools import singledispatch
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -26,6 +26,7 @@ from events.jobs import (
     TaskDeadLettered,
     TaskDispatched,
     TaskFailed,
+    TaskRerouted,
     TaskRole,
     TaskStarted,
 )
@@ -218,22 +219,33 @@ def _planned(state: JobState, planned: JobPlanned, at: datetime) -> JobState:
 def _apply(state: JobState, envelope: Envelope) -> JobState:
     if state.terminal:
         return state
-    return _change(envelope.data, state, envelope.at)
+    event = envelope.data
+    change = _CHANGES.get(type(event))
+    return state if change is None else change(event, state, envelope.at)
 
 
-@singledispatch
-def _change(event: Event, state: JobState, at: datetime) -> JobState:
-    """What `event` changes in the job (one function per event type; others change nothing)."""
-    return state
+# What each event type changes in the job: one function per type, registered by `_changes`
+# (a dict on the exact type: evolve runs for every event in every process).
+_CHANGES: dict[type[Event], Callable[[Any, JobState, datetime], JobState]] = {}
+_Change = TypeVar("_Change", bound=Callable[..., JobState])
 
 
-@_change.register
-def _(event: JobPlanned, state: JobState, at: datetime) -> JobState:
+def _changes(*types: type[Event]) -> Callable[[_Change], _Change]:
+    def register(fn: _Change) -> _Change:
+        for t in types:
+            _CHANGES[t] = fn
+        return fn
+
+    return register
+
+
+@_changes(JobPlanned)
+def _planned_event(event: JobPlanned, state: JobState, at: datetime) -> JobState:
     return state if state.planned else _planned(state, event, at)
 
 
-@_change.register
-def _(event: TaskDispatched, state: JobState, at: datetime) -> JobState:  # and TaskRerouted
+@_changes(TaskDispatched, TaskRerouted)
+def _dispatched_event(event: TaskDispatched, state: JobState, at: datetime) -> JobState:
     task = state.task(event.task_id)
     if task is None or event.attempt <= task.attempt:
         return state
@@ -242,8 +254,8 @@ def _(event: TaskDispatched, state: JobState, at: datetime) -> JobState:  # and 
     return state.model_copy(update={"tasks": tasks})
 
 
-@_change.register
-def _(event: TaskStarted, state: JobState, at: datetime) -> JobState:
+@_changes(TaskStarted)
+def _started(event: TaskStarted, state: JobState, at: datetime) -> JobState:
     task = state.task(event.task_id)
     if (
         task is None
@@ -257,8 +269,8 @@ def _(event: TaskStarted, state: JobState, at: datetime) -> JobState:
     return new
 
 
-@_change.register
-def _(event: TaskCompleted, state: JobState, at: datetime) -> JobState:
+@_changes(TaskCompleted)
+def _completed(event: TaskCompleted, state: JobState, at: datetime) -> JobState:
     if not _open_attempt(state, event.task_id, event.attempt):
         return state
     return _with_task(
@@ -274,8 +286,8 @@ def _(event: TaskCompleted, state: JobState, at: datetime) -> JobState:
     )
 
 
-@_change.register
-def _(event: TaskFailed, state: JobState, at: datetime) -> JobState:
+@_changes(TaskFailed)
+def _failed(event: TaskFailed, state: JobState, at: datetime) -> JobState:
     failed = state.task(event.task_id)
     if failed is None or not _open_attempt(state, event.task_id, event.attempt):
         return state
@@ -291,8 +303,8 @@ def _(event: TaskFailed, state: JobState, at: datetime) -> JobState:
     )
 
 
-@_change.register
-def _(event: TaskDeadLettered, state: JobState, at: datetime) -> JobState:
+@_changes(TaskDeadLettered)
+def _dead_lettered(event: TaskDeadLettered, state: JobState, at: datetime) -> JobState:
     if not _open_attempt(state, event.task_id, event.attempt):
         return state
     return _with_task(
@@ -307,8 +319,8 @@ def _(event: TaskDeadLettered, state: JobState, at: datetime) -> JobState:
     )
 
 
-@_change.register
-def _(event: JobCompleted, state: JobState, at: datetime) -> JobState:
+@_changes(JobCompleted)
+def _job_completed(event: JobCompleted, state: JobState, at: datetime) -> JobState:
     ttft = min((t.ttft_ms for t in state.tasks if t.ttft_ms is not None), default=None)
     return state.model_copy(
         update={
@@ -325,8 +337,8 @@ def _(event: JobCompleted, state: JobState, at: datetime) -> JobState:
     )
 
 
-@_change.register
-def _(event: JobFailed, state: JobState, at: datetime) -> JobState:
+@_changes(JobFailed)
+def _job_failed(event: JobFailed, state: JobState, at: datetime) -> JobState:
     update = {
         "status": "failed",
         "finished_at": at,
@@ -336,7 +348,7 @@ def _(event: JobFailed, state: JobState, at: datetime) -> JobState:
     return state.model_copy(update=update)
 
 
-@_change.register
-def _(event: JobCancelled, state: JobState, at: datetime) -> JobState:
+@_changes(JobCancelled)
+def _job_cancelled(event: JobCancelled, state: JobState, at: datetime) -> JobState:
     update = {"status": "cancelled", "finished_at": at, "error": event.reason}
     return state.model_copy(update=update | {"error_code": "cancelled"})
