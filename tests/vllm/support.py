@@ -127,8 +127,10 @@ def vllm_metric(text: str, name: str) -> float:
 
 
 async def hang_up_mid_stream(base: str, key: str, running: Callable[[], Awaitable[float]]) -> str:
-    """Stream a long chat answer from the gateway at `base`; once text flows, check that
-    `running` (vLLM's own count of running requests) says 1, and hang up. Returns the job id."""
+    """Stream a long chat answer from the gateway at `base`; once text flows, give `running`
+    (vLLM's own count of running requests) a moment to say 1, and hang up. Returns the job id.
+    The caller proves the abort by vLLM's generated tokens: fewer than the answer's `LONG`
+    (on a fast CPU the whole answer takes ~2 s, less than the gauge may take to show it)."""
     async with (
         httpx.AsyncClient(timeout=60) as client,
         client.stream(
@@ -141,11 +143,10 @@ async def hang_up_mid_stream(base: str, key: str, running: Callable[[], Awaitabl
         lines = r.aiter_lines()  # read on without closing (leaving a loop would close it)
         while not ((line := await anext(lines)).startswith("data: {") and _text(line)):
             pass  # until text is flowing
-        for _ in range(50):  # the gauge follows vLLM's steps
+        for _ in range(5):  # the gauge follows vLLM's steps
             if await running() == 1:
                 break
             await asyncio.sleep(0.1)
-        assert await running() == 1
         await r.aclose()
         return r.headers["x-dim-job-id"]
 
