@@ -135,6 +135,7 @@ async def test_an_unknown_key_is_refused(server: Server, tmp_path: Path) -> None
 async def test_a_worker_cannot_append_job_events(provisioned: Server, who: str) -> None:
     async with connect(provisioned, "admin") as admin, connect(provisioned, who) as worker:
         seen = await admin.nc.subscribe(NAMES.job("j1", "job.completed"))
+        await admin.nc.flush()  # the subscription is on the server before the publish
         await worker.nc.publish(NAMES.job("j1", "job.completed"), b"FORGED")
         await worker.nc.publish(NAMES.job("j1", "task.completed"), b"its own kind")
         await worker.nc.flush()
