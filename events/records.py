@@ -1,5 +1,6 @@
 """The values of the key-value buckets, part of the contract: the node record a worker keeps in
-the nodes bucket while it is alive (with its GPU facts), and a tenant's line in the queues bucket."""
+the nodes bucket while it is alive (with its GPU facts), the key an admin enrolled for a node,
+and a tenant's line in the queues bucket."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ class TenantQueue(BaseModel):
 
     tenant: str
     held: int
+
+
+class EnrolledKey(BaseModel):
+    """What the enrolled bucket says of one node id: the public key an admin admitted for it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    public_key: str  # an NKey user key ("U...")
+    enrolled_at: datetime
+    by: str = ""  # who enrolled it (e.g. "dim up")
 
 
 class NodeRecord(BaseModel):
@@ -57,6 +68,9 @@ class NodeRecord(BaseModel):
     tenants: tuple[str, ...] = ()  # tenants this node serves (empty: every tenant)
     healthy: bool = True  # the engine answered its last health check
     queued: dict[str, int] = {}  # tasks waiting on each served model's shared subject
+    # added later: older records read as unsigned (events/signing.py)
+    public_key: str = ""  # the NKey ("U...") the node signs with
+    signature: str = ""  # Ed25519 over every other field, as written (base64url)
 
     def fresh(self, now: datetime, ttl_s: float) -> bool:
         """Whether the node heartbeated within `ttl_s`."""

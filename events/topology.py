@@ -202,6 +202,7 @@ def topology(
             BucketSpec(names.bucket("jobs"), replicas=replicas),
             BucketSpec(names.bucket("usage"), replicas=replicas),
             BucketSpec(names.bucket("queues"), replicas=replicas),
+            BucketSpec(names.bucket("enrolled"), replicas=replicas),  # node id → its key
         ),
         object_stores=(BucketSpec(names.bucket("payloads"), replicas=replicas),),
     )

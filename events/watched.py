@@ -43,6 +43,10 @@ class WatchedBucket(Generic[M]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def parse(self, key: str, value: bytes) -> M:
+        """The entry `key` as its model; subclasses that need the bytes as stored see them here."""
+        return self.model.model_validate_json(value)
+
     def changed(self, key: str, item: M | None) -> None:
         """Called after every change (None: deleted); subclasses keep indexes with it."""
 
@@ -62,7 +66,7 @@ class WatchedBucket(Generic[M]):
                         self.changed(entry.key, None)
                         continue
                     try:
-                        item = self.model.model_validate_json(entry.value)
+                        item = self.parse(entry.key, entry.value)
                     except ValidationError:
                         log.warning("ignoring a malformed entry %r in %s", entry.key, self.bucket)
                         continue

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from events.bus import Bus
 from events.job_log import JobEnds
-from events.records import TenantQueue
+from events.records import EnrolledKey, TenantQueue
 from events.watched import WatchedBucket
 from gateway.keys import KeyRing
 from gateway.limits import Quotas, RateLimiter
@@ -16,6 +16,7 @@ from projections.usage import TenantUsage
 from services.accounts.sessions import SessionRecord
 from services.metrics import GatewayMetrics
 from services.process import connect, ensure_topology
+from services.registry.enrolled import enrolled_keys
 from services.registry.live import LiveNodes
 from services.settings import Settings
 
@@ -36,17 +37,21 @@ class Gateway:
     ends: JobEnds  # jobs' ends, for whole (non-streamed) answers
     queues: WatchedBucket[TenantQueue]  # each tenant's jobs held for capacity
     preplanner: Preplanner  # plans plain jobs at the door while their models have room
+    enrolled: WatchedBucket[EnrolledKey]  # each node's enrolled key, to check its record with
 
     @classmethod
     async def start(cls, settings: Settings, metrics: GatewayMetrics) -> Gateway:
-        """Connect, provision, and load the node registry, API keys and sessions."""
+        """Connect, provision, and load the node registry, enrolled keys, API keys and
+        sessions."""
         signer = Signer.from_settings(settings)  # fail before connecting if no key is set
         bus = await connect(settings, "dim-gateway")
         await ensure_topology(bus, settings)
         nodes = LiveNodes(bus, settings.node_ttl_s)
         keys = KeyRing(bus)
         sessions = WatchedBucket(bus, bus.names.bucket("sessions"), SessionRecord)
+        enrolled = enrolled_keys(bus)
         await nodes.start()
+        await enrolled.start()
         await keys.start()
         usage = WatchedBucket(bus, bus.names.bucket("usage"), TenantUsage)
         await sessions.start()
@@ -76,6 +81,7 @@ class Gateway:
             ends,
             queues,
             preplanner,
+            enrolled,
         )
 
     async def stop(self) -> None:
@@ -85,5 +91,6 @@ class Gateway:
         await self.quotas.usage.stop()
         await self.sessions.stop()
         await self.keys.stop()
+        await self.enrolled.stop()
         await self.nodes.stop()
         await self.bus.close()

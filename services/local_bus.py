@@ -4,13 +4,15 @@ identity per role (services/nats_auth.py), kept in the data directory:
     <data dir>/nats/tls/      ca.pem, server.pem and their keys (0600)
     <data dir>/nats/ids/      <identity>.nk, one NKey seed per identity (0600)
 
-Each process `dim up` starts gets only its own identity. The `dim` command on the same machine
-finds the admin identity there by itself (`local_admin`), so `dim keys create`, `dim nodes` and
-the rest work as they do without security.
+Each process `dim up` starts gets only its own identity. A worker's is also the key it signs its
+node record with; `dim up` enrolls it in the enrolled bucket. The `dim` command on the same
+machine finds the admin identity there by itself (`local_admin`), so `dim keys create`,
+`dim nodes` and the rest work as they do without security.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,10 @@ class LocalBus:
             "}\n"
         )
         return tls + authorization(list(self.identities.values()))
+
+    def worker_keys(self, nodes: Iterable[str]) -> dict[str, str]:
+        """Node id → the public key of its identity: what `dim up` enrolls for it."""
+        return {node: self.identities[worker_identity(node)].public_key for node in nodes}
 
     def settings_for(self, settings: Settings, identity: str) -> Settings:
         """`settings` as identity `identity` connects: its seed, its inbox, the CA."""

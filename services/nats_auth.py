@@ -5,16 +5,18 @@ The roles and why each needs what it gets:
 
 - `gateway`: appends `job.submitted` / `job.cancelled`, sends the work of jobs it planned, writes
   account events, rate counters and the keys, accounts, sessions and idempotency buckets; reads
-  jobs and tokens to answer.
+  jobs and tokens to answer, and the nodes and enrolled buckets to show which node records are
+  signed by their enrolled keys.
 - `orchestrator`: appends the job events `decide` makes (plans, dispatches, reroutes, lost
   attempts, ends), sends work, records lost nodes and dead letters, writes the queues bucket;
-  deletes a work message JetStream gave up on.
+  deletes a work message JetStream gave up on; reads the nodes and enrolled buckets.
 - `projector`: writes the jobs and usage buckets.
 - `worker` (one identity per node): pulls only its own and its models' work, appends only
   `task.started` / `task.completed` / `task.failed`, publishes token chunks and its own node
   events, writes only its own node record. It cannot read the keys, accounts or sessions
-  buckets, nor any other node's queue.
-- `admin`: everything (provisioning streams and buckets, `dim keys`, `dim nodes` ...).
+  buckets, nor any other node's queue, nor write the enrolled bucket.
+- `admin`: everything (provisioning streams and buckets, enrolling node keys, `dim keys`,
+  `dim nodes` ...).
 
 No role but `admin` may create, update, delete or purge a stream: provisioning is the admin's
 step. Reply subjects are confined per identity by an inbox prefix (`_I.<identity>`), so no
@@ -109,7 +111,8 @@ def role_permissions(role: str, names: Names) -> Permissions:
             f"$O.{names.bucket('payloads')}.>",
             *_kv(names, "keys", "accounts", "sessions", "idempotency"),
             *_reads(_streams(names, "jobs", "tokens", "rate")),
-            *_reads(_buckets(names, "nodes", "keys", "queues", "usage", "sessions", "accounts")),
+            *_reads(_buckets(names, "nodes", "enrolled", "keys", "queues", "usage")),
+            *_reads(_buckets(names, "sessions", "accounts")),
             *_reads([*_buckets(names, "idempotency", "jobs"), payloads]),
         ]
         subscribe += [names.jobs_all, names.tokens_all]
@@ -134,7 +137,7 @@ def role_permissions(role: str, names: Names) -> Permissions:
             f"$JS.API.STREAM.MSG.DELETE.{names.tasks_stream}",
             *_kv(names, "queues"),
             *_reads(_streams(names, "jobs", "dead", "tasks")),
-            *_reads([*_buckets(names, "nodes", "queues"), payloads]),
+            *_reads([*_buckets(names, "nodes", "enrolled", "queues"), payloads]),
         ]
         subscribe += [f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{names.tasks_stream}.*"]
     elif role == "projector":

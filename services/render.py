@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 from events.envelope import Envelope
@@ -82,8 +83,8 @@ def _summary(e: Envelope) -> str:
     return " ".join(f"{k}={v}" for k, v in d.items())[:100]
 
 
-def nodes_table(nodes: list[NodeRecord], ttl_s: float) -> str:
-    """One line per node."""
+def nodes_table(nodes: list[NodeRecord], ttl_s: float, verified: Collection[str]) -> str:
+    """One line per node; `verified`: the nodes whose record is signed by their enrolled key."""
     now = datetime.now(UTC)
     rows = [
         [
@@ -107,6 +108,7 @@ def nodes_table(nodes: list[NodeRecord], ttl_s: float) -> str:
             _ago(n.heartbeat_at, now),
             ",".join(n.tenants) or "all",
             n.version,
+            "yes" if n.node_id in verified else "no",
         ]
         for n in sorted(nodes, key=lambda n: n.node_id)
     ]
@@ -127,6 +129,7 @@ def nodes_table(nodes: list[NodeRecord], ttl_s: float) -> str:
             "HEARTBEAT",
             "TENANTS",
             "VERSION",
+            "VERIFIED",
         ],
         rows,
     )

@@ -23,6 +23,7 @@ from events.errors import NatsServerError
 from services.local_bus import local_bus, worker_identity
 from services.nats_server import EmbeddedNats, port_open
 from services.process import connect, ensure_topology
+from services.registry.enrolled import enroll
 from services.registry.live import LiveNodes
 from services.settings import Settings
 
@@ -158,6 +159,10 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
         bus = await connect(as_("admin"), "dim-up")
         await ensure_topology(bus, settings)
         say(f"streams and buckets ready in namespace {settings.namespace!r}")
+        if local:
+            for node, key in local.worker_keys(nodes).items():
+                await enroll(bus, node, key, by="dim up")
+            say(f"enrolled the keys of {len(nodes)} workers: their node records are signed")
         for role in ("orchestrator", "projector", "gateway"):
             children.append(Child(role, [role], child_env(as_(role))))
         no_secrets = settings.model_copy(

@@ -1,12 +1,15 @@
-"""A live in-memory view of the nodes bucket, kept current by a KV watch."""
+"""A live in-memory view of the nodes bucket, kept current by a KV watch; and whether each
+record is signed by the key enrolled for its node."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from events.bus import Bus
-from events.records import NodeRecord
+from events.records import EnrolledKey, NodeRecord
+from events.signing import record_verified
 from events.watched import WatchedBucket
 from services.registry.select import Pool
 
@@ -23,14 +26,31 @@ class LiveNodes(WatchedBucket[NodeRecord]):
         self.ttl_s = ttl_s
         self.pool = Pool(ttl_s=ttl_s)  # what selection sees: live, not draining
         self._live: tuple[float, list[NodeRecord]] | None = None  # (when, what) `live()` found
+        self._stored: dict[str, bytes] = {}  # each record as written: what its signature covers
+
+    def parse(self, key: str, value: bytes) -> NodeRecord:
+        """The record, and its bytes kept for `verified` (checked only when asked)."""
+        record = super().parse(key, value)
+        self._stored[key] = value
+        return record
 
     def changed(self, key: str, item: NodeRecord | None) -> None:
         """Keep the selection pool in step with the bucket."""
         self._live = None
         if item is None:
+            self._stored.pop(key, None)
             self.pool.remove(key)
         elif item.draining or not self.gone(key):
             self.pool.update(item)  # a draining node leaves selection
+
+    def verified(self, node_id: str, enrolled: Mapping[str, EnrolledKey]) -> bool:
+        """Whether the node's record is its own (not another node's, replayed under its id) and
+        signed by the key `enrolled` holds for that node id."""
+        record, key = self.items.get(node_id), enrolled.get(node_id)
+        if record is None or record.node_id != node_id or key is None:
+            return False
+        stored = self._stored.get(node_id)
+        return stored is not None and record_verified(stored, key.public_key)
 
     def waiting(self, model: str) -> int:
         """Tasks waiting on `model`'s shared subject, as its live nodes last reported (they all

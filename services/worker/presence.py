@@ -1,6 +1,7 @@
 """A worker's presence in the mesh: its node record in the nodes bucket (what selection reads),
 rewritten by heartbeats that also check the engine's health and measure the queues, and the
-``node.joined`` / ``node.left`` events around its service."""
+``node.joined`` / ``node.left`` events around its service. A worker with an NKey seed signs its
+record with it (events/signing.py), so readers can check it against the key enrolled for it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from events.errors import while_unavailable
 from events.kv import Bucket
 from events.nodes import NodeJoined, NodeLeft
 from events.records import NodeRecord
+from events.signing import NodeKey, signed_record
 from services.engines.protocol import Engine
 from services.metrics import WorkerMetrics
 from services.settings import Settings
@@ -66,6 +68,8 @@ class Presence:
         self._failures = 0  # health checks failed in a row
         self.draining = False
         self.queued: dict[str, int] = {}  # tasks waiting per served model, at the last heartbeat
+        seed = settings.nats_nkey_seed
+        self.key = NodeKey.from_file(seed) if seed is not None else None  # its NATS identity
 
     def record(self) -> NodeRecord:
         """This node's current registry record."""
@@ -95,6 +99,13 @@ class Presence:
             queued=dict(self.queued),
         )
 
+    def stored(self) -> bytes:
+        """This node's current record as the nodes bucket stores it (signed, if it has a key)."""
+        record = self.record()
+        if self.key is not None:
+            record = signed_record(record, self.key)
+        return record.model_dump_json().encode()
+
     async def join(self, stop: asyncio.Event) -> Bucket:
         """Write the node record and announce the node; the nodes bucket, for heartbeats.
 
@@ -103,7 +114,7 @@ class Presence:
         nodes = await while_unavailable(
             lambda: self.bus.bucket("nodes"), stop, "open " + self.names.bucket("nodes")
         )
-        record = self.record().model_dump_json().encode()
+        record = self.stored()
         await while_unavailable(lambda: nodes.put(self.node_id, record), stop, "register the node")
         joined = Envelope(
             NodeJoined(
@@ -140,7 +151,7 @@ class Presence:
                 await self._check_health()
                 with contextlib.suppress(Exception):  # the record goes out regardless
                     await self._measure_queues()
-                await nodes.put(self.node_id, self.record().model_dump_json().encode())
+                await nodes.put(self.node_id, self.stored())
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
 

@@ -135,8 +135,10 @@ def test_a_new_user_submits_a_job_and_reads_its_history(system: System) -> None:
 
     nodes = dim(url, "nodes")
     assert nodes.returncode == 0
-    assert "sim-1" in nodes.stdout
-    assert "sim-2" in nodes.stdout
+    header, *rows = nodes.stdout.splitlines()
+    assert header.split()[-1] == "VERIFIED"
+    # Each worker signs its record with its NATS key, the one `dim up` enrolled for it.
+    assert {r.split()[0]: r.split()[-1] for r in rows} == {"sim-1": "yes", "sim-2": "yes"}
 
     deadline = time.monotonic() + 10
     while job_id not in (listed := dim(url, "jobs")).stdout and time.monotonic() < deadline:

@@ -105,8 +105,9 @@ async def provisioned(server: Server) -> Server:
         ):
             with contextlib.suppress(Exception):
                 await js.add_stream(name=stream, subjects=subjects)
-        with contextlib.suppress(Exception):
-            await js.create_key_value(bucket=NAMES.bucket("keys"))
+        for bucket in ("keys", "enrolled"):
+            with contextlib.suppress(Exception):
+                await js.create_key_value(bucket=NAMES.bucket(bucket))
     return server
 
 
@@ -135,6 +136,7 @@ async def test_an_unknown_key_is_refused(server: Server, tmp_path: Path) -> None
 async def test_a_worker_cannot_append_job_events(provisioned: Server, who: str) -> None:
     async with connect(provisioned, "admin") as admin, connect(provisioned, who) as worker:
         seen = await admin.nc.subscribe(NAMES.job("j1", "job.completed"))
+        await admin.nc.flush()  # the subscription is on the server before the publish
         await worker.nc.publish(NAMES.job("j1", "job.completed"), b"FORGED")
         await worker.nc.publish(NAMES.job("j1", "task.completed"), b"its own kind")
         await worker.nc.flush()
@@ -181,6 +183,22 @@ async def test_a_worker_cannot_write_the_keys_bucket(provisioned: Server, who: s
     assert wrote is who.startswith("open-")
     if not wrote:
         assert any(f"$kv.{NAMES.bucket('keys')}" in v for v in blocked)
+
+
+@pytest.mark.parametrize("who", ["w-n1", "gateway", "open-w-n1"])
+async def test_only_the_admin_enrolls_a_nodes_key(provisioned: Server, who: str) -> None:
+    """A worker enrolling a key of its choosing would make its forgeries verify."""
+    async with connect(provisioned, who) as client:
+        kv = await client.nc.jetstream(timeout=1.0).key_value(NAMES.bucket("enrolled"))
+        try:
+            await kv.put("n1", b'{"public_key": "UFORGED", "enrolled_at": "2020-01-01T00:00:00Z"}')
+            wrote = True
+        except Exception:
+            wrote = False
+        blocked = await client.violations()
+    assert wrote is who.startswith("open-")
+    if not wrote:
+        assert any(f"$kv.{NAMES.bucket('enrolled')}" in v for v in blocked)
 
 
 @pytest.mark.parametrize("who", ["gateway", "open-gateway"])

@@ -237,6 +237,7 @@ async def test_admin_endpoints_are_for_admins(world: World) -> None:
     nodes = (await c.get("/v1/nodes", headers=world.root)).json()
     assert [n["node_id"] for n in nodes if n["live"]] == ["w1"]
     assert nodes[0]["capacity"] > 0 and "tasks_completed" in nodes[0]
+    assert nodes[0]["verified"] is False  # no seed, no key enrolled: an unsigned record
 
 
 async def test_keys_over_http(world: World) -> None:

@@ -1,0 +1,109 @@
+"""Node records signed with the node's NKey, and checked against the key an admin enrolled.
+
+A worker's NATS identity is an NKey (Ed25519): the key nats-server admits it by is the key that
+signs what it reports. The signature covers the record as the node wrote it to the bucket, every
+field but `signature`, as canonical JSON (keys sorted, no spaces). A reader checks the bytes it
+read, not its own model of them, so a record with fields the reader's version does not know, or
+without fields added since, still verifies.
+
+A record is verified when it names the enrolled key as its `public_key` and the signature checks
+with that key. The key a record claims proves nothing by itself: anyone can sign with their own.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import nkeys  # type: ignore[import-untyped]
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
+
+from events.records import NodeRecord
+
+SIGNATURE = "signature"  # the field holding the signature, left out of what it covers
+_PUBLIC_KEY_BYTES = 35  # an NKey public key decoded: prefix byte, 32 key bytes, CRC-16
+
+
+def canonical(data: Mapping[str, Any]) -> bytes:
+    """The bytes a signature covers: `data` without its signature, as sorted compact JSON."""
+    unsigned = {k: v for k, v in data.items() if k != SIGNATURE}
+    return json.dumps(
+        unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+class NodeKey:
+    """A node's signing key, from its NKey user seed ("SU..."), kept for every heartbeat."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._pair = nkeys.from_seed(bytearray(seed.strip()))
+        self.public_key: str = self._pair.public_key.decode()
+
+    @classmethod
+    def from_file(cls, path: Path) -> NodeKey:
+        """The key whose seed the file `path` holds (as `DIM_NATS_NKEY_SEED` names it)."""
+        return cls(path.read_bytes())
+
+    def sign(self, data: bytes) -> str:
+        """The Ed25519 signature of `data`, base64url without padding."""
+        return _b64(bytes(self._pair.sign(data)))
+
+
+def sign(seed: bytes, data: bytes) -> str:
+    """The Ed25519 signature of `data` by the NKey user seed `seed`, base64url without padding."""
+    return NodeKey(seed).sign(data)
+
+
+def verify(public_key: str, data: bytes, signature: str) -> bool:
+    """Whether `signature` is the signature of `data` by the NKey user key `public_key` (False
+    for a malformed key or signature too)."""
+    try:
+        VerifyKey(_raw_public_key(public_key)).verify(data, _unb64(signature))
+    except (CryptoError, ValueError):
+        return False
+    return True
+
+
+def signed_record(record: NodeRecord, key: NodeKey) -> NodeRecord:
+    """`record` naming `key` as its public key and signed by it, over what its JSON holds."""
+    claims = record.model_copy(update={"public_key": key.public_key, SIGNATURE: ""})
+    written = json.loads(claims.model_dump_json())  # what a reader will parse, to the digit
+    return claims.model_copy(update={SIGNATURE: key.sign(canonical(written))})
+
+
+def record_verified(stored: bytes, enrolled_key: str | None) -> bool:
+    """Whether a node record, as `stored` in the nodes bucket, names `enrolled_key` (the key
+    enrolled for its node) and carries that key's valid signature."""
+    if not enrolled_key:
+        return False
+    try:
+        data = json.loads(stored)
+        if not isinstance(data, dict) or data.get("public_key") != enrolled_key:
+            return False
+        signature = data.get(SIGNATURE)
+        return isinstance(signature, str) and verify(enrolled_key, canonical(data), signature)
+    except ValueError:  # not JSON, or not JSON the signer could have written
+        return False
+
+
+def _raw_public_key(public_key: str) -> bytes:
+    """The 32 bytes of an NKey user public key ("U..."): base32, checked prefix and CRC-16.
+    (nkeys-py has no public-key-only KeyPair to verify with: its `verify` needs the seed.)"""
+    raw = base64.b32decode(public_key + "=" * (-len(public_key) % 8))
+    if len(raw) != _PUBLIC_KEY_BYTES or raw[0] != nkeys.PREFIX_BYTE_USER:
+        raise ValueError("not an NKey user public key")
+    if nkeys.crc16(raw[:-2]) != int.from_bytes(raw[-2:], "little"):
+        raise ValueError("NKey public key with a wrong checksum")
+    return raw[1:-2]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
