@@ -26,11 +26,20 @@ from services.nats_server import free_port
 from services.process import connect, ensure_topology
 from services.settings import Settings
 from tests.mesh import all_of, job_events, serving, spawn, wait_ready, wait_terminal, wait_until
-from tests.vllm.support import CHAT, LONG, MODEL, hang_up_mid_stream, vllm_metric, vllm_settings
+from tests.vllm.support import (
+    CHAT,
+    LONG,
+    MAX_MODEL_LEN,
+    MODEL,
+    hang_up_mid_stream,
+    vllm_metric,
+    vllm_settings,
+)
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 
 NODES = ("vllm-a", "vllm-b")
+RESCUED = 2400  # tokens of the answer whose worker is killed
 
 
 @dataclass
@@ -103,7 +112,7 @@ async def test_a_node_announces_itself_only_once_its_model_is_warm(stack: Stack)
         assert vllm_metric(seen, "vllm:num_requests_running") == 0
         record = await stack.record(node)
         assert record is not None and record.engine == "vllm" and record.cold_start_s > 0
-        assert record.max_context == 2048 and MODEL in record.models
+        assert record.max_context == MAX_MODEL_LEN and MODEL in record.models
 
 
 async def test_chat_and_text_completions_stream_and_answer_whole(stack: Stack) -> None:
@@ -180,7 +189,7 @@ async def test_a_client_hanging_up_aborts_the_vllm_request(stack: Stack) -> None
         return sum(vllm_metric(t, "vllm:generation_tokens_total") for t in texts)
 
     before = await generated()
-    job_id = await hang_up_mid_stream(stack.base, stack.key, running)
+    job_id = await hang_up_mid_stream(stack.base, stack.key)
     # hung up: the job is cancelled and the worker aborts the request in vLLM
     events = [e.type for e in await wait_terminal(stack.bus, job_id, timeout_s=30)]
     assert "job.cancelled" in events and "job.completed" not in events
@@ -197,7 +206,8 @@ async def test_a_stream_whose_worker_is_killed_carries_on_with_the_same_answer(
 ) -> None:
     """Last: it kills a worker. At temperature 0 the rescued answer is the uninterrupted one."""
     client = stack.client()
-    args = {"model": MODEL, "messages": CHAT, "max_tokens": 600, "temperature": 0}
+    # long enough that the kill lands mid-answer on a fast CPU too (600 tokens were done first)
+    args = {"model": MODEL, "messages": CHAT, "max_tokens": RESCUED, "temperature": 0}
     try:
         reference = await client.chat.completions.create(**args)  # type: ignore[call-overload]
         expected = reference.choices[0].message.content
@@ -226,7 +236,7 @@ async def test_a_stream_whose_worker_is_killed_carries_on_with_the_same_answer(
     assert starts[1].resumed_tokens > 0  # it continued, it did not start over
     received = "".join(deltas)
     assert received == done.output == expected  # nothing repeated, nothing lost, nothing changed
-    assert done.usage.completion_tokens == 600  # each token counted once
+    assert done.usage.completion_tokens == RESCUED  # each token counted once
     # the killed worker's vLLM processes did not outlive it
     _, alive = psutil.wait_procs(engine, timeout=10)
     assert engine and not alive

@@ -143,7 +143,7 @@ async def test_a_client_hanging_up_aborts_the_request_in_vllm(pair: Pair) -> Non
     async def running() -> float:
         return await vllm_says("vllm:num_requests_running")
 
-    job_id = await hang_up_mid_stream(pair.dim, pair.key, running)
+    job_id = await hang_up_mid_stream(pair.dim, pair.key)
     events = [e.type for e in await wait_terminal(pair.bus, job_id, timeout_s=30)]
     assert "job.cancelled" in events and "job.completed" not in events
 
