@@ -135,7 +135,15 @@ async def hang_up_mid_stream(base: str, key: str) -> str:
             "POST",
             f"{base}/v1/chat/completions",
             headers={"Authorization": f"Bearer {key}"},
-            json={"model": MODEL, "messages": CHAT, "max_tokens": LONG, "stream": True},
+            # greedy: sampled, the tiny model's small vocabulary meets its end-of-sequence token
+            # within a few hundred tokens, and the answer can end before the hang-up
+            json={
+                "model": MODEL,
+                "messages": CHAT,
+                "max_tokens": LONG,
+                "temperature": 0,
+                "stream": True,
+            },
         ) as r,
     ):
         lines = r.aiter_lines()  # read on without closing (leaving a loop would close it)
