@@ -23,8 +23,10 @@ from services.settings import Settings
 MODEL = "tiny"  # the name clients use, for dim's workers and for `vllm serve` alike
 # Eager mode: a tiny model gains nothing from compiling.
 ENGINE_ARGS: dict[str, Any] = {"enforce_eager": True}
-MAX_MODEL_LEN = 4096  # the tiny model's own limit
-LONG = 3800  # tokens of an answer long enough to hang up on (seconds of generation, even on a fast CPU)
+MAX_MODEL_LEN = 16384  # the tiny model's own limit
+# tokens of an answer long enough to hang up on: seconds of generation even on a fast CPU, with
+# the worker starved of CPU by vLLM for a second or two before the abort reaches it
+LONG = 15000
 CHAT = [{"role": "user", "content": "Tell me about the mesh."}]
 # vLLM on the same few cores as dim is slow to let other processes run: a lost node is one that
 # misses several seconds of heartbeats, not a fraction of one (the tests' usual timings)
