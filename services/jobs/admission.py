@@ -190,7 +190,7 @@ class Trial:
     admitted: set[str] = field(default_factory=set)  # task ids let through
     _ops: list[tuple[str, str, str, int]] = field(default_factory=list)  # let | hold, in order
     _held: tuple[str, int] | None = None  # (model, priority) the job is held for, by this trial
-    _taken: Counter[str] = field(default_factory=Counter)  # per model, let through here
+    _taken: dict[str, int] = field(default_factory=dict)  # per model, let through here
     _through: bool = False  # the job was let through once already in this decision
     _job: str = ""
 
@@ -208,7 +208,7 @@ class Trial:
             peek, top = fair.peek(model), max(fair.held.get(model) or [-1])
         if self._held is not None and self._held[0] == model and self._held[1] > top:
             peek = job_id  # held again by this trial, alone on the highest level: it heads
-        if fair.waiting[model] + self._taken[model] < fair.depth and peek in (None, job_id):
+        if fair.waiting[model] + self._taken.get(model, 0) < fair.depth and peek in (None, job_id):
             return self._let(model, task)
         if self._held is None and (self._through or job_id not in fair._where):
             self._held = (model, state.priority)
@@ -218,7 +218,7 @@ class Trial:
     def _let(self, model: str, task: TaskState) -> bool:
         self._through = True
         self._held = None  # out of the line again
-        self._taken[model] += 1
+        self._taken[model] = self._taken.get(model, 0) + 1
         self.admitted.add(task.task_id)
         self._ops.append(("let", model, task.task_id, 0))
         return True

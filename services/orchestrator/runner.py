@@ -34,7 +34,7 @@ from events.jobs import (
 from events.retry import DECISION
 from events.subjects import job_id_of
 from projections.job_state import JobState, TaskState, evolve
-from services.jobs.admission import FairQueue
+from services.jobs.admission import FairQueue, Trial
 from services.jobs.decide import decide
 from services.jobs.placement import NodeView, view_of
 from services.jobs.work import dispatches_in, task_request
@@ -73,14 +73,17 @@ class Orchestrator:
         self.lost_races = 0  # appends refused because another writer appended first
         self.dead_letters = DeadLetters(bus, settings.instance_id, self.actor)
         self.fair = FairQueue(settings.queue_depth)
-        self._admission = self.fair.trial()  # the decision being made asks this
+        self._admission: Trial | None = None  # the decision being made asks this, if anything
         self.view: NodeView = view_of(self.nodes, admit=self._admit, pick=self._pick)
         self._last_start: dict[str, float] = {}  # model -> when a first attempt last started
         self.queues = HeldCounts(bus)
 
     def _admit(self, state: JobState, task: TaskState) -> bool:
-        """Admission for the decision being made (`self._admission`)."""
-        return self._admission.admit(state, task)
+        """Admission for the decision being made (its trial, made by its first ask)."""
+        admission = self._admission
+        if admission is None:
+            admission = self._admission = self.fair.trial()
+        return admission.admit(state, task)
 
     def _pick(self, need: Need) -> str | None:
         """A node for a task; counted on the node at once, so the next pick (of the same
@@ -221,7 +224,7 @@ class Orchestrator:
 
     async def _advance(self, state: JobState) -> None:
         for _ in range(DECISION.tries or 1):  # each round appends at least one event or stops
-            self._admission = admission = self.fair.trial()
+            self._admission = None
             events = decide(
                 state,
                 datetime.now(UTC),
@@ -229,7 +232,9 @@ class Orchestrator:
                 self.names,
                 dispatch_timeout_s=self.settings.dispatch_timeout_s,
             )
-            admission.apply()  # before any await: other jobs' decisions see it
+            admission = self._admission
+            if admission is not None:
+                admission.apply()  # before any await: other jobs' decisions see it
             stored: set[str] = set()  # task ids whose dispatch was appended
             try:
                 for event in events:
@@ -247,10 +252,12 @@ class Orchestrator:
                         self._remember(state)
                         return
                     state = evolve(state, envelope, ack.seq) or state
-                    stored.update(d.task_id for d, _ in dispatches_in(envelope))
+                    if admission is not None:
+                        stored.update(d.task_id for d, _ in dispatches_in(envelope))
                     await self._send_tasks(state, envelope)
             finally:
-                admission.unwind(stored)
+                if admission is not None:
+                    admission.unwind(stored)
             if not events:
                 break
         self._remember(state)
