@@ -24,6 +24,7 @@ from services.accounts.keys import create_key
 from services.engines.simulated import simulated_tokens
 from services.nats_server import free_port
 from services.settings import Settings
+from tests.conftest import fast_settings
 from tests.mesh import job_events, spawn, wait_until
 
 SLOW = {"DIM_SIM_TTFT_MS": "0", "DIM_SIM_TOKENS_PER_S": "25"}
@@ -373,6 +374,9 @@ async def test_affinity_sends_a_session_to_one_node_and_round_robin_spreads(
             )
             body = await cluster.finished(job)
             out.append(body["tasks"][0]["target"])
+            # Idle means idle in the node records the bound reads: a heartbeat sent while the job
+            # ran (in flight 1) can arrive after its end, and would push the key to the next node
+            await asyncio.sleep(3 * fast_settings("nats://unused", "x").heartbeat_s)
         return out
 
     sticky = await nodes_of({"strategy": "affinity", "affinity_key": "chat-42"}, 4)
