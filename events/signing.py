@@ -90,6 +90,14 @@ def record_verified(stored: bytes, enrolled_key: str | None) -> bool:
         return False
 
 
+def check_public_key(public_key: str) -> None:
+    """Raise ValueError unless `public_key` is an NKey user public key ("U...")."""
+    try:
+        _raw_public_key(public_key)
+    except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
+        raise ValueError(f"{public_key!r} is not an NKey user public key (U...): {exc}") from None
+
+
 def _raw_public_key(public_key: str) -> bytes:
     """The 32 bytes of an NKey user public key ("U..."): base32, checked prefix and CRC-16.
     (nkeys-py has no public-key-only KeyPair to verify with: its `verify` needs the seed.)"""

@@ -12,32 +12,22 @@ machine finds the admin identity there by itself (`local_admin`), so `dim keys c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from events.subjects import Names
-from services.nats_auth import (
-    Identity,
-    authorization,
-    inbox_prefix,
-    new_identity,
-    role_permissions,
-    worker_permissions,
-)
+from services.nats_auth import Identity, authorization, inbox_prefix
+from services.nats_dir import NatsDir, worker_identity
 from services.nats_tls import TlsFiles, server_tls
 from services.settings import Settings
 
 SERVICES = ("admin", "gateway", "orchestrator", "projector")
 
-
-def _ids_dir(data_dir: Path) -> Path:
-    return data_dir / "nats" / "ids"
+__all__ = ["LocalBus", "as_identity", "local_admin", "local_bus", "nats_dir", "worker_identity"]
 
 
-def worker_identity(node_id: str) -> str:
-    """The identity name of worker node `node_id`."""
-    return f"w-{node_id}"
+def nats_dir(settings: Settings) -> NatsDir:
+    """The security directory of the `dim up` that keeps its data in `settings.data_dir`."""
+    return NatsDir(settings.data_dir / "nats")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,18 +36,24 @@ class LocalBus:
 
     identities: dict[str, Identity]
     tls: TlsFiles
+    dir: NatsDir
 
-    def server_config(self) -> str:
-        """What nats-server's configuration needs for it: TLS, and exactly these users."""
+    def server_config(self, *, inline: bool = False) -> str:
+        """What nats-server's configuration needs for it: TLS, and exactly these users. By
+        default `auth.conf` is included (the configuration must sit in the security directory),
+        so approving and revoking nodes can reload it; `inline` writes the users in place."""
+        if not inline:
+            return self.dir.server_config(self.tls.server_cert, self.tls.server_key)
         tls = (
             "tls {\n"
             f'  cert_file: "{self.tls.server_cert.resolve()}"\n'
             f'  key_file: "{self.tls.server_key.resolve()}"\n'
             "}\n"
         )
-        return tls + authorization(list(self.identities.values()))
+        users = [(i.public_key, i.permissions) for i in self.identities.values()]
+        return tls + authorization(users)
 
-    def worker_keys(self, nodes: Iterable[str]) -> dict[str, str]:
+    def worker_keys(self, nodes: list[str] | dict[str, tuple[str, ...]]) -> dict[str, str]:
         """Node id → the public key of its identity: what `dim up` enrolls for it."""
         return {node: self.identities[worker_identity(node)].public_key for node in nodes}
 
@@ -82,15 +78,16 @@ def as_identity(settings: Settings, seed: Path, identity: str, ca: Path) -> Sett
 def local_bus(
     settings: Settings, workers: dict[str, tuple[str, ...]], hosts: tuple[str, ...] = ()
 ) -> LocalBus:
-    """The identities of the services and of `workers` (node id → models), and TLS for
-    `hosts` besides loopback: made on first use in the data directory, the same afterwards."""
-    names: Names = settings.names
-    ids_dir = _ids_dir(settings.data_dir)
-    identities = {r: new_identity(ids_dir, r, role_permissions(r, names)) for r in SERVICES}
+    """The identities of the services and of `workers` (node id → models, approved here), and
+    TLS for `hosts` besides loopback: made on first use in the data directory, the same
+    afterwards; `auth.conf` written from them and the nodes approved before."""
+    names = settings.names
+    d = nats_dir(settings)
+    identities = {r: d.service(r, names) for r in SERVICES}
     for node, models in workers.items():
-        name = worker_identity(node)
-        identities[name] = new_identity(ids_dir, name, worker_permissions(names, node, models))
-    return LocalBus(identities, server_tls(settings.data_dir / "nats" / "tls", hosts))
+        identities[worker_identity(node)] = d.seeded_worker(node, models, names)
+    d.write_auth(names)
+    return LocalBus(identities, server_tls(d.tls, hosts), d)
 
 
 def local_admin(settings: Settings) -> Settings:
@@ -99,8 +96,8 @@ def local_admin(settings: Settings) -> Settings:
     configured = (
         settings.nats_creds or settings.nats_nkey_seed or settings.nats_user or settings.nats_tls_ca
     )
-    seed = _ids_dir(settings.data_dir) / "admin.nk"
-    ca = settings.data_dir / "nats" / "tls" / "ca.pem"
+    d = nats_dir(settings)
+    seed, ca = d.seed_of("admin"), d.tls / "ca.pem"
     if configured or not seed.exists() or not ca.exists():
         return settings
     return as_identity(settings, seed, "admin", ca)

@@ -215,7 +215,8 @@ def _new_user_seed() -> bytes:
     return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
 
 
-def authorization(identities: list[Identity]) -> str:
-    """The nats-server `authorization` block admitting exactly `identities`."""
-    users = [{"nkey": i.public_key, "permissions": i.permissions.config()} for i in identities]
-    return "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
+def authorization(users: list[tuple[str, Permissions]]) -> str:
+    """The nats-server `authorization` block admitting exactly `users` (public NKey, its
+    permissions)."""
+    listed = [{"nkey": key, "permissions": p.config()} for key, p in users]
+    return "authorization {\n  users = " + json.dumps(listed, indent=2) + "\n}\n"

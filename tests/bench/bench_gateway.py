@@ -100,7 +100,9 @@ async def run(args: argparse.Namespace) -> None:
         )
         nodes = {"w1": settings.models, "w2": settings.models, "w-up": (UPSTREAM_MODEL,)}
         local = local_bus(settings, nodes) if args.secure else None
-        server = embedded_server(Path(tmp), "dim-bench-gw", local.server_config() if local else "")
+        server = embedded_server(
+            Path(tmp), "dim-bench-gw", local.server_config(inline=True) if local else ""
+        )
         server.start()
         settings = settings.model_copy(update={"nats_url": server.url})
 

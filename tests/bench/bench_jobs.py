@@ -197,7 +197,9 @@ async def run(args: argparse.Namespace) -> None:
         settings = Settings(data_dir=Path(tmp), namespace="bench", models=("sim-small",))
         nodes = {f"bench-{i}": settings.models for i in range(args.workers)}
         local = local_bus(settings, nodes) if args.secure else None
-        server = embedded_server(Path(tmp), "dim-bench", local.server_config() if local else "")
+        server = embedded_server(
+            Path(tmp), "dim-bench", local.server_config(inline=True) if local else ""
+        )
         server.start()
         settings = settings.model_copy(update={"nats_url": server.url})
 

@@ -51,7 +51,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     ids["open-w-n1"] = new_identity(keys, "open-w-n1", ALL)
     ids["open-gateway"] = new_identity(keys, "open-gateway", ALL)
     nats_server = EmbeddedNats(
-        base, port=0, name="dim-authz", extra=authorization(list(ids.values()))
+        base,
+        port=0,
+        name="dim-authz",
+        extra=authorization([(i.public_key, i.permissions) for i in ids.values()]),
     )
     nats_server.start()
     try:

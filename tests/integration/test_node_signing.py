@@ -70,7 +70,12 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     keys = base / "ids"
     ids = {r: new_identity(keys, r, role_permissions(r, NAMES)) for r in ("admin", "gateway")}
     ids["w-n1"] = new_identity(keys, "w-n1", worker_permissions(NAMES, "n1", (MODEL,)))
-    server = EmbeddedNats(base, port=0, name="dim-signing", extra=authorization(list(ids.values())))
+    server = EmbeddedNats(
+        base,
+        port=0,
+        name="dim-signing",
+        extra=authorization([(i.public_key, i.permissions) for i in ids.values()]),
+    )
     server.start()
     try:
         yield Secured(server.url, ids)
