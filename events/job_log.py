@@ -15,7 +15,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from events.bus import Bus
-from events.envelope import Envelope, decode
+from events.envelope import Envelope, Event, decode
 from events.errors import EventDecodeError, transient
 from events.history import read_events
 from events.ids import new_id
@@ -121,10 +121,12 @@ class JobEnds:
         quiet_s: float = 2.0,
         *,
         on_end: Callable[[str, str], None] | None = None,
+        believe: Callable[[Event], bool] | None = None,
     ) -> None:
         self.bus = bus
         self.quiet_s = quiet_s
         self.on_end = on_end  # told (job id, event type) of every end that goes by
+        self.believe = believe  # a `task.completed` it says no to is no answer
         self._waiting: dict[str, asyncio.Future[Envelope]] = {}
         self._early: set[str] = set()  # jobs whose task.completed is their answer
         self._subs: list[Any] = []
@@ -174,9 +176,14 @@ class JobEnds:
         if event_type == TaskCompleted.type and job_id not in self._early:
             return
         try:
-            future.set_result(decode(await self.bus.body(msg.data, msg.headers)))
+            envelope = decode(await self.bus.body(msg.data, msg.headers))
         except EventDecodeError:
             return
+        if self.believe is not None and not self.believe(envelope.data):
+            log.warning("job %s: not believing %s from %s", job_id, event_type, envelope.actor)
+            return
+        if not future.done():
+            future.set_result(envelope)
 
     async def wait(self, job_id: str) -> Envelope:
         """The job's terminal event (`expect` it first); `forget` it afterwards."""
@@ -208,11 +215,13 @@ class JobFollower:
         *,
         replay: bool,
         quiet_s: float = 2.0,
+        believe: Callable[[Event], bool] | None = None,
     ) -> None:
         self.bus = bus
         self.job_id = job_id
         self.replay = replay
         self.quiet_s = quiet_s
+        self.believe = believe  # job events it says no to are left out
         self._queue: asyncio.Queue[tuple[str, Msg]] = asyncio.Queue()
         self._subs: list[Any] = []
         self.seqs: dict[str, int] = {}  # JOBS stream sequence of each job event, by envelope id
@@ -286,6 +295,8 @@ class JobFollower:
             if source == "job" and self.replay:
                 self.seqs[envelope.id] = msg.metadata.sequence.stream
             event = envelope.data
+            if source == "job" and self.believe is not None and not self.believe(event):
+                continue
             if isinstance(event, TokensProduced) and event.finish_reason is not None:
                 finished_tasks.add(event.task_id)
             if source == "job" and isinstance(event, TaskCompleted):

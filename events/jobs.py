@@ -123,6 +123,8 @@ class TaskStarted(Event):
     # an attempt that continues an answer a dead worker began: what it found already produced
     resumed_chars: int = 0
     resumed_tokens: int = 0
+    # added with signed reports: the node's Ed25519 signature (events/signing.py), "" unsigned
+    signature: str = ""
 
 
 @event_type
@@ -139,6 +141,7 @@ class TaskCompleted(Event):
     usage: Usage
     ttft_ms: float
     duration_ms: float
+    signature: str = ""  # the node's signature over task, attempt, node, output hash, usage
 
 
 @event_type
@@ -153,6 +156,16 @@ class TaskFailed(Event):
     kind: FailureKind
     error: str
     retriable: bool = True
+    signature: str = ""  # the node's signature (events/signing.py); none on `task.lost`
+
+
+@event_type
+class TaskLost(TaskFailed):
+    """The orchestrator's verdict that the node running an attempt stopped heartbeating: a
+    failure the node did not report itself (kind `worker_lost`, retried). A type of its own so
+    that only the orchestrator may write it: `task.failed` is what nodes write, and sign."""
+
+    type = "task.lost"
 
 
 @event_type

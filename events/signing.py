@@ -13,15 +13,17 @@ with that key. The key a record claims proves nothing by itself: anyone can sign
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nkeys  # type: ignore[import-untyped]
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
+from events.jobs import TaskCompleted, TaskFailed, TaskLost, TaskStarted
 from events.records import NodeRecord
 
 SIGNATURE = "signature"  # the field holding the signature, left out of what it covers
@@ -96,6 +98,69 @@ def check_public_key(public_key: str) -> None:
         _raw_public_key(public_key)
     except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
         raise ValueError(f"{public_key!r} is not an NKey user public key (U...): {exc}") from None
+
+
+# What a node reports about its work, and signs: the events it writes to a job's log.
+Report = TaskStarted | TaskCompleted | TaskFailed
+REPORTS: tuple[type[Report], ...] = (TaskStarted, TaskCompleted, TaskFailed)
+
+
+def is_report(event: object) -> bool:
+    """Whether `event` is a node's report (signed by the node), not the orchestrator's verdict."""
+    return type(event) in REPORTS  # `task.lost` is a TaskFailed written by the orchestrator
+
+
+def report_claims(event: Report) -> bytes:
+    """What a node's signature on `event` covers: the task, the attempt, the node, and what
+    it reports — for a result the SHA-256 of its output and the usage, for a failure its kind,
+    the hash of its error and whether it may be retried. An explicit list, so a field added to
+    the event later does not change what an older reader checks."""
+    claims: dict[str, Any] = {
+        "type": event.type,
+        "job_id": event.job_id,
+        "task_id": event.task_id,
+        "attempt": event.attempt,
+        "node_id": event.node_id,
+    }
+    if isinstance(event, TaskCompleted):
+        claims["output_sha256"] = _sha256(event.output)
+        claims["finish_reason"] = event.finish_reason
+        claims["usage"] = {
+            "prompt_tokens": event.usage.prompt_tokens,
+            "completion_tokens": event.usage.completion_tokens,
+            "estimated": event.usage.estimated,
+        }
+    elif isinstance(event, TaskFailed):
+        claims["kind"] = event.kind
+        claims["error_sha256"] = _sha256(event.error)
+        claims["retriable"] = event.retriable
+    else:
+        claims["delivery"] = event.delivery
+        claims["resumed_chars"] = event.resumed_chars
+        claims["resumed_tokens"] = event.resumed_tokens
+    return canonical(claims)
+
+
+R = TypeVar("R", TaskStarted, TaskCompleted, TaskFailed)
+
+
+def signed_report(event: R, key: NodeKey | None) -> R:
+    """`event` signed by the node's `key` (as it is, when the node has no key: an open bus)."""
+    if key is None:
+        return event
+    return event.model_copy(update={SIGNATURE: key.sign(report_claims(event))})
+
+
+def report_verified(event: Report, enrolled_key: str | None) -> bool:
+    """Whether `event` carries a valid signature by `enrolled_key`, the key enrolled for the
+    node it names."""
+    if not enrolled_key or not event.signature or isinstance(event, TaskLost):
+        return False
+    return verify(enrolled_key, report_claims(event), event.signature)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _raw_public_key(public_key: str) -> bytes:

@@ -54,3 +54,24 @@ class MessageRejected(Event):
     error: str
     payload: str
     headers: dict[str, str] = {}
+
+
+@event_type
+class ReportRefused(Event):
+    """A node's report on a job's log (`task.started` / `task.completed` / `task.failed`) that
+    a reader did not believe: not signed by the key enrolled for the node it names. The reader
+    `by` left the job as it was; this keeps what was refused and why (a forgery, or a node
+    whose key is not enrolled)."""
+
+    type = "report.refused"
+    by: str
+    subject: str
+    stream_seq: int
+    event_id: str
+    event_type: str
+    actor: str
+    job_id: str
+    task_id: str
+    attempt: int
+    node_id: str | None
+    reason: str

@@ -64,7 +64,7 @@ async def start(
     job_id = new_id()
     follower = None
     if stream:
-        follower = await JobFollower(gw.bus, job_id, replay=False).start()
+        follower = await JobFollower(gw.bus, job_id, replay=False, believe=gw.believe).start()
     else:
         await gw.ends.expect(job_id, first_result=params.n == 1)
     try:

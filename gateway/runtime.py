@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from events.bus import Bus
+from events.envelope import Event
 from events.job_log import JobEnds
 from events.records import EnrolledKey, TenantQueue
 from events.watched import WatchedBucket
@@ -16,8 +18,8 @@ from projections.usage import TenantUsage
 from services.accounts.sessions import SessionRecord
 from services.metrics import GatewayMetrics
 from services.process import connect, ensure_topology
-from services.registry.enrolled import enrolled_keys
 from services.registry.live import LiveNodes
+from services.registry.trust import Trust
 from services.settings import Settings
 
 
@@ -37,7 +39,12 @@ class Gateway:
     ends: JobEnds  # jobs' ends, for whole (non-streamed) answers
     queues: WatchedBucket[TenantQueue]  # each tenant's jobs held for capacity
     preplanner: Preplanner  # plans plain jobs at the door while their models have room
-    enrolled: WatchedBucket[EnrolledKey]  # each node's enrolled key, to check its record with
+    trust: Trust  # the enrolled node keys, and what the gateway believes of the nodes
+
+    @property
+    def enrolled(self) -> WatchedBucket[EnrolledKey]:
+        """Each node's enrolled key, to check its record with."""
+        return self.trust.enrolled
 
     @classmethod
     async def start(cls, settings: Settings, metrics: GatewayMetrics) -> Gateway:
@@ -46,12 +53,12 @@ class Gateway:
         signer = Signer.from_settings(settings)  # fail before connecting if no key is set
         bus = await connect(settings, "dim-gateway")
         await ensure_topology(bus, settings)
-        nodes = LiveNodes(bus, settings.node_ttl_s)
+        trust = Trust(bus, settings.signed_only)
+        nodes = LiveNodes(bus, settings.node_ttl_s, trust)
         keys = KeyRing(bus)
         sessions = WatchedBucket(bus, bus.names.bucket("sessions"), SessionRecord)
-        enrolled = enrolled_keys(bus)
+        await trust.start()
         await nodes.start()
-        await enrolled.start()
         await keys.start()
         usage = WatchedBucket(bus, bus.names.bucket("usage"), TenantUsage)
         await sessions.start()
@@ -67,7 +74,8 @@ class Gateway:
             heartbeat_s=settings.heartbeat_s,
             dispatch_timeout_s=settings.dispatch_timeout_s,
         )
-        ends = await JobEnds(bus, on_end=preplanner.ended).start()
+        believe = trust.believe if trust.required else None
+        ends = await JobEnds(bus, on_end=preplanner.ended, believe=believe).start()
         return cls(
             settings,
             bus,
@@ -81,8 +89,13 @@ class Gateway:
             ends,
             queues,
             preplanner,
-            enrolled,
+            trust,
         )
+
+    @property
+    def believe(self) -> Callable[[Event], bool] | None:
+        """What job followers of this gateway ask whether to believe an event (None: all)."""
+        return self.trust.believe if self.trust.required else None
 
     async def stop(self) -> None:
         """Stop the watches and close the connection."""
@@ -91,6 +104,6 @@ class Gateway:
         await self.quotas.usage.stop()
         await self.sessions.stop()
         await self.keys.stop()
-        await self.enrolled.stop()
         await self.nodes.stop()
+        await self.trust.stop()
         await self.bus.close()

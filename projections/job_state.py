@@ -26,6 +26,7 @@ from events.jobs import (
     TaskDeadLettered,
     TaskDispatched,
     TaskFailed,
+    TaskLost,
     TaskRerouted,
     TaskRole,
     TaskStarted,
@@ -166,12 +167,18 @@ def _open_attempt(state: JobState, task_id: str, attempt: int) -> bool:
     )
 
 
-def evolve(state: JobState | None, envelope: Envelope, seq: int) -> JobState | None:
+Believe = Callable[[Event], bool]  # whether an event is believed (services/registry/trust.py)
+
+
+def evolve(
+    state: JobState | None, envelope: Envelope, seq: int, believe: Believe | None = None
+) -> JobState | None:
     """Fold one event (stored at stream sequence `seq`) into the job's state.
 
     Events at or below `last_seq` were already applied and are ignored (JetStream delivers at
     least once). Events that do not fit the state (a result for an attempt that is no longer
-    current, anything after the end) leave it as it was, apart from the tracking fields.
+    current, anything after the end) leave it as it was, apart from the tracking fields; so do
+    events `believe` says no to (a node's report its enrolled key did not sign).
     """
     event = envelope.data
     if state is None:
@@ -203,7 +210,7 @@ def evolve(state: JobState | None, envelope: Envelope, seq: int) -> JobState | N
         return submitted
     if seq <= state.last_seq:
         return state
-    new = _apply(state, envelope)
+    new = state if believe is not None and not believe(event) else _apply(state, envelope)
     return new.model_copy(update={"events": state.events + 1, "last_seq": seq})
 
 
@@ -286,7 +293,7 @@ def _completed(event: TaskCompleted, state: JobState, at: datetime) -> JobState:
     )
 
 
-@_changes(TaskFailed)
+@_changes(TaskFailed, TaskLost)
 def _failed(event: TaskFailed, state: JobState, at: datetime) -> JobState:
     failed = state.task(event.task_id)
     if failed is None or not _open_attempt(state, event.task_id, event.attempt):

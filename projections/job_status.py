@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from events.envelope import Envelope
-from projections.job_state import JobState, evolve
+from projections.job_state import Believe, JobState, evolve
 
 
-def fold(view: JobState | None, events: Iterable[tuple[int, Envelope]]) -> JobState | None:
-    """Apply `(seq, envelope)` pairs to a view (None: the job has no view yet)."""
+def fold(
+    view: JobState | None, events: Iterable[tuple[int, Envelope]], believe: Believe | None = None
+) -> JobState | None:
+    """Apply `(seq, envelope)` pairs to a view (None: the job has no view yet), leaving out
+    what `believe` says no to."""
     for seq, envelope in events:
-        view = evolve(view, envelope, seq)
+        view = evolve(view, envelope, seq, believe)
     return view
 
 
@@ -30,11 +33,13 @@ def decode_view(raw: bytes) -> JobState:
     return JobState.model_validate_json(raw)
 
 
-def apply(views: dict[str, JobState], seq: int, envelope: Envelope) -> None:
+def apply(
+    views: dict[str, JobState], seq: int, envelope: Envelope, believe: Believe | None = None
+) -> None:
     """Fold one event of a whole log into `views` (every job's view), as a rebuild does."""
     job_id = getattr(envelope.data, "job_id", None)
     if not isinstance(job_id, str):
         return
-    view = evolve(views.get(job_id), envelope, seq)
+    view = evolve(views.get(job_id), envelope, seq, believe)
     if view is not None:
         views[job_id] = view

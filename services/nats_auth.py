@@ -10,7 +10,8 @@ The roles and why each needs what it gets:
 - `orchestrator`: appends the job events `decide` makes (plans, dispatches, reroutes, lost
   attempts, ends), sends work, records lost nodes and dead letters, writes the queues bucket;
   deletes a work message JetStream gave up on; reads the nodes and enrolled buckets.
-- `projector`: writes the jobs and usage buckets.
+- `projector`: writes the jobs and usage buckets; reads the enrolled bucket, to check what
+  nodes report.
 - `worker` (one identity per node): pulls only its own and its models' work, appends only
   `task.started` / `task.completed` / `task.failed`, publishes token chunks and its own node
   events, writes only its own node record. It cannot read the keys, accounts or sessions
@@ -126,7 +127,7 @@ def role_permissions(role: str, names: Names) -> Permissions:
                     "job.failed",
                     "task.dispatched",
                     "task.rerouted",
-                    "task.failed",
+                    "task.lost",
                     "task.dead_lettered",
                 )
             ),
@@ -145,7 +146,7 @@ def role_permissions(role: str, names: Names) -> Permissions:
             f"{ns}.dead.>",
             *_kv(names, "jobs", "usage"),
             *_reads(_streams(names, "jobs")),
-            *_reads([*_buckets(names, "jobs", "usage"), payloads]),
+            *_reads([*_buckets(names, "jobs", "usage", "enrolled"), payloads]),
         ]
     else:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}, or a worker node")

@@ -24,6 +24,7 @@ from events.subjects import job_id_of
 from projections.job_state import JobState
 from projections.job_status import apply, decode_view, encode_view, fold
 from projections.usage import TenantUsage, add, day_of, usage_key
+from services.registry.trust import Trust, record_refusal
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class JobStatusProjector:
         self.names = bus.names
         self.cache: OrderedDict[str, tuple[JobState, int]] = OrderedDict()
         self._kv: Bucket | None = None
+        self.trust = Trust(bus, settings.signed_only)
 
     def consumer(self) -> ConsumerSpec:
         """This instance's durable consumer on JOBS."""
@@ -62,16 +64,20 @@ class JobStatusProjector:
     async def run(self, stop: asyncio.Event) -> None:
         """Project until `stop` is set."""
         await while_unavailable(self.kv, stop, "open the jobs bucket")
-        await run_ordered(
-            self.bus,
-            self.consumer(),
-            self.handle,
-            key=job_id_of,
-            seen=self.seen,
-            stop=stop,
-            max_batch=1024,
-            linger_s=self.settings.projector_linger_ms / 1000,
-        )
+        await while_unavailable(self.trust.start, stop, "load the enrolled node keys")
+        try:
+            await run_ordered(
+                self.bus,
+                self.consumer(),
+                self.handle,
+                key=job_id_of,
+                seen=self.seen,
+                stop=stop,
+                max_batch=1024,
+                linger_s=self.settings.projector_linger_ms / 1000,
+            )
+        finally:
+            await self.trust.stop()
 
     def seen(self, job_id: str, seq: int) -> bool:
         """Whether this instance already wrote a view that includes the event at `seq`."""
@@ -85,12 +91,19 @@ class JobStatusProjector:
         # A job's first event is always job.submitted (appended with expected sequence 0),
         # so a group that starts with it is a new job: no view to read.
         new_job = isinstance(group[0].envelope.data, JobSubmitted) and job_id not in self.cache
+        refused: set[int] = set()
+        for d in group:
+            reason = self.trust.refusal(d.envelope.data)
+            if reason is not None:
+                refused.add(id(d.envelope.data))
+                await record_refusal(self.bus, self.consumer().durable, d, reason)
+        believe = (lambda e: id(e) not in refused) if refused else None
         for _ in range(VIEW_WRITE.tries or 1):
             if new_job:
                 view, revision, new_job = None, None, False
             else:
                 view, revision = await self._current(kv, job_id)
-            new = fold(view, ((d.stream_seq, d.envelope) for d in group))
+            new = fold(view, ((d.stream_seq, d.envelope) for d in group), believe)
             if new is None or new is view:
                 return
             try:
@@ -128,18 +141,22 @@ class RebuildReport:
     differences: list[str] = field(default_factory=list)
 
 
-async def rebuild(bus: Bus, *, check_only: bool = False) -> RebuildReport:
+async def rebuild(
+    bus: Bus, *, check_only: bool = False, trust: Trust | None = None
+) -> RebuildReport:
     """Replay JOBS from the start and make the jobs bucket equal to the result.
 
     With `check_only`, write nothing and list the views that differ. A view the live projector
-    has already advanced past the replay's end is left as it is.
+    has already advanced past the replay's end is left as it is. With a `trust` (started),
+    node reports it does not believe are left out, as the live projector leaves them out.
     """
     names = bus.names
     report = RebuildReport()
     views: dict[str, JobState] = {}
+    believe = trust.believe if trust is not None and trust.required else None
     async for seq, envelope in read_events(bus, names.jobs_stream, names.jobs_all):
         report.events += 1
-        apply(views, seq, envelope)
+        apply(views, seq, envelope, believe)
     report.jobs = len(views)
     horizon = max((v.last_seq for v in views.values()), default=0)
     kv = await bus.bucket("jobs")

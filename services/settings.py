@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         description="`dim up` secures its nats-server: TLS, and one NATS identity per role with "
         "only the rights it needs (docs/security.md); false: open to every client, as before",
     )
+    signed_nodes: bool | None = Field(
+        None,
+        description="believe only nodes signed by their enrolled keys: only such nodes get work, "
+        "and a node's task reports count only with its valid signature (docs/security.md); "
+        "unset: when this process connects to NATS with credentials (a secured bus)",
+    )
     sched_batch: bool = Field(
         True,
         description="run dim's processes and the embedded nats-server under Linux's SCHED_BATCH "
@@ -367,6 +373,13 @@ class Settings(BaseSettings):
             tls_key=self.nats_tls_key,
             tls_hostname=self.nats_tls_hostname,
         )
+
+    @property
+    def signed_only(self) -> bool:
+        """Whether only nodes signed by their enrolled keys are believed (`signed_nodes`)."""
+        if self.signed_nodes is not None:
+            return self.signed_nodes
+        return bool(self.nats_creds or self.nats_nkey_seed or self.nats_user)
 
     @property
     def names(self) -> Names:

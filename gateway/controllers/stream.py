@@ -115,7 +115,7 @@ async def _pump(
     seq = 0
     state = None
     try:
-        async with JobFollower(gw.bus, job_id, replay=True) as follower:
+        async with JobFollower(gw.bus, job_id, replay=True, believe=gw.believe) as follower:
             async for envelope in follower:
                 event = envelope.data
                 if isinstance(event, TokensProduced):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from events.bus import Bus
-from services.cli.common import with_bus
+from services.cli.common import settings_of, with_bus
 
 if TYPE_CHECKING:
     from services.cli.common import Subcommands
@@ -28,10 +28,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
+    from services.local_bus import local_admin
     from services.projector import rebuild
+    from services.registry.trust import Trust
+
+    signed_only = local_admin(settings_of(args)).signed_only
 
     async def go(bus: Bus) -> int:
-        report = await rebuild(bus, check_only=args.check)
+        trust = Trust(bus, signed_only)
+        await trust.start()
+        try:
+            report = await rebuild(bus, check_only=args.check, trust=trust)
+        finally:
+            await trust.stop()
         print(
             f"replayed {report.events} events into {report.jobs} job views: "
             f"{report.unchanged} identical, {report.written} written, {report.deleted} deleted, "

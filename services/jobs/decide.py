@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from events.envelope import Envelope, Event
-from events.jobs import JobFailed, JobPlanned, TaskDispatched, TaskFailed
+from events.jobs import JobFailed, JobPlanned, TaskDispatched, TaskLost
 from events.subjects import Names
 from projections.job_state import JobState, TaskState, evolve
 from services.jobs.attempts import backoff, final
@@ -135,11 +135,11 @@ def _dispatched(step: _Step, task: TaskState) -> list[Event | None]:
 
 
 def _running(step: _Step, task: TaskState) -> list[Event | None]:
-    """A running task whose node stopped heartbeating failed as `worker_lost` (retried)."""
+    """A running task whose node stopped heartbeating is lost (`worker_lost`, retried)."""
     if not (task.ran_on and step.nodes.node_gone(task.ran_on)):
         return []
     return [
-        TaskFailed(
+        TaskLost(
             job_id=step.state.job_id,
             task_id=task.task_id,
             attempt=task.attempt,

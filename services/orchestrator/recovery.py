@@ -8,14 +8,15 @@ from datetime import datetime
 from events.bus import Bus
 from events.history import read_events
 from events.jobs import TERMINAL_TYPES
-from projections.job_state import JobState, evolve
+from projections.job_state import Believe, JobState, evolve
 
 
-async def load_job(bus: Bus, job_id: str) -> JobState | None:
-    """The job's state folded from its whole log; None if it has no events."""
+async def load_job(bus: Bus, job_id: str, believe: Believe | None = None) -> JobState | None:
+    """The job's state folded from its whole log (what `believe` says no to left out); None if
+    it has no events."""
     state: JobState | None = None
     async for seq, envelope in read_events(bus, bus.names.jobs_stream, bus.names.job_all(job_id)):
-        state = evolve(state, envelope, seq)
+        state = evolve(state, envelope, seq, believe)
     return state
 
 

@@ -43,6 +43,7 @@ from services.orchestrator.recovery import load_job, unfinished_since
 from services.orchestrator.upkeep import HeldCounts, record_lost
 from services.registry.live import LiveNodes
 from services.registry.select import Need
+from services.registry.trust import Trust, record_refusal
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ class Orchestrator:
         self.settings = settings
         self.names = bus.names
         self.actor = f"orchestrator/{settings.instance_id}"
-        self.nodes = LiveNodes(bus, settings.node_ttl_s)
+        self.trust = Trust(bus, settings.signed_only)
+        self.nodes = LiveNodes(bus, settings.node_ttl_s, self.trust)
         self.active: OrderedDict[str, JobState] = OrderedDict()
         self.finished: OrderedDict[str, int] = OrderedDict()
         # job -> the last seq `_recover` folded: its events up to there are handled again when
@@ -109,6 +111,7 @@ class Orchestrator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Orchestrate until `stop` is set."""
+        await while_unavailable(self.trust.start, stop, "load the enrolled node keys")
         await while_unavailable(self.nodes.start, stop, "load the node registry")
         await while_unavailable(self._recover, stop, "take up unfinished jobs")
         ticker = asyncio.create_task(self._tick(stop))
@@ -124,6 +127,7 @@ class Orchestrator:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(dead, 5)
             await self.nodes.stop()
+            await self.trust.stop()
 
     def seen(self, job_id: str, seq: int) -> bool:
         """Whether the event at `seq` is already folded (e.g. this instance's own append) and
@@ -158,14 +162,18 @@ class Orchestrator:
         if state is None:
             first = group[0].envelope.data
             state = None if isinstance(first, JobSubmitted) else await self._load(job_id)
+        refused = await self._refused(group)
+        believe = (lambda e: id(e) not in refused) if refused else None
         for d in group:
-            state = evolve(state, d.envelope, d.stream_seq)
+            state = evolve(state, d.envelope, d.stream_seq, believe)
         if state is None:
             log.warning("events for job %s, which has no job.submitted; ignoring", job_id)
             return
         freed: set[str] = set()
         for d in group:
             event = d.envelope.data
+            if id(event) in refused:
+                continue
             dispatches = dispatches_in(d.envelope)
             if dispatches:
                 if isinstance(event, JobSubmitted) and d.stream_seq > self._recovered.get(
@@ -194,6 +202,16 @@ class Orchestrator:
         for model in freed:
             await self._release(model)
 
+    async def _refused(self, group: list[Delivery]) -> set[int]:
+        """The reports in `group` not believed (by `id` of the event), each recorded."""
+        refused: set[int] = set()
+        for d in group:
+            reason = self.trust.refusal(d.envelope.data)
+            if reason is not None:
+                refused.add(id(d.envelope.data))
+                await record_refusal(self.bus, self.consumer().durable, d, reason)
+        return refused
+
     async def _release(self, model: str) -> None:
         """Decide again for the held jobs the model's queue has room for, in fair order."""
         for held in self.fair.release(model):
@@ -220,7 +238,7 @@ class Orchestrator:
             )
 
     async def _load(self, job_id: str) -> JobState | None:
-        return await load_job(self.bus, job_id)
+        return await load_job(self.bus, job_id, self.trust.believe if self.trust.required else None)
 
     async def _advance(self, state: JobState) -> None:
         for _ in range(DECISION.tries or 1):  # each round appends at least one event or stops

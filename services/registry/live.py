@@ -12,6 +12,7 @@ from events.records import EnrolledKey, NodeRecord
 from events.signing import record_verified
 from events.watched import WatchedBucket
 from services.registry.select import Pool
+from services.registry.trust import Trust
 
 # A live list this recent is reused: every request asks several times, heartbeats are seconds
 # apart, and a record changing in the bucket drops it at once.
@@ -19,14 +20,21 @@ _LIVE_FOR_S = 0.05
 
 
 class LiveNodes(WatchedBucket[NodeRecord]):
-    """Every node record, by id; `live()` filters by heartbeat age (expiry sends no delete)."""
+    """Every node record, by id; `live()` filters by heartbeat age (expiry sends no delete).
 
-    def __init__(self, bus: Bus, ttl_s: float) -> None:
+    With a `trust` that requires signatures, only nodes whose records their enrolled keys
+    signed enter the selection pool (and leave it when their key is revoked or replaced)."""
+
+    def __init__(self, bus: Bus, ttl_s: float, trust: Trust | None = None) -> None:
         super().__init__(bus, bus.names.bucket("nodes"), NodeRecord)
         self.ttl_s = ttl_s
+        self.trust = trust if trust is not None and trust.required else None
+        if self.trust is not None:
+            self.trust.enrolled.listeners.append(self._rekeyed)
         self.pool = Pool(ttl_s=ttl_s)  # what selection sees: live, not draining
         self._live: tuple[float, list[NodeRecord]] | None = None  # (when, what) `live()` found
         self._stored: dict[str, bytes] = {}  # each record as written: what its signature covers
+        self.unbelieved: set[str] = set()  # nodes whose records their enrolled keys did not sign
 
     def parse(self, key: str, value: bytes) -> NodeRecord:
         """The record, and its bytes kept for `verified` (checked only when asked)."""
@@ -37,11 +45,21 @@ class LiveNodes(WatchedBucket[NodeRecord]):
     def changed(self, key: str, item: NodeRecord | None) -> None:
         """Keep the selection pool in step with the bucket."""
         self._live = None
+        self.unbelieved.discard(key)
         if item is None:
             self._stored.pop(key, None)
             self.pool.remove(key)
+        elif self.trust is not None and not self.verified(key, self.trust.enrolled.items):
+            self.unbelieved.add(key)
+            self.pool.remove(key)  # an unknown key never receives work
         elif item.draining or not self.gone(key):
             self.pool.update(item)  # a draining node leaves selection
+
+    def _rekeyed(self, node_id: str) -> None:
+        """The node's enrolled key changed (approved, replaced, revoked): judge it again."""
+        record = self.items.get(node_id)
+        if record is not None:
+            self.changed(node_id, record)
 
     def verified(self, node_id: str, enrolled: Mapping[str, EnrolledKey]) -> bool:
         """Whether the node's record is its own (not another node's, replayed under its id) and
@@ -62,9 +80,12 @@ class LiveNodes(WatchedBucket[NodeRecord]):
         return any(model in n.models for n in self.items.values())
 
     def gone(self, node_id: str, now: datetime | None = None) -> bool:
-        """Whether the node stopped heartbeating or removed its record (draining is not gone)."""
+        """Whether the node stopped heartbeating, removed its record, or is no longer believed
+        (its key revoked: it is cut off); draining is not gone."""
         record = self.items.get(node_id)
-        return record is None or not record.fresh(now or datetime.now(UTC), self.ttl_s)
+        if record is None or node_id in self.unbelieved:
+            return True
+        return not record.fresh(now or datetime.now(UTC), self.ttl_s)
 
     @property
     def nodes(self) -> dict[str, NodeRecord]:
@@ -74,12 +95,20 @@ class LiveNodes(WatchedBucket[NodeRecord]):
     def live(self, now: datetime | None = None) -> list[NodeRecord]:
         """Nodes that heartbeated recently and are not draining (do not change the list)."""
         if now is not None:
-            return [n for n in self.items.values() if n.live(now, self.ttl_s)]
+            return [
+                n
+                for n in self.items.values()
+                if n.live(now, self.ttl_s) and n.node_id not in self.unbelieved
+            ]
         t = time.monotonic()
         if self._live is not None and t - self._live[0] < _LIVE_FOR_S:
             return self._live[1]
         wall = datetime.now(UTC)
-        nodes = [n for n in self.items.values() if n.live(wall, self.ttl_s)]
+        nodes = [
+            n
+            for n in self.items.values()
+            if n.live(wall, self.ttl_s) and n.node_id not in self.unbelieved
+        ]
         self._live = (t, nodes)
         return nodes
 

@@ -16,6 +16,7 @@ from events.consume import Delivery
 from events.envelope import Envelope
 from events.errors import EngineError, WrongLastSequence
 from events.jobs import FailureKind, TaskCompleted, TaskFailed, TaskStarted
+from events.signing import NodeKey, signed_report
 from events.work import TaskRequested
 from services.engines.protocol import Engine
 from services.metrics import WorkerMetrics
@@ -52,6 +53,8 @@ class Generation:
         self.names = bus.names
         self.node_id = settings.node_id
         self.actor = f"worker/{self.node_id}"
+        seed = settings.nats_nkey_seed  # its NATS identity signs what it reports
+        self.key = NodeKey.from_file(seed) if seed is not None else None
         self.streamer = Streamer(engine, settings, self.names, metrics, tally, self.actor)
         self._requests: dict[str, set[str]] = {}  # job id -> engine request ids in flight
 
@@ -105,14 +108,17 @@ class Generation:
         done: Partial,
     ) -> None:
         job_id = request.job_id
-        started = TaskStarted(
-            job_id=job_id,
-            task_id=request.task.task_id,
-            attempt=request.attempt,
-            node_id=self.node_id,
-            delivery=delivery.deliveries,
-            resumed_chars=len(done.text),
-            resumed_tokens=done.tokens,
+        started = signed_report(
+            TaskStarted(
+                job_id=job_id,
+                task_id=request.task.task_id,
+                attempt=request.attempt,
+                node_id=self.node_id,
+                delivery=delivery.deliveries,
+                resumed_chars=len(done.text),
+                resumed_tokens=done.tokens,
+            ),
+            self.key,
         )
         subject = self.names.job(job_id, started.type)
         if expected_last_seq is None:
@@ -137,6 +143,7 @@ class Generation:
         # The result goes out behind the chunks without waiting for their acks; then every ack
         # is awaited, and whatever failed is re-sent. task.completed carries the whole output,
         # so a reader never depends on the chunks.
+        completed = signed_report(completed, self.key)
         await pending.add(
             self.names.job(request.job_id, completed.type), Envelope(completed, actor=self.actor)
         )
@@ -161,14 +168,17 @@ class Generation:
         log.warning(
             "task %s attempt %d failed (%s): %s", request.task.task_id, request.attempt, kind, error
         )
-        failed = TaskFailed(
-            job_id=request.job_id,
-            task_id=request.task.task_id,
-            attempt=request.attempt,
-            node_id=self.node_id,
-            kind=kind,
-            error=error,
-            retriable=retriable,
+        failed = signed_report(
+            TaskFailed(
+                job_id=request.job_id,
+                task_id=request.task.task_id,
+                attempt=request.attempt,
+                node_id=self.node_id,
+                kind=kind,
+                error=error,
+                retriable=retriable,
+            ),
+            self.key,
         )
         await self.bus.publish(
             self.names.job(request.job_id, failed.type), Envelope(failed, actor=self.actor)

@@ -293,7 +293,7 @@ async def test_a_worker_killed_mid_job_and_the_job_still_completes(cluster: Clus
     assert body["output"] == "\n".join(expected("sim-small", p, 40) for p in inputs)
     assert all(p["node_id"] != "w1" for p in body["parts"])
     history = await job_events(cluster.bus, job)
-    lost = [e.data for e in history if e.type == "task.failed"]
+    lost = [e.data for e in history if e.type == "task.lost"]
     assert lost and all(f.kind == "worker_lost" and f.node_id == "w1" for f in lost)  # type: ignore[attr-defined]
     assert sum(e.type == "job.completed" for e in history) == 1
     names = cluster.bus.names

@@ -21,7 +21,7 @@ from events.jobs import (
     JobCompleted,
     JobSubmitted,
     TaskDispatched,
-    TaskFailed,
+    TaskLost,
     TaskStarted,
 )
 from events.text import TextAssembler
@@ -193,7 +193,7 @@ async def test_worker_killed_mid_task_is_lost_and_the_task_retried_elsewhere_onc
     assert types.count("task.completed") == 1
     starts = [e.data for e in events if e.type == "task.started"]
     assert [(s.node_id, s.attempt) for s in starts] == [("victim", 1), ("rescuer", 2)]  # type: ignore[attr-defined]
-    (failed,) = [e.data for e in events if e.type == "task.failed"]
+    (failed,) = [e.data for e in events if e.type == "task.lost"]
     assert (failed.kind, failed.node_id, failed.attempt) == ("worker_lost", "victim", 1)  # type: ignore[attr-defined]
     lost = [
         e
@@ -734,7 +734,7 @@ async def test_a_redelivered_attempt_given_up_while_the_worker_checks_it_is_not_
         if not gave_up:  # what the orchestrator appends when the first worker's node is lost
             gave_up = True
             for event in (
-                TaskFailed(
+                TaskLost(
                     job_id=job.job_id,
                     task_id=dispatch.task_id,
                     attempt=1,
@@ -761,7 +761,7 @@ async def test_a_redelivered_attempt_given_up_while_the_worker_checks_it_is_not_
     events = await job_events(bus, job.job_id)
     assert [(e.type, getattr(e.data, "attempt", None)) for e in events[1:]] == [
         ("task.started", 1),
-        ("task.failed", 1),
+        ("task.lost", 1),
         ("task.dispatched", 2),
     ]  # attempt 1 never started again here; attempt 2 is for whoever takes its message
     assert worker.skipped == 1

@@ -19,6 +19,7 @@ from events.jobs import (
     TaskCompleted,
     TaskDispatched,
     TaskFailed,
+    TaskLost,
     TaskRerouted,
     TaskStarted,
 )
@@ -425,7 +426,7 @@ def test_a_task_running_on_a_lost_node_fails_as_worker_lost_and_goes_elsewhere()
     log.step()
     log.append(TaskStarted(job_id="J", task_id="J-0", attempt=1, node_id="a"))
     (lost,) = log.step(_mesh(gone=("a",)))
-    assert isinstance(lost, TaskFailed) and lost.kind == "worker_lost"
+    assert isinstance(lost, TaskLost) and lost.kind == "worker_lost"
     (retry,) = log.step(_mesh(gone=("a",)))
     assert isinstance(retry, TaskDispatched) and retry.attempt == 2
 

@@ -1,0 +1,277 @@
+"""Signed task reports on a real secured nats-server, attacked by a node the server admits but no
+admin enrolled (its own NATS identity, worker rights): its forged `task.completed` and
+`task.failed` for another tenant's running job — naming the real node, naming itself, unsigned —
+are refused by the orchestrator, the projector and the gateway and recorded as `report.refused`;
+the victim gets the real answer. It cannot write the orchestrator's verdicts (`task.lost`), and,
+its key unknown, it receives no work.
+
+Each attack also runs on a twin mesh that believes every report (`DIM_SIGNED_NODES=false`, as on
+an open bus), where the forgery wins: the checks are what stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from httpx import AsyncClient as Client
+
+from events.bus import Bus
+from events.envelope import Envelope, Event
+from events.errors import PublishError
+from events.history import read_events
+from events.inference import Usage
+from events.jobs import TaskCompleted, TaskFailed, TaskLost, TaskStarted
+from events.signing import NodeKey, signed_report
+from events.subjects import Names
+from events.work import ReportRefused
+from services.accounts.keys import create_key
+from services.nats_auth import authorization, inbox_prefix
+from services.nats_dir import NatsDir
+from services.nats_server import EmbeddedNats, free_port
+from services.process import connect, ensure_topology
+from services.registry.enrolled import enroll
+from services.settings import Settings
+from tests.conftest import fast_settings
+from tests.mesh import spawn, wait_until
+
+MODEL = "sim-small"
+ROGUE_MODEL = "sim-rogue"
+
+
+@dataclass
+class Secured:
+    url: str
+    dir: NatsDir
+    ns: str
+
+    def settings(self, identity: str, **update: Any) -> Settings:
+        """Settings connecting as `identity` (its seed and inbox)."""
+        return fast_settings(self.url, self.ns).model_copy(
+            update={
+                "nats_nkey_seed": self.dir.seed_of(identity),
+                "nats_inbox_prefix": inbox_prefix(identity),
+                **update,
+            }
+        )
+
+
+@contextlib.contextmanager
+def secured_server(base: Path, ns: str) -> Iterator[Secured]:
+    """A server admitting the services and two nodes: `n1`, and `rogue` (admitted by the
+    server with worker rights for its own model, never enrolled). Plain TCP: TLS is tested
+    elsewhere."""
+    d, names = NatsDir(base), Names(ns)
+    d.seeded_worker("n1", (MODEL,), names)
+    d.seeded_worker("rogue", (ROGUE_MODEL,), names)
+    server = EmbeddedNats(base, port=0, name=f"dim-{ns}", extra=authorization(d.users(names)))
+    server.start()
+    try:
+        yield Secured(server.url, d, ns)
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def mesh_of(secured: Secured, signed: bool) -> AsyncIterator[tuple[Client, str, Bus]]:
+    """Orchestrator, projector, worker n1 (slow enough to attack while it answers) and a
+    gateway, each a real process with its own identity; yields (a client of the gateway, an
+    API key, the admin's bus)."""
+    admin_settings = secured.settings("admin")
+    admin = await connect(admin_settings, "admin")
+    await ensure_topology(admin, admin_settings)
+    await enroll(admin, "n1", secured.dir.approvals()["n1"].public_key, by="test")
+    _, key = await create_key(
+        admin, principal_id="victim", tenant="acme", roles=("member",), actor="test"
+    )
+    trust = {"signed_nodes": signed, "node_ttl_s": 30}
+    port = free_port()
+    n1 = secured.settings(
+        "w-n1", node_id="n1", models=(MODEL,), sim_tokens_per_s=40, sim_ttft_ms=300, **trust
+    )
+    gateway = secured.settings("gateway", gateway_port=port, **trust)
+    try:
+        with contextlib.ExitStack() as procs:
+            procs.enter_context(spawn(secured.settings("orchestrator", **trust), "orchestrator"))
+            procs.enter_context(spawn(secured.settings("projector", **trust), "projector"))
+            procs.enter_context(spawn(n1, "worker"))
+            procs.enter_context(spawn(gateway, "gateway"))
+            async with Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+                nodes = await admin.bucket("nodes")
+
+                async def ready() -> bool:
+                    with contextlib.suppress(Exception):
+                        r = await client.get("/readyz")
+                        return r.status_code == 200 and await nodes.get("n1") is not None
+                    return False
+
+                await wait_until(ready, 30, what="the gateway and worker n1")
+                yield client, key, admin
+    finally:
+        await admin.close()
+
+
+async def first(admin: Bus, subject: str, timeout_s: float = 20) -> Envelope:
+    """The first event stored on `subject` in JOBS."""
+    found: list[Envelope] = []
+
+    async def stored() -> bool:
+        found[:] = [e async for _, e in read_events(admin, admin.names.jobs_stream, subject)]
+        return bool(found)
+
+    await wait_until(stored, timeout_s, what=f"an event on {subject}")
+    return found[0]
+
+
+async def forge(secured: Secured, started: TaskStarted) -> list[Event]:
+    """What the rogue node publishes for the victim's running attempt; returns it."""
+    rogue = await connect(secured.settings("w-rogue", node_id="rogue"), "rogue")
+    own = NodeKey.from_file(secured.dir.seed_of("w-rogue"))
+    ids = {"job_id": started.job_id, "task_id": started.task_id, "attempt": started.attempt}
+    answer = {
+        "output": "FORGED ANSWER",
+        "finish_reason": "stop",
+        "usage": Usage(prompt_tokens=1, completion_tokens=0),
+        "ttft_ms": 1.0,
+        "duration_ms": 1.0,
+    }
+    forged: list[Event] = [
+        signed_report(
+            TaskCompleted(**ids, node_id="n1", **answer), own
+        ),  # the real node, signed by another key
+        signed_report(TaskCompleted(**ids, node_id="rogue", **answer), own),  # itself: not enrolled
+        TaskCompleted(**ids, node_id="n1", **answer),  # the real node, unsigned
+        TaskFailed(**ids, node_id="n1", kind="invalid_request", error="forged", retriable=False),
+    ]
+    try:
+        for event in forged:
+            await rogue.publish(
+                rogue.names.job(started.job_id, event.type), Envelope(event, actor="worker/n1")
+            )
+        # The orchestrator's verdict is not a node's to write: the server refuses it (a
+        # permissions violation, so JetStream never acks it; nothing is stored: checked below).
+        lost = TaskLost(**ids, node_id="n1", kind="worker_lost", error="forged")
+        with pytest.raises(PublishError, match="no JetStream ack"):
+            await rogue.publish(
+                rogue.names.job(started.job_id, lost.type), Envelope(lost, actor="o")
+            )
+    finally:
+        await rogue.close()
+    return forged
+
+
+async def attacked_answer(secured: Secured, signed: bool) -> tuple[str, list[ReportRefused]]:
+    """A chat completion attacked while it runs: (its answer, the refusals recorded)."""
+    async with mesh_of(secured, signed) as (client, key, admin):
+        asking = asyncio.create_task(
+            client.post(
+                "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": "the real question"}],
+                    "max_tokens": 60,
+                },
+                timeout=60,
+            )
+        )
+        started = (await first(admin, admin.names.job("*", "task.started"))).data
+        assert isinstance(started, TaskStarted) and started.node_id == "n1"
+        await forge(secured, started)
+        r = await asking
+        lost = admin.names.job(started.job_id, "task.lost")
+        assert [e async for e in read_events(admin, admin.names.jobs_stream, lost)] == []
+        refused: list[ReportRefused] = []
+        if signed:
+
+            async def recorded() -> bool:
+                refused[:] = [
+                    e.data
+                    async for _, e in read_events(
+                        admin, admin.names.dead_stream, admin.names.dead_all
+                    )
+                    if isinstance(e.data, ReportRefused)
+                ]
+                return len(refused) >= 8
+
+            await wait_until(recorded, what="the refusals of orchestrator and projector")
+        if r.status_code != 200:
+            return f"HTTP {r.status_code}: {r.text}", refused
+        return r.json()["choices"][0]["message"]["content"], refused
+
+
+async def test_forged_reports_of_an_unenrolled_node_are_refused_and_recorded(
+    tmp_path: Path,
+) -> None:
+    with secured_server(tmp_path, "sr") as secured:
+        answer, refused = await attacked_answer(secured, signed=True)
+    assert "FORGED" not in answer and answer and not answer.startswith("HTTP"), answer
+    by = {r.by.split("-")[0] for r in refused}
+    assert by == {"orchestrator", "projector"}
+    for who in by:
+        mine = [r for r in refused if r.by.startswith(who)]
+        assert sorted((r.event_type, r.node_id) for r in mine) == [
+            ("task.completed", "n1"),
+            ("task.completed", "n1"),
+            ("task.completed", "rogue"),
+            ("task.failed", "n1"),
+        ]
+        reasons = " | ".join(r.reason for r in mine)
+        assert "no enrolled key" in reasons and "not signed by the key enrolled" in reasons
+
+
+async def test_twin_believing_every_report_is_fooled(tmp_path: Path) -> None:
+    """The same attack where reports are believed unsigned: the forgery ends the victim's job
+    (either answer: the forged one, or the forged unretriable failure)."""
+    with secured_server(tmp_path, "srx") as secured:
+        answer, _ = await attacked_answer(secured, signed=False)
+    assert "FORGED" in answer or answer.startswith("HTTP"), answer
+
+
+async def test_an_unenrolled_node_receives_no_work(tmp_path: Path) -> None:
+    """The rogue node, admitted by the server for its own model but enrolled by no admin,
+    runs a real worker; a job for its model is refused as not served, and it never starts one."""
+    with secured_server(tmp_path, "su") as secured:
+        await _no_work_for_the_rogue(secured)
+
+
+async def _no_work_for_the_rogue(secured: Secured) -> None:
+    rogue = secured.settings("w-rogue", node_id="rogue", models=(ROGUE_MODEL,), node_ttl_s=30)
+    async with (
+        mesh_of(secured, signed=True) as (client, key, admin),
+        _spawned(rogue, "worker"),
+    ):
+        _, root = await create_key(
+            admin, principal_id="root", tenant="acme", roles=("admin",), actor="test"
+        )
+        nodes = await admin.bucket("nodes")
+
+        async def rogue_up() -> bool:
+            return await nodes.get("rogue") is not None
+
+        await wait_until(rogue_up, what="the rogue's record")
+        r = await client.post(
+            "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": ROGUE_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            timeout=30,
+        )
+        assert r.status_code in (404, 503), r.text
+        listed = await client.get("/v1/nodes", headers={"Authorization": f"Bearer {root}"})
+        assert listed.status_code == 200, listed.text
+        shown = {n["node_id"]: n["verified"] for n in listed.json()}
+        assert shown.get("rogue") is False and shown.get("n1") is True, shown
+        subject = admin.names.job("*", "task.started")
+        starts = [e.data async for _, e in read_events(admin, admin.names.jobs_stream, subject)]
+        assert all(getattr(s, "node_id", None) != "rogue" for s in starts)
+
+
+@contextlib.asynccontextmanager
+async def _spawned(settings: Settings, *args: str) -> AsyncIterator[None]:
+    with spawn(settings, *args):
+        yield
