@@ -1,10 +1,14 @@
-"""TLS material for a local NATS server: a CA of its own and a server certificate it signs.
+"""TLS material for a NATS server: a CA of its own and a server certificate it signs.
 
-`dim up` keeps them in its data directory; clients trust the CA (``DIM_NATS_TLS_CA``). Calling
-`server_tls` again keeps what is there while it is still good for the hosts asked for: the CA
-while it is valid for another year, the server certificate while it is valid for another month,
-names every host and was signed by that CA. Whatever is not is made anew (a new CA means a new
-server certificate too).
+`dim up` keeps them in its data directory, `dim nats-config` in the directory it writes; clients
+trust the CA (``DIM_NATS_TLS_CA``). The server certificate is good for both ends of a TLS
+connection (extended key usages serverAuth and clientAuth): the members of a cluster present it
+to each other on their routes, which verify it against the same CA (mutual route TLS).
+
+Calling `server_tls` again keeps what is there while it is still good for the hosts asked for:
+the CA while it is valid for another year, the server certificate while it is valid for another
+month, names every host, serves both ends and was signed by that CA. Whatever is not is made
+anew (a new CA means a new server certificate too).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ _SKEW = dt.timedelta(minutes=5)  # valid from a little before now: clocks differ
 
 Key = ec.EllipticCurvePrivateKey
 Host = str | ipaddress.IPv4Address | ipaddress.IPv6Address
+# A server certificate serves clients and, on cluster routes, is presented as a client's too.
+SERVER_USAGES = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +124,10 @@ def _good_server(
     try:
         cert.verify_directly_issued_by(ca)
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        return False
+    if not set(SERVER_USAGES) <= set(usages):  # one made before routes used it: made anew
         return False
     have: set[Host] = {n.lower() for n in names.get_values_for_type(x509.DNSName)}
     have |= set(names.get_values_for_type(x509.IPAddress))  # type: ignore[arg-type]
@@ -167,7 +176,7 @@ def _new_server(
         .not_valid_after(min(now + dt.timedelta(days=SERVER_DAYS), ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(SERVER_USAGES)), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False

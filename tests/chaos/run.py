@@ -2,7 +2,10 @@
 afterwards every accepted job must be terminal, once, with usage counted once.
 
 Everything runs here, on loopback: nats-server (one, or a 3-node cluster with ``--cluster 3``),
-an orchestrator, a projector, three simulated workers and a gateway, each its own process. A
+an orchestrator, a projector, three simulated workers and a gateway, each its own process. The
+bus is secured as `dim up` secures it: every process connects over TLS as its own NATS identity
+(the workers' approved for their models), and a cluster's routes speak mutual TLS; ``--open``
+runs it all without security instead, for comparison. A
 client submits jobs through the gateway's jobs API with an ``Idempotency-Key`` per job and
 retries (same key) whatever fails — connection refused while the gateway is down, 5xx — so
 "accepted" is well defined: the client holds a job id for it. Meanwhile every few seconds one
@@ -12,6 +15,7 @@ jobs and in time. Then `services.audit` compares the accepted jobs with the log.
 
     just chaos                         # defaults below
     just chaos --jobs 600 --seconds 60 --cluster 3
+    just chaos --cluster 3 --open      # no TLS, no identities
 """
 
 from __future__ import annotations
@@ -31,11 +35,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from events.bus import Bus
 from events.errors import transient
 from services.accounts.keys import create_key
 from services.audit import audit, collect, render
+from services.local_bus import LocalBus, local_bus, worker_identity
 from services.nats_server import free_port
 from services.process import connect, ensure_topology
+from services.registry.enrolled import enroll
 from services.settings import Settings
 from services.up import child_env
 from tests.bench.loadgen import Client, HttpError
@@ -177,22 +184,17 @@ async def inject(
         victim.start()
 
 
+WORKERS = ("w1", "w2", "w3")
+
+
 async def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="dim-chaos-") as tmp:
         root = Path(tmp)
-        cluster = (
-            NatsCluster(root / "nats", size=args.cluster)
-            if args.cluster > 1
-            else NatsCluster(root / "nats", size=1)
-        )
         everyone: list[Proc] = []
         async with contextlib.AsyncExitStack() as stack:
-            stack.callback(cluster.stop)  # last out, whatever happened
-            stack.callback(lambda: [p.stop() for p in everyone])
-            url = cluster.start()
             port = free_port()
             settings = Settings(
-                nats_url=url,
+                data_dir=root / "data",  # where `local_bus` keeps the identities and TLS
                 namespace="chaos",
                 replicas=3 if args.cluster > 1 else 1,
                 gateway_port=port,
@@ -207,7 +209,18 @@ async def main(args: argparse.Namespace) -> int:
                 capacity=16,
                 log_level="WARNING",
             )
-            bus = await connect(settings, "chaos")
+            local = (
+                None if args.open else local_bus(settings, dict.fromkeys(WORKERS, settings.models))
+            )
+            cluster = NatsCluster(root / "nats", size=args.cluster, security=local)
+            stack.callback(cluster.stop)  # last out, whatever happened
+            stack.callback(_stop_all, everyone)
+            settings = settings.model_copy(update={"nats_url": cluster.start()})
+
+            def as_(identity: str, base: Settings = settings) -> Settings:
+                return local.settings_for(base, identity) if local else base
+
+            bus = await connect(as_("admin"), "chaos")
             stack.push_async_callback(bus.close)
             for attempt in range(60):  # a new cluster elects its JetStream leader first
                 try:
@@ -228,14 +241,16 @@ async def main(args: argparse.Namespace) -> int:
                         raise
                     await asyncio.sleep(0.5)
 
-            def proc(name: str, *cli: str, **env: str) -> Proc:
-                return Proc(name, list(cli), child_env(settings, **env), root / f"{name}.log")
+            await _enroll_workers(bus, local)
+
+            def proc(name: str, identity: str, *cli: str, **env: str) -> Proc:
+                return Proc(name, list(cli), child_env(as_(identity), **env), root / f"{name}.log")
 
             procs = {
-                "orchestrator": [proc("orchestrator", "orchestrator")],
-                "projector": [proc("projector", "projector")],
-                "worker": [proc(f"w{i}", "worker", DIM_NODE_ID=f"w{i}") for i in (1, 2, 3)],
-                "gateway": [proc("gateway", "gateway")],
+                "orchestrator": [proc("orchestrator", "orchestrator", "orchestrator")],
+                "projector": [proc("projector", "projector", "projector")],
+                "worker": [proc(w, worker_identity(w), "worker", DIM_NODE_ID=w) for w in WORKERS],
+                "gateway": [proc("gateway", "gateway", "gateway")],
             }
             everyone.extend(p for group in procs.values() for p in group)
             for p in everyone:
@@ -257,7 +272,8 @@ async def main(args: argparse.Namespace) -> int:
                     await asyncio.sleep(0.2)
             client.close()
             print(
-                f"chaos: {args.jobs} jobs over {args.seconds:g}s, a fault every {args.every:g}s, nats-server x{cluster.size}",
+                f"chaos: {args.jobs} jobs over {args.seconds:g}s, a fault every {args.every:g}s, "
+                f"nats-server x{cluster.size}, {_security(local, cluster.size)}",
                 flush=True,
             )
             stop = asyncio.Event()
@@ -310,6 +326,33 @@ async def main(args: argparse.Namespace) -> int:
     return 0 if report.ok and report.accepted == tally.submitted else 1
 
 
+def _stop_all(procs: list[Proc]) -> None:
+    for p in procs:
+        p.stop()
+
+
+async def _enroll_workers(bus: Bus, local: LocalBus | None) -> None:
+    """Enroll each worker's key, as `dim up` does: their node records are signed with it."""
+    if local is None:
+        return
+    for attempt in range(60):  # the enrolled bucket may still be electing a leader
+        try:
+            for node, key in local.worker_keys(list(WORKERS)).items():
+                await enroll(bus, node, key, by="chaos")
+            return
+        except Exception as exc:
+            if attempt == 59 or not transient(exc):
+                raise
+            await asyncio.sleep(0.5)
+
+
+def _security(local: LocalBus | None, size: int) -> str:
+    if local is None:
+        return "open (no TLS, no identities)"
+    routes = " and mutual TLS on the routes" if size > 1 else ""
+    return f"secured (TLS, an identity per process{routes})"
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line (also what the chaos test passes)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -319,6 +362,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--cluster", type=int, default=1, choices=(1, 3), help="nats-server nodes")
     p.add_argument("--settle", type=float, default=90.0, help="longest wait for jobs to end")
+    p.add_argument(
+        "--open", action="store_true", help="no TLS and no identities (secured by default)"
+    )
     return p
 
 

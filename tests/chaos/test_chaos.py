@@ -1,6 +1,7 @@
 """The chaos suite, short: every fault kind on a 3-node nats-server cluster while jobs flow;
 nothing lost, nothing duplicated, usage counted once (see `tests/chaos/run.py`; the full run is
-`just chaos --cluster 3`)."""
+`just chaos --cluster 3`). Secured, as `dim up` runs: every process over TLS as its own NATS
+identity, mutual TLS on the cluster's routes."""
 
 from __future__ import annotations
 

@@ -8,20 +8,32 @@ from pathlib import Path
 
 import pytest
 
+from events.subjects import Names
+from services.cli.nats_config import generate
 from services.nats_server import EmbeddedNats, free_port, nats_server_binary
+from tests.shipped_nats import free_ports, install
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "infra" / "nats").rglob("*.conf"))
 
 
 @pytest.mark.parametrize("conf", CONFIGS, ids=[str(c.relative_to(ROOT)) for c in CONFIGS])
-def test_shipped_config_is_valid(conf: Path) -> None:
+def test_shipped_config_is_valid(conf: Path, tmp_path: Path) -> None:
+    # As an operator installs it: beside a security directory `dim nats-config` wrote (the
+    # configuration includes its auth.conf and names its TLS files); see tests/shipped_nats.py.
+    security = tmp_path / "made"
+    generate(security, ["nats.example"], Names("dim"))
+    installed = install(conf, security, tmp_path / "root", free_ports())
     out = subprocess.run(
-        [nats_server_binary(), "-t", "-c", str(conf)], capture_output=True, text=True
+        [nats_server_binary(), "-t", "-c", str(installed)], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
     text = conf.read_text()
     assert "sync_interval: always" in text  # the durable setting, documented in each file
+    assert 'include "auth.conf"' in text and "dim nats-config" in text  # and how to make it
+    assert "tls {" in text
+    if "cluster {" in text:  # routes: mutual TLS
+        assert text.count("tls {") == 2 and "verify: true" in text
 
 
 def test_embedded_config_is_valid(tmp_path: Path) -> None:
