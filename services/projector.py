@@ -24,7 +24,7 @@ from events.subjects import job_id_of
 from projections.job_state import JobState
 from projections.job_status import apply, decode_view, encode_view, fold
 from projections.usage import TenantUsage, add, day_of, usage_key
-from services.registry.trust import Trust, record_refusal
+from services.registry.trust import Trust
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,7 @@ class JobStatusProjector:
         # A job's first event is always job.submitted (appended with expected sequence 0),
         # so a group that starts with it is a new job: no view to read.
         new_job = isinstance(group[0].envelope.data, JobSubmitted) and job_id not in self.cache
-        refused: set[int] = set()
-        for d in group:
-            reason = self.trust.refusal(d.envelope.data)
-            if reason is not None:
-                refused.add(id(d.envelope.data))
-                await record_refusal(self.bus, self.consumer().durable, d, reason)
-        believe = (lambda e: id(e) not in refused) if refused else None
+        believe = await self.trust.screen(self.bus, self.consumer().durable, group)
         for _ in range(VIEW_WRITE.tries or 1):
             if new_job:
                 view, revision, new_job = None, None, False

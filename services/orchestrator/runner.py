@@ -43,7 +43,7 @@ from services.orchestrator.recovery import load_job, unfinished_since
 from services.orchestrator.upkeep import HeldCounts, record_lost
 from services.registry.live import LiveNodes
 from services.registry.select import Need
-from services.registry.trust import Trust, record_refusal
+from services.registry.trust import Trust
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,7 @@ class Orchestrator:
         if state is None:
             first = group[0].envelope.data
             state = None if isinstance(first, JobSubmitted) else await self._load(job_id)
-        refused = await self._refused(group)
-        believe = (lambda e: id(e) not in refused) if refused else None
+        believe = await self.trust.screen(self.bus, self.consumer().durable, group)
         for d in group:
             state = evolve(state, d.envelope, d.stream_seq, believe)
         if state is None:
@@ -172,7 +171,7 @@ class Orchestrator:
         freed: set[str] = set()
         for d in group:
             event = d.envelope.data
-            if id(event) in refused:
+            if believe is not None and not believe(event):
                 continue
             dispatches = dispatches_in(d.envelope)
             if dispatches:
@@ -201,16 +200,6 @@ class Orchestrator:
         await self._advance(state)
         for model in freed:
             await self._release(model)
-
-    async def _refused(self, group: list[Delivery]) -> set[int]:
-        """The reports in `group` not believed (by `id` of the event), each recorded."""
-        refused: set[int] = set()
-        for d in group:
-            reason = self.trust.refusal(d.envelope.data)
-            if reason is not None:
-                refused.add(id(d.envelope.data))
-                await record_refusal(self.bus, self.consumer().durable, d, reason)
-        return refused
 
     async def _release(self, model: str) -> None:
         """Decide again for the held jobs the model's queue has room for, in fair order."""

@@ -75,6 +75,19 @@ class Trust:
         """Whether `event` is believed (no `refusal`)."""
         return self.refusal(event) is None
 
+    async def screen(
+        self, bus: Bus, by: str, group: list[Delivery]
+    ) -> Callable[[Event], bool] | None:
+        """Judge each event of `group` once, recording every refusal as `by`'s; what to fold
+        with: a `believe` for this group's events, or None when all are believed."""
+        refused: set[int] = set()
+        for d in group:
+            reason = self.refusal(d.envelope.data)
+            if reason is not None:
+                refused.add(id(d.envelope.data))
+                await record_refusal(bus, by, d, reason)
+        return (lambda e: id(e) not in refused) if refused else None
+
 
 async def record_refusal(bus: Bus, by: str, delivery: Delivery, reason: str) -> None:
     """Keep a refused report, and why, on the DEAD stream (once per reader and report: the
