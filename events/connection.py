@@ -24,7 +24,7 @@ import nats.errors
 import nkeys  # type: ignore[import-untyped]
 from nats.aio.client import Client
 
-from events.errors import ConnectError, NatsAuthError
+from events.errors import ConnectError, CredentialsRefused, NatsAuthError
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +169,19 @@ async def dial(
     options = auth.connect_options()  # a bad file is a NatsAuthError, before any dialling
     phase = "connecting"
     failures: list[Exception] = []
+    refusals = 0  # in a row, since the last connect: said once, not at every retry
 
     async def error_cb(exc: Exception) -> None:
-        if phase == "connected":
+        nonlocal refusals
+        if phase == "connected" and _refused(exc):
+            refusals += 1
+            if refusals == 1:
+                log.error(
+                    "nats: the server no longer admits this client (%s): its key was revoked or "
+                    "replaced; trying again until it is admitted",
+                    _scrub(str(exc), secrets),
+                )
+        elif phase == "connected":
             log.warning("nats: %s", _scrub(str(exc), secrets))
         elif phase == "connecting":  # the bounded connect below reports one clear error
             failures.append(exc)
@@ -179,6 +189,8 @@ async def dial(
                 raise _Refused from exc
 
     async def reconnected_cb() -> None:
+        nonlocal refusals
+        refusals = 0
         log.info("nats: reconnected to %s", _server_of(nc))
         if on_reconnect is not None:
             await on_reconnect()
@@ -217,9 +229,8 @@ async def dial(
         reason = _why(cause, connect_timeout_s, secrets)
         leaks = any(secret in repr(cause) for secret in secrets)
         head = "cannot connect to" if _refused(cause) else "cannot reach"
-        raise ConnectError(f"{head} NATS at {redact_url(url)}: {reason}") from (
-            None if leaks else cause
-        )
+        error = CredentialsRefused if _refused(cause) and _not_tls(cause) else ConnectError
+        raise error(f"{head} NATS at {redact_url(url)}: {reason}") from (None if leaks else cause)
     phase = "connected"
     return nc
 
@@ -237,6 +248,10 @@ def _refused(exc: BaseException) -> bool:
     if isinstance(exc, nats.errors.AuthorizationError | ssl.SSLCertVerificationError):
         return True
     return isinstance(exc, nats.errors.Error) and any(r in str(exc).lower() for r in _REFUSALS)
+
+
+def _not_tls(exc: BaseException) -> bool:
+    return not isinstance(exc, ssl.SSLError)
 
 
 def _why(exc: BaseException, timeout_s: float, secrets: tuple[str, ...]) -> str:

@@ -44,6 +44,10 @@ class ConnectError(DimError, ConnectionError):
     """NATS could not be reached."""
 
 
+class CredentialsRefused(ConnectError):
+    """The server answered, and does not admit these credentials (not, or no longer, approved)."""
+
+
 class NatsAuthError(DimError, ValueError):
     """NATS credentials or TLS files that cannot be used as given."""
 

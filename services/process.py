@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from events.bus import Bus
-from events.errors import while_unavailable
+from events.connection import redact_url
+from events.errors import CredentialsRefused, while_unavailable
 from events.topology import Topology, topology
 from services.cpu_policy import use_batch_policy
 from services.settings import Settings
@@ -56,6 +59,39 @@ async def connect(settings: Settings, name: str) -> Bus:
     )
 
 
+async def connect_when_admitted(
+    settings: Settings, name: str, approve: str, stop: asyncio.Event, every_s: float = 2.0
+) -> Bus | None:
+    """Connect as `connect` does; while the server refuses these credentials (not approved
+    yet), say once what admits them (`approve`), and try again every `every_s` seconds until it
+    does, or None at `stop`."""
+    started = time.monotonic()
+    said_at = 0.0
+    while True:
+        try:
+            bus = await connect(settings, name)
+        except CredentialsRefused:
+            waited = time.monotonic() - started
+            if not said_at:
+                log.warning(
+                    "the server does not admit this node yet; on the server's machine an admin "
+                    "runs:\n\n    %s\n\nwaiting for it (Ctrl-C stops)",
+                    approve,
+                )
+                said_at = waited or 1e-9
+            elif waited - said_at >= 60:
+                log.info("still waiting for approval (%.0f s)", waited)
+                said_at = waited
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+            if stop.is_set():
+                return None
+            continue
+        if said_at:
+            log.info("admitted: connected to %s", redact_url(settings.nats_url))
+        return bus
+
+
 def settings_topology(settings: Settings) -> Topology:
     """The streams and buckets these settings ask for."""
     return topology(
@@ -93,6 +129,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     everywhere but Windows), else on asyncio's own loop: uvloop costs nats-py and the HTTP
     server less CPU per message (measured in docs/benchmarks.md)."""
     tune_gc()
+    logging.getLogger("asyncio").addFilter(_not_eof_received)  # the CLI's commands too
     try:
         import uvloop
     except ImportError:
@@ -105,8 +142,12 @@ def serve(
     settings: Settings,
     role: str,
     body: Callable[[Bus, asyncio.Event], Awaitable[None]],
+    *,
+    awaiting_approval: str | None = None,
 ) -> int:
-    """Run `body` until SIGINT/SIGTERM, then let it finish; returns the exit code."""
+    """Run `body` until SIGINT/SIGTERM, then let it finish; returns the exit code. With
+    `awaiting_approval` (the command that admits this process), a server that refuses its
+    credentials is asked again until it admits them."""
     use_batch_policy(settings.sched_batch)
     setup_logging(settings, role)
     setup_tracing(settings, role.split()[0])
@@ -116,7 +157,13 @@ def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        bus = await connect(settings, f"dim-{role}")
+        if awaiting_approval is None:
+            bus = await connect(settings, f"dim-{role}")
+        else:
+            admitted = await connect_when_admitted(settings, f"dim-{role}", awaiting_approval, stop)
+            if admitted is None:
+                return 0
+            bus = admitted
         try:
             await while_unavailable(
                 lambda: ensure_topology(bus, settings), stop, "provision streams and buckets"

@@ -60,10 +60,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
         else None,
     )
 
+    admission = None
+    if args.join:
+        from services.node_join import JoinBundle, approve_command, join_settings
+
+        try:
+            bundle = JoinBundle.read(args.join)
+        except ValueError as exc:
+            print(f"dim worker: {exc}", file=sys.stderr)
+            return 2
+        data_dir = Path(args.data_dir) if args.data_dir else settings.data_dir
+        settings, me = join_settings(
+            settings, bundle, data_dir, keep_url=bool(args.nats_url or args.namespace)
+        )
+        admission = approve_command(settings.node_id, me.public_key, settings.models)
+        print(
+            f"dim worker: node {settings.node_id}, key {me.public_key} (its seed: {me.seed_file})",
+            file=sys.stderr,
+            flush=True,
+        )
+
     async def body(bus: Bus, stop: asyncio.Event) -> None:
         await Worker(bus, build_engine(settings), settings).run(stop)
 
-    return serve(settings, f"worker {settings.node_id}", body)
+    return serve(settings, f"worker {settings.node_id}", body, awaiting_approval=admission)
 
 
 def cmd_orchestrator(args: argparse.Namespace) -> int:
@@ -177,6 +197,16 @@ def _add_worker(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--tenants",
         help="serve only these tenants, comma-separated (env DIM_TENANTS; default: every tenant)",
+    )
+    s.add_argument(
+        "--join",
+        metavar="BUNDLE",
+        help="join the mesh of a join bundle (a file or its dimjoin1: token, from `dim nodes "
+        "bundle`): this node's key is made in --data-dir, the command that approves it is "
+        "printed, and the worker waits until an admin runs it",
+    )
+    s.add_argument(
+        "--data-dir", help="where a joining node keeps its key and the CA (env DIM_DATA_DIR; .dim)"
     )
     s.set_defaults(fn=cmd_worker)
 

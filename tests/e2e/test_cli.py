@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -329,3 +330,125 @@ def test_the_bus_of_dim_up_refuses_an_anonymous_client_and_speaks_tls(system: Sy
     for secret in [tls / "server-key.pem", tls / "ca-key.pem", *ids.glob("*.nk")]:
         assert secret.stat().st_mode & 0o077 == 0, secret  # readable by its owner only
     assert {p.stem for p in ids.glob("*.nk")} >= {"admin", "gateway", "w-sim-1", "w-sim-2"}
+
+
+_HOLD = (  # a connection as the joined node, held open: the server must close it on revocation
+    "import asyncio, ssl, sys, nats\n"
+    "async def main():\n"
+    "    cut = asyncio.Event()\n"
+    "    async def gone(): cut.set()\n"
+    "    tls, seed = ssl.create_default_context(cafile=sys.argv[2]), sys.argv[3]\n"
+    "    nc = await nats.connect(sys.argv[1], tls=tls, nkeys_seed=seed, disconnected_cb=gone,\n"
+    "                            inbox_prefix=sys.argv[4], allow_reconnect=False)\n"
+    "    print('up', flush=True)\n"
+    "    await asyncio.wait_for(cut.wait(), 30)\n"
+    "    print('cut off', flush=True)\n"
+    "    try:\n"
+    "        await nats.connect(sys.argv[1], tls=tls, nkeys_seed=seed, allow_reconnect=False)\n"
+    "    except Exception as e:\n"
+    "        print('refused:', e, flush=True)\n"
+    "asyncio.run(main())\n"
+)
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> str:
+    deadline = time.monotonic() + timeout_s
+    while text not in (out := path.read_text()):
+        assert proc.poll() is None, out
+        assert time.monotonic() < deadline, out
+        time.sleep(0.1)
+    return out
+
+
+def test_a_node_on_another_host_joins_serves_and_is_cut_off_when_revoked(
+    system: System, tmp_path: Path
+) -> None:
+    import openai
+
+    from services.nats_auth import inbox_prefix
+
+    bundle = tmp_path / "join.txt"
+    made = dim(system, "nodes", "bundle", "--out", str(bundle))
+    assert made.returncode == 0, made.stderr
+    assert bundle.read_text().startswith("dimjoin1:")
+
+    # "Another host": its own directory and environment, nothing of the server's machine but
+    # the bundle (no DIM_* settings, no data directory of `dim up`).
+    host = tmp_path / "gpu-host"
+    host.mkdir()
+    log_path = host / "worker.log"
+    log = log_path.open("wb")
+    join = ["--join", str(bundle), "--node-id", "remote-1", "--models", "sim-remote"]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "worker", *join],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_env() | {"PYTHONPATH": str(Path.cwd())},
+        cwd=host,
+    )
+    hold = None
+    try:
+        out = _wait_for(log_path, "waiting for it", worker)
+        approve = re.search(r"dim nodes approve remote-1 (U[A-Z0-9]{55}) --models sim-remote", out)
+        assert approve, out  # the one command that admits it
+        node_key = approve.group(1)
+        seed = host / ".dim" / "node" / "w-remote-1.nk"
+        assert seed.stat().st_mode & 0o077 == 0  # its key, made on its first start, its own
+        listed = json.loads(dim(system, "nodes", "--json").stdout)
+        assert "remote-1" not in {n["node_id"] for n in listed}  # refused until approved
+
+        run = dim(system, "nodes", "approve", "remote-1", node_key, "--models", "sim-remote")
+        assert run.returncode == 0, run.stderr
+        assert "reloaded" in run.stderr
+        _wait_for(log_path, "serving sim-remote", worker)
+
+        with openai.OpenAI(
+            base_url=f"{system.gateway}/v1", api_key=_key(system, "--name", "remote")
+        ) as client:
+            answer = client.chat.completions.create(
+                model="sim-remote", messages=[{"role": "user", "content": "hello"}], max_tokens=5
+            )
+            assert answer.usage is not None and answer.usage.completion_tokens == 5
+            listed = json.loads(dim(system, "nodes", "--json").stdout)
+            remote = next(n for n in listed if n["node_id"] == "remote-1")
+            assert remote["verified"] is True  # its record signed by the key approved
+
+            hold = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _HOLD,
+                    system.nats_url,
+                    str(host / ".dim" / "node" / "ca.pem"),
+                    str(seed),
+                    inbox_prefix("w-remote-1"),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            assert hold.stdout is not None and hold.stdout.readline().strip() == "up"
+
+            run = dim(system, "nodes", "revoke", "remote-1")
+            assert run.returncode == 0, run.stderr
+            assert "revoked node remote-1" in run.stderr
+            assert hold.wait(30) == 0  # the server closed the node's connection at once
+            assert "refused: nats: 'Authorization Violation'" in hold.stdout.read()  # no more
+            _wait_for(log_path, "no longer admits this client", worker)
+            listed = json.loads(dim(system, "nodes", "--json").stdout)
+            assert "remote-1" not in {n["node_id"] for n in listed}
+            with pytest.raises(openai.NotFoundError) as gone:
+                client.chat.completions.create(
+                    model="sim-remote", messages=[{"role": "user", "content": "hi"}]
+                )
+            assert gone.value.body["code"] == "model_not_found"  # type: ignore[index]
+            assert worker.poll() is None  # still asking; an approval would let it back in
+    finally:
+        for proc in (worker, hold):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+        if hold is not None and hold.stdout is not None:
+            hold.stdout.close()
+        log.close()
+        print(log_path.read_text())
