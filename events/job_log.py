@@ -27,8 +27,9 @@ from events.jobs import (
     JobFailed,
     JobSubmitted,
     TaskCompleted,
+    TaskStarted,
 )
-from events.subjects import job_event_of
+from events.subjects import Names, job_event_of
 from events.work import TokensProduced
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,44 @@ class JobEnds:
                     return found
 
 
+class TokenWriters:
+    """Which token chunks of a job to pass on: those written by the node they name (the subject
+    says who wrote one: a node may write only under its own id), and, when `bound`, only for an
+    attempt that node started (its `task.started`, believed, came); chunks that come before
+    their attempt's start wait for it. So an admitted node cannot write into another's answer."""
+
+    PARK_MAX = 10_000  # chunks waiting for their start, at most
+
+    def __init__(self, *, bound: bool) -> None:
+        self.bound = bound
+        self._ran: set[tuple[str, int, str]] = set()  # (task, attempt, node) started
+        self._waiting: dict[tuple[str, int, str], list[Envelope]] = {}
+        self._parked = 0
+
+    def admit(self, envelope: Envelope, writer: str) -> list[Envelope]:
+        """The chunk `envelope` written under `writer`'s subject, if it may pass now."""
+        chunk = envelope.data
+        if not isinstance(chunk, TokensProduced) or chunk.node_id != writer:
+            return []
+        if not self.bound:
+            return [envelope]
+        ran = (chunk.task_id, chunk.attempt, writer)
+        if ran in self._ran:
+            return [envelope]
+        if self._parked < self.PARK_MAX:  # a bound on what unstarted writers can park here
+            self._parked += 1
+            self._waiting.setdefault(ran, []).append(envelope)
+        return []
+
+    def started(self, event: TaskStarted) -> list[Envelope]:
+        """A believed start: the chunks that waited for it, which may pass now."""
+        ran = (event.task_id, event.attempt, event.node_id)
+        self._ran.add(ran)
+        waited = self._waiting.pop(ran, [])
+        self._parked -= len(waited)
+        return waited
+
+
 class JobFollower:
     """Every token chunk and job event of one job until it ends; the terminal event comes last.
 
@@ -221,7 +260,9 @@ class JobFollower:
         self.job_id = job_id
         self.replay = replay
         self.quiet_s = quiet_s
-        self.believe = believe  # job events it says no to are left out
+        # job events it says no to are left out, and token chunks of attempts not started by a
+        # report it believes (TokenWriters)
+        self.believe = believe
         self._queue: asyncio.Queue[tuple[str, Msg]] = asyncio.Queue()
         self._subs: list[Any] = []
         self.seqs: dict[str, int] = {}  # JOBS stream sequence of each job event, by envelope id
@@ -238,7 +279,7 @@ class JobFollower:
 
         if self.replay:
             for subject, stream, source in (
-                (names.tokens(self.job_id), names.tokens_stream, "tokens"),
+                (names.job_tokens(self.job_id), names.tokens_stream, "tokens"),
                 (names.job_all(self.job_id), names.jobs_stream, "job"),
             ):
                 self._subs.append(
@@ -252,7 +293,7 @@ class JobFollower:
                 )
         else:
             self._subs.append(
-                await self.bus.nc.subscribe(names.tokens(self.job_id), cb=into("tokens"))
+                await self.bus.nc.subscribe(names.job_tokens(self.job_id), cb=into("tokens"))
             )
             self._subs.append(
                 await self.bus.nc.subscribe(names.job_all(self.job_id), cb=into("job"))
@@ -274,6 +315,7 @@ class JobFollower:
 
     async def __aiter__(self) -> AsyncIterator[Envelope]:
         terminal: Envelope | None = None
+        writers = TokenWriters(bound=self.believe is not None)
         finished_tasks: set[str] = set()
         completed_tasks: set[str] = set()
         while True:
@@ -297,14 +339,22 @@ class JobFollower:
             event = envelope.data
             if source == "job" and self.believe is not None and not self.believe(event):
                 continue
-            if isinstance(event, TokensProduced) and event.finish_reason is not None:
-                finished_tasks.add(event.task_id)
-            if source == "job" and isinstance(event, TaskCompleted):
-                completed_tasks.add(event.task_id)
-            if source == "job" and event.type in TERMINAL_TYPES:
-                terminal = envelope
+            if source == "tokens":
+                ready = writers.admit(envelope, Names.tokens_writer(msg.subject))
+            elif isinstance(event, TaskStarted):
+                ready = [envelope, *writers.started(event)]
             else:
-                yield envelope
+                ready = [envelope]
+            for out in ready:
+                event = out.data
+                if isinstance(event, TokensProduced) and event.finish_reason is not None:
+                    finished_tasks.add(event.task_id)
+                if isinstance(event, TaskCompleted):
+                    completed_tasks.add(event.task_id)
+                if event.type in TERMINAL_TYPES:
+                    terminal = out
+                else:
+                    yield out
             if terminal is not None and completed_tasks <= finished_tasks:
                 break
         if terminal is not None:

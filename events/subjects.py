@@ -154,9 +154,19 @@ class Names:
         """Filter for every work subject."""
         return f"{self.ns}.tasks.>"
 
-    def tokens(self, job_id: str) -> str:
-        """Subject of one job's token chunks."""
-        return f"{self.ns}.tokens.{job_id}"
+    def tokens(self, job_id: str, node_id: str) -> str:
+        """Subject of one job's token chunks written by node `node_id` (a node may write only
+        under its own id, so a reader knows whose chunk it is from the subject)."""
+        return f"{self.ns}.tokens.{job_id}.{check_id('node id', node_id)}"
+
+    def job_tokens(self, job_id: str) -> str:
+        """Filter for one job's token chunks, from every node."""
+        return f"{self.ns}.tokens.{job_id}.*"
+
+    @staticmethod
+    def tokens_writer(subject: str) -> str:
+        """The node whose token subject `subject` is (its last token)."""
+        return subject.rpartition(".")[2]
 
     @property
     def tokens_all(self) -> str:

@@ -164,10 +164,11 @@ def worker_permissions(names: Names, node_id: str, models: tuple[str, ...]) -> P
         names.job("*", "task.started"),
         names.job("*", "task.completed"),
         names.job("*", "task.failed"),
-        f"{ns}.tokens.*",
+        names.tokens("*", node_id),
         f"{ns}.nodes.{node_id}.>",
         f"$KV.{names.bucket('nodes')}.{node_id}",
         *_reads([*_streams(names, "jobs", "tokens"), f"OBJ_{names.bucket('payloads')}"]),
+        *_reads(_buckets(names, "enrolled")),  # to believe only enrolled nodes' chunks (resume)
     ]
     for durable, subject in durables:
         publish += [

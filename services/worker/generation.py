@@ -96,7 +96,9 @@ class Generation:
         """What earlier attempts streamed: an attempt after another (its worker died mid-answer)
         continues from there, so a reader's text carries on with nothing repeated or lost."""
         if request.attempt > 1 or delivery.deliveries > 1:
-            return await partial_output(self.bus, request.job_id, request.task.task_id)
+            return await partial_output(
+                self.bus, request.job_id, request.task.task_id, verify=self.settings.signed_only
+            )
         return Partial()
 
     async def _start(

@@ -167,7 +167,7 @@ class Streamer:
         coalescer = Coalescer(
             self.settings.token_flush_ms, self.settings.token_flush_chars, offset=len(done.text)
         )
-        subject = self.names.tokens(request.job_id)
+        subject = self.names.tokens(request.job_id, self.node_id)
         chunks = _Chunks(request, self.node_id, self.actor, subject, pending, coalescer)
         output: list[str] = [done.text]
         itl = self.metrics.itl.labels(model=request.task.model)

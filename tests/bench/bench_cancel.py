@@ -82,7 +82,7 @@ async def run(args: argparse.Namespace) -> None:
                     if chunk.finish_reason == "abort" and not aborted.done():
                         aborted.set_result(time.perf_counter())
 
-                sub = await bus.nc.subscribe(settings.names.tokens(job_id), cb=on_chunk)
+                sub = await bus.nc.subscribe(settings.names.job_tokens(job_id), cb=on_chunk)
                 await submit(
                     bus,
                     model="sim-small",

@@ -101,7 +101,14 @@ async def _stream_and_kill(
 async def _chunks(
     bus: Bus, job_id: str, *chunks: tuple[int, int, str, tuple[int, ...] | None]
 ) -> None:
+    started: set[int] = set()
     for attempt, offset, text, ids in chunks:
+        if attempt not in started:  # what a node's chunks count for: an attempt it started
+            started.add(attempt)
+            begun = TaskStarted(
+                job_id=job_id, task_id=f"{job_id}.0", attempt=attempt, node_id=f"n{attempt}"
+            )
+            await bus.publish(bus.names.job(job_id, begun.type), Envelope(begun, actor="t"))
         chunk = TokensProduced(
             job_id=job_id,
             task_id=f"{job_id}.0",
@@ -113,7 +120,7 @@ async def _chunks(
             tokens=len(ids) if ids else max(1, len(text) // 2),
             token_ids=ids,
         )
-        await bus.publish(bus.names.tokens(job_id), Envelope(chunk, actor="t"))
+        await bus.publish(bus.names.tokens(job_id, chunk.node_id), Envelope(chunk, actor="t"))
 
 
 async def test_a_resume_takes_the_streamed_token_ids_when_every_chunk_has_them(bus: Bus) -> None:
@@ -132,3 +139,23 @@ async def test_a_resume_falls_back_to_text_when_chunks_do_not_line_up(bus: Bus) 
     assert (await partial_output(bus, "j3", "j3.0")).token_ids is None
     await _chunks(bus, "j4", (1, 5, " you", (8, 9)), (1, 0, "Hello", (5, 6, 7)))  # out of order
     assert (await partial_output(bus, "j4", "j4.0")).token_ids is None
+
+
+async def test_a_resume_takes_only_the_chunks_of_nodes_that_started_the_task(bus: Bus) -> None:
+    await _chunks(bus, "j5", (1, 0, "Hello", None))
+    forged = TokensProduced(
+        job_id="j5",
+        task_id="j5.0",
+        attempt=1,
+        node_id="evil",
+        index=1,
+        offset=5,
+        text=" X",
+        tokens=1,
+    )
+    await bus.publish(bus.names.tokens("j5", "evil"), Envelope(forged, actor="t"))  # never started
+    claimed = forged.model_copy(update={"node_id": "n2"})  # under n1's subject, naming another
+    await bus.publish(bus.names.tokens("j5", "n1"), Envelope(claimed, actor="t"))
+    assert (await partial_output(bus, "j5", "j5.0")).text == "Hello"
+    # believing only enrolled keys: n1's start is unsigned and no key is enrolled for it
+    assert (await partial_output(bus, "j5", "j5.0", verify=True)).text == ""

@@ -662,7 +662,9 @@ async def test_an_answer_made_in_one_breath_is_one_chunk_and_a_paced_one_leads_w
     # sends its first token alone, at once (time to first token).
     async def chunks(job_id: str) -> list[TokensProduced]:
         names = bus.names
-        got = [e.data async for _, e in read_events(bus, names.tokens_stream, names.tokens(job_id))]
+        got = [
+            e.data async for _, e in read_events(bus, names.tokens_stream, names.job_tokens(job_id))
+        ]
         return [c for c in got if isinstance(c, TokensProduced)]
 
     params = SamplingParams(max_tokens=6)

@@ -2,8 +2,10 @@
 admin enrolled (its own NATS identity, worker rights): its forged `task.completed` and
 `task.failed` for another tenant's running job — naming the real node, naming itself, unsigned —
 are refused by the orchestrator, the projector and the gateway and recorded as `report.refused`;
-the victim gets the real answer. It cannot write the orchestrator's verdicts (`task.lost`), and,
-its key unknown, it receives no work.
+the victim gets the real answer. Token chunks it writes into the victim's live stream — under
+its own subject, the only one the server lets it write, for an attempt it never started — are
+left out of the stream. It cannot write the orchestrator's verdicts (`task.lost`), and, its key
+unknown, it receives no work.
 
 Each attack also runs on a twin mesh that believes every report (`DIM_SIGNED_NODES=false`, as on
 an open bus), where the forgery wins: the checks are what stops it.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,7 @@ from events.inference import Usage
 from events.jobs import TaskCompleted, TaskFailed, TaskLost, TaskStarted
 from events.signing import NodeKey, signed_report
 from events.subjects import Names
-from events.work import ReportRefused
+from events.work import ReportRefused, TokensProduced
 from services.accounts.keys import create_key
 from services.nats_auth import authorization, inbox_prefix
 from services.nats_dir import NatsDir
@@ -148,11 +151,25 @@ async def forge(secured: Secured, started: TaskStarted) -> list[Event]:
         TaskCompleted(**ids, node_id="n1", **answer),  # the real node, unsigned
         TaskFailed(**ids, node_id="n1", kind="invalid_request", error="forged", retriable=False),
     ]
+    # Text for the victim's live stream: long enough that whatever part of it comes after what
+    # was already streamed still reads FORGED.
+    chunk = TokensProduced(
+        **ids, node_id="rogue", index=0, offset=0, text="FORGED " * 2000, tokens=1
+    )
     try:
         for event in forged:
             await rogue.publish(
                 rogue.names.job(started.job_id, event.type), Envelope(event, actor="worker/n1")
             )
+        # under its own subject (the only one it may write): for an attempt it never started,
+        # and naming the real node
+        for fake in (chunk, chunk.model_copy(update={"node_id": "n1"})):
+            await rogue.publish(
+                rogue.names.tokens(started.job_id, "rogue"), Envelope(fake, actor="worker/rogue")
+            )
+        # under the real node's subject: the server drops it (a permissions violation)
+        as_n1 = Envelope(chunk.model_copy(update={"node_id": "n1"}), actor="worker/n1")
+        await rogue.nc.publish(rogue.names.tokens(started.job_id, "n1"), as_n1.encode())
         # The orchestrator's verdict is not a node's to write: the server refuses it (a
         # permissions violation, so JetStream never acks it; nothing is stored: checked below).
         lost = TaskLost(**ids, node_id="n1", kind="worker_lost", error="forged")
@@ -165,27 +182,42 @@ async def forge(secured: Secured, started: TaskStarted) -> list[Event]:
     return forged
 
 
+async def streamed(client: Client, key: str) -> str:
+    """A streamed chat completion's text as the client reads it ("HTTP ..." if it failed)."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "the real question"}],
+        "max_tokens": 60,
+        "stream": True,
+    }
+    text: list[str] = []
+    auth = {"Authorization": f"Bearer {key}"}
+    async with client.stream("POST", "/v1/chat/completions", headers=auth, json=body) as r:
+        if r.status_code != 200:
+            return f"HTTP {r.status_code}: {(await r.aread()).decode()}"
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            data = json.loads(line.removeprefix("data: "))
+            if "error" in data:
+                return f"HTTP error in the stream: {data['error']}"
+            text += [c["delta"].get("content") or "" for c in data["choices"]]
+    return "".join(text)
+
+
 async def attacked_answer(secured: Secured, signed: bool) -> tuple[str, list[ReportRefused]]:
-    """A chat completion attacked while it runs: (its answer, the refusals recorded)."""
+    """A streamed chat completion attacked while it runs: (its answer, the refusals recorded)."""
     async with mesh_of(secured, signed) as (client, key, admin):
-        asking = asyncio.create_task(
-            client.post(
-                "/v1/chat/completions",
-                headers={"Authorization": f"Bearer {key}"},
-                json={
-                    "model": MODEL,
-                    "messages": [{"role": "user", "content": "the real question"}],
-                    "max_tokens": 60,
-                },
-                timeout=60,
-            )
-        )
+        asking = asyncio.create_task(streamed(client, key))
         started = (await first(admin, admin.names.job("*", "task.started"))).data
         assert isinstance(started, TaskStarted) and started.node_id == "n1"
         await forge(secured, started)
-        r = await asking
+        answer = await asking
         lost = admin.names.job(started.job_id, "task.lost")
         assert [e async for e in read_events(admin, admin.names.jobs_stream, lost)] == []
+        n1 = admin.names.tokens(started.job_id, "n1")
+        written = [e.data async for _, e in read_events(admin, admin.names.tokens_stream, n1)]
+        assert written and not any("FORGED" in getattr(c, "text", "") for c in written)
         refused: list[ReportRefused] = []
         if signed:
 
@@ -200,9 +232,7 @@ async def attacked_answer(secured: Secured, signed: bool) -> tuple[str, list[Rep
                 return len(refused) >= 8
 
             await wait_until(recorded, what="the refusals of orchestrator and projector")
-        if r.status_code != 200:
-            return f"HTTP {r.status_code}: {r.text}", refused
-        return r.json()["choices"][0]["message"]["content"], refused
+        return answer, refused
 
 
 async def test_forged_reports_of_an_unenrolled_node_are_refused_and_recorded(
@@ -210,7 +240,7 @@ async def test_forged_reports_of_an_unenrolled_node_are_refused_and_recorded(
 ) -> None:
     with secured_server(tmp_path, "sr") as secured:
         answer, refused = await attacked_answer(secured, signed=True)
-    assert "FORGED" not in answer and answer and not answer.startswith("HTTP"), answer
+    assert "FORGED" not in answer and answer and not answer.startswith("HTTP"), answer[:300]
     by = {r.by.split("-")[0] for r in refused}
     assert by == {"orchestrator", "projector"}
     for who in by:
@@ -230,7 +260,7 @@ async def test_twin_believing_every_report_is_fooled(tmp_path: Path) -> None:
     (either answer: the forged one, or the forged unretriable failure)."""
     with secured_server(tmp_path, "srx") as secured:
         answer, _ = await attacked_answer(secured, signed=False)
-    assert "FORGED" in answer or answer.startswith("HTTP"), answer
+    assert "FORGED" in answer or answer.startswith("HTTP"), answer[:300]
 
 
 async def test_an_unenrolled_node_receives_no_work(tmp_path: Path) -> None:

@@ -51,7 +51,9 @@ def test_subjects_are_namespaced() -> None:
     assert names.job("J1", "task.started") == "prod.jobs.J1.task.started"
     assert names.tasks_for_model("org/m.1") == "prod.tasks.model.org_2Fm_2E1"
     assert names.tasks_for_node("gpu-1") == "prod.tasks.node.gpu-1"
-    assert names.tokens("J1") == "prod.tokens.J1"
+    assert names.tokens("J1", "gpu-1") == "prod.tokens.J1.gpu-1"
+    assert names.job_tokens("J1") == "prod.tokens.J1.*"
+    assert names.tokens_writer(names.tokens("J1", "gpu-1")) == "gpu-1"
     assert names.jobs_stream == "prod_JOBS"
     assert names.bucket("nodes") == "prod_nodes"
 
