@@ -47,6 +47,7 @@ bench:
     {{python}} -m tests.bench.bench_gateway
     {{python}} -m tests.bench.bench_select
     {{python}} -m tests.bench.bench_cancel
+    {{python}} -m tests.bench.bench_signing
 
 # benchmark: jobs/s and latency through the mesh, over NATS
 bench-jobs *ARGS:
@@ -60,6 +61,10 @@ bench-vllm *ARGS:
 # benchmark: cancel → the generation stops (target 100 ms)
 bench-cancel *ARGS:
     {{python}} -m tests.bench.bench_cancel {{ARGS}}
+
+# benchmark: a node signing its reports and records, a reader checking them (µs per operation)
+bench-signing *ARGS:
+    {{python}} -m tests.bench.bench_signing {{ARGS}}
 
 # benchmark: one node pick over 1,000 nodes, per strategy
 bench-select *ARGS:

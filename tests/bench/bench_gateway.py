@@ -33,6 +33,7 @@ from services.accounts.keys import create_key
 from services.local_bus import local_bus, worker_identity
 from services.nats_server import free_port, port_open
 from services.process import connect, ensure_topology
+from services.registry.enrolled import enroll
 from services.settings import Settings
 from services.up import child_env
 from tests.bench.bench_jobs import embedded_server, pct, stop_all, table
@@ -114,6 +115,9 @@ async def run(args: argparse.Namespace) -> None:
         bus = await connect(as_("admin"), "bench")
         try:
             await ensure_topology(bus, settings)
+            if local:  # as `dim up` does: the workers' keys, so their reports are believed
+                for node, key in local.worker_keys(nodes).items():
+                    await enroll(bus, node, key, by="bench")
             _, key = await create_key(
                 bus, principal_id="bench", tenant="bench", roles=("member",), actor="bench"
             )

@@ -44,6 +44,7 @@ from events.jobs import JobSubmitted
 from services.local_bus import local_bus, worker_identity
 from services.nats_server import EmbeddedNats
 from services.process import connect, ensure_topology
+from services.registry.enrolled import enroll
 from services.settings import Settings
 from services.up import child_env
 
@@ -78,6 +79,17 @@ def spawn(settings: Settings, role: str, node: str | None = None) -> subprocess.
     return subprocess.Popen([sys.executable, "-m", "services.cli", role], env=env)
 
 
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes `pids` used so far (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
     """Stop the bench's child processes: SIGTERM, then SIGKILL after 15 s."""
     for p in procs:
@@ -100,6 +112,7 @@ class Load:
         self.first_at: dict[str, str] = {}
         self.done: dict[str, float] = {}
         self.waiting: dict[str, asyncio.Future[None]] = {}
+        self.failed: set[str] = set()  # a bench of failing jobs measures nothing: it says so
 
     async def subscribe(self) -> None:
         names = self.bus.names
@@ -108,13 +121,15 @@ class Load:
         await self.bus.nc.subscribe(f"{names.ns}.jobs.*.job.failed", cb=self._on_end)
 
     async def _on_token(self, msg: Msg) -> None:
-        job_id = msg.subject.rsplit(".", 1)[1]
+        job_id = msg.subject.split(".")[2]  # NS.tokens.<job>.<node>
         if job_id not in self.first:
             self.first[job_id] = time.perf_counter()
             self.first_at[job_id] = json.loads(msg.data)["at"]
 
     async def _on_end(self, msg: Msg) -> None:
         job_id = msg.subject.split(".")[2]
+        if msg.subject.endswith(".job.failed"):
+            self.failed.add(job_id)
         self.done[job_id] = time.perf_counter()
         future = self.waiting.pop(job_id, None)
         if future is not None and not future.done():
@@ -204,12 +219,20 @@ async def run(args: argparse.Namespace) -> None:
         settings = settings.model_copy(update={"nats_url": server.url})
 
         def as_(identity: str) -> Settings:  # as `dim up` starts each process
-            return local.settings_for(settings, identity) if local else settings
+            if not local:
+                return settings
+            mine = local.settings_for(settings, identity)
+            # --believe-all: readers take every report as it is (signed_nodes off), the A/B of
+            # what checking the signatures costs (the workers sign either way)
+            return mine.model_copy(update={"signed_nodes": False}) if args.believe_all else mine
 
         procs: list[subprocess.Popen[bytes]] = []
         bus = await connect(as_("admin"), "bench")
         try:
             await ensure_topology(bus, settings)
+            if local:  # as `dim up` does: the workers' keys, so their reports are believed
+                for node, key in local.worker_keys(nodes).items():
+                    await enroll(bus, node, key, by="bench")
             procs.append(spawn(as_("orchestrator"), "orchestrator"))
             procs.append(spawn(as_("projector"), "projector"))
             procs += [spawn(as_(worker_identity(n)), "worker", n) for n in nodes]
@@ -229,9 +252,14 @@ async def run(args: argparse.Namespace) -> None:
             lat_ids, _ = await load.run(args.latency_jobs, 1, "latency")
             lat_ttft, lat_total = load.latencies(lat_ids)
             print("throughput phase ...", file=sys.stderr)
+            cpu0 = cpu_s([p.pid for p in procs])
             ids, wall = await load.run(args.jobs, args.concurrency, "bench")
+            cpu = (cpu_s([p.pid for p in procs]) - cpu0) / len(ids) * 1000
             ttft, total = load.latencies(ids)
             breakdown = await hops(bus, load, lat_ids[:100])
+            failed = load.failed & {*lat_ids, *ids}  # (the calibration's jobs fail on purpose)
+            if failed:
+                raise SystemExit(f"{len(failed)} jobs failed: the numbers would be wrong")
 
             print()
             print(
@@ -271,6 +299,7 @@ async def run(args: argparse.Namespace) -> None:
                 table(
                     [
                         ("completed jobs/s", f"{len(ids) / wall:,.0f}", "≥ 1,000"),
+                        ("CPU per job, dim's processes (ms)", f"{cpu:.2f}", ""),
                         ("submit→first token p50 (ms)", f"{statistics.median(ttft):.2f}", ""),
                         ("submit→first token p99 (ms)", f"{pct(ttft, 99):.2f}", ""),
                         ("submit→completed p50 (ms)", f"{statistics.median(total):.2f}", ""),
@@ -306,6 +335,11 @@ def main() -> None:
         "--secure",
         action="store_true",
         help="NATS as `dim up` secures it: TLS, one identity per role (docs/security.md)",
+    )
+    p.add_argument(
+        "--believe-all",
+        action="store_true",
+        help="with --secure: the orchestrator and projector believe every report unchecked",
     )
     p.add_argument("--max-tokens", type=int, default=16)
     asyncio.run(run(p.parse_args()))
