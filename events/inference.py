@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MAX_TOKENS = 1_000_000  # the most tokens one request may ask for (any model's context is less)
+
 
 class _Value(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -21,7 +23,7 @@ class ChatMessage(_Value):
 class SamplingParams(_Value):
     """How to sample a completion; the subset of OpenAI's parameters dim carries end to end."""
 
-    max_tokens: int = Field(default=256, ge=1, le=1_000_000)
+    max_tokens: int = Field(default=256, ge=1, le=MAX_TOKENS)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: tuple[str, ...] = ()

@@ -50,6 +50,11 @@ def check_id(kind: str, value: str) -> str:
     return value
 
 
+def is_id(value: str) -> bool:
+    """Whether `value` is a usable id (what `check_id` accepts)."""
+    return bool(_ID.match(value))
+
+
 def job_id_of(subject: str) -> str:
     """The job id of a JOBS subject ``NS.jobs.<job_id>.<type>`` (the inverse of `Names.job`)."""
     return subject.split(".", 3)[2]

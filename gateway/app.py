@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from services.metrics import CONTENT_TYPE, GatewayMetrics
 from services.settings import Settings
 
 REQUEST_ID = "x-request-id"
+_REQUEST_ID = re.compile(rb"[!-~]{1,128}")
 
 
 def request_id(app: ASGIApp) -> ASGIApp:
@@ -40,8 +42,9 @@ def request_id(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(REQUEST_ID.encode(), b"").decode()[:128]
-        rid = given or new_id()
+        given = dict(scope["headers"]).get(REQUEST_ID.encode(), b"")
+        # the client's id is echoed only if it is one: printable ASCII, at most 128 characters
+        rid = given.decode() if _REQUEST_ID.fullmatch(given) else new_id()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

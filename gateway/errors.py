@@ -18,6 +18,7 @@ from services.accounts.errors import (
     EmailTaken,
     InvalidCredentials,
     InvalidRefreshToken,
+    PasswordChecksBusy,
     WeakPassword,
 )
 
@@ -87,6 +88,7 @@ _ACCOUNT_ERRORS: dict[type[AccountError], tuple[int, str, str | None]] = {
     EmailTaken: (409, "email_taken", "email"),
     InvalidCredentials: (401, "invalid_credentials", None),
     InvalidRefreshToken: (401, "invalid_refresh_token", None),
+    PasswordChecksBusy: (503, "busy", None),
 }
 
 
@@ -94,7 +96,8 @@ def account_api_error(exc: AccountError) -> ApiError:
     """The `ApiError` the client sees for an account error (400 for one not in the map)."""
     for kind, (status, code, param) in _ACCOUNT_ERRORS.items():
         if isinstance(exc, kind):
-            return ApiError(status, str(exc), code=code, param=param)
+            headers = {"Retry-After": "1"} if status == 503 else None
+            return ApiError(status, str(exc), code=code, param=param, headers=headers)
     return ApiError(400, str(exc))
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from events.inference import ChatMessage, Prompt, SamplingParams, Usage
+from events.inference import MAX_TOKENS, ChatMessage, Prompt, SamplingParams, Usage
 
 
 class _In(BaseModel):
@@ -44,8 +44,8 @@ class StreamOptions(_In):
 
 class _Sampling(_In):
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None

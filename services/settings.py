@@ -255,7 +255,14 @@ class Settings(BaseSettings):
     )
     access_ttl_s: float = Field(900.0, gt=0, description="lifetime of an access token")
     refresh_ttl_s: float = Field(
-        30 * 86_400.0, gt=0, description="lifetime of a session (its refresh token)"
+        30 * 86_400.0,
+        gt=0,
+        description="lifetime of a session past its last refresh (its refresh token)",
+    )
+    session_max_s: float = Field(
+        90 * 86_400.0,
+        gt=0,
+        description="the most a session lives after login, however often it is refreshed",
     )
     open_registration: bool = Field(
         False, description="let anyone register a member account (else admins only)"

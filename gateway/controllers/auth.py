@@ -105,7 +105,10 @@ class AuthController(Controller):
         """Rotate the refresh token and issue a new access token."""
         gateway = gateway_of(request)
         session, refresh = await accounts.refresh(
-            gateway.bus, data.refresh_token, ttl_s=gateway.settings.refresh_ttl_s
+            gateway.bus,
+            data.refresh_token,
+            ttl_s=gateway.settings.refresh_ttl_s,
+            max_s=gateway.settings.session_max_s,
         )
         return _pair(gateway, session, refresh)
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from events.inference import ChatMessage, Prompt, SamplingParams
+from events.inference import MAX_TOKENS, ChatMessage, Prompt, SamplingParams
 from events.jobs import JobSubmitted, Part
 from events.patterns import (
     Candidate,
@@ -49,7 +49,7 @@ class StepIn(BaseModel):
     model: str | None = Field(default=None, description="default: the job's model")
     node: str | None = None
     timeout_s: float | None = Field(default=None, gt=0, le=86_400)
-    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     max_attempts: int | None = Field(default=None, ge=1, le=20)
 
 
@@ -88,7 +88,7 @@ class JobRequest(BaseModel):
     steps: list[StepIn] | None = Field(default=None, min_length=1, max_length=32)
     # every pattern
     routing: Routing = Routing()
-    max_tokens: int = Field(default=256, ge=1, le=1_000_000)
+    max_tokens: int = Field(default=256, ge=1, le=MAX_TOKENS)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=list, max_length=4)

@@ -24,3 +24,7 @@ class InvalidCredentials(AccountError):
 
 class InvalidRefreshToken(AccountError):
     """A refresh token that opens nothing: unknown, reused, expired, or its session changed."""
+
+
+class PasswordChecksBusy(AccountError):
+    """More password checks are waiting than the bounded pool takes: try again shortly."""

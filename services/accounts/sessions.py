@@ -16,6 +16,7 @@ from events.accounts import Role, SessionClosed, SessionOpened
 from events.bus import Bus
 from events.errors import WrongLastSequence
 from events.ids import new_id
+from events.subjects import is_id
 from services.accounts.digest import matches, sha256_hex
 from services.accounts.errors import InvalidRefreshToken
 from services.accounts.journal import record as record_event
@@ -34,6 +35,11 @@ class SessionRecord(BaseModel):
     refresh_sha256: str
     created_at: datetime
     expires_at: datetime
+    # the refresh tokens rotated away (the last few): one presented again was stolen or replayed
+    used_sha256: tuple[str, ...] = ()
+
+
+USED_KEPT = 8  # rotated refresh tokens remembered per session
 
 
 async def login(bus: Bus, *, email: str, password: str, ttl_s: float) -> tuple[SessionRecord, str]:
@@ -65,24 +71,36 @@ async def _open(bus: Bus, account: AccountRecord, ttl_s: float) -> tuple[Session
     return session, f"{session_id}.{secret}"
 
 
-async def refresh(bus: Bus, refresh_token: str, *, ttl_s: float) -> tuple[SessionRecord, str]:
-    """Rotate a refresh token; a token used twice closes its session (it was stolen or replayed)."""
+async def refresh(
+    bus: Bus, refresh_token: str, *, ttl_s: float, max_s: float | None = None
+) -> tuple[SessionRecord, str]:
+    """Rotate a refresh token, extending the session by `ttl_s` but never past `max_s` after
+    login. A token already rotated away, presented again, closes its session (it was stolen or
+    replayed); any other wrong token is only refused (whoever knows a session id — it is in
+    every access token — cannot end someone else's session)."""
     session_id, _, secret = refresh_token.partition(".")
     bucket = await bus.bucket("sessions")
-    entry = await bucket.get(session_id) if session_id.isalnum() else None
+    entry = await bucket.get(session_id) if is_id(session_id) else None
     if entry is None or not entry.value:
         raise InvalidRefreshToken("unknown or closed session; log in again")
     session = SessionRecord.model_validate_json(entry.value)
     if not matches(session.refresh_sha256, secret):
-        await close(bus, session, reason="a refresh token was reused", actor="gateway")
-        raise InvalidRefreshToken("this refresh token was already used; the session is closed")
-    if session.expires_at < datetime.now(UTC):
+        if any(matches(used, secret) for used in session.used_sha256):
+            await close(bus, session, reason="a refresh token was reused", actor="gateway")
+            raise InvalidRefreshToken("this refresh token was already used; the session is closed")
+        raise InvalidRefreshToken("invalid refresh token")
+    now = datetime.now(UTC)
+    if session.expires_at < now:
         raise InvalidRefreshToken("the session has expired; log in again")
     secret = secrets.token_urlsafe(32)
+    expires = now + timedelta(seconds=ttl_s)
+    if max_s is not None:
+        expires = min(expires, session.created_at + timedelta(seconds=max_s))
     rotated = session.model_copy(
         update={
             "refresh_sha256": sha256_hex(secret),
-            "expires_at": datetime.now(UTC) + timedelta(seconds=ttl_s),
+            "expires_at": expires,
+            "used_sha256": (*session.used_sha256, session.refresh_sha256)[-USED_KEPT:],
         }
     )
     try:

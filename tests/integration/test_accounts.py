@@ -207,3 +207,29 @@ async def test_eddsa_tokens_verify_with_the_published_jwks(settings: Settings, a
             and jwt.get_unverified_header(pair["access_token"])["kid"] == jwks["keys"][0]["kid"]
         )
         assert (await c.get("/v1/me", headers=_bearer(pair["access_token"]))).status_code == 200
+
+
+async def test_a_wrong_refresh_token_does_not_end_the_session(
+    client: AsyncTestClient, admin: str
+) -> None:
+    """Whoever knows a session id (it is in every access token) but not its refresh token is
+    refused, and the session goes on; a malformed token is a 401, never a 500."""
+    mine = await _login(client, admin)
+    session_id = mine["refresh_token"].partition(".")[0]
+    for wrong in (f"{session_id}.guessed", "é.x", "a*.x", ".", "x" * 500):
+        r = await client.post("/v1/auth/refresh", json={"refresh_token": wrong})
+        assert r.status_code == 401, (wrong, r.text)
+        assert r.json()["error"]["code"] == "invalid_refresh_token"
+    assert (await client.get("/v1/me", headers=_bearer(mine["access_token"]))).status_code == 200
+    again = await client.post("/v1/auth/refresh", json={"refresh_token": mine["refresh_token"]})
+    assert again.status_code == 200, again.text
+
+
+async def test_a_session_lives_no_longer_than_its_cap_however_often_refreshed(
+    bus: Bus, admin: str
+) -> None:
+    _, token = await accounts.login(bus, email=admin, password=PASSWORD, ttl_s=3600)
+    session, token = await accounts.refresh(bus, token, ttl_s=3600, max_s=60)
+    assert (session.expires_at - session.created_at).total_seconds() <= 60
+    session, _ = await accounts.refresh(bus, token, ttl_s=3600, max_s=60)
+    assert (session.expires_at - session.created_at).total_seconds() <= 60

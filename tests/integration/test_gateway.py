@@ -173,6 +173,13 @@ async def test_completion_streamed_as_openai_sse(
             "model_not_found",
             "model",
         ),
+        (  # over what any request may ask (was a 500)
+            b'{"model": "sim-small", "messages": [{"role": "user", "content": "x"}],'
+            b' "max_tokens": 1000000000}',
+            400,
+            "invalid_request",
+            "max_tokens",
+        ),
     ],
 )
 async def test_bad_requests_get_openai_errors(
@@ -190,6 +197,25 @@ async def test_bad_requests_get_openai_errors(
     error = r.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == code and error["param"] == param and error["message"]
+
+
+async def test_odd_ids_and_headers_get_4xx_not_500(
+    gateway: tuple[AsyncTestClient, dict[str, str]],
+) -> None:
+    client, auth = gateway
+    for job_id in ("a*", "a.b", "a>", "x" * 200):  # ids NATS takes as no KV key (were 500s)
+        for r in (
+            await client.get(f"/v1/jobs/{job_id}", headers=auth),
+            await client.get(f"/v1/jobs/{job_id}/events", headers=auth),
+            await client.delete(f"/v1/jobs/{job_id}", headers=auth),
+        ):
+            assert r.status_code == 404, (job_id, r.text)
+            assert r.json()["error"]["code"] == "job_not_found"
+    # a request id that is not printable ASCII is replaced, not echoed (was a 500)
+    r = await client.get("/healthz", headers={"x-request-id": b"\xff\xfe"})  # type: ignore[dict-item]
+    assert r.status_code == 200 and r.headers["x-request-id"].isascii()
+    r = await client.get("/healthz", headers={"x-request-id": "mine-1"})
+    assert r.headers["x-request-id"] == "mine-1"
 
 
 async def test_oversize_body_is_413(
