@@ -93,6 +93,23 @@ def redelivery(spec: ConsumerSpec) -> Backoff:
     return REDELIVERY.with_tries(spec.max_deliver if spec.max_deliver > 0 else None)
 
 
+def disagreement(subject: str, envelope: Envelope) -> str | None:
+    """Why a job event's subject (``NS.jobs.<job>.<type>``) and its body disagree, or None: an
+    event filed under one job but naming another (or another type) would be folded into the
+    wrong job, so it is refused like an undecodable one."""
+    parts = subject.split(".", 3)
+    if len(parts) != 4 or parts[1] != "jobs":
+        return None
+    _, _, job_id, event_type = parts
+    named = getattr(envelope.data, "job_id", job_id)
+    if envelope.type != event_type or named != job_id:
+        return (
+            f"subject {subject} disagrees with its event ({envelope.type} of job {named}): "
+            "refused"
+        )
+    return None
+
+
 class Settler:
     """Decodes messages and settles them; records rejects on the DEAD stream."""
 
@@ -109,6 +126,9 @@ class Settler:
             return str(exc)
         except Exception as exc:  # a payload reference that cannot be read
             return f"payload not readable: {exc!r}"
+        mismatch = disagreement(msg.subject, envelope)
+        if mismatch:
+            return mismatch
         meta = msg.metadata
         return Delivery(msg, envelope, meta.sequence.stream, meta.num_delivered)
 

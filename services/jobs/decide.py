@@ -135,17 +135,26 @@ def _dispatched(step: _Step, task: TaskState) -> list[Event | None]:
 
 
 def _running(step: _Step, task: TaskState) -> list[Event | None]:
-    """A running task whose node stopped heartbeating is lost (`worker_lost`, retried)."""
-    if not (task.ran_on and step.nodes.node_gone(task.ran_on)):
+    """A running task whose node stopped heartbeating, or was restarted since the task started
+    on it (a new instance under the same id: a supervisor's quick restart), is lost
+    (`worker_lost`, retried)."""
+    node = task.ran_on
+    if not node:
+        return []
+    if step.nodes.node_gone(node):
+        why = f"node {node} stopped heartbeating while running the task"
+    elif task.started_at is not None and step.nodes.node_restarted(node, task.started_at):
+        why = f"node {node} restarted while running the task (a new instance took its id)"
+    else:
         return []
     return [
         TaskLost(
             job_id=step.state.job_id,
             task_id=task.task_id,
             attempt=task.attempt,
-            node_id=task.ran_on,
+            node_id=node,
             kind="worker_lost",
-            error=f"node {task.ran_on} stopped heartbeating while running the task",
+            error=why,
             retriable=True,
         )
     ]

@@ -30,6 +30,8 @@ class NodeView:
     node_live: Callable[[str], bool]
     live_models: Callable[[], set[str]]
     node_gone: Callable[[str], bool] = lambda _: False  # heartbeats stopped (or record gone)
+    # the node's record is of an instance started after the given time (a restarted worker)
+    node_restarted: Callable[[str, datetime], bool] = lambda _n, _t: False
     known: Callable[[str], bool] = lambda _: False  # some node, live or not, has served it
     admit: Callable[[JobState, TaskState], bool] = lambda _s, _t: True  # fair queue: go now?
     pick: Callable[[Need], str | None] = lambda _: SHARED  # node id, SHARED, None: none eligible
@@ -48,6 +50,7 @@ def view_of(
         node_live=lambda node: node in pool.records,
         live_models=nodes.live_models,
         node_gone=nodes.gone,
+        node_restarted=nodes.restarted,
         known=nodes.known,
         admit=admit,
         pick=pick,

@@ -79,6 +79,12 @@ class LiveNodes(WatchedBucket[NodeRecord]):
         """Whether any node this view has seen, live or not, serves `model`."""
         return any(model in n.models for n in self.items.values())
 
+    def restarted(self, node_id: str, since: datetime) -> bool:
+        """Whether the node's record is of an instance started after `since` (its worker was
+        restarted under the same id: what its predecessor was running is lost)."""
+        record = self.items.get(node_id)
+        return record is not None and record.started_at > since
+
     def gone(self, node_id: str, now: datetime | None = None) -> bool:
         """Whether the node stopped heartbeating, removed its record, or is no longer believed
         (its key revoked: it is cut off); draining is not gone."""

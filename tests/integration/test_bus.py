@@ -110,6 +110,10 @@ async def test_malformed_messages_are_terminated_and_recorded_without_a_crash_lo
     names = settings.names
     await bus.nc.publish(names.job("BAD", "junk"), b"\x00not an event")
     await bus.nc.publish(names.job("BAD2", "job.submitted"), b'{"type": "job.exploded"}')
+    # well-formed events filed under another job, or as another type: they would be folded
+    # into the wrong job (a phantom job), so they are refused too
+    await bus.publish(names.job("BAD3", "job.submitted"), _submitted("OTHER"))
+    await bus.publish(names.job("BAD4", "job.cancelled"), _submitted("BAD4"))
     good = _submitted("OK")
     await bus.publish(names.job("OK", good.type), good)
     seen: list[str] = []
@@ -123,7 +127,7 @@ async def test_malformed_messages_are_terminated_and_recorded_without_a_crash_lo
     try:
 
         async def two_records() -> list[MessageRejected]:
-            while len(recs := await _dead_records(bus, settings)) < 2:
+            while len(recs := await _dead_records(bus, settings)) < 4:
                 await asyncio.sleep(0.05)
             return recs
 
@@ -134,11 +138,18 @@ async def test_malformed_messages_are_terminated_and_recorded_without_a_crash_lo
         await task
     assert seen == [good.id]
     assert sorted(r.subject for r in records) == sorted(
-        [names.job("BAD", "junk"), names.job("BAD2", "job.submitted")]
+        [
+            names.job("BAD", "junk"),
+            names.job("BAD2", "job.submitted"),
+            names.job("BAD3", "job.submitted"),
+            names.job("BAD4", "job.cancelled"),
+        ]
     )
     assert all(r.consumer == "c-malformed" and r.deliveries == 1 for r in records)
     assert "not a JSON" in next(r.error for r in records if r.subject.endswith("junk"))
-    assert len(await _dead_records(bus, settings)) == 2  # recorded once, not once per redelivery
+    disagreeing = [r.error for r in records if r.subject.split(".")[2] in ("BAD3", "BAD4")]
+    assert len(disagreeing) == 2 and all("disagrees" in e for e in disagreeing)
+    assert len(await _dead_records(bus, settings)) == 4  # recorded once, not once per redelivery
     info = await bus.js.consumer_info(names.jobs_stream, "c-malformed")
     assert info.num_ack_pending == 0
     assert info.num_redelivered == 0

@@ -8,13 +8,14 @@ import asyncio
 import os
 import signal
 import subprocess
+from collections.abc import Awaitable, Callable
 
 import pytest
 from openai import AsyncOpenAI
 
 from events.bus import Bus
 from events.envelope import Envelope
-from events.jobs import TaskCompleted, TaskStarted
+from events.jobs import TaskCompleted, TaskLost, TaskStarted
 from events.work import TokensProduced
 from services.accounts.keys import create_key
 from services.nats_server import free_port
@@ -54,10 +55,18 @@ async def test_a_stream_whose_worker_dies_carries_on_without_repeats(
     assert history.count("job.completed") == 1
 
 
+async def _rescuer(m: Mesh) -> None:
+    await m.worker("rescuer", sim_seed=7, sim_ttft_ms=0, sim_tokens_per_s=15)
+
+
 async def _stream_and_kill(
-    client: AsyncOpenAI, api: str, victim: subprocess.Popen[bytes], m: Mesh
+    client: AsyncOpenAI,
+    api: str,
+    victim: subprocess.Popen[bytes],
+    m: Mesh,
+    then: Callable[[Mesh], Awaitable[None]] = _rescuer,
 ) -> tuple[str, list[str], bool]:
-    """Stream one answer; kill the victim mid-way and start a rescuer."""
+    """Stream one answer; kill the victim mid-way and start a rescuer (`then`)."""
 
     async def up() -> bool:
         try:
@@ -94,7 +103,7 @@ async def _stream_and_kill(
                 os.kill(victim.pid, signal.SIGKILL)  # mid-answer
                 victim.wait(5)
                 killed = True
-                await m.worker("rescuer", sim_seed=7, sim_ttft_ms=0, sim_tokens_per_s=15)
+                await then(m)
     return job_id, deltas, killed
 
 
@@ -159,3 +168,36 @@ async def test_a_resume_takes_only_the_chunks_of_nodes_that_started_the_task(bus
     assert (await partial_output(bus, "j5", "j5.0")).text == "Hello"
     # believing only enrolled keys: n1's start is unsigned and no key is enrolled for it
     assert (await partial_output(bus, "j5", "j5.0", verify=True)).text == ""
+
+
+async def test_a_worker_restarted_under_its_own_id_fails_over_at_once(
+    bus: Bus, settings: Settings
+) -> None:
+    """A supervisor restarts a killed worker under the same node id before its record ages
+    (here the TTL is 30 s and JetStream would redeliver after 120 s): the new instance's record
+    says the running attempt is lost, and the answer carries on within seconds."""
+    port = free_port()
+    s = settings.model_copy(
+        update={"gateway_port": port, "node_ttl_s": 30.0, "task_ack_wait_s": 120.0}
+    )
+    slow = {"DIM_SIM_TTFT_MS": "0", "DIM_SIM_TOKENS_PER_S": "15"}
+    _, key = await create_key(bus, principal_id="ann", tenant="acme", roles=("member",), actor="t")
+    with spawn(s, "worker", DIM_NODE_ID="victim", **slow) as victim, spawn(s, "gateway"):
+        async with mesh(s) as m:
+            await m.orchestrator()
+            client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+
+            async def restart(_: Mesh) -> None:  # the same id, as systemd or Kubernetes would
+                await m.worker("victim", sim_seed=7, sim_ttft_ms=0, sim_tokens_per_s=15)
+
+            try:
+                job_id, deltas, killed = await _stream_and_kill(client, "chat", victim, m, restart)
+            finally:
+                await client.close()
+            events = await wait_terminal(bus, job_id, timeout_s=20)
+    lost = [e.data for e in events if isinstance(e.data, TaskLost)]
+    starts = [e.data for e in events if isinstance(e.data, TaskStarted)]
+    assert killed and [(t.node_id, t.attempt) for t in starts] == [("victim", 1), ("victim", 2)]
+    assert len(lost) == 1 and "restarted" in lost[0].error
+    (done,) = [e.data for e in events if isinstance(e.data, TaskCompleted)]
+    assert "".join(deltas) == done.output  # nothing repeated or lost across the restart

@@ -3,6 +3,7 @@ patterns, plus targeted dispatch, rerouting and lost nodes: pure, no server."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -428,6 +429,26 @@ def test_a_task_running_on_a_lost_node_fails_as_worker_lost_and_goes_elsewhere()
     (lost,) = log.step(_mesh(gone=("a",)))
     assert isinstance(lost, TaskLost) and lost.kind == "worker_lost"
     (retry,) = log.step(_mesh(gone=("a",)))
+    assert isinstance(retry, TaskDispatched) and retry.attempt == 2
+
+
+def test_a_task_whose_node_restarted_under_the_same_id_is_lost_at_once() -> None:
+    """A supervisor restarts a killed worker under the same id within a heartbeat: its record
+    never ages, but it is a new instance, started after the task; the task is lost now, not
+    when JetStream would redeliver it."""
+    log = Log()
+    log.step()
+    log.append(TaskStarted(job_id="J", task_id="J-0", attempt=1, node_id="a"))
+    task_started = log.at
+    same = _mesh()
+    assert log.step(same) == []  # the same instance: still running
+    restarted = dataclasses.replace(
+        same, node_restarted=lambda n, since: n == "a" and since <= task_started
+    )
+    (lost,) = log.step(restarted)
+    assert isinstance(lost, TaskLost) and lost.kind == "worker_lost" and lost.retriable
+    assert "restarted" in lost.error
+    (retry,) = log.step(restarted)
     assert isinstance(retry, TaskDispatched) and retry.attempt == 2
 
 
