@@ -104,8 +104,7 @@ def disagreement(subject: str, envelope: Envelope) -> str | None:
     named = getattr(envelope.data, "job_id", job_id)
     if envelope.type != event_type or named != job_id:
         return (
-            f"subject {subject} disagrees with its event ({envelope.type} of job {named}): "
-            "refused"
+            f"subject {subject} disagrees with its event ({envelope.type} of job {named}): refused"
         )
     return None
 
