@@ -6,7 +6,9 @@ and those it sent itself that have not finished. `overloaded` and `tenant_full` 
 the gateway answers 503/429 with.
 
 The orchestrator (`FairQueue`): per model, at most `depth` tasks wait in the shared work queue
-(dispatched, not yet started); beyond that, jobs wait here and are let through as tasks start —
+(dispatched, not yet started) beyond the free slots of the model's nodes (`room`, by their last
+heartbeats: work for a free slot does not wait, so it does not count against other tenants);
+beyond that, jobs wait here and are let through as tasks start —
 highest priority first, then round-robin across tenants, first come first served within a
 tenant. So one tenant's flood queues behind itself, not in front of everyone else.
 
@@ -24,7 +26,7 @@ alone left counted until a repair.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from projections.job_state import JobState, TaskState
@@ -35,6 +37,8 @@ class FairQueue:
     """Held jobs per model, and the estimate of tasks waiting in each model's shared queue."""
 
     depth: int  # 0: no bound, every task goes at once
+    # free slots of the model's live nodes (their capacity less their tasks in flight)
+    room: Callable[[str], float] = lambda _model: 0.0
     waiting: Counter[str] = field(default_factory=Counter)
     held: dict[str, dict[int, OrderedDict[str, deque[str]]]] = field(default_factory=dict)
     _granted: set[str] = field(default_factory=set)
@@ -49,7 +53,7 @@ class FairQueue:
             self._granted.discard(job_id)
             self.waiting[model] += 1
             return True
-        if self.waiting[model] < self.depth and self.peek(model) in (None, job_id):
+        if self.waiting[model] < self.bound(model) and self.peek(model) in (None, job_id):
             self._forget(job_id, rotate=True)
             self.waiting[model] += 1
             return True
@@ -58,6 +62,11 @@ class FairQueue:
             lanes.setdefault(tenant, deque()).append(job_id)
             self._where[job_id] = (model, priority, tenant)
         return False
+
+    def bound(self, model: str) -> int:
+        """How many first attempts of `model` may wait to start: `depth`, plus the free slots
+        that will take them at once."""
+        return self.depth + max(0, int(self.room(model)))
 
     def trial(self) -> Trial:
         """Admission for one decision, asked without changing this queue (with no bound, one
@@ -142,7 +151,8 @@ class FairQueue:
     def release(self, model: str) -> list[str]:
         """Jobs to decide again now that the model's queue has room, in fair order."""
         out: list[str] = []
-        while self.waiting[model] + len(out) < self.depth:
+        bound = self.bound(model)
+        while self.waiting[model] + len(out) < bound:
             job_id = self.peek(model)
             if job_id is None:
                 break
@@ -208,7 +218,8 @@ class Trial:
             peek, top = fair.peek(model), max(fair.held.get(model) or [-1])
         if self._held is not None and self._held[0] == model and self._held[1] > top:
             peek = job_id  # held again by this trial, alone on the highest level: it heads
-        if fair.waiting[model] + self._taken.get(model, 0) < fair.depth and peek in (None, job_id):
+        room = fair.waiting[model] + self._taken.get(model, 0) < fair.bound(model)
+        if room and peek in (None, job_id):
             return self._let(model, task)
         if self._held is None and (self._through or job_id not in fair._where):
             self._held = (model, state.priority)

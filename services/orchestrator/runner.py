@@ -15,7 +15,7 @@ import contextlib
 import logging
 import random
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from datetime import UTC, datetime, timedelta
 
 from opentelemetry import propagate, trace
@@ -74,8 +74,9 @@ class Orchestrator:
         self._door: OrderedDict[str, tuple[float, Envelope]] = OrderedDict()
         self.lost_races = 0  # appends refused because another writer appended first
         self.dead_letters = DeadLetters(bus, settings.instance_id, self.actor)
-        self.fair = FairQueue(settings.queue_depth)
+        self.fair = FairQueue(settings.queue_depth, room=lambda model: self.nodes.pool.room(model))
         self._admission: Trial | None = None  # the decision being made asks this, if anything
+        self._picks: list[str] = []  # nodes the decision being made chose (counted as sent)
         self.view: NodeView = view_of(self.nodes, admit=self._admit, pick=self._pick)
         self._last_start: dict[str, float] = {}  # model -> when a first attempt last started
         self.queues = HeldCounts(bus)
@@ -94,6 +95,7 @@ class Orchestrator:
         node = pool.pick(need, random.random(), datetime.now(UTC))
         if node:
             pool.sent(node)
+            self._picks.append(node)  # taken back if the decision's dispatch is not stored
         return node
 
     def consumer(self) -> ConsumerSpec:
@@ -187,9 +189,13 @@ class Orchestrator:
                     task = state.task(sent.task_id)
                     if sent.attempt == 1 and task is not None:
                         self.fair.seen_dispatch(task.model)
-            elif isinstance(event, TaskStarted) and event.attempt == 1:
+            elif isinstance(event, TaskStarted):
                 task = state.task(event.task_id)
-                if task is not None:
+                if task is not None and not task.target:
+                    # taken from the shared subject: busy from now on as the node will report
+                    # at its next heartbeat (a targeted dispatch was counted when sent)
+                    self.nodes.pool.sent(event.node_id)
+                if task is not None and event.attempt == 1:
                     self.fair.started(task.model)
                     self._last_start[task.model] = time.monotonic()
                     freed.add(task.model)
@@ -232,6 +238,7 @@ class Orchestrator:
     async def _advance(self, state: JobState) -> None:
         for _ in range(DECISION.tries or 1):  # each round appends at least one event or stops
             self._admission = None
+            self._picks = []
             events = decide(
                 state,
                 datetime.now(UTC),
@@ -243,6 +250,8 @@ class Orchestrator:
             if admission is not None:
                 admission.apply()  # before any await: other jobs' decisions see it
             stored: set[str] = set()  # task ids whose dispatch was appended
+            sent_to: Counter[str] = Counter()  # nodes whose dispatch was appended
+            picks = self._picks
             try:
                 for event in events:
                     envelope = Envelope(event, actor=self.actor)
@@ -259,12 +268,18 @@ class Orchestrator:
                         self._remember(state)
                         return
                     state = evolve(state, envelope, ack.seq) or state
+                    dispatched = [d for d, _ in dispatches_in(envelope)]
+                    sent_to.update(d.node_id for d in dispatched if d.node_id)
                     if admission is not None:
-                        stored.update(d.task_id for d, _ in dispatches_in(envelope))
+                        stored.update(d.task_id for d in dispatched)
                     await self._send_tasks(state, envelope)
             finally:
                 if admission is not None:
                     admission.unwind(stored)
+                # a choice whose dispatch was not stored (a lost race) sent nothing: the node is
+                # not busier for it (else a hot job's lost races would fill every node's count)
+                for node, n in (Counter(picks) - sent_to).items():
+                    self.nodes.pool.unsent(node, n)
             if not events:
                 break
         self._remember(state)

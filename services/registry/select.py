@@ -253,6 +253,13 @@ class Pool:
             self.pending[node_id] = self.pending.get(node_id, 0) - 1
             self._account(node_id, +1)
 
+    def unsent(self, node_id: str, n: int = 1) -> None:
+        """`n` tasks counted as sent to `node_id` were not sent after all."""
+        if node_id in self.records:
+            self._account(node_id, -1)
+            self.pending[node_id] = self.pending.get(node_id, 0) - n
+            self._account(node_id, +1)
+
     def _invalidate(self) -> None:
         self._candidates.clear()
         self._sets.clear()

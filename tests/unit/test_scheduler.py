@@ -18,6 +18,18 @@ def test_below_the_depth_everything_goes_at_once() -> None:
     assert FairQueue(depth=0).admit("m", "a", 0, "any")  # no bound
 
 
+def test_free_slots_take_work_beyond_the_depth() -> None:
+    """Work that a free slot takes at once does not wait, so it is not held for the depth:
+    a fan-out on idle nodes goes at their full speed."""
+    free = {"m": 3.0}
+    q = FairQueue(depth=1, room=lambda model: free.get(model, 0.0))
+    assert q.bound("m") == 4 and q.bound("other") == 1
+    assert all(q.admit("m", "a", 0, f"j{i}") for i in range(4))
+    assert not q.admit("m", "a", 0, "j4")
+    free["m"] = -2.0  # an over-full estimate never lowers the depth itself
+    assert q.bound("m") == 1
+
+
 def test_a_flooding_tenant_queues_behind_itself() -> None:
     q = FairQueue(depth=1)
     assert q.admit("m", "flood", 0, "f0")

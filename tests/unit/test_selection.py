@@ -65,6 +65,17 @@ def test_least_loaded_counts_tasks_sent_since_the_last_heartbeat() -> None:
     assert p.pick(need) == "b"
 
 
+def test_a_choice_taken_back_leaves_the_node_as_it_was() -> None:
+    """A decision whose dispatch was not stored (a lost race) sent nothing: its picks are taken
+    back, or a hot job's lost races would make every node look full."""
+    p = pool(node("a", in_flight=1, capacity=8))
+    assert p.room("m") == 7
+    for _ in range(5):
+        p.sent("a")
+    p.unsent("a", 5)
+    assert p.room("m") == 7 and p.busy("a") == 1
+
+
 def test_round_robin_cycles_in_id_order() -> None:
     p = pool(node("c"), node("a"), node("b"))
     need = Need(model="m", strategy="round_robin")
