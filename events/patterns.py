@@ -8,11 +8,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from events.inference import Prompt
+from events.inference import MAX_TOKENS, Prompt
 
 Pattern = Literal["single", "collaborative", "comparative", "chained"]
 Strategy = Literal["least_loaded", "round_robin", "capacity_weighted", "affinity"]
 OnError = Literal["fail", "partial"]
+
+
+MAX_SHARDS = 1000  # tasks of one collaborative job (its inputs, or the shards of one split)
 
 
 class _Value(BaseModel):
@@ -56,7 +59,7 @@ class Split(_Value):
 class Collaborative(_Value):
     """One model over many inputs (shards), spread across nodes, then aggregated."""
 
-    inputs: tuple[Prompt, ...] = Field(min_length=1, max_length=1000)
+    inputs: tuple[Prompt, ...] = Field(min_length=1, max_length=MAX_SHARDS)
     aggregate: Literal["concat", "reduce"] = "concat"
     separator: str = "\n"
     reduce_prompt: str = Field(
@@ -109,7 +112,7 @@ class Step(_Value):
     model: str | None = Field(default=None, description="default: the job's model")
     node_id: str | None = None
     timeout_s: float | None = Field(default=None, gt=0, le=86_400)
-    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     max_attempts: int | None = Field(default=None, ge=1, le=20)
 
 

@@ -20,6 +20,7 @@ from projections.job_state import JobState, evolve
 from projections.job_status import fold
 from projections.job_views import newest_views, read_view
 from services.jobs.admission import overloaded, tenant_full
+from services.jobs.bounds import TooLarge, check_bounds, token_asks
 from services.jobs.patterns import models_of
 from services.jobs.validation import validate
 from services.jobs.work import dispatches_in, task_request
@@ -49,9 +50,15 @@ async def submit_job(
         validate(job)
     except ValueError as exc:
         raise ApiError(400, str(exc), code="invalid_request", param=job.pattern) from None
+    try:
+        check_bounds(job, max_prompt_bytes=gw.settings.max_prompt_bytes)
+    except TooLarge as exc:
+        raise ApiError(400, str(exc), code="request_too_large", param=exc.param) from None
     for model in models_of(job):
         require_served(gw, model)
         require_room(gw, model)
+    for model, max_tokens in token_asks(job):
+        require_fits(gw, model, max_tokens)
     job_id = job.job_id
     if idempotency_key is not None:
         kv = await gw.bus.bucket("idempotency")
@@ -125,6 +132,21 @@ def require_tenant_room(gw: Gateway, tenant: str) -> None:
             f"{limit}); retry when some have started",
             code="tenant_queue_full",
             headers={"Retry-After": "1"},
+        )
+
+
+def require_fits(gw: Gateway, model: str, max_tokens: int) -> None:
+    """400 when `max_tokens` cannot fit the context of any live node serving `model` (as
+    their records say; a node that does not say is not held against the request)."""
+    contexts = [n.max_context for n in gw.nodes.serving(model) if n.max_context]
+    if contexts and max_tokens >= max(contexts):
+        raise ApiError(
+            400,
+            f"max_tokens {max_tokens:,} cannot fit the model '{model}': its context is "
+            f"{max(contexts):,} tokens (the largest of its live nodes), prompt included; "
+            "ask for fewer",
+            code="context_length_exceeded",
+            param="max_tokens",
         )
 
 

@@ -229,6 +229,12 @@ class Settings(BaseSettings):
     # gateway
     gateway_host: str = Field("127.0.0.1", description="address the gateway listens on")
     gateway_port: int = Field(8000, ge=0, le=65535, description="port the gateway listens on")
+    max_prompt_bytes: int = Field(
+        16 * 1024 * 1024,  # the largest body's prompt for each of 16 choices
+        gt=0,
+        description="the most prompt bytes one job's tasks may be given together, templates "
+        "rendered at their worst (every output at max_tokens); checked before it is accepted",
+    )
     max_body_bytes: int = Field(
         1_000_000, ge=1024, description="largest request body accepted (413 above)"
     )

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from events.inference import MAX_TOKENS, ChatMessage, Prompt, SamplingParams
 from events.jobs import JobSubmitted, Part
 from events.patterns import (
+    MAX_SHARDS,
     Candidate,
     Chained,
     Collaborative,
@@ -71,7 +72,7 @@ class JobRequest(BaseModel):
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     # collaborative
-    inputs: list[str] | None = Field(default=None, min_length=1, max_length=1000)
+    inputs: list[str] | None = Field(default=None, min_length=1, max_length=MAX_SHARDS)
     input: str | None = Field(default=None, description="one large input, cut by `split`")
     split: Split | None = None
     aggregate: Literal["concat", "reduce"] = "concat"

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 def cmd_submit(args: argparse.Namespace) -> int:
     from events.job_log import JobFollower, single, submit_event
     from events.text import TextAssembler
+    from services.jobs.bounds import check_bounds
     from services.jobs.validation import first_problem, validate
 
     try:  # checked as the gateway checks every request, before anything is sent
@@ -40,6 +41,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             max_attempts=settings_of(args).max_attempts,
         )
         validate(job)
+        check_bounds(job, max_prompt_bytes=settings_of(args).max_prompt_bytes)
     except ValidationError as exc:
         why, field = first_problem(exc)
         print(f"dim submit: invalid job: {field}: {why}", file=sys.stderr)

@@ -26,6 +26,7 @@ from services.jobs.attempts import backoff, final
 from services.jobs.patterns import models_of, plan
 from services.jobs.placement import NodeView, fail, no_node, place, rerouted
 from services.jobs.results import describe, finish, tolerated
+from services.jobs.templates import TemplateError
 
 
 @dataclass(slots=True)  # not frozen: built on every decision, and frozen init costs
@@ -184,16 +185,19 @@ _MOVES: dict[str, Callable[[_Step, TaskState], list[Event | None]]] = {
 
 
 def _place(step: _Step, task: TaskState, attempt: int, since: datetime) -> Event | None:
-    return place(
-        step.state,
-        task,
-        attempt,
-        since,
-        step.now,
-        step.nodes,
-        step.names,
-        step.dispatch_timeout_s,
-    )
+    try:
+        return place(
+            step.state,
+            task,
+            attempt,
+            since,
+            step.now,
+            step.nodes,
+            step.names,
+            step.dispatch_timeout_s,
+        )
+    except TemplateError as exc:  # its rendered prompt is over the bound: the job cannot go on
+        return fail(step.state, f"task {task.task_id}: {exc}", "prompt_too_large")
 
 
 def _outcome(step: _Step, out: list[Event | None]) -> list[Event]:

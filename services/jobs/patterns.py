@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from events.inference import Prompt
 from events.jobs import JobPlanned, JobSubmitted, TaskSpec
-from events.patterns import Split
+from events.patterns import MAX_SHARDS, Split
 from projections.job_state import JobState, TaskState
 from services.jobs import consensus
 from services.jobs.templates import render
@@ -25,9 +25,12 @@ def task_id(job_id: str, index: int) -> str:
     return f"{job_id}-{index}"
 
 
-def split(text: str, how: Split) -> tuple[str, ...]:
-    """Cut one large input into shards (see `Split`); never an empty shard."""
+def split(text: str, how: Split, limit: int = MAX_SHARDS) -> tuple[str, ...]:
+    """Cut one large input into shards (see `Split`); never an empty shard. More than `limit`
+    shards is a `ValueError`, raised before more than `limit` are built."""
     if how.by == "chars":
+        if -(-len(text) // how.size) > limit:
+            raise _too_many(len(text), how, limit)
         return tuple(text[i : i + how.size] for i in range(0, len(text), how.size)) or ("",)
     shards: list[str] = []
     current = ""
@@ -41,9 +44,18 @@ def split(text: str, how: Split) -> tuple[str, ...]:
         while len(current) > how.size:  # one paragraph longer than a shard
             shards.append(current[: how.size])
             current = current[how.size :]
+        if len(shards) > limit:
+            raise _too_many(len(text), how, limit)
     if current or not shards:
         shards.append(current)
     return tuple(shards)
+
+
+def _too_many(chars: int, how: Split, limit: int) -> ValueError:
+    return ValueError(
+        f"input: {chars:,} characters split by {how.by} of {how.size:,} make more than {limit} "
+        "shards; raise split.size"
+    )
 
 
 def models_of(state: JobState | JobSubmitted) -> list[str]:

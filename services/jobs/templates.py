@@ -48,14 +48,23 @@ def check(template: str, allowed: Callable[[str], bool], where: str) -> None:
             raise TemplateError(f"{where}: unknown reference {{{{ {ref} }}}}")
 
 
-def render(template: str, values: Mapping[str, str]) -> str:
-    """Replace every reference by its value; a missing value is a `TemplateError`."""
+RENDER_MAX_BYTES = 8 * 1024 * 1024  # a rendered prompt, at most
+
+
+def render(template: str, values: Mapping[str, str], limit: int = RENDER_MAX_BYTES) -> str:
+    """Replace every reference by its value; a missing value, or a result over `limit` bytes
+    (counted as it grows, before it is joined), is a `TemplateError`."""
     references(template)  # refuse stray braces here too
+    size = len(_REF.sub("", template).encode())
 
     def one(m: re.Match[str]) -> str:
+        nonlocal size
         ref = m.group(1)
         if ref not in values:
             raise TemplateError(f"no value for {{{{ {ref} }}}}")
+        size += len(values[ref].encode())
+        if size > limit:
+            raise TemplateError(f"the rendered prompt passes {limit:,} bytes")
         return values[ref]  # inserted as data: a substitution is never scanned again
 
     return "{{".join(_REF.sub(one, part) for part in template.split(_ESCAPED))

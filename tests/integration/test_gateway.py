@@ -173,6 +173,13 @@ async def test_completion_streamed_as_openai_sse(
             "model_not_found",
             "model",
         ),
+        (  # more than the model's context (the simulated engine's: 32,768 tokens)
+            b'{"model": "sim-small", "messages": [{"role": "user", "content": "x"}],'
+            b' "max_tokens": 40000}',
+            400,
+            "context_length_exceeded",
+            "max_tokens",
+        ),
         (  # over what any request may ask (was a 500)
             b'{"model": "sim-small", "messages": [{"role": "user", "content": "x"}],'
             b' "max_tokens": 1000000000}',

@@ -230,6 +230,35 @@ async def test_bad_job_requests(world: World) -> None:
     assert (await c.get("/v1/jobs/does-not-exist", headers=world.alice)).status_code == 404
 
 
+async def test_jobs_that_would_grow_past_their_bounds_are_refused_at_the_door(world: World) -> None:
+    """The hostile member's requests of the probe: each a 400 naming the field, nothing stored."""
+    c = world.client
+    amplify = {  # 109 KB that rendered a 100 MB prompt
+        "pattern": "chained",
+        "model": "sim-small",
+        "prompt": "x" * 100_000,
+        "steps": [{"name": "boom", "prompt": "{{ input }}" * 1000}],
+    }
+    r = await c.post("/v1/jobs", headers=world.alice, json=amplify)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] | {"message": ""} == {
+        "message": "",
+        "type": "invalid_request_error",
+        "code": "request_too_large",
+        "param": "steps.0.prompt",
+    }
+    shards = {  # 900 KB split into 900,000 shards: refused before they are built
+        "pattern": "collaborative",
+        "model": "sim-small",
+        "input": "x" * 900_000,
+        "split": {"by": "chars", "size": 1},
+    }
+    r = await c.post("/v1/jobs", headers=world.alice, json=shards)
+    assert r.status_code == 400 and "more than 1000 shards" in r.json()["error"]["message"]
+    listed = await c.get("/v1/jobs", headers=world.alice)
+    assert listed.json()["data"] == []  # nothing was accepted
+
+
 async def test_admin_endpoints_are_for_admins(world: World) -> None:
     c = world.client
     member = await c.get("/v1/nodes", headers=world.alice)
