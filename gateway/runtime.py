@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from events.bus import Bus
 from events.envelope import Event
@@ -40,6 +41,7 @@ class Gateway:
     queues: WatchedBucket[TenantQueue]  # each tenant's jobs held for capacity
     preplanner: Preplanner  # plans plain jobs at the door while their models have room
     trust: Trust  # the enrolled node keys, and what the gateway believes of the nodes
+    sockets: Counter[str] = field(default_factory=Counter)  # open WebSockets per tenant
 
     @property
     def enrolled(self) -> WatchedBucket[EnrolledKey]:

@@ -273,6 +273,17 @@ class Settings(BaseSettings):
     open_registration: bool = Field(
         False, description="let anyone register a member account (else admins only)"
     )
+    ws_first_message_s: float = Field(
+        10.0,
+        gt=0,
+        description="how long a WebSocket may wait before its job request (closed after)",
+    )
+    ws_per_tenant: int = Field(
+        100, ge=1, description="WebSockets one tenant may hold open at once, per gateway"
+    )
+    max_connections: int = Field(
+        2000, ge=1, description="connections one gateway serves at once (503 beyond)"
+    )
     rate_limit_rpm: int = Field(
         600, ge=0, description="requests per minute per API key or user (0: no limit)"
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import WebSocket, websocket
@@ -44,7 +45,7 @@ from gateway.schemas.jobs import JobRequest
 from projections.job_state import evolve
 from services.jobs.validation import first_problem
 
-_CLOSE_FOR = {401: 4401, 403: 4403, 404: 4404}
+_CLOSE_FOR = {401: 4401, 403: 4403, 404: 4404, 408: 4408, 413: 4413, 429: 4429}
 
 
 async def _fail(socket: WebSocket[Any, Any, Any], error: ApiError) -> None:
@@ -143,17 +144,59 @@ async def _pump(
             await listener
 
 
+@contextlib.asynccontextmanager
+async def _admitted(gw: Gateway, socket: WebSocket[Any, Any, Any]) -> AsyncIterator[Principal]:
+    """The socket's caller, authenticated, counted against its rate limit (a socket is a
+    request, as on HTTP) and its tenant's sockets (`DIM_WS_PER_TENANT` at most, per gateway)."""
+    principal = authenticate(gw, socket.headers.get("authorization"))
+    await gw.limiter.hit(principal)
+    tenant, cap = principal.tenant, gw.settings.ws_per_tenant
+    if gw.sockets[tenant] >= cap:
+        raise ApiError(
+            429,
+            f"your tenant has {cap} WebSockets open on this gateway, the most it may; close "
+            "one first",
+            code="too_many_connections",
+        )
+    gw.sockets[tenant] += 1
+    try:
+        yield principal
+    finally:
+        gw.sockets[tenant] -= 1
+        if not gw.sockets[tenant]:
+            del gw.sockets[tenant]
+
+
+async def _first_message(gw: Gateway, socket: WebSocket[Any, Any, Any]) -> str:
+    """The job request: within `DIM_WS_FIRST_MESSAGE_S`, at most `DIM_MAX_BODY_BYTES`."""
+    settings = gw.settings
+    try:
+        raw = await asyncio.wait_for(socket.receive_text(), settings.ws_first_message_s)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            f"no job request within {settings.ws_first_message_s:g}s of connecting",
+            code="timeout",
+        ) from None
+    if len(raw.encode()) > settings.max_body_bytes:
+        raise ApiError(
+            413,
+            f"the job request is over {settings.max_body_bytes:,} bytes (DIM_MAX_BODY_BYTES)",
+            code="request_too_large",
+        )
+    return raw
+
+
 @websocket("/v1/jobs/{job_id:str}/stream", name="job-stream")
 async def job_stream(socket: WebSocket[Any, Any, Any], job_id: FromPath[str]) -> None:
     """Stream one job's text and steps (resumable with ``after`` / ``after_event``)."""
     await socket.accept()
     gw = gateway_of(socket)  # type: ignore[arg-type]
     try:
-        principal = authenticate(gw, socket.headers.get("authorization"))
-        await jobs.load_view(gw, principal, job_id)
-        await _pump(
-            gw, socket, principal, job_id, _cursor(socket, "after"), _cursor(socket, "after_event")
-        )
+        async with _admitted(gw, socket) as principal:
+            await jobs.load_view(gw, principal, job_id)
+            after, after_event = _cursor(socket, "after"), _cursor(socket, "after_event")
+            await _pump(gw, socket, principal, job_id, after, after_event)
     except ApiError as error:
         await _fail(socket, error)
     except WebSocketDisconnect:
@@ -166,18 +209,18 @@ async def submit_and_stream(socket: WebSocket[Any, Any, Any]) -> None:
     await socket.accept()
     gw = gateway_of(socket)  # type: ignore[arg-type]
     try:
-        principal = authenticate(gw, socket.headers.get("authorization"))
-        raw = await socket.receive_text()
-        try:
-            request = JobRequest.model_validate_json(raw)
-        except ValidationError as exc:
-            why, param = first_problem(exc)
-            raise ApiError(
-                400, f"invalid job request: {why}", code="invalid_request", param=param
-            ) from None
-        job_id, _ = await jobs.submit_request(gw, principal, request)
-        await socket.send_json({"type": "accepted", "job_id": job_id})
-        await _pump(gw, socket, principal, job_id, 0, 0)
+        async with _admitted(gw, socket) as principal:
+            raw = await _first_message(gw, socket)
+            try:
+                request = JobRequest.model_validate_json(raw)
+            except ValidationError as exc:
+                why, param = first_problem(exc)
+                raise ApiError(
+                    400, f"invalid job request: {why}", code="invalid_request", param=param
+                ) from None
+            job_id, _ = await jobs.submit_request(gw, principal, request)
+            await socket.send_json({"type": "accepted", "job_id": job_id})
+            await _pump(gw, socket, principal, job_id, 0, 0)
     except ApiError as error:
         await _fail(socket, error)
     except (WebSocketDisconnect, json.JSONDecodeError):

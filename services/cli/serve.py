@@ -132,6 +132,11 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # bounds of the HTTP server itself (docs/reliability.md): connections at once (503
+        # beyond), a WebSocket message no larger than a request body, idle keep-alive 5 s
+        limit_concurrency=settings.max_connections,
+        ws_max_size=settings.max_body_bytes,
+        timeout_keep_alive=5,
     )
     server = uvicorn.Server(config)
     tune_gc()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,7 +30,10 @@ class Live:
 @pytest.fixture
 async def live(bus: Bus, settings: Settings) -> AsyncIterator[Live]:
     port = free_port()
-    s = settings.model_copy(update={"gateway_port": port})
+    # a short first-message wait and a small per-tenant cap, to test them (the tests here hold
+    # at most two sockets at once otherwise)
+    bounds = {"ws_first_message_s": 2.0, "ws_per_tenant": 3}
+    s = settings.model_copy(update={"gateway_port": port, **bounds})
     async with mesh(s) as m:
         await m.orchestrator()
         await m.worker("slow", sim_ttft_ms=0, sim_tokens_per_s=20)
@@ -141,3 +146,37 @@ async def test_a_bad_job_request_on_the_socket(live: Live) -> None:
         assert ws.close_code == 4400
     assert frames[0]["error"]["code"] == "invalid_request"
     assert "exactly one of 'prompt' or 'messages'" in frames[0]["error"]["message"]
+
+
+async def test_a_socket_that_sends_no_job_request_is_closed(live: Live) -> None:
+    async with websockets.connect(f"{live.ws}/v1/jobs/stream", additional_headers=live.auth) as ws:
+        frames = await _frames(ws)  # nothing sent: after DIM_WS_FIRST_MESSAGE_S (2 s here)
+        assert ws.close_code == 4408
+    assert frames[0]["error"]["code"] == "timeout"
+
+
+async def test_a_first_message_over_the_body_limit_is_refused(live: Live) -> None:
+    """The probe sent a 5 MB job as its first message (uvicorn allows 16 MiB frames)."""
+    async with websockets.connect(
+        f"{live.ws}/v1/jobs/stream", additional_headers=live.auth, max_size=None
+    ) as ws:
+        await ws.send(json.dumps({"model": "sim-small", "prompt": "x" * 1_500_000}))
+        await _frames(ws)
+        assert ws.close_code == 1009  # message too big: the server reads no more of it
+    listed = await live.http.get("/v1/jobs", headers=live.auth)
+    assert listed.json()["data"] == []  # nothing was accepted
+
+
+async def test_a_tenants_sockets_are_capped(live: Live) -> None:
+    url = f"{live.ws}/v1/jobs/stream"
+    async with contextlib.AsyncExitStack() as held:
+        for _ in range(3):  # DIM_WS_PER_TENANT here; each waits for its job request
+            await held.enter_async_context(websockets.connect(url, additional_headers=live.auth))
+        await asyncio.sleep(0.2)  # each is accepted and counted
+        async with websockets.connect(url, additional_headers=live.auth) as extra:
+            frames = await _frames(extra)
+            assert extra.close_code == 4429
+        assert frames[0]["error"]["code"] == "too_many_connections"
+    async with websockets.connect(url, additional_headers=live.auth) as ws:  # room again
+        await ws.send(json.dumps({"model": "sim-small", "prompt": "hi", "max_tokens": 2}))
+        assert json.loads(await ws.recv())["type"] == "accepted"
