@@ -46,18 +46,28 @@ class RateLimiter:
 
     async def hit(self, principal: Principal) -> RateState | None:
         """Count one request; raise 429 with `Retry-After` when over the limit."""
-        if self.rpm <= 0:
+        return await self.count(principal.key_id or principal.principal_id, self.rpm, "requests")
+
+    async def attempt(self, account: str, address: str, rpm: int) -> None:
+        """Count one login, refresh or registration against both the account it names and the
+        address it comes from (`rpm` each, every gateway together); 429 over either."""
+        await self.count(f"auth-account-{account}", rpm, "attempts for this account")
+        await self.count(f"auth-address-{address}", rpm * 3, "attempts from this address")
+
+    async def count(self, caller: str, rpm: int, what: str) -> RateState | None:
+        """Count one for `caller` in this minute (a counter every gateway shares); 429 with
+        `Retry-After` when over `rpm`."""
+        if rpm <= 0:
             return None
         now = time.time()
         window = int(now // WINDOW_S)
-        caller = principal.key_id or principal.principal_id
         count = await self.bus.increment(self.bus.names.rate(caller, window))
         reset = max(1, int((window + 1) * WINDOW_S - now + 0.999))
-        state = RateState(self.rpm, max(0, self.rpm - count), reset)
-        if count > self.rpm:
+        state = RateState(rpm, max(0, rpm - count), reset)
+        if count > rpm:
             raise ApiError(
                 429,
-                f"rate limit of {self.rpm} requests per minute reached; retry in {reset}s",
+                f"rate limit of {rpm} {what} per minute reached; retry in {reset}s",
                 code="rate_limit_exceeded",
                 headers=state.headers() | {"retry-after": str(reset)},
             )

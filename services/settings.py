@@ -284,6 +284,15 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         2000, ge=1, description="connections one gateway serves at once (503 beyond)"
     )
+    auth_rpm: int = Field(
+        10,
+        ge=0,
+        description="logins, refreshes or registrations per minute per account (three times "
+        "that per client address; 0: no limit)",
+    )
+    max_keys_per_user: int = Field(
+        20, ge=1, description="live API keys one user may hold (each has its own rate budget)"
+    )
     rate_limit_rpm: int = Field(
         600, ge=0, description="requests per minute per API key or user (0: no limit)"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 from litestar import Controller, Request, delete, get, post
@@ -34,6 +35,15 @@ def _pair(gateway: Gateway, session: accounts.SessionRecord, refresh_token: str)
     )
 
 
+async def _attempt(gateway: Gateway, request: Request[Any, Any, Any], account: str) -> None:
+    """Login, refresh and registration are limited per account (an email, a session) and per
+    client address (`DIM_AUTH_RPM`, and three times that per address), before any password is
+    checked: guessing is slow, and a flood does not reach argon2."""
+    address = request.client.host if request.client else "unknown"
+    key = hashlib.sha256(account.strip().lower().encode()).hexdigest()[:32]
+    await gateway.limiter.attempt(key, address, gateway.settings.auth_rpm)
+
+
 class AuthController(Controller):
     """`/v1/auth`, `/v1/me`, `/v1/sessions`."""
 
@@ -48,6 +58,7 @@ class AuthController(Controller):
     ) -> Registered:
         """Admins add users to their tenant (any role); with open registration anyone may add a member."""
         gateway = gateway_of(request)
+        await _attempt(gateway, request, data.email)
         header = request.headers.get("authorization")
         caller = authenticate(gateway, header) if header else None
         if caller is not None and caller.admin:
@@ -84,6 +95,7 @@ class AuthController(Controller):
     ) -> TokenPair:
         """Open a session."""
         gateway = gateway_of(request)
+        await _attempt(gateway, request, data.email)
         session, refresh = await accounts.login(
             gateway.bus,
             email=data.email,
@@ -104,6 +116,7 @@ class AuthController(Controller):
     ) -> TokenPair:
         """Rotate the refresh token and issue a new access token."""
         gateway = gateway_of(request)
+        await _attempt(gateway, request, data.refresh_token.partition(".")[0])
         session, refresh = await accounts.refresh(
             gateway.bus,
             data.refresh_token,

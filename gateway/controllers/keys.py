@@ -42,6 +42,15 @@ class KeysController(Controller):
             raise ApiError(
                 403, "only admins issue keys for others or admin keys", code="admin_only"
             )
+        held = sum(1 for r in gateway.keys.items.values() if r.principal_id == owner)
+        cap = gateway.settings.max_keys_per_user
+        if held >= cap:
+            raise ApiError(
+                409,
+                f"{owner} holds {held} live keys, the most one may (DIM_MAX_KEYS_PER_USER); "
+                "revoke one first",
+                code="too_many_keys",
+            )
         record, key = await create_key(
             gateway.bus,
             principal_id=owner,

@@ -233,3 +233,22 @@ async def test_a_session_lives_no_longer_than_its_cap_however_often_refreshed(
     assert (session.expires_at - session.created_at).total_seconds() <= 60
     session, _ = await accounts.refresh(bus, token, ttl_s=3600, max_s=60)
     assert (session.expires_at - session.created_at).total_seconds() <= 60
+
+
+async def test_guessing_passwords_is_rate_limited_per_account(
+    client: AsyncTestClient, admin: str, settings: Settings
+) -> None:
+    """The probe got 40 fast 401s for 40 wrong passwords; now the account's budget ends it
+    (`DIM_AUTH_RPM` a minute), before any password is checked."""
+    codes = []
+    for _ in range(settings.auth_rpm + 2):
+        r = await client.post("/v1/auth/login", json={"email": admin, "password": "wrong guess"})
+        codes.append(r.status_code)
+    assert codes[: settings.auth_rpm] == [401] * settings.auth_rpm
+    assert codes[settings.auth_rpm :] == [429, 429]
+    assert r.headers["retry-after"]
+    # another account from the same address still gets its own tries
+    other = await client.post(
+        "/v1/auth/login", json={"email": "nobody@acme.test", "password": "wrong guess"}
+    )
+    assert other.status_code == 401

@@ -334,3 +334,23 @@ async def test_a_free_slot_is_used_by_the_door_again_as_soon_as_its_job_ends(
                 (first, *_) = await job_events(bus, job_id)
                 assert first.data.plan is not None, job_id  # type: ignore[attr-defined]
             assert gw.preplanner.planned == 3
+
+
+async def test_a_user_holds_a_bounded_number_of_keys(world: World, settings: Settings) -> None:
+    """Each key has its own rate budget: unlimited keys would be an unlimited rate."""
+    c = world.client
+    gw = c.app.state.gateway
+
+    def bobs() -> int:
+        return sum(1 for r in gw.keys.items.values() if r.principal_id == "bob")
+
+    for held in range(bobs(), settings.max_keys_per_user):
+        r = await c.post("/v1/keys", headers=world.bob, json={"name": f"k{held}"})
+        assert r.status_code == 201, r.text
+
+        async def seen(n: int = held + 1) -> bool:
+            return bobs() == n
+
+        await wait_until(seen, what="the key in the gateway's ring")
+    over = await c.post("/v1/keys", headers=world.bob, json={"name": "one too many"})
+    assert over.status_code == 409 and over.json()["error"]["code"] == "too_many_keys"
