@@ -69,12 +69,25 @@ class Bucket:
         """Remove the key's value (its history says it was deleted)."""
         await self._kv.delete(key)
 
-    async def keys(self) -> list[str]:
-        """Every key with a value; empty for an empty bucket."""
+    async def keys(self, pattern: str = ">") -> list[str]:
+        """Every key with a value that matches `pattern` (subject wildcards), filtered by the
+        server: only those travel (nats-py's own `keys(filters=)` reads every key and matches
+        substrings). Empty when none."""
+        if pattern == ">":
+            try:
+                return list(await self._kv.keys())
+            except NoKeysError:
+                return []
+        watcher = await self._kv.watch(pattern, ignore_deletes=True, meta_only=True)
+        found: list[str] = []
         try:
-            return list(await self._kv.keys())
-        except NoKeysError:
-            return []
+            async for entry in watcher:
+                if entry is None:  # the end of what is stored now
+                    break
+                found.append(entry.key)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
 
     async def change(
         self,

@@ -200,6 +200,8 @@ def topology(
             BucketSpec(names.bucket("keys"), replicas=replicas),
             BucketSpec(names.bucket("idempotency"), ttl_s=idempotency_ttl_s, replicas=replicas),
             BucketSpec(names.bucket("jobs"), replicas=replicas),
+            # <tenant>.<owner>.<job id> of every job: a tenant's listing reads only its own
+            BucketSpec(names.bucket("job_index"), replicas=replicas),
             BucketSpec(names.bucket("usage"), replicas=replicas),
             BucketSpec(names.bucket("queues"), replicas=replicas),
             BucketSpec(names.bucket("enrolled"), replicas=replicas),  # node id → its key

@@ -198,4 +198,7 @@ async def list_views(
     def keep(view: JobState) -> bool:
         return visible(view, principal) and (status is None or view.status == status)
 
-    return await newest_views(gw.bus, keep, limit=limit, before=before)
+    owner = None if principal.admin else principal.principal_id  # an admin sees the tenant's
+    return await newest_views(
+        gw.bus, keep, limit=limit, before=before, tenant=principal.tenant, owner=owner
+    )

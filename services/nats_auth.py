@@ -114,7 +114,7 @@ def role_permissions(role: str, names: Names) -> Permissions:
             *_reads(_streams(names, "jobs", "tokens", "rate")),
             *_reads(_buckets(names, "nodes", "enrolled", "keys", "queues", "usage")),
             *_reads(_buckets(names, "sessions", "accounts")),
-            *_reads([*_buckets(names, "idempotency", "jobs"), payloads]),
+            *_reads([*_buckets(names, "idempotency", "jobs", "job_index"), payloads]),
         ]
         subscribe += [names.jobs_all, names.tokens_all]
     elif role == "orchestrator":
@@ -144,9 +144,9 @@ def role_permissions(role: str, names: Names) -> Permissions:
     elif role == "projector":
         publish += [
             f"{ns}.dead.>",
-            *_kv(names, "jobs", "usage"),
+            *_kv(names, "jobs", "usage", "job_index"),
             *_reads(_streams(names, "jobs")),
-            *_reads([*_buckets(names, "jobs", "usage", "enrolled"), payloads]),
+            *_reads([*_buckets(names, "jobs", "usage", "enrolled", "job_index"), payloads]),
         ]
     else:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}, or a worker node")

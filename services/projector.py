@@ -23,6 +23,7 @@ from events.retry import VIEW_WRITE
 from events.subjects import job_id_of
 from projections.job_state import JobState
 from projections.job_status import apply, decode_view, encode_view, fold
+from projections.job_views import index_job
 from projections.usage import TenantUsage, add, day_of, usage_key
 from services.registry.trust import Trust
 from services.settings import Settings
@@ -100,6 +101,9 @@ class JobStatusProjector:
             new = fold(view, ((d.stream_seq, d.envelope) for d in group), believe)
             if new is None or new is view:
                 return
+            if view is None:  # a new job: in its tenant's index first (a listing skips an
+                # entry whose view is not written yet; it never misses a written one)
+                await index_job(self.bus, new)
             try:
                 revision = await kv.write(job_id, encode_view(new), revision)
             except WrongLastSequence:
@@ -167,6 +171,7 @@ async def rebuild(
         report.differences.append(job_id)
         if check_only:
             continue
+        await index_job(bus, view)
         await kv.write(job_id, want, revision)
         report.written += 1
     for key in await kv.keys():
