@@ -18,7 +18,7 @@ from events.envelope import Envelope, decode
 from events.errors import WrongLastSequence
 from events.history import read_events
 from events.inference import Prompt
-from events.jobs import JobCancelled, JobSubmitted
+from events.jobs import JobCancelled, JobSubmitted, TaskStarted
 from events.topology import provision
 from events.work import MessageRejected
 from services.process import settings_topology
@@ -328,7 +328,8 @@ async def test_a_lingering_loop_leaves_what_comes_meanwhile_on_the_server_then_t
                 if info.delivered.consumer_seq == 1:
                     break
             await asyncio.sleep(0.02)
-        await bus.publish(bus.names.job("J0", "task.started"), _submitted("J0"))
+        started = TaskStarted(job_id="J0", task_id="J0-0", attempt=1, node_id="n")
+        await bus.publish(bus.names.job("J0", started.type), Envelope(started, actor="t"))
         await _publish(bus, "J1", "J2")
         await asyncio.sleep(0.2)
         info = await bus.js.consumer_info(spec.stream, spec.durable)
