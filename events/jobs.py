@@ -41,6 +41,9 @@ class TaskSpec(BaseModel):
     timeout_s: float | None = None
     max_attempts: int | None = None  # None: the job's
     tenant: str | None = None  # the job's tenant, for nodes that serve only some tenants
+    # added later: the prompt is the job's own (kept once, in the job, not in every task: 16
+    # choices of a large prompt made plans and views of 16 copies); a work message carries it
+    job_prompt: bool = False
 
 
 @event_type

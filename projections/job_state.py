@@ -65,6 +65,7 @@ class TaskState(_State):
     timeout_s: float | None = None
     max_attempts: int | None = None
     tenant: str | None = None
+    job_prompt: bool = False  # its prompt is the job's (`prompt` is None then)
     target: str | None = None  # the node the current attempt was sent to (None: shared subject)
     tried: tuple[str, ...] = ()  # nodes where earlier attempts failed
     status: TaskStatus = "planned"

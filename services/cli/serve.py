@@ -133,10 +133,13 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=10,
         # bounds of the HTTP server itself (docs/reliability.md): connections at once (503
-        # beyond), a WebSocket message no larger than a request body, idle keep-alive 5 s
+        # beyond), a WebSocket message no larger than a request body, idle keep-alive 5 s, a
+        # WebSocket whose client stops answering pings closed within 40 s
         limit_concurrency=settings.max_connections,
         ws_max_size=settings.max_body_bytes,
         timeout_keep_alive=5,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
     )
     server = uvicorn.Server(config)
     tune_gc()

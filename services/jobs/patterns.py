@@ -112,7 +112,7 @@ def _plan_single(state: JobState) -> list[TaskSpec]:
             _spec(
                 state,
                 i,
-                prompt=state.prompt,
+                job_prompt=True,
                 params=state.params.model_copy(update={"n": 1, "seed": seed}),
                 index=i,
             )
@@ -143,7 +143,7 @@ def _plan_comparative(state: JobState) -> list[TaskSpec]:
             state,
             i,
             model=c.model,
-            prompt=state.prompt,
+            job_prompt=True,
             node_id=c.node_id,
             role="candidate",
             index=i,
@@ -200,8 +200,9 @@ def _plan_chained(state: JobState) -> list[TaskSpec]:
 def prompt_for(state: JobState, task: TaskState) -> Prompt:
     """The prompt of a task whose dependencies have finished (its own, or its template's)."""
     if task.template is None:
-        assert task.prompt is not None
-        return task.prompt
+        prompt = state.prompt if task.job_prompt and task.prompt is None else task.prompt
+        assert prompt is not None
+        return prompt
     values: dict[str, str] = {}
     if state.prompt is not None:
         values["input"] = state.prompt.render()

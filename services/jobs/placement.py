@@ -67,7 +67,7 @@ def need_of(state: JobState, task: TaskState, prompt: Prompt | None = None) -> N
     """What the task asks of a node (`prompt`: the one it will run, if not its own)."""
     routing = state.routing
     key = routing.affinity_key
-    prompt = prompt or task.prompt
+    prompt = prompt or task.prompt or (state.prompt if task.job_prompt else None)
     if key is None and routing.strategy == "affinity" and prompt is not None:
         key = prompt.render()[:AFFINITY_PREFIX]
     return Need(

@@ -33,12 +33,11 @@ def task_request(state: JobState, dispatch: TaskDispatched) -> TaskRequested | N
     task = state.task(dispatch.task_id)
     if task is None or task.attempt != dispatch.attempt or task.status != "dispatched":
         return None
+    fields = {f: getattr(task, f) for f in _SPEC_FIELDS}
+    if task.job_prompt and task.prompt is None:  # the worker gets the prompt itself
+        fields |= {"prompt": state.prompt, "job_prompt": False}
     return TaskRequested(
         job_id=state.job_id,
         attempt=dispatch.attempt,
-        task=TaskSpec(
-            **{f: getattr(task, f) for f in _SPEC_FIELDS},
-            node_id=dispatch.node_id,
-            tenant=state.tenant,
-        ),
+        task=TaskSpec(**fields, node_id=dispatch.node_id, tenant=state.tenant),
     )

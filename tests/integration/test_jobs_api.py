@@ -354,3 +354,30 @@ async def test_a_user_holds_a_bounded_number_of_keys(world: World, settings: Set
         await wait_until(seen, what="the key in the gateway's ring")
     over = await c.post("/v1/keys", headers=world.bob, json={"name": "one too many"})
     assert over.status_code == 409 and over.json()["error"]["code"] == "too_many_keys"
+
+
+async def test_sixteen_choices_of_a_large_prompt_keep_one_copy(world: World, bus: Bus) -> None:
+    """The probe's ordinary n=16 completion of a 600 KB prompt made a plan and a view of 16
+    copies (9.6 MB, over NATS's 8 MB: the projector dead-lettered it, the view stayed wrong).
+    The prompt is kept once, in the job; each work message carries it."""
+    c = world.client
+    r = await c.post(
+        "/v1/chat/completions",
+        headers=world.alice,
+        json={
+            "model": "sim-small",
+            "messages": [{"role": "user", "content": "y" * 600_000}],
+            "n": 16,
+            "max_tokens": 2,
+        },
+    )
+    assert r.status_code == 200, r.text[:500]
+    assert len(r.json()["choices"]) == 16
+    job_id = r.headers["x-dim-job-id"]
+    body = await _finished(c, world.alice, job_id)
+    assert body["status"] == "completed"
+    planned = await bus.js.get_last_msg(bus.names.jobs_stream, bus.names.job(job_id, "job.planned"))
+    stored = await bus.body(planned.data or b"", planned.headers)
+    assert len(stored) < 100_000  # the plan names the tasks, not 16 copies of the prompt
+    view = await (await bus.bucket("jobs")).get(job_id)
+    assert view is not None and len(view.value) < 1_000_000  # one copy, in the job
