@@ -20,7 +20,7 @@ from projections.job_state import JobState, evolve
 from projections.job_status import fold
 from projections.job_views import newest_views, read_view
 from services.jobs.admission import overloaded, tenant_full
-from services.jobs.bounds import TooLarge, check_bounds, token_asks
+from services.jobs.bounds import TooLarge, check_bounds, reserved_tokens, token_asks
 from services.jobs.patterns import models_of
 from services.jobs.validation import validate
 from services.jobs.work import dispatches_in, task_request
@@ -43,7 +43,8 @@ async def submit_job(
     Returns the job id and whether the job is new (False: an earlier request with the same
     Idempotency-Key made it, and that job's id is returned).
     """
-    gw.quotas.check(principal)
+    need = reserved_tokens(job)
+    gw.quotas.check(principal, need)
     require_tenant_room(gw, principal.tenant)
     job = job.model_copy(update={"owner": principal.principal_id, "tenant": principal.tenant})
     try:
@@ -78,6 +79,7 @@ async def submit_job(
         envelope, seq = await append_submitted(gw.bus, job)
     except WrongLastSequence:
         return job_id, False  # a concurrent retry with the same key submitted it first
+    gw.quotas.reserve(job_id, principal.tenant, need)
     if job.plan is not None:
         await send_planned_work(gw, envelope, seq)
     return job_id, True

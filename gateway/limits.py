@@ -8,7 +8,8 @@ the publish ack, so replicas share one count without a coordinator, for one roun
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from events.bus import Bus
@@ -74,27 +75,57 @@ class RateLimiter:
         return state
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Quotas:
-    """Tokens per tenant per UTC day (0: no quota), from the usage projection's mirror."""
+    """Tokens per tenant per UTC day (0: no quota), from the usage projection's mirror, less
+    what the jobs this gateway admitted may still use: each reserves its `max_tokens` for every
+    task when admitted, and gives it back when it ends (its real usage is counted by then)."""
 
     usage: WatchedBucket[TenantUsage]
     daily_tokens: int
+    reserved: Counter[str] = field(default_factory=Counter)  # tenant -> tokens reserved
+    _jobs: dict[str, tuple[str, int]] = field(default_factory=dict)  # job -> (tenant, tokens)
 
-    def check(self, principal: Principal) -> None:
-        """Raise 429 when the caller's tenant has used its tokens for today."""
+    def check(self, principal: Principal, need: int = 0) -> None:
+        """Raise 429 when the caller's tenant has no room today for `need` more tokens (what
+        it used, and what its running jobs reserved, counted)."""
         if self.daily_tokens <= 0:
             return
         now = datetime.now(UTC)
         record = self.usage.items.get(usage_key(principal.tenant, day_of(now)))
-        used = record.total_tokens if record else 0
-        if used >= self.daily_tokens:
-            midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-            wait = max(1, int((midnight - now).total_seconds()))
-            raise ApiError(
-                429,
-                f"tenant {principal.tenant!r} used {used} of its {self.daily_tokens} tokens for today; "
-                f"the quota resets at 00:00 UTC",
-                code="quota_exceeded",
-                headers={"retry-after": str(wait)},
+        used = (record.total_tokens if record else 0) + self.reserved[principal.tenant]
+        left = max(0, self.daily_tokens - used)
+        if used < self.daily_tokens and need <= left:
+            return
+        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        wait = max(1, int((midnight - now).total_seconds()))
+        why = f"tenant {principal.tenant!r} used {used:,} of its {self.daily_tokens:,} tokens for today"
+        if used < self.daily_tokens:
+            why = (
+                f"this job may use up to {need:,} tokens (max_tokens for each of its tasks); "
+                f"tenant {principal.tenant!r} has {left:,} of its {self.daily_tokens:,} left "
+                "for today (running jobs' reservations counted)"
             )
+        raise ApiError(
+            429,
+            f"{why}; the quota resets at 00:00 UTC",
+            code="quota_exceeded",
+            param="max_tokens" if used < self.daily_tokens else None,
+            headers={"retry-after": str(wait)},
+        )
+
+    def reserve(self, job_id: str, tenant: str, tokens: int) -> None:
+        """An admitted job holds `tokens` of its tenant's quota until it ends."""
+        if self.daily_tokens <= 0 or job_id in self._jobs:
+            return
+        self._jobs[job_id] = (tenant, tokens)
+        self.reserved[tenant] += tokens
+
+    def settle(self, job_id: str, _event_type: str = "") -> None:
+        """The job ended: its reservation goes back (its usage is counted instead)."""
+        held = self._jobs.pop(job_id, None)
+        if held is not None:
+            tenant, tokens = held
+            self.reserved[tenant] -= tokens
+            if self.reserved[tenant] <= 0:
+                del self.reserved[tenant]

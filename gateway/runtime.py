@@ -77,7 +77,12 @@ class Gateway:
             dispatch_timeout_s=settings.dispatch_timeout_s,
         )
         believe = trust.believe if trust.required else None
-        ends = await JobEnds(bus, on_end=preplanner.ended, believe=believe).start()
+
+        def ended(job_id: str, event_type: str) -> None:
+            preplanner.ended(job_id, event_type)
+            quotas.settle(job_id)
+
+        ends = await JobEnds(bus, on_end=ended, believe=believe).start()
         return cls(
             settings,
             bus,

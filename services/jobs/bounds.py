@@ -26,6 +26,7 @@ __all__ = [
     "RENDER_MAX_BYTES",
     "TooLarge",
     "check_bounds",
+    "reserved_tokens",
     "token_asks",
     "worst_case_prompt_bytes",
 ]
@@ -93,6 +94,21 @@ def token_asks(job: JobSubmitted) -> list[tuple[str, int]]:
             (s.model or job.model, s.max_tokens or job.params.max_tokens) for s in job.chained.steps
         ]
     return [(m, job.params.max_tokens) for m in models_of(job)]
+
+
+def reserved_tokens(job: JobSubmitted) -> int:
+    """The most completion tokens the job's tasks can produce: `max_tokens` for each (what a
+    tenant's token quota holds back while it runs)."""
+    most = job.params.max_tokens
+    if job.pattern == "collaborative" and job.collaborative is not None:
+        spec = job.collaborative
+        return most * (len(spec.inputs) + (spec.aggregate == "reduce"))
+    if job.pattern == "comparative" and job.comparative is not None:
+        judge = job.comparative.consensus == "judge"
+        return most * (len(job.comparative.candidates) + judge)
+    if job.pattern == "chained" and job.chained is not None:
+        return sum(s.max_tokens or most for s in job.chained.steps)
+    return most * job.params.n
 
 
 def check_bounds(job: JobSubmitted, *, max_prompt_bytes: int) -> None:
