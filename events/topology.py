@@ -133,6 +133,9 @@ def topology(
     node_ttl_s: float = 6.0,
     idempotency_ttl_s: float = 86_400.0,
     session_ttl_s: float = 30 * 86_400.0,
+    jobs_max_age_s: float = 0.0,
+    views_ttl_s: float = 0.0,
+    payloads_ttl_s: float = 0.0,
 ) -> Topology:
     """The streams and buckets the architecture names, under `names.ns`."""
     return Topology(
@@ -140,6 +143,7 @@ def topology(
             StreamSpec(
                 names.jobs_stream,
                 (names.jobs_all,),
+                max_age_s=jobs_max_age_s,
                 deny_delete=True,
                 deny_purge=True,
                 duplicate_window_s=dedupe_window_s,
@@ -199,14 +203,16 @@ def topology(
             BucketSpec(names.bucket("accounts"), replicas=replicas),
             BucketSpec(names.bucket("keys"), replicas=replicas),
             BucketSpec(names.bucket("idempotency"), ttl_s=idempotency_ttl_s, replicas=replicas),
-            BucketSpec(names.bucket("jobs"), replicas=replicas),
+            BucketSpec(names.bucket("jobs"), ttl_s=views_ttl_s, replicas=replicas),
             # <tenant>.<owner>.<job id> of every job: a tenant's listing reads only its own
-            BucketSpec(names.bucket("job_index"), replicas=replicas),
+            BucketSpec(names.bucket("job_index"), ttl_s=views_ttl_s, replicas=replicas),
             BucketSpec(names.bucket("usage"), replicas=replicas),
             BucketSpec(names.bucket("queues"), replicas=replicas),
             BucketSpec(names.bucket("enrolled"), replicas=replicas),  # node id → its key
         ),
-        object_stores=(BucketSpec(names.bucket("payloads"), replicas=replicas),),
+        object_stores=(
+            BucketSpec(names.bucket("payloads"), ttl_s=payloads_ttl_s, replicas=replicas),
+        ),
     )
 
 
@@ -242,7 +248,11 @@ async def provision(js: JetStreamContext, topo: Topology) -> ProvisionReport:
             except NotFoundError:
                 await js.create_object_store(
                     store.name,
-                    ObjectStoreConfig(storage=store.storage, replicas=store.replicas),
+                    ObjectStoreConfig(
+                        storage=store.storage,
+                        replicas=store.replicas,
+                        ttl=store.ttl_s or None,
+                    ),
                 )
                 report.created.append(f"object store {store.name}")
                 continue

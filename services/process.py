@@ -102,6 +102,9 @@ def settings_topology(settings: Settings) -> Topology:
         node_ttl_s=settings.node_ttl_s,
         idempotency_ttl_s=settings.idempotency_ttl_s,
         session_ttl_s=settings.refresh_ttl_s,
+        jobs_max_age_s=settings.jobs_retention_s,
+        views_ttl_s=settings.views_ttl_s,
+        payloads_ttl_s=settings.payloads_ttl_s,
     )
 
 

@@ -55,6 +55,22 @@ class Settings(BaseSettings):
     tokens_max_age_s: float = Field(
         900.0, gt=0, description="how long token chunks are kept for resume"
     )
+    jobs_retention_s: float = Field(
+        0.0,
+        ge=0,
+        description="how long job events are kept in the JOBS stream (0: for ever; set when "
+        "the streams are provisioned, `dim provision`)",
+    )
+    views_ttl_s: float = Field(
+        0.0,
+        ge=0,
+        description="how long a job's view and index entry live after their last write (0: for ever)",
+    )
+    payloads_ttl_s: float = Field(
+        0.0,
+        ge=0,
+        description="how long large event payloads are kept (0: for ever; keep it at least as long as the events that point at them)",
+    )
 
     # bus identity and TLS (every process and the CLI)
     nats_creds: Path | None = Field(

@@ -45,6 +45,26 @@ async def test_provisioning_is_idempotent_and_reports_differences(
     assert any("TOKENS" in d and "max_age" in d for d in report.differences)
 
 
+async def test_retention_settings_reach_the_server(bus: Bus, settings: Settings) -> None:
+    kept = settings.model_copy(
+        update={
+            "namespace": f"{settings.namespace}r",
+            "jobs_retention_s": 7 * 86_400.0,
+            "views_ttl_s": 86_400.0,
+            "payloads_ttl_s": 14 * 86_400.0,
+        }
+    )
+    await provision(bus.js, settings_topology(kept))
+    names = kept.names
+    assert (await bus.js.stream_info(names.jobs_stream)).config.max_age == 7 * 86_400.0
+    assert (await bus.js.stream_info(f"KV_{names.bucket('jobs')}")).config.max_age == 86_400.0
+    assert (await bus.js.stream_info(f"KV_{names.bucket('job_index')}")).config.max_age == 86_400.0
+    payloads = await bus.js.stream_info(f"OBJ_{names.bucket('payloads')}")
+    assert payloads.config.max_age == 14 * 86_400.0
+    # the defaults keep everything
+    assert (await bus.js.stream_info(settings.names.jobs_stream)).config.max_age in (0, None)
+
+
 async def test_a_retried_event_is_stored_once(bus: Bus, settings: Settings) -> None:
     env = _submitted()
     first = await bus.publish(settings.names.job("J1", env.type), env)
