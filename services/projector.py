@@ -109,6 +109,16 @@ class JobStatusProjector:
             except WrongLastSequence:
                 self.cache.pop(job_id, None)  # another writer: read again and refold
                 continue
+            except Exception as exc:
+                # loud, not only a dead letter: the view stays behind the log until rebuilt
+                log.error(
+                    "job %s: its view (%d bytes) could not be stored: %r; it lags the log "
+                    "until this succeeds or `dim projections rebuild` runs",
+                    job_id,
+                    len(encode_view(new)),
+                    exc,
+                )
+                raise
             self.cache[job_id] = (new, revision)
             self.cache.move_to_end(job_id)
             if len(self.cache) > _CACHE:
