@@ -27,6 +27,7 @@ from gateway.controllers.nodes import NodesController
 from gateway.controllers.openai import ChatController, CompletionsController, ModelsController
 from gateway.controllers.stream import job_stream, submit_and_stream
 from gateway.errors import exception_handlers
+from gateway.openapi_errors import document_errors
 from gateway.runtime import Gateway
 from services.metrics import CONTENT_TYPE, GatewayMetrics
 from services.settings import Settings
@@ -138,7 +139,7 @@ def create_app(settings: Settings) -> Litestar:
     plugins = (
         [OpenTelemetryPlugin(OpenTelemetryConfig())] if settings.otel_exporter != "none" else []
     )
-    return Litestar(
+    app = Litestar(
         plugins=plugins,
         route_handlers=handlers,
         lifespan=[lifespan],
@@ -149,3 +150,5 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )
+    document_errors(app.openapi_schema)  # built once, here; served as it is then
+    return app

@@ -292,11 +292,26 @@ async def test_unknown_route_is_an_openai_404(
 async def test_openapi_schema_describes_the_api(
     gateway: tuple[AsyncTestClient, dict[str, str]],
 ) -> None:
-    client, _ = gateway
+    client, auth = gateway
     schema = (await client.get("/openapi/openapi.json")).json()
     ops = {op["operationId"] for path in schema["paths"].values() for op in path.values()}
     assert {"listModels", "createChatCompletion", "createCompletion", "healthz", "readyz"} <= ops
     assert "BearerAuth" in schema["components"]["securitySchemes"]
+    # every error is declared as the gateway sends it: OpenAI's shape, each status it can give
+    error = schema["components"]["schemas"]["Error"]
+    assert error["properties"]["error"]["required"] == ["message", "type", "param", "code"]
+    for path, item in schema["paths"].items():
+        for op in item.values():
+            declared = op["responses"]
+            wanted = {"400", "500", "503"} | (
+                {"401", "403", "404", "409", "413", "429"} if path.startswith("/v1/") else set()
+            )
+            assert wanted <= set(declared), (path, sorted(declared))
+            for status in wanted:
+                body = declared[status]["content"]["application/json"]["schema"]
+                assert body == {"$ref": "#/components/schemas/Error"}, (path, status)
+    r = await client.get("/v1/jobs/nope", headers=auth)  # and what is sent matches it
+    assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
 async def test_a_cancelled_job_is_aborted_on_its_worker(bus: Bus, settings: Settings) -> None:
