@@ -30,6 +30,15 @@ _WHY = {
 }
 _ALL = (400, 500, 503)
 _API = (401, 403, 404, 409, 413, 429)
+# Operations anyone may call (`{}`: no credentials), or with a key for more (registration).
+_PUBLIC = {
+    "/healthz": [{}],
+    "/readyz": [{}],
+    "/.well-known/jwks.json": [{}],
+    "/v1/auth/login": [{}],
+    "/v1/auth/refresh": [{}],
+    "/v1/auth/register": [{}, {"BearerAuth": []}],
+}
 
 
 def error_schema() -> Schema:
@@ -51,7 +60,8 @@ def error_schema() -> Schema:
 
 
 def document_errors(openapi: OpenAPI) -> None:
-    """Declare the error answers of every operation of `openapi` (in place)."""
+    """Declare the error answers of every operation of `openapi`, and which need no
+    credentials (in place)."""
     if openapi.components.schemas is None:
         openapi.components.schemas = {}
     openapi.components.schemas[ERROR] = error_schema()
@@ -68,3 +78,5 @@ def document_errors(openapi: OpenAPI) -> None:
             for status in statuses:
                 responses[str(status)] = OpenAPIResponse(description=_WHY[status], content=body)
             operation.responses = responses
+            if path in _PUBLIC:
+                operation.security = _PUBLIC[path]
