@@ -9,6 +9,7 @@ another principal's key, a registration while it is closed) and `allow_header_co
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,8 @@ async def test_every_operation_answers_as_its_schema_says(bus: Bus, settings: Se
     ):
         base = f"http://127.0.0.1:{port}"
         await wait_ready(base)
-        run = subprocess.run(
+        run = await asyncio.to_thread(
+            subprocess.run,
             [
                 str(schemathesis),
                 "run",
