@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     PublicFormat,
     load_pem_private_key,
+    load_pem_public_key,
 )
 
 from events.errors import DimError
@@ -29,12 +31,14 @@ class TokenError(DimError, ValueError):
 
 @dataclass(frozen=True)
 class Signer:
-    """Signs and verifies access tokens with the settings' key."""
+    """Signs access tokens with the settings' key, naming it in the token's `kid`; verifies
+    with the key its `kid` names: the current one, or one of the previous keys kept while
+    tokens they signed may still be live (key rotation: docs/security.md)."""
 
     algorithm: str
     signing_key: Any
-    verifying_key: Any
     key_id: str
+    verifying_keys: dict[str, Any]  # kid -> key: the current one first, then previous ones
     ttl_s: float
 
     @classmethod
@@ -45,8 +49,14 @@ class Signer:
                 raise DimError(
                     "DIM_JWT_SECRET must be set to at least 32 characters for HS256 tokens"
                 )
+            secrets = [settings.jwt_secret, *settings.jwt_previous_secrets]
+            keys = {_hs_kid(k): k for k in secrets}
             return cls(
-                "HS256", settings.jwt_secret, settings.jwt_secret, "hs256", settings.access_ttl_s
+                "HS256",
+                settings.jwt_secret,
+                _hs_kid(settings.jwt_secret),
+                keys,
+                settings.access_ttl_s,
             )
         if not settings.jwt_private_key:
             raise DimError(
@@ -55,10 +65,9 @@ class Signer:
         private = load_pem_private_key(settings.jwt_private_key.encode(), password=None)
         if not isinstance(private, Ed25519PrivateKey):
             raise DimError("DIM_JWT_PRIVATE_KEY must be an Ed25519 key for EdDSA")
-        public = private.public_key()
-        raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
-        kid = base64.urlsafe_b64encode(raw[:12]).decode().rstrip("=")
-        return cls("EdDSA", private, public, kid, settings.access_ttl_s)
+        publics = [private.public_key(), *_public_keys(settings.jwt_previous_public_keys)]
+        known: dict[str, Any] = {_ed_kid(k): k for k in publics}
+        return cls("EdDSA", private, _ed_kid(publics[0]), known, settings.access_ttl_s)
 
     def issue(self, principal: Principal, session_id: str) -> str:
         """A signed access token for a session."""
@@ -80,9 +89,16 @@ class Signer:
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a valid, unexpired token of ours; `TokenError` otherwise."""
         try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = self.verifying_keys.get(kid) if kid else self.verifying_keys[self.key_id]
+            if key is None:
+                raise TokenError(
+                    "the access token is signed by a key this gateway no longer accepts; "
+                    "log in again"
+                )
             claims: dict[str, Any] = jwt.decode(
                 token,
-                self.verifying_key,
+                key,
                 algorithms=[self.algorithm],
                 audience=AUDIENCE,
                 issuer=ISSUER,
@@ -95,20 +111,47 @@ class Signer:
         return claims
 
     def jwks(self) -> dict[str, Any]:
-        """The public keys other services verify our tokens with (none for HS256)."""
+        """The public keys other services verify our tokens with, current and previous (none
+        for HS256)."""
         if self.algorithm != "EdDSA":
             return {"keys": []}
-        raw = self.verifying_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-        x = base64.urlsafe_b64encode(raw).decode().rstrip("=")
         return {
             "keys": [
                 {
                     "kty": "OKP",
                     "crv": "Ed25519",
-                    "x": x,
-                    "kid": self.key_id,
+                    "x": _b64(key.public_bytes(Encoding.Raw, PublicFormat.Raw)),
+                    "kid": kid,
                     "alg": "EdDSA",
                     "use": "sig",
                 }
+                for kid, key in self.verifying_keys.items()
             ]
         }
+
+
+def _hs_kid(secret: str) -> str:
+    """A shared secret's key id: a digest, so the id names the key without giving it away."""
+    return "hs-" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def _ed_kid(public: Ed25519PublicKey) -> str:
+    return _b64(public.public_bytes(Encoding.Raw, PublicFormat.Raw)[:12])
+
+
+def _public_keys(pems: str) -> list[Ed25519PublicKey]:
+    """The Ed25519 public keys in `pems` (PEM blocks one after another)."""
+    out: list[Ed25519PublicKey] = []
+    marker = "-----END PUBLIC KEY-----"
+    for block in pems.split(marker):
+        if not block.strip():
+            continue
+        key = load_pem_public_key((block.strip() + "\n" + marker + "\n").encode())
+        if not isinstance(key, Ed25519PublicKey):
+            raise DimError("DIM_JWT_PREVIOUS_PUBLIC_KEYS must hold Ed25519 public keys (PEM)")
+        out.append(key)
+    return out
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")

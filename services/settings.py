@@ -275,6 +275,16 @@ class Settings(BaseSettings):
     jwt_private_key: str = Field(
         "", description="EdDSA (Ed25519) private key, PEM, shared by every gateway"
     )
+    jwt_previous_secrets: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="HS256 secrets used before DIM_JWT_SECRET, comma-separated: tokens they "
+        "signed (by their `kid`) stay valid until they expire (key rotation)",
+    )
+    jwt_previous_public_keys: str = Field(
+        "",
+        description="EdDSA public keys (PEM, one after another) of private keys used before "
+        "DIM_JWT_PRIVATE_KEY: their tokens stay valid until they expire, and JWKS lists them",
+    )
     access_ttl_s: float = Field(900.0, gt=0, description="lifetime of an access token")
     refresh_ttl_s: float = Field(
         30 * 86_400.0,
@@ -337,7 +347,7 @@ class Settings(BaseSettings):
         "", description="OTLP/HTTP traces endpoint (default: the exporter's own)"
     )
 
-    @field_validator("models", "tenants", mode="before")
+    @field_validator("models", "tenants", "jwt_previous_secrets", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
         if isinstance(value, str):

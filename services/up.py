@@ -166,7 +166,7 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
         for role in ("orchestrator", "projector", "gateway"):
             children.append(Child(role, [role], child_env(as_(role))))
         no_secrets = settings.model_copy(
-            update={"jwt_secret": "", "jwt_private_key": ""}
+            update={"jwt_secret": "", "jwt_private_key": "", "jwt_previous_secrets": ()}
         )  # a worker signs no tokens
         for node, served in nodes.items():
             env = child_env(

@@ -17,10 +17,13 @@ if TYPE_CHECKING:
     from services.cli.common import Subcommands
 
 
-def shown(value: object) -> str:
-    """A setting's value as `dim settings` prints it: secrets masked, URLs without passwords."""
+def shown(value: object, name: str = "") -> str:
+    """A setting's value as `dim settings` prints it: secrets masked (a SecretStr, or a setting
+    named as one: the token-signing keys, an upstream's API key), URLs without passwords."""
     if isinstance(value, SecretStr):
         return "********" if value.get_secret_value() else ""
+    if any(word in name for word in ("secret", "private_key", "api_key")):
+        return "********" if value else ""
     if isinstance(value, tuple):
         return ",".join(value)
     if isinstance(value, str):
@@ -34,7 +37,8 @@ def cmd_settings(args: argparse.Namespace) -> int:
     current = Settings()
     rows = []
     for name, field in Settings.model_fields.items():
-        rows.append([f"DIM_{name.upper()}", shown(getattr(current, name)), field.description or ""])
+        value = shown(getattr(current, name), name)
+        rows.append([f"DIM_{name.upper()}", value, field.description or ""])
     print(table(["VARIABLE", "VALUE", "MEANING"], rows))
     return 0
 
