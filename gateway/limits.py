@@ -7,6 +7,7 @@ the publish ack, so replicas share one count without a coordinator, for one roun
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,14 +41,24 @@ class RateState:
 
 @dataclass(frozen=True, slots=True)
 class RateLimiter:
-    """Requests per minute per caller; 0 means no limit."""
+    """Requests per minute per caller (key or user), and per tenant as a whole (its many keys
+    and users together); 0 means no limit."""
 
     bus: Bus
     rpm: int
+    tenant_rpm: int = 0
 
     async def hit(self, principal: Principal) -> RateState | None:
-        """Count one request; raise 429 with `Retry-After` when over the limit."""
-        return await self.count(principal.key_id or principal.principal_id, self.rpm, "requests")
+        """Count one request against the caller and its tenant (both at once); raise 429 with
+        `Retry-After` when over either limit."""
+        caller = principal.key_id or principal.principal_id
+        if self.tenant_rpm <= 0:
+            return await self.count(caller, self.rpm, "requests")
+        mine, _ = await asyncio.gather(
+            self.count(caller, self.rpm, "requests"),
+            self.count(f"tenant-{principal.tenant}", self.tenant_rpm, "requests for your tenant"),
+        )
+        return mine
 
     async def attempt(self, account: str, address: str, rpm: int) -> None:
         """Count one login, refresh or registration against both the account it names and the

@@ -65,7 +65,7 @@ class Gateway:
         usage = WatchedBucket(bus, bus.names.bucket("usage"), TenantUsage)
         await sessions.start()
         await usage.start()
-        limiter = RateLimiter(bus, settings.rate_limit_rpm)
+        limiter = RateLimiter(bus, settings.rate_limit_rpm, settings.tenant_rate_limit_rpm)
         quotas = Quotas(usage, settings.tenant_daily_tokens)
         queues = WatchedBucket(bus, bus.names.bucket("queues"), TenantQueue)
         await queues.start()

@@ -322,6 +322,11 @@ class Settings(BaseSettings):
     rate_limit_rpm: int = Field(
         600, ge=0, description="requests per minute per API key or user (0: no limit)"
     )
+    tenant_rate_limit_rpm: int = Field(
+        6000,
+        ge=0,
+        description="requests per minute per tenant, all its keys and users together (0: no limit)",
+    )
     tenant_daily_tokens: int = Field(
         0, ge=0, description="tokens a tenant may use per UTC day (0: no quota)"
     )

@@ -62,6 +62,37 @@ async def test_requests_per_minute_are_counted_across_replicas(
         ).status_code == 200
 
 
+async def test_a_tenant_as_a_whole_is_limited_across_its_keys(bus: Bus, settings: Settings) -> None:
+    """Many keys of one tenant, each under its own limit, together over the tenant's."""
+    limited = settings.model_copy(update={"rate_limit_rpm": 100, "tenant_rate_limit_rpm": 5})
+    keys = [
+        (await create_key(bus, principal_id=f"m{i}", tenant="acme", roles=("member",), actor="t"))[
+            1
+        ]
+        for i in range(6)
+    ]
+    _, outsider = await create_key(
+        bus, principal_id="x", tenant="globex", roles=("member",), actor="t"
+    )
+    async with AsyncTestClient(app=create_app(limited)) as c:
+        gw = c.app.state.gateway
+
+        async def loaded() -> bool:
+            return len(gw.keys.items) >= 7
+
+        await wait_until(loaded, what="the keys")
+        left = WINDOW_S - time.time() % WINDOW_S
+        if left < 5:  # do not straddle two windows
+            await asyncio.sleep(left + 0.1)
+        codes = [
+            (await c.get("/v1/models", headers={"Authorization": f"Bearer {k}"})).status_code
+            for k in keys
+        ]
+        assert codes == [200] * 5 + [429]  # one request per key: the tenant's sixth is over
+        other = await c.get("/v1/models", headers={"Authorization": f"Bearer {outsider}"})
+        assert other.status_code == 200  # another tenant has its own count
+
+
 async def test_no_limit_when_set_to_zero(bus: Bus, settings: Settings) -> None:
     _, key = await create_key(
         bus, principal_id="hal", tenant="acme", roles=("member",), actor="test"
