@@ -93,6 +93,7 @@ async def run(args: argparse.Namespace) -> None:
             namespace="benchgw",
             gateway_port=gw_port,
             rate_limit_rpm=0,
+            tenant_rate_limit_rpm=0,
             jwt_secret="bench-secret-bench-secret-bench-secret",
             sim_ttft_ms=0,
             sim_tokens_per_s=0,

@@ -187,6 +187,7 @@ async def run(args: argparse.Namespace) -> None:
             namespace="benchvllm",
             gateway_port=free_port(),
             rate_limit_rpm=0,
+            tenant_rate_limit_rpm=0,
             jwt_secret="bench-secret-bench-secret-bench-secret",
             log_level="WARNING",
             heartbeat_s=1.0,

@@ -199,6 +199,7 @@ async def main(args: argparse.Namespace) -> int:
                 replicas=3 if args.cluster > 1 else 1,
                 gateway_port=port,
                 rate_limit_rpm=0,
+                tenant_rate_limit_rpm=0,
                 jwt_secret="chaos-secret-chaos-secret-chaos-secret",
                 heartbeat_s=0.5,
                 node_ttl_s=1.5,
