@@ -379,5 +379,12 @@ async def test_sixteen_choices_of_a_large_prompt_keep_one_copy(world: World, bus
     planned = await bus.js.get_last_msg(bus.names.jobs_stream, bus.names.job(job_id, "job.planned"))
     stored = await bus.body(planned.data or b"", planned.headers)
     assert len(stored) < 100_000  # the plan names the tasks, not 16 copies of the prompt
-    view = await (await bus.bucket("jobs")).get(job_id)
+    views = await bus.bucket("jobs")
+
+    async def stored_view() -> bool:  # the projector writes it a moment after the end
+        entry = await views.get(job_id)
+        return entry is not None and b'"status":"completed"' in entry.value
+
+    await wait_until(stored_view, what="the projector's view")
+    view = await views.get(job_id)
     assert view is not None and len(view.value) < 1_000_000  # one copy, in the job
