@@ -316,6 +316,11 @@ class Settings(BaseSettings):
         description="logins, refreshes or registrations per minute per account (three times "
         "that per client address; 0: no limit)",
     )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="proxies whose X-Forwarded-For the gateway believes (comma-separated "
+        "addresses, or *): the client address the per-address login limit counts",
+    )
     max_keys_per_user: int = Field(
         20, ge=1, description="live API keys one user may hold (each has its own rate budget)"
     )

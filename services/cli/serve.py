@@ -136,6 +136,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         # beyond), a WebSocket message no larger than a request body, idle keep-alive 5 s, a
         # WebSocket whose client stops answering pings closed within 40 s
         limit_concurrency=settings.max_connections,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         ws_max_size=settings.max_body_bytes,
         timeout_keep_alive=5,
         ws_ping_interval=20.0,

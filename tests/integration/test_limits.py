@@ -7,14 +7,16 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+import httpx
 from litestar.testing import AsyncTestClient
 
 from events.bus import Bus
 from gateway.app import create_app
 from gateway.limits import WINDOW_S
 from services.accounts.keys import create_key
+from services.nats_server import free_port
 from services.settings import Settings
-from tests.mesh import spawn, wait_until
+from tests.mesh import spawn, wait_ready, wait_until
 
 
 async def test_requests_per_minute_are_counted_across_replicas(
@@ -241,3 +243,29 @@ async def test_a_tenant_with_too_many_jobs_held_gets_429_and_others_do_not(
         assert record is not None and record.held >= 2
         theirs = await c.post("/v1/jobs", headers={"Authorization": f"Bearer {other}"}, json=body)
         assert theirs.status_code == 202  # another tenant is not held back by acme's flood
+
+
+async def test_login_limits_count_the_client_behind_a_trusted_proxy(
+    bus: Bus, settings: Settings
+) -> None:
+    """The gateway process (uvicorn) believes X-Forwarded-For from DIM_FORWARDED_ALLOW_IPS
+    (loopback here, where this test's proxy-like client is): each client address has its own
+    budget of attempts, not one shared by everyone behind the proxy."""
+    port = free_port()
+    s = settings.model_copy(update={"gateway_port": port, "auth_rpm": 2})  # 6 per address
+    with spawn(s, "gateway"):
+        base = f"http://127.0.0.1:{port}"
+        await wait_ready(base)
+        async with httpx.AsyncClient(base_url=base) as http:
+
+            async def login(i: int, client: str) -> int:
+                r = await http.post(
+                    "/v1/auth/login",
+                    json={"email": f"u{i}@x.test", "password": "wrong password"},
+                    headers={"x-forwarded-for": client},
+                )
+                return r.status_code
+
+            one = [await login(i, "203.0.113.1") for i in range(7)]
+            assert one == [401] * 6 + [429]  # the address's budget (each email its own)
+            assert await login(99, "203.0.113.2") == 401  # another client behind the proxy
