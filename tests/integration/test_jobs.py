@@ -352,10 +352,18 @@ async def test_several_orchestrators_decide_each_step_once(bus: Bus, settings: S
         instances = [await m.orchestrator(instance_id=i) for i in "abc"]
         await m.worker("w1", capacity=16)
         await wait_until(lambda: _live(bus, 1), what="worker")
-        jobs = await asyncio.gather(
-            *(submit(bus, model="sim-small", prompt=Prompt(text=f"race {i}")) for i in range(20))
-        )
-        histories = [await wait_terminal(bus, j.job_id) for j in jobs]
+        jobs: list[JobSubmitted] = []
+        for batch in range(3):  # until the instances did race (one may outpace the others)
+            jobs += await asyncio.gather(
+                *(
+                    submit(bus, model="sim-small", prompt=Prompt(text=f"race {batch}.{i}"))
+                    for i in range(20)
+                )
+            )
+            for j in jobs:
+                await wait_terminal(bus, j.job_id)
+            if sum(o.obj.lost_races for o in instances):
+                break
         await asyncio.sleep(0.5)  # let any late duplicate land before counting
         histories = [await job_events(bus, j.job_id) for j in jobs]
         # Every instance followed every job to its end, and the losers of each race knew it.
