@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,16 @@ from tests.mesh import spawn, wait_until
 NAMES = Names("faults")
 
 
+def pause(pid: int) -> None:
+    """SIGSTOP `pid` and return once the kernel shows it stopped (state T): a request sent
+    after this gets no answer until SIGCONT."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in ("T", "t"):
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.001)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
     srv = EmbeddedNats(tmp_path / "nats", port=0, name="dim-faults")
@@ -58,7 +69,7 @@ async def test_a_publish_that_times_out_is_retried_with_the_same_id_and_stored_o
     try:
         await provision(bus.js, topology(NAMES))
         assert server.proc is not None
-        os.kill(server.proc.pid, signal.SIGSTOP)  # the server hears nothing and answers nothing
+        pause(server.proc.pid)  # the server hears nothing and answers nothing
         env = _submitted("R1")
         publishing = asyncio.create_task(bus.publish(NAMES.job("R1", env.type), env))
         await asyncio.sleep(1.0)  # several ack timeouts and retries pile up
@@ -84,7 +95,7 @@ async def test_a_wait_for_a_jobs_end_rides_out_nats_not_answering_its_log_lookup
         await ends.expect("W1")
         waiting = asyncio.create_task(ends.wait("W1"))
         assert server.proc is not None
-        os.kill(server.proc.pid, signal.SIGSTOP)
+        pause(server.proc.pid)
         await asyncio.sleep(6)  # lookups time out (5 s)
         assert not waiting.done()
         os.kill(server.proc.pid, signal.SIGCONT)
@@ -170,7 +181,7 @@ async def test_a_mirror_whose_watch_cannot_be_set_up_tries_again(server: Embedde
         kv = await bus.js.key_value(NAMES.bucket("keys"))
         await kv.put("k1", b'{"name": "one"}')
         assert server.proc is not None
-        os.kill(server.proc.pid, signal.SIGSTOP)  # the watch's set-up times out (5 s) ...
+        pause(server.proc.pid)  # the watch's set-up times out (5 s) ...
         try:
             mirror._task = asyncio.create_task(mirror._follow(kv))  # `start` without its wait
             await asyncio.sleep(5.5)
@@ -194,7 +205,7 @@ async def _started_while_paused(
     and the task awaited."""
     assert server.proc is not None
     stop = asyncio.Event()
-    os.kill(server.proc.pid, signal.SIGSTOP)
+    pause(server.proc.pid)
     task = asyncio.create_task(start(stop))
     try:
         await asyncio.sleep(1.5)
@@ -294,7 +305,7 @@ async def test_a_request_while_nats_does_not_answer_gets_503_and_its_retry_submi
 
                 await wait_until(live, what="the worker in the gateway's view")
                 assert server.proc is not None
-                os.kill(server.proc.pid, signal.SIGSTOP)
+                pause(server.proc.pid)
                 try:
                     r = await client.post("/v1/jobs", headers=auth, json=body)
                 finally:
