@@ -266,6 +266,9 @@ async def test_login_limits_count_the_client_behind_a_trusted_proxy(
                 )
                 return r.status_code
 
+            left = WINDOW_S - time.time() % WINDOW_S
+            if left < 5:  # counts are per minute: do not straddle two
+                await asyncio.sleep(left + 0.1)
             one = [await login(i, "203.0.113.1") for i in range(7)]
             assert one == [401] * 6 + [429]  # the address's budget (each email its own)
             assert await login(99, "203.0.113.2") == 401  # another client behind the proxy
