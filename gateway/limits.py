@@ -132,7 +132,7 @@ class Quotas:
         self._jobs[job_id] = (tenant, tokens)
         self.reserved[tenant] += tokens
 
-    def settle(self, job_id: str, _event_type: str = "") -> None:
+    def settle(self, job_id: str) -> None:
         """The job ended: its reservation goes back (its usage is counted instead)."""
         held = self._jobs.pop(job_id, None)
         if held is not None:
