@@ -48,6 +48,7 @@ bench:
     {{python}} -m tests.bench.bench_select
     {{python}} -m tests.bench.bench_cancel
     {{python}} -m tests.bench.bench_signing
+    {{python}} -m tests.bench.bench_fanout
 
 # benchmark: jobs/s and latency through the mesh, over NATS
 bench-jobs *ARGS:
@@ -65,6 +66,10 @@ bench-cancel *ARGS:
 # benchmark: a node signing its reports and records, a reader checking them (µs per operation)
 bench-signing *ARGS:
     {{python}} -m tests.bench.bench_signing {{ARGS}}
+
+# benchmark: one tenant's 1,000-shard job against the workers' full speed; another tenant's latency meanwhile
+bench-fanout *ARGS:
+    {{python}} -m tests.bench.bench_fanout {{ARGS}}
 
 # benchmark: one node pick over 1,000 nodes, per strategy
 bench-select *ARGS:

@@ -29,7 +29,7 @@ from events.jobs import (
     TaskCompleted,
     TaskStarted,
 )
-from events.subjects import Names, job_event_of
+from events.subjects import Names, job_event_of, report_writer
 from events.work import TokensProduced
 
 log = logging.getLogger(__name__)
@@ -135,10 +135,13 @@ class JobEnds:
 
     async def start(self) -> JobEnds:
         """Subscribe; returns self."""
-        for event_type in (TaskCompleted.type, JobFailed.type, JobCancelled.type):
-            self._subs.append(
-                await self.bus.nc.subscribe(self.bus.names.job("*", event_type), cb=self._on)
-            )
+        names = self.bus.names
+        for subject in (
+            names.reports("*", TaskCompleted.type),
+            names.job("*", JobFailed.type),
+            names.job("*", JobCancelled.type),
+        ):
+            self._subs.append(await self.bus.nc.subscribe(subject, cb=self._on))
         return self
 
     async def stop(self) -> None:
@@ -179,6 +182,10 @@ class JobEnds:
         try:
             envelope = decode(await self.bus.body(msg.data, msg.headers))
         except EventDecodeError:
+            return
+        writer = report_writer(msg.subject)
+        if writer is not None and writer != getattr(envelope.data, "node_id", None):
+            log.warning("job %s: %s filed under node %s names another", job_id, event_type, writer)
             return
         if self.believe is not None and not self.believe(envelope.data):
             log.warning("job %s: not believing %s from %s", job_id, event_type, envelope.actor)

@@ -55,15 +55,31 @@ def is_id(value: str) -> bool:
     return bool(_ID.match(value))
 
 
+# The event types a node writes about its own attempt: filed under the writing node
+# (``NS.jobs.<job>.<type>.<node>``, one token more than a decision's ``NS.jobs.<job>.<type>``), so
+# that the server lets a node write only under its own id, and so that the decisions of a job
+# (what the gateway and the orchestrators append) can be matched on their own: ``NS.jobs.<job>.*.*``
+# matches five-token subjects only. Appends that decide (a dispatch, a verdict, the job's end)
+# expect the last *decision*, so a worker's report never makes one lose a race.
+REPORT_TYPES = frozenset({"task.started", "task.completed", "task.failed"})
+
+
 def job_id_of(subject: str) -> str:
-    """The job id of a JOBS subject ``NS.jobs.<job_id>.<type>`` (the inverse of `Names.job`)."""
+    """The job id of a JOBS subject (``NS.jobs.<job_id>.<type>[.<node>]``)."""
     return subject.split(".", 3)[2]
 
 
 def job_event_of(subject: str) -> tuple[str, str]:
-    """The job id and the event type of a JOBS subject ``NS.jobs.<job_id>.<type>``."""
-    _, _, job_id, event_type = subject.split(".", 3)
-    return job_id, event_type
+    """The job id and the event type of a JOBS subject (``NS.jobs.<job_id>.<type>[.<node>]``)."""
+    parts = subject.split(".")
+    return parts[2], ".".join(parts[3:5])
+
+
+def report_writer(subject: str) -> str | None:
+    """The node a report's JOBS subject names (``NS.jobs.<job>.<type>.<node>``); None for a
+    decision's subject."""
+    parts = subject.split(".")
+    return parts[5] if len(parts) == 6 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +150,29 @@ class Names:
 
     # subjects
     def job(self, job_id: str, event_type: str) -> str:
-        """Subject of one event in a job's history."""
+        """Subject of one decision in a job's history (every type but a node's reports, which
+        `report` files under their node)."""
+        if event_type in REPORT_TYPES:
+            raise InvalidName(f"{event_type} is a node's report: its subject is Names.report's")
         return f"{self.ns}.jobs.{job_id}.{event_type}"
+
+    def report(self, job_id: str, event_type: str, node_id: str) -> str:
+        """Subject of one report (`REPORT_TYPES`) node `node_id` writes in a job's history."""
+        if event_type not in REPORT_TYPES:
+            raise InvalidName(f"{event_type} is not a node's report")
+        return f"{self.ns}.jobs.{job_id}.{event_type}.{check_id('node id', node_id)}"
+
+    def reports(self, job_id: str, event_type: str) -> str:
+        """Filter for one report type of a job (``*``: of every job), from every node."""
+        return f"{self.ns}.jobs.{job_id}.{event_type}.*"
 
     def job_all(self, job_id: str) -> str:
         """Filter for one job's whole history."""
         return f"{self.ns}.jobs.{job_id}.>"
+
+    def job_decisions(self, job_id: str) -> str:
+        """Filter for a job's decisions: every event but the nodes' reports (see `REPORT_TYPES`)."""
+        return f"{self.ns}.jobs.{job_id}.*.*"
 
     @property
     def jobs_all(self) -> str:

@@ -39,6 +39,7 @@ from events.patterns import (
     RetryPolicy,
     Routing,
 )
+from events.subjects import REPORT_TYPES
 
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 TaskStatus = Literal["planned", "dispatched", "running", "completed", "failed"]
@@ -119,6 +120,10 @@ class JobState(_State):
     errors: tuple[str, ...] = ()
     events: int = 0
     last_seq: int = 0
+    # stored without its texts (prompts, outputs, the request's inputs), which made it larger
+    # than a view may be: the job's log has them (`job_status.encode_view`)
+    trimmed: bool = False
+    decided_seq: int = 0  # the sequence of its last decision (any event but a node's report)
 
     @property
     def terminal(self) -> bool:
@@ -168,6 +173,20 @@ def _open_attempt(state: JobState, task_id: str, attempt: int) -> bool:
     )
 
 
+def _guessed_lost(state: JobState, task_id: str, attempt: int) -> bool:
+    """Whether `attempt` is the task's current attempt and failed only by the orchestrator's
+    verdict that its node was lost (no newer attempt yet): the node's own result beats the guess
+    whichever of the two was stored first (a verdict may be decided before the result is seen)."""
+    task = state.task(task_id)
+    return (
+        task is not None
+        and task.attempt == attempt
+        and task.status == "failed"
+        and task.error_kind == "worker_lost"
+        and bool(task.tried)
+    )
+
+
 Believe = Callable[[Event], bool]  # whether an event is believed (services/registry/trust.py)
 
 
@@ -205,6 +224,7 @@ def evolve(
             created_at=envelope.at,
             events=1,
             last_seq=seq,
+            decided_seq=seq,
         )
         if event.plan is not None:  # planned where it came in: as if job.planned followed
             return _planned(submitted, event.plan, envelope.at)
@@ -212,7 +232,10 @@ def evolve(
     if seq <= state.last_seq:
         return state
     new = state if believe is not None and not believe(event) else _apply(state, envelope)
-    return new.model_copy(update={"events": state.events + 1, "last_seq": seq})
+    decided = state.decided_seq if envelope.type in REPORT_TYPES else max(seq, state.decided_seq)
+    return new.model_copy(
+        update={"events": state.events + 1, "last_seq": seq, "decided_seq": decided}
+    )
 
 
 def _planned(state: JobState, planned: JobPlanned, at: datetime) -> JobState:
@@ -279,11 +302,18 @@ def _started(event: TaskStarted, state: JobState, at: datetime) -> JobState:
 
 @_changes(TaskCompleted)
 def _completed(event: TaskCompleted, state: JobState, at: datetime) -> JobState:
-    if not _open_attempt(state, event.task_id, event.attempt):
+    undone: dict[str, object] = {}
+    if _guessed_lost(state, event.task_id, event.attempt):
+        task = state.task(event.task_id)
+        assert task is not None
+        # as if the verdict had come second (and changed nothing)
+        undone = {"error": None, "error_kind": None, "retriable": True, "tried": task.tried[:-1]}
+    elif not _open_attempt(state, event.task_id, event.attempt):
         return state
     return _with_task(
         state,
         event.task_id,
+        **undone,
         status="completed",
         ran_on=event.node_id,
         finished_at=at,

@@ -161,9 +161,9 @@ def worker_permissions(names: Names, node_id: str, models: tuple[str, ...]) -> P
     ]
     publish, subscribe = _service_base(names, f"w-{node_id}")
     publish += [
-        names.job("*", "task.started"),
-        names.job("*", "task.completed"),
-        names.job("*", "task.failed"),
+        names.report("*", "task.started", node_id),
+        names.report("*", "task.completed", node_id),
+        names.report("*", "task.failed", node_id),
         names.tokens("*", node_id),
         f"{ns}.nodes.{node_id}.>",
         f"$KV.{names.bucket('nodes')}.{node_id}",

@@ -15,6 +15,7 @@ from events.consume.spec import ConsumerSpec, Delivery, Reject, Retry
 from events.envelope import Envelope, decode
 from events.errors import EventDecodeError, transient
 from events.retry import REDELIVERY, Backoff
+from events.subjects import REPORT_TYPES, report_writer
 from events.work import MessageRejected
 
 log = logging.getLogger(__name__)
@@ -94,17 +95,28 @@ def redelivery(spec: ConsumerSpec) -> Backoff:
 
 
 def disagreement(subject: str, envelope: Envelope) -> str | None:
-    """Why a job event's subject (``NS.jobs.<job>.<type>``) and its body disagree, or None: an
-    event filed under one job but naming another (or another type) would be folded into the
-    wrong job, so it is refused like an undecodable one."""
-    parts = subject.split(".", 3)
-    if len(parts) != 4 or parts[1] != "jobs":
+    """Why a job event's subject (``NS.jobs.<job>.<type>``, a report's ``...<type>.<node>``) and
+    its body disagree, or None: an event filed under one job but naming another (or another
+    type, or a report filed as a decision or under another node) would be folded into the wrong
+    job or miscounted, so it is refused like an undecodable one."""
+    parts = subject.split(".")
+    if len(parts) < 5 or parts[1] != "jobs":
         return None
-    _, _, job_id, event_type = parts
+    job_id, event_type = parts[2], ".".join(parts[3:5])
     named = getattr(envelope.data, "job_id", job_id)
-    if envelope.type != event_type or named != job_id:
+    writer = report_writer(subject)
+    report = envelope.type in REPORT_TYPES
+    if (
+        envelope.type != event_type
+        or named != job_id
+        or report != (writer is not None)
+        or (writer is not None and writer != getattr(envelope.data, "node_id", None))
+    ):
+        node = getattr(envelope.data, "node_id", None)
+        by = f" by node {node}" if report else ""
         return (
-            f"subject {subject} disagrees with its event ({envelope.type} of job {named}): refused"
+            f"subject {subject} disagrees with its event ({envelope.type} of job {named}{by}): "
+            "refused"
         )
     return None
 

@@ -1,11 +1,17 @@
 """The orchestrator process: folds JOBS events into job state and appends what `decide` says.
 
 Every instance has its own durable consumer on JOBS and so sees every job's events in order
-(no gaps, unlike a shared durable). Appends are optimistic: each carries the job's last known
-sequence (``Nats-Expected-Last-Subject-Sequence`` over ``NS.jobs.<id>.>``); when another instance
-or a worker got there first the append is refused and nothing is lost — the newer events arrive
-on this instance's consumer and the job is decided again from them. Any instance can be killed
-and restarted at any time: its state is the log.
+(no gaps, unlike a shared durable). Appends are optimistic: each carries the sequence of the
+job's last known *decision* (``Nats-Expected-Last-Subject-Sequence`` over ``NS.jobs.<id>.*.*``,
+which the nodes' reports, one token longer, do not match); when another instance or the gateway
+decided first the append is refused and nothing is lost — the newer events arrive on this
+instance's consumer and the job is decided again from them. A report that arrives while a
+decision is made does not refuse it (a 1,000-task job gets a report every few milliseconds:
+expecting the job's last event, decisions lost nearly every race): a decision may thus be
+stored after reports it did not see, which `evolve` folds to the same state in either order,
+and which this instance folds when they arrive (its own appended events are remembered as
+folded, not its position in the log). Any instance can be killed and restarted at any time:
+its state is the log.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import logging
 import random
 import time
 from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 from opentelemetry import propagate, trace
@@ -54,6 +61,16 @@ _MAX_FINISHED = 100_000
 _DOOR_GRACE_S = 1.0  # a gateway sends the work of its plans at once; orchestrators after this
 
 
+class _Turn:
+    """A job's turn (`Orchestrator._exclusive`) and how many hold or wait for it."""
+
+    __slots__ = ("lock", "wanted")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.wanted = 0
+
+
 class Orchestrator:
     """One orchestrator instance."""
 
@@ -70,6 +87,11 @@ class Orchestrator:
         # (re)delivered, for the work they dispatch may never have been sent
         self._recovered: dict[str, int] = {}
         self._sent: OrderedDict[str, None] = OrderedDict()
+        # job -> the sequences of this instance's own appends beyond the job's folded position
+        # (folded when appended; skipped when they come back, while the reports stored before
+        # them are still folded when they arrive)
+        self._own: dict[str, set[int]] = {}
+        self._turns: dict[str, _Turn] = {}  # job -> its turn, while one is taken or wanted
         # job -> when to send the work of its plan made at the door, if not started by then
         self._door: OrderedDict[str, tuple[float, Envelope]] = OrderedDict()
         self.lost_races = 0  # appends refused because another writer appended first
@@ -139,6 +161,9 @@ class Orchestrator:
             if seq <= upto:
                 return False  # folded on recovery only: handle it, so its work is sent
             del self._recovered[job_id]
+        own = self._own.get(job_id)
+        if own is not None and seq in own:
+            return True
         state = self.active.get(job_id)
         if state is not None:
             return seq <= state.last_seq
@@ -160,6 +185,37 @@ class Orchestrator:
         job_id = job_id_of(group[0].subject)
         if job_id in self.finished:
             return
+        async with self._exclusive(job_id):
+            freed = await self._fold(job_id, group)
+        for model in freed:  # other jobs: after this one's turn (no two turns held at once)
+            await self._release(model)
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, job_id: str) -> AsyncIterator[None]:
+        """One turn at a job at a time: its events, a release of held work and the ticker each
+        read the job's state, append, and remember the result; interleaved, a turn could
+        remember a state without another's appends (which, remembered as folded, never come
+        back to be folded)."""
+        entry = self._turns.get(job_id)
+        if entry is None:
+            entry = self._turns[job_id] = _Turn()
+        entry.wanted += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.wanted -= 1
+            if not entry.wanted:
+                del self._turns[job_id]
+
+    async def _fold(self, job_id: str, group: list[Delivery]) -> set[str]:
+        """Fold the job's delivered events, perform their effects and advance the job; the
+        models whose queues have room since."""
+        own = self._own.get(job_id)
+        if own:  # appended by this instance while these waited for the job's turn: folded
+            group = [d for d in group if d.stream_seq not in own]
+            if not group:
+                return set()
         state = self.active.get(job_id)
         if state is None:
             first = group[0].envelope.data
@@ -169,7 +225,7 @@ class Orchestrator:
             state = evolve(state, d.envelope, d.stream_seq, believe)
         if state is None:
             log.warning("events for job %s, which has no job.submitted; ignoring", job_id)
-            return
+            return set()
         freed: set[str] = set()
         for d in group:
             event = d.envelope.data
@@ -204,13 +260,17 @@ class Orchestrator:
         if state.terminal:
             self.fair.drop(job_id)
         await self._advance(state)
-        for model in freed:
-            await self._release(model)
+        return freed
 
     async def _release(self, model: str) -> None:
         """Decide again for the held jobs the model's queue has room for, in fair order."""
         for held in self.fair.release(model):
-            state = self.active.get(held)
+            await self._advance_active(held)
+
+    async def _advance_active(self, job_id: str) -> None:
+        """Decide again for an active job, in its turn."""
+        async with self._exclusive(job_id):
+            state = self.active.get(job_id)
             if state is not None:
                 await self._advance(state)
 
@@ -259,15 +319,15 @@ class Orchestrator:
                         ack = await self.bus.publish(
                             self.names.job(state.job_id, event.type),
                             envelope,
-                            expected_last_seq=state.last_seq,
-                            expected_last_subject=self.names.job_all(state.job_id),
+                            expected_last_seq=state.decided_seq,
+                            expected_last_subject=self.names.job_decisions(state.job_id),
                         )
                     except WrongLastSequence:
-                        # Someone appended first; their events are on their way to us.
+                        # Someone decided first; their events are on their way to us.
                         self.lost_races += 1
                         self._remember(state)
                         return
-                    state = evolve(state, envelope, ack.seq) or state
+                    state = self._fold_own(state, envelope, ack.seq)
                     dispatched = [d for d, _ in dispatches_in(envelope)]
                     sent_to.update(d.node_id for d in dispatched if d.node_id)
                     if admission is not None:
@@ -317,14 +377,26 @@ class Orchestrator:
                 await self._send_tasks(state, envelope)
             del self._door[job_id]
 
+    def _fold_own(self, state: JobState, envelope: Envelope, seq: int) -> JobState:
+        """Fold this instance's own append, stored at `seq`, without moving the job's folded
+        position there: reports stored before it may not have arrived yet."""
+        folded = evolve(state, envelope, seq) or state
+        self._own.setdefault(state.job_id, set()).add(seq)
+        return folded.model_copy(update={"last_seq": state.last_seq})
+
     def _remember(self, state: JobState) -> None:
         current = self.active.get(state.job_id)
         if current is not None and current.last_seq > state.last_seq:
             return
+        own = self._own.get(state.job_id)
+        if own is not None:
+            own -= {s for s in own if s <= state.last_seq}
+            if not own or state.terminal:
+                del self._own[state.job_id]
         if state.terminal:
             self.active.pop(state.job_id, None)
             self._recovered.pop(state.job_id, None)
-            self.finished[state.job_id] = state.last_seq
+            self.finished[state.job_id] = max(state.last_seq, state.decided_seq)
             if len(self.finished) > _MAX_FINISHED:
                 self.finished.popitem(last=False)
             return
@@ -358,8 +430,8 @@ class Orchestrator:
                     reported = self.nodes.waiting(model)
                     self.fair.waiting[model] = min(self.fair.waiting[model], reported)
                 await self._release(model)
-            for state in list(self.active.values()):
+            for job_id in list(self.active):
                 try:
-                    await self._advance(state)
+                    await self._advance_active(job_id)
                 except Exception:
-                    log.warning("tick failed for job %s", state.job_id, exc_info=True)
+                    log.warning("tick failed for job %s", job_id, exc_info=True)

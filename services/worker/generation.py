@@ -122,11 +122,11 @@ class Generation:
             ),
             self.key,
         )
-        subject = self.names.job(job_id, started.type)
+        subject = self.names.report(job_id, started.type, self.node_id)
         if expected_last_seq is None:
             await pending.add(subject, Envelope(started, actor=self.actor))
             return
-        # A redelivered attempt starts only if nothing was recorded for the job since it was
+        # A redelivered attempt starts only if nothing was decided for the job since it was
         # found still wanted: the orchestrator may have just given this attempt up (its node
         # lost) and sent the next one — possibly to this very worker.
         try:
@@ -134,7 +134,7 @@ class Generation:
                 subject,
                 Envelope(started, actor=self.actor),
                 expected_last_seq=expected_last_seq,
-                expected_last_subject=self.names.job_all(job_id),
+                expected_last_subject=self.names.job_decisions(job_id),
             )
         except WrongLastSequence:
             raise Raced from None
@@ -147,7 +147,8 @@ class Generation:
         # so a reader never depends on the chunks.
         completed = signed_report(completed, self.key)
         await pending.add(
-            self.names.job(request.job_id, completed.type), Envelope(completed, actor=self.actor)
+            self.names.report(request.job_id, completed.type, self.node_id),
+            Envelope(completed, actor=self.actor),
         )
         await pending.flush()
         self.tally.completed += 1
@@ -183,7 +184,8 @@ class Generation:
             self.key,
         )
         await self.bus.publish(
-            self.names.job(request.job_id, failed.type), Envelope(failed, actor=self.actor)
+            self.names.report(request.job_id, failed.type, self.node_id),
+            Envelope(failed, actor=self.actor),
         )
 
     async def abort(self, job_id: str) -> None:

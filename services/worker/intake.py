@@ -146,7 +146,7 @@ class Intake:
         await self.generation.run(delivery, request, None)  # the job keeps moving: go ahead
 
     async def _still_wanted(self, request: TaskRequested) -> int | None:
-        """For a redelivered attempt: the sequence of the job's last event if the attempt is
+        """For a redelivered attempt: the sequence of the job's last decision if the attempt is
         still wanted; None when the job ended, or the task has a result or a newer attempt (the
         orchestrator moved it off a node it thought lost)."""
         state = fold(None, await history(self.bus, request.job_id))
@@ -160,7 +160,7 @@ class Intake:
             or task.status in ("completed", "failed")
         ):
             return None
-        return state.last_seq
+        return state.decided_seq
 
     def _skip_superseded(self, request: TaskRequested) -> None:
         self.tally.skipped += 1

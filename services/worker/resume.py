@@ -70,7 +70,7 @@ async def _writers(bus: Bus, job_id: str, task_id: str, *, verify: bool) -> list
     key enrolled for the node)."""
     nodes: list[str] = []
     enrolled = await bus.bucket("enrolled") if verify else None
-    subject = bus.names.job(job_id, "task.started")
+    subject = bus.names.reports(job_id, "task.started")
     async for _, envelope in read_events(bus, bus.names.jobs_stream, subject):
         started = envelope.data
         if not isinstance(started, TaskStarted) or started.task_id != task_id:

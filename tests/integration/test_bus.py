@@ -349,7 +349,7 @@ async def test_a_lingering_loop_leaves_what_comes_meanwhile_on_the_server_then_t
                     break
             await asyncio.sleep(0.02)
         started = TaskStarted(job_id="J0", task_id="J0-0", attempt=1, node_id="n")
-        await bus.publish(bus.names.job("J0", started.type), Envelope(started, actor="t"))
+        await bus.publish(bus.names.report("J0", started.type, "n"), Envelope(started, actor="t"))
         await _publish(bus, "J1", "J2")
         await asyncio.sleep(0.2)
         info = await bus.js.consumer_info(spec.stream, spec.durable)

@@ -141,7 +141,7 @@ async def test_a_worker_cannot_append_job_events(provisioned: Server, who: str) 
         seen = await admin.nc.subscribe(NAMES.job("j1", "job.completed"))
         await admin.nc.flush()  # the subscription is on the server before the publish
         await worker.nc.publish(NAMES.job("j1", "job.completed"), b"FORGED")
-        await worker.nc.publish(NAMES.job("j1", "task.completed"), b"its own kind")
+        await worker.nc.publish(NAMES.report("j1", "task.completed", "n1"), b"its own kind")
         await worker.nc.flush()
         blocked = await worker.violations()
         got = [m.data async for m in _drain(seen)]

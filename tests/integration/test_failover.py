@@ -117,7 +117,8 @@ async def _chunks(
             begun = TaskStarted(
                 job_id=job_id, task_id=f"{job_id}.0", attempt=attempt, node_id=f"n{attempt}"
             )
-            await bus.publish(bus.names.job(job_id, begun.type), Envelope(begun, actor="t"))
+            subject = bus.names.report(job_id, begun.type, begun.node_id)
+            await bus.publish(subject, Envelope(begun, actor="t"))
         chunk = TokensProduced(
             job_id=job_id,
             task_id=f"{job_id}.0",

@@ -435,6 +435,42 @@ async def test_events_over_the_message_limit_travel_through_the_payloads_store(
     assert planned.headers and PAYLOAD_REF_HEADER in planned.headers
 
 
+async def test_a_thousand_shards_flow_while_the_workers_report(
+    bus: Bus, settings: Settings
+) -> None:
+    # Issue 17's fan-out stall: a 1,000-input job on three workers. Every decision about the
+    # job expected its last event, and the workers append a report every few milliseconds, so
+    # the orchestrator lost nearly every race (~1,600 for this job) and the job crawled. A
+    # decision now expects only the job's last decision: one orchestrator never loses a race.
+    from events.patterns import Collaborative
+
+    inputs = tuple(Prompt(text=f"shard {i}") for i in range(1000))
+    # one event loop runs every process here: no node is lost to a late heartbeat meanwhile
+    roomy = {"node_ttl_s": 10.0, "dispatch_timeout_s": 30.0, "task_ack_wait_s": 30.0}
+    async with mesh(settings.model_copy(update=roomy)) as m:
+        orchestrator = (await m.orchestrator()).obj
+        for i in range(3):
+            await m.worker(f"w{i}", capacity=32)
+        await wait_until(lambda: _live(bus, 3), what="three workers")
+        job = await submit_event(
+            bus,
+            JobSubmitted(
+                job_id=new_id(),
+                pattern="collaborative",
+                model="sim-small",
+                params=SamplingParams(max_tokens=4),
+                collaborative=Collaborative(inputs=inputs),
+            ),
+        )
+        events = await wait_terminal(bus, job.job_id, timeout_s=120)
+    done = events[-1].data
+    assert isinstance(done, JobCompleted), events[-1]
+    assert len(done.parts) == 1000 and all(p.output for p in done.parts)
+    assert orchestrator.lost_races == 0
+    started = [e.data for e in events if isinstance(e.data, TaskStarted)]
+    assert len({s.node_id for s in started}) == 3  # spread over every worker
+
+
 async def test_a_node_reserved_for_a_tenant_serves_only_that_tenant(
     bus: Bus, settings: Settings
 ) -> None:
@@ -710,7 +746,8 @@ async def test_an_orchestrator_far_behind_sends_door_work_only_if_the_log_says_i
     (task,) = job.plan.tasks  # type: ignore[union-attr]
     if started_in_log:  # a worker took the gateway's copy; this instance has not read that yet
         started = TaskStarted(job_id=job.job_id, task_id=task.task_id, attempt=1, node_id="w9")
-        await bus.publish(bus.names.job(job.job_id, started.type), Envelope(started, actor="w"))
+        subject = bus.names.report(job.job_id, started.type, "w9")
+        await bus.publish(subject, Envelope(started, actor="w"))
     await asyncio.sleep(1.1)  # the job is now older than half the window
     orchestrator._door[job.job_id] = (0.0, envelope)  # its grace is over
     await orchestrator._send_door_work()
@@ -733,7 +770,9 @@ async def test_a_redelivered_attempt_given_up_while_the_worker_checks_it_is_not_
     request = task_request(state, dispatch)
     assert request is not None
     started = TaskStarted(job_id=job.job_id, task_id=dispatch.task_id, attempt=1, node_id="gone")
-    await bus.publish(bus.names.job(job.job_id, started.type), Envelope(started, actor="w"))
+    await bus.publish(
+        bus.names.report(job.job_id, started.type, "gone"), Envelope(started, actor="w")
+    )
     worker = Worker(bus, SimulatedEngine(("sim-small",), ttft_ms=0, tokens_per_s=0), settings)
     checked = worker._still_wanted
     gave_up = False

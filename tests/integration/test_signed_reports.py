@@ -1,8 +1,10 @@
 """Signed task reports on a real secured nats-server, attacked by a node the server admits but no
 admin enrolled (its own NATS identity, worker rights): its forged `task.completed` and
-`task.failed` for another tenant's running job — naming the real node, naming itself, unsigned —
-are refused by the orchestrator, the projector and the gateway and recorded as `report.refused`;
-the victim gets the real answer. Token chunks it writes into the victim's live stream — under
+`task.failed` for another tenant's running job are refused — under the real node's id by the
+server (a node files reports only under its own), under its own id naming the real node by every
+reader as misfiled (recorded as `message.rejected`), naming itself by the orchestrator, the
+projector and the gateway as not signed by an enrolled key (recorded as `report.refused`); the
+victim gets the real answer. Token chunks it writes into the victim's live stream — under
 its own subject, the only one the server lets it write, for an attempt it never started — are
 left out of the stream. It cannot write the orchestrator's verdicts (`task.lost`), and, its key
 unknown, it receives no work.
@@ -32,7 +34,7 @@ from events.inference import Usage
 from events.jobs import TaskCompleted, TaskFailed, TaskLost, TaskStarted
 from events.signing import NodeKey, signed_report
 from events.subjects import Names
-from events.work import ReportRefused, TokensProduced
+from events.work import MessageRejected, ReportRefused, TokensProduced
 from services.accounts.keys import create_key
 from services.nats_auth import authorization, inbox_prefix
 from services.nats_dir import NatsDir
@@ -157,9 +159,10 @@ async def forge(secured: Secured, started: TaskStarted) -> list[Event]:
         **ids, node_id="rogue", index=0, offset=0, text="FORGED " * 2000, tokens=1
     )
     try:
-        for event in forged:
+        for event in forged:  # under its own id, naming the real node or itself
             await rogue.publish(
-                rogue.names.job(started.job_id, event.type), Envelope(event, actor="worker/n1")
+                rogue.names.report(started.job_id, event.type, "rogue"),
+                Envelope(event, actor="worker/n1"),
             )
         # under its own subject (the only one it may write): for an attempt it never started,
         # and naming the real node
@@ -170,6 +173,13 @@ async def forge(secured: Secured, started: TaskStarted) -> list[Event]:
         # under the real node's subject: the server drops it (a permissions violation)
         as_n1 = Envelope(chunk.model_copy(update={"node_id": "n1"}), actor="worker/n1")
         await rogue.nc.publish(rogue.names.tokens(started.job_id, "n1"), as_n1.encode())
+        # under the real node's id: the server refuses it (a node writes reports only under
+        # its own id), so JetStream never acks it
+        with pytest.raises(PublishError, match="no JetStream ack"):
+            await rogue.publish(
+                rogue.names.report(started.job_id, forged[0].type, "n1"),
+                Envelope(forged[0], actor="worker/n1"),
+            )
         # The orchestrator's verdict is not a node's to write: the server refuses it (a
         # permissions violation, so JetStream never acks it; nothing is stored: checked below).
         lost = TaskLost(**ids, node_id="n1", kind="worker_lost", error="forged")
@@ -205,11 +215,14 @@ async def streamed(client: Client, key: str) -> str:
     return "".join(text)
 
 
-async def attacked_answer(secured: Secured, signed: bool) -> tuple[str, list[ReportRefused]]:
-    """A streamed chat completion attacked while it runs: (its answer, the refusals recorded)."""
+async def attacked_answer(
+    secured: Secured, signed: bool
+) -> tuple[str, list[ReportRefused | MessageRejected]]:
+    """A streamed chat completion attacked while it runs: (its answer, the refusals recorded:
+    reports not believed, and reports filed under a node they do not name)."""
     async with mesh_of(secured, signed) as (client, key, admin):
         asking = asyncio.create_task(streamed(client, key))
-        started = (await first(admin, admin.names.job("*", "task.started"))).data
+        started = (await first(admin, admin.names.reports("*", "task.started"))).data
         assert isinstance(started, TaskStarted) and started.node_id == "n1"
         await forge(secured, started)
         answer = await asking
@@ -218,7 +231,7 @@ async def attacked_answer(secured: Secured, signed: bool) -> tuple[str, list[Rep
         n1 = admin.names.tokens(started.job_id, "n1")
         written = [e.data async for _, e in read_events(admin, admin.names.tokens_stream, n1)]
         assert written and not any("FORGED" in getattr(c, "text", "") for c in written)
-        refused: list[ReportRefused] = []
+        refused: list[ReportRefused | MessageRejected] = []
         if signed:
 
             async def recorded() -> bool:
@@ -227,12 +240,19 @@ async def attacked_answer(secured: Secured, signed: bool) -> tuple[str, list[Rep
                     async for _, e in read_events(
                         admin, admin.names.dead_stream, admin.names.dead_all
                     )
-                    if isinstance(e.data, ReportRefused)
+                    if isinstance(e.data, ReportRefused | MessageRejected)
+                    and _reader(e.data) in ("orchestrator", "projector")
                 ]
                 return len(refused) >= 8
 
             await wait_until(recorded, what="the refusals of orchestrator and projector")
         return answer, refused
+
+
+def _reader(record: ReportRefused | MessageRejected) -> str:
+    """Which process refused a report: orchestrator, projector, ..."""
+    by = record.by if isinstance(record, ReportRefused) else record.consumer
+    return by.split("-")[0]
 
 
 async def test_forged_reports_of_an_unenrolled_node_are_refused_and_recorded(
@@ -241,18 +261,22 @@ async def test_forged_reports_of_an_unenrolled_node_are_refused_and_recorded(
     with secured_server(tmp_path, "sr") as secured:
         answer, refused = await attacked_answer(secured, signed=True)
     assert "FORGED" not in answer and answer and not answer.startswith("HTTP"), answer[:300]
-    by = {r.by.split("-")[0] for r in refused}
+    by = {_reader(r) for r in refused}
     assert by == {"orchestrator", "projector"}
     for who in by:
-        mine = [r for r in refused if r.by.startswith(who)]
-        assert sorted((r.event_type, r.node_id) for r in mine) == [
-            ("task.completed", "n1"),
-            ("task.completed", "n1"),
-            ("task.completed", "rogue"),
-            ("task.failed", "n1"),
+        mine = [r for r in refused if _reader(r) == who]
+        # naming itself: read, and not believed (its key is enrolled by no admin)
+        believed = [r for r in mine if isinstance(r, ReportRefused)]
+        assert [(r.event_type, r.node_id) for r in believed] == [("task.completed", "rogue")]
+        assert "no enrolled key" in believed[0].reason
+        # naming the real node under its own id: refused unread, as filed under another node
+        misfiled = sorted(r.subject for r in mine if isinstance(r, MessageRejected))
+        assert [s.split(".", 3)[3] for s in misfiled] == [
+            "task.completed.rogue",
+            "task.completed.rogue",
+            "task.failed.rogue",
         ]
-        reasons = " | ".join(r.reason for r in mine)
-        assert "no enrolled key" in reasons and "not signed by the key enrolled" in reasons
+        assert all("disagrees" in r.error for r in mine if isinstance(r, MessageRejected))
 
 
 async def test_twin_believing_every_report_is_fooled(tmp_path: Path) -> None:
@@ -296,7 +320,7 @@ async def _no_work_for_the_rogue(secured: Secured) -> None:
         assert listed.status_code == 200, listed.text
         shown = {n["node_id"]: n["verified"] for n in listed.json()}
         assert shown.get("rogue") is False and shown.get("n1") is True, shown
-        subject = admin.names.job("*", "task.started")
+        subject = admin.names.reports("*", "task.started")
         starts = [e.data async for _, e in read_events(admin, admin.names.jobs_stream, subject)]
         assert all(getattr(s, "node_id", None) != "rogue" for s in starts)
 

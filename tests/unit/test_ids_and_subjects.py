@@ -8,7 +8,16 @@ from hypothesis import strategies as st
 
 from events.errors import InvalidName
 from events.ids import new_id
-from events.subjects import Names, check_id, decode_token, encode_token
+from events.jobs import TaskCompleted, TaskFailed, TaskStarted
+from events.subjects import (
+    REPORT_TYPES,
+    Names,
+    check_id,
+    decode_token,
+    encode_token,
+    job_event_of,
+    report_writer,
+)
 
 
 def test_ids_are_unique_sortable_and_monotonic() -> None:
@@ -48,7 +57,7 @@ def test_encoding_is_injective(a: str, b: str) -> None:
 
 def test_subjects_are_namespaced() -> None:
     names = Names("prod")
-    assert names.job("J1", "task.started") == "prod.jobs.J1.task.started"
+    assert names.job("J1", "task.dispatched") == "prod.jobs.J1.task.dispatched"
     assert names.tasks_for_model("org/m.1") == "prod.tasks.model.org_2Fm_2E1"
     assert names.tasks_for_node("gpu-1") == "prod.tasks.node.gpu-1"
     assert names.tokens("J1", "gpu-1") == "prod.tokens.J1.gpu-1"
@@ -56,6 +65,26 @@ def test_subjects_are_namespaced() -> None:
     assert names.tokens_writer(names.tokens("J1", "gpu-1")) == "gpu-1"
     assert names.jobs_stream == "prod_JOBS"
     assert names.bucket("nodes") == "prod_nodes"
+
+
+def test_a_nodes_reports_are_filed_under_it_and_decisions_match_apart() -> None:
+    names = Names("prod")
+    started = names.report("J1", "task.started", "gpu-1")
+    assert started == "prod.jobs.J1.task.started.gpu-1"
+    assert report_writer(started) == "gpu-1"
+    assert job_event_of(started) == ("J1", "task.started")
+    assert report_writer(names.job("J1", "task.lost")) is None
+    assert job_event_of(names.job("J1", "task.lost")) == ("J1", "task.lost")
+    assert names.reports("*", "task.completed") == "prod.jobs.*.task.completed.*"
+    assert names.job_decisions("J1") == "prod.jobs.J1.*.*"  # five tokens: never a report
+    # every event type a node signs is a report; every other one is a decision
+    assert {TaskStarted.type, TaskCompleted.type, TaskFailed.type} == REPORT_TYPES
+    with pytest.raises(InvalidName, match="report"):
+        names.job("J1", "task.completed")
+    with pytest.raises(InvalidName, match="not a node's report"):
+        names.report("J1", "task.lost", "gpu-1")
+    with pytest.raises(InvalidName, match="node id"):
+        names.report("J1", "task.started", "a.b")
 
 
 @pytest.mark.parametrize("bad", ["", "1abc", "a.b", "a b", "x" * 40, "a>"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from events.consume.settle import disagreement
 from events.envelope import Envelope, Event
 from events.inference import Prompt, SamplingParams, Usage
 from events.jobs import (
@@ -15,6 +16,7 @@ from events.jobs import (
     TaskCompleted,
     TaskDispatched,
     TaskFailed,
+    TaskLost,
     TaskStarted,
 )
 from events.patterns import RetryPolicy
@@ -211,6 +213,51 @@ def test_view_tracks_sequence_and_count() -> None:
     assert log.state.created_at == T0 + timedelta(milliseconds=10)
 
 
+def test_decisions_and_reports_are_tracked_apart() -> None:
+    log = Log()
+    log.run_decisions()
+    assert log.state is not None
+    assert log.state.decided_seq == 2  # the plan
+    log.append(TaskStarted(job_id="J", task_id="J-0", attempt=1, node_id="gpu-1"))
+    assert (log.state.last_seq, log.state.decided_seq) == (3, 2)  # a report is no decision
+    log.append(_completed())
+    log.run_decisions()
+    assert (log.state.last_seq, log.state.decided_seq) == (5, 5)
+
+
+def _lost(attempt: int = 1) -> TaskLost:
+    return TaskLost(
+        job_id="J", task_id="J-0", attempt=attempt, node_id="gpu-1", kind="worker_lost", error="x"
+    )
+
+
+def test_a_node_lost_verdict_and_its_result_fold_alike_in_either_order() -> None:
+    # A decision no longer waits for every report (it expects the last decision only), so the
+    # orchestrator may store "lost" after the node's result it had not seen yet, and folds that
+    # result after its own verdict: both orders must give the same task.
+    started = TaskStarted(job_id="J", task_id="J-0", attempt=1, node_id="gpu-1")
+    result_first, verdict_first = Log(), Log()
+    for log in (result_first, verdict_first):
+        log.run_decisions()
+        log.append(started)
+    result_first.append(_completed(), _lost())
+    verdict_first.append(_lost(), _completed())
+    assert result_first.state is not None and verdict_first.state is not None
+    when = {"finished_at"}  # each order's own clock
+    assert result_first.state.tasks[0].model_dump(exclude=when) == verdict_first.state.tasks[
+        0
+    ].model_dump(exclude=when)
+    assert result_first.state.tasks[0].status == "completed"
+    # a result after a newer attempt was sent is still stale
+    later = Log()
+    later.run_decisions()
+    later.append(started, _lost())
+    later.run_decisions()  # attempt 2
+    later.append(_completed(attempt=1, output="late"))
+    assert later.state is not None and later.state.tasks[0].attempt == 2
+    assert later.state.tasks[0].status == "dispatched"
+
+
 def test_n_choices_plan_one_task_each_and_complete_with_every_answer() -> None:
     log = Log(params=SamplingParams(n=3, seed=7))
     (planned,) = log.run_decisions()
@@ -304,3 +351,20 @@ def test_a_known_model_whose_nodes_are_away_waits_for_them_an_unknown_one_fails_
     nobody = NodeView(serves=lambda m: False, node_live=lambda n: False, live_models=set)
     (typo,) = Log().decide(nobody)  # no node has ever served it
     assert isinstance(typo, JobFailed) and typo.code == "model_not_served"
+
+
+def test_a_job_event_filed_where_its_body_disagrees_is_refused() -> None:
+    started = Envelope(
+        TaskStarted(job_id="J", task_id="J-0", attempt=1, node_id="gpu-1"), actor="t"
+    )
+    lost = Envelope(_lost(), actor="t")
+    assert disagreement(NAMES.report("J", "task.started", "gpu-1"), started) is None
+    assert disagreement(NAMES.job("J", "task.lost"), lost) is None
+    refused = {
+        "under another node": (NAMES.report("J", "task.started", "gpu-2"), started),
+        "as a decision": ("t.jobs.J.task.started", started),
+        "a decision as a report": ("t.jobs.J.task.lost.gpu-1", lost),
+        "under another job": (NAMES.report("K", "task.started", "gpu-1"), started),
+    }
+    for why, (subject, envelope) in refused.items():
+        assert disagreement(subject, envelope) is not None, why
