@@ -184,9 +184,10 @@ async def load_view(gw: Gateway, principal: Principal, job_id: str) -> JobState:
         view = await read_view(gw.bus, job_id)
     except ValueError:  # an unreadable stored view: the log below is the truth
         view = None
-    if view is None:
-        # Not projected yet (just submitted): fold the log directly.
-        view = fold(None, await history(gw.bus, job_id))
+    if view is None or view.trimmed:
+        # Not projected yet (just submitted), or stored without its texts (too large to store
+        # whole): fold the log directly, believing what the projector believes.
+        view = fold(None, await history(gw.bus, job_id), gw.believe) or view
     if view is None or not visible(view, principal):
         raise ApiError(404, f"no job {job_id!r}", code="job_not_found", param="job_id")
     return view

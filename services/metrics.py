@@ -1,4 +1,5 @@
-"""Prometheus metrics of the gateway and the workers (documented in docs/metrics.md).
+"""Prometheus metrics of the gateway, the workers and the projector (documented in
+docs/metrics.md).
 
 Names follow the serving stacks' conventions (vLLM's `vllm:time_to_first_token_seconds`,
 TGI's `tgi_request_duration`): a `dim_` prefix, the component, base units in the name, `_total`
@@ -8,7 +9,9 @@ in tests) never collide.
 
 from __future__ import annotations
 
+import json
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import (
@@ -211,3 +214,90 @@ class GatewayMetrics:
     def render(self) -> bytes:
         """The exposition text."""
         return generate_latest(self.registry)
+
+
+class ProjectorMetrics:
+    """What one projector measures about the views it keeps, and whether they match the log."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.views_written = Counter(
+            "dim_projector_views_written_total", "Job views stored", registry=r
+        )
+        self.views_trimmed = Counter(
+            "dim_projector_views_trimmed_total",
+            "Job views stored without their texts (larger than a view may be)",
+            registry=r,
+        )
+        self.view_write_failures = Counter(
+            "dim_projector_view_write_failures_total",
+            "Job views that could not be stored (the view lags its log)",
+            registry=r,
+        )
+        self.views_behind = Gauge(
+            "dim_projector_views_behind",
+            "Jobs whose last view write failed and has not succeeded since",
+            registry=r,
+        )
+        # job id -> why its view could not be stored (until a later write of it succeeds)
+        self.behind: dict[str, str] = {}
+
+    def failed(self, job_id: str, why: str) -> None:
+        """A job's view could not be stored."""
+        self.view_write_failures.inc()
+        self.behind[job_id] = why
+        self.views_behind.set(len(self.behind))
+
+    def written(self, job_id: str, trimmed: bool) -> None:
+        """A job's view was stored."""
+        self.views_written.inc()
+        if trimmed:
+            self.views_trimmed.inc()
+        self.caught_up(job_id)
+
+    def caught_up(self, job_id: str) -> None:
+        """A job's stored view matches its log (again)."""
+        if self.behind.pop(job_id, None) is not None:
+            self.views_behind.set(len(self.behind))
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """`/readyz`: 200 while every view matches its log, else 503 `degraded` with some of
+        the jobs behind and why."""
+        behind = dict(list(self.behind.items())[:20])  # a snapshot (written by the loop)
+        if not behind:
+            return 200, {"status": "ready"}
+        return 503, {
+            "status": "degraded",
+            "views_behind": len(self.behind),
+            "jobs": behind,
+            "fix": "dim projections rebuild",
+        }
+
+    def serve(self, host: str, port: int) -> ThreadingHTTPServer:
+        """Serve `/metrics`, `/healthz` and `/readyz` on a background thread."""
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    status, body, kind = 200, generate_latest(metrics.registry), CONTENT_TYPE
+                elif path in ("/healthz", "/readyz"):
+                    status, doc = (
+                        (200, {"status": "ok"}) if path == "/healthz" else (metrics.readiness())
+                    )
+                    body, kind = json.dumps(doc).encode(), "application/json"
+                else:
+                    status, body, kind = 404, b"not found\n", "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # no line per probe
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=server.serve_forever, name="projector-http", daemon=True).start()
+        return server

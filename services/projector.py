@@ -8,6 +8,7 @@ overwrite each other with an older view.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -17,29 +18,36 @@ from events.bus import Bus
 from events.consume import ConsumerSpec, Delivery, run_ordered
 from events.errors import WrongLastSequence, while_unavailable
 from events.history import read_events
+from events.job_log import history
 from events.jobs import JobCompleted, JobSubmitted
 from events.kv import Bucket, Entry
 from events.retry import VIEW_WRITE
 from events.subjects import job_id_of
 from projections.job_state import JobState
-from projections.job_status import apply, decode_view, encode_view, fold
+from projections.job_status import apply, decode_view, encode_view, fold, stored_form
 from projections.job_views import index_job
 from projections.usage import TenantUsage, add, day_of, usage_key
+from services.metrics import ProjectorMetrics
 from services.registry.trust import Trust
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _CACHE = 50_000
+HEAL_EVERY_S = 5.0  # how often views that could not be stored are tried again
 
 
 class JobStatusProjector:
     """Folds JOBS into the jobs bucket."""
 
-    def __init__(self, bus: Bus, settings: Settings) -> None:
+    def __init__(
+        self, bus: Bus, settings: Settings, metrics: ProjectorMetrics | None = None
+    ) -> None:
         self.bus = bus
         self.settings = settings
         self.names = bus.names
+        self.metrics = metrics or ProjectorMetrics()
+        # job -> its view as stored (trimmed, if it was), and the key's revision
         self.cache: OrderedDict[str, tuple[JobState, int]] = OrderedDict()
         self._kv: Bucket | None = None
         self.trust = Trust(bus, settings.signed_only)
@@ -66,6 +74,7 @@ class JobStatusProjector:
         """Project until `stop` is set."""
         await while_unavailable(self.kv, stop, "open the jobs bucket")
         await while_unavailable(self.trust.start, stop, "load the enrolled node keys")
+        healer = asyncio.create_task(self._heal(stop))
         try:
             await run_ordered(
                 self.bus,
@@ -78,7 +87,40 @@ class JobStatusProjector:
                 linger_s=self.settings.projector_linger_ms / 1000,
             )
         finally:
+            healer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await healer
             await self.trust.stop()
+
+    async def _heal(self, stop: asyncio.Event) -> None:
+        """Every `HEAL_EVERY_S`, write again from their logs the views that could not be stored
+        (their events may have been dead-lettered since: nothing else would write them)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HEAL_EVERY_S)
+            for job_id in list(self.metrics.behind):
+                try:
+                    await self.rewrite(job_id)
+                except Exception as exc:
+                    log.warning("job %s: its view is still behind its log: %r", job_id, exc)
+
+    async def rewrite(self, job_id: str) -> None:
+        """Store the job's view folded from its whole log (unless a newer one is stored)."""
+        believe = self.trust.believe if self.trust.required else None
+        view = fold(None, await history(self.bus, job_id), believe)
+        kv = await self.kv()
+        entry = await kv.get(job_id)
+        if view is None or (
+            entry is not None and decode_view(entry.value).last_seq >= view.last_seq
+        ):
+            self.metrics.caught_up(job_id)  # no job, or another writer stored a newer view
+            self.cache.pop(job_id, None)
+            return
+        stored, raw = stored_form(view)
+        revision = await kv.write(job_id, raw, entry.revision if entry else None)
+        log.info("job %s: its view is stored again (%d bytes)", job_id, len(raw))
+        self.metrics.written(job_id, stored.trimmed)
+        self.cache[job_id] = (stored, revision)
 
     def seen(self, job_id: str, seq: int) -> bool:
         """Whether this instance already wrote a view that includes the event at `seq`."""
@@ -104,8 +146,9 @@ class JobStatusProjector:
             if view is None:  # a new job: in its tenant's index first (a listing skips an
                 # entry whose view is not written yet; it never misses a written one)
                 await index_job(self.bus, new)
+            stored, raw = stored_form(new)
             try:
-                revision = await kv.write(job_id, encode_view(new), revision)
+                revision = await kv.write(job_id, raw, revision)
             except WrongLastSequence:
                 self.cache.pop(job_id, None)  # another writer: read again and refold
                 continue
@@ -115,11 +158,13 @@ class JobStatusProjector:
                     "job %s: its view (%d bytes) could not be stored: %r; it lags the log "
                     "until this succeeds or `dim projections rebuild` runs",
                     job_id,
-                    len(encode_view(new)),
+                    len(raw),
                     exc,
                 )
+                self.metrics.failed(job_id, f"{len(raw)} bytes: {exc!r}"[:300])
                 raise
-            self.cache[job_id] = (new, revision)
+            self.metrics.written(job_id, stored.trimmed)
+            self.cache[job_id] = (stored, revision)
             self.cache.move_to_end(job_id)
             if len(self.cache) > _CACHE:
                 self.cache.popitem(last=False)

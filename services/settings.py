@@ -145,9 +145,15 @@ class Settings(BaseSettings):
         description="other names of served models, 'alias=model,...' (openai: dim name=upstream name)",
     )
     metrics_port: int = Field(
-        0, ge=0, le=65535, description="worker's Prometheus /metrics port (0: any free port)"
+        0,
+        ge=0,
+        le=65535,
+        description="port of a worker's /metrics, a projector's /metrics, /healthz and /readyz "
+        "(0: any free port)",
     )
-    metrics_host: str = Field("127.0.0.1", description="address of the worker's /metrics server")
+    metrics_host: str = Field(
+        "127.0.0.1", description="address of a worker's or projector's metrics server"
+    )
     model_cache_dir: Path | None = Field(
         None, description="where engines download and cache model weights (vLLM download_dir)"
     )

@@ -263,6 +263,11 @@ class JobOut(BaseModel):
     parts: list[Part] = Field(description="each task's output (multi-task patterns)")
     consensus: Consensus | None = Field(description="a comparative job's outcome")
     errors: list[str] = Field(description="tasks that failed in a job that finished without them")
+    trimmed: bool = Field(
+        False,
+        description="listed without its output and its parts' outputs, which made its stored "
+        "view too large (GET the job for them)",
+    )
 
     @classmethod
     def of(cls, view: JobState) -> JobOut:
@@ -306,6 +311,7 @@ class JobOut(BaseModel):
             parts=list(view.parts),
             consensus=view.consensus,
             errors=list(view.errors),
+            trimmed=view.trimmed,
         )
 
 

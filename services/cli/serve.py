@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,15 +100,27 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
 
 
 def cmd_projector(args: argparse.Namespace) -> int:
+    from services.metrics import ProjectorMetrics
     from services.process import serve
     from services.projector import JobStatusProjector, UsageProjector
 
-    settings = settings_of(args, instance_id=args.instance_id)
+    settings = settings_of(args, instance_id=args.instance_id, metrics_port=args.metrics_port)
 
     async def body(bus: Bus, stop: asyncio.Event) -> None:
-        await asyncio.gather(
-            JobStatusProjector(bus, settings).run(stop), UsageProjector(bus, settings).run(stop)
+        metrics = ProjectorMetrics()
+        server = metrics.serve(settings.metrics_host, settings.metrics_port)
+        host, port = server.server_address[:2]
+        logging.getLogger("dim.projector").info(
+            "projector: /metrics, /healthz and /readyz on http://%s:%d", host, port
         )
+        try:
+            await asyncio.gather(
+                JobStatusProjector(bus, settings, metrics).run(stop),
+                UsageProjector(bus, settings).run(stop),
+            )
+        finally:
+            server.shutdown()
+            server.server_close()
 
     return serve(settings, "projector", body)
 
@@ -233,6 +246,12 @@ def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
         s.add_argument(
             "--instance-id", help="stable id of this instance (env DIM_INSTANCE_ID; default 0)"
         )
+        if name == "projector":
+            s.add_argument(
+                "--metrics-port",
+                type=int,
+                help="port of its /metrics, /healthz and /readyz (env DIM_METRICS_PORT; 0: any)",
+            )
         s.set_defaults(fn=fn)
 
     s = sub.add_parser(

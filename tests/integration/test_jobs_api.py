@@ -11,6 +11,7 @@ from litestar.testing import AsyncTestClient
 
 from events.bus import Bus
 from gateway.app import create_app
+from projections.job_status import VIEW_MAX_BYTES
 from services.accounts.keys import create_key
 from services.settings import Settings
 from tests.mesh import job_events, spawn, wait_until
@@ -388,3 +389,37 @@ async def test_sixteen_choices_of_a_large_prompt_keep_one_copy(world: World, bus
     await wait_until(stored_view, what="the projector's view")
     view = await views.get(job_id)
     assert view is not None and len(view.value) < 1_000_000  # one copy, in the job
+
+
+async def test_a_thousand_inputs_at_the_body_limit_make_a_view_that_fits(
+    world: World, bus: Bus
+) -> None:
+    """1,000 inputs filling the body limit: its view (the inputs, a prompt per task, every
+    output twice) is over the largest a view may be, so it is stored without its texts; the job
+    read through the API is whole, from its log."""
+    c = world.client
+    inputs = [f"{i:04d} " + "z" * 950 for i in range(1000)]  # ~956 KB of a 1 MB body
+    r = await c.post(
+        "/v1/jobs",
+        headers=world.alice,
+        json={"pattern": "collaborative", "model": "sim-small", "inputs": inputs, "max_tokens": 4},
+    )
+    assert r.status_code in (200, 201, 202), r.text[:500]
+    job_id = r.json()["job_id"]
+    body = await _finished(c, world.alice, job_id)
+    assert body["status"] == "completed" and not body["trimmed"]
+    assert len(body["parts"]) == 1000 and all(p["output"] for p in body["parts"])
+    assert body["output"] == "\n".join(p["output"] for p in body["parts"])
+    views = await bus.bucket("jobs")
+
+    async def stored_view() -> bool:  # the projector writes it a moment after the end
+        entry = await views.get(job_id)
+        return entry is not None and b'"status":"completed"' in entry.value
+
+    await wait_until(stored_view, what="the projector's view")
+    stored = await views.get(job_id)
+    assert stored is not None and len(stored.value) <= VIEW_MAX_BYTES
+    assert b'"trimmed":true' in stored.value and b"zzzz" not in stored.value
+    listed = await c.get("/v1/jobs", headers=world.alice)
+    (summary,) = [j for j in listed.json()["data"] if j["job_id"] == job_id]
+    assert summary["trimmed"] and summary["output"] is None and summary["status"] == "completed"
