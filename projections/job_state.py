@@ -137,12 +137,29 @@ class JobState(_State):
 
     def task(self, task_id: str) -> TaskState | None:
         """The task with `task_id`, if planned."""
-        return next((t for t in self.tasks if t.task_id == task_id), None)
+        i = self.position(task_id)
+        return None if i is None else self.tasks[i]
+
+    def position(self, task_id: str) -> int | None:
+        """Where the task with `task_id` is in `tasks` (None: not planned): a plan's n-th task is
+        ``<job>-<n>`` (`services.jobs.patterns.task_id`), looked up at once; any other id is
+        searched for (a 1,000-task job's every event looked its task up)."""
+        tasks = self.tasks
+        number = task_id.rpartition("-")[2]
+        if number.isdigit():
+            i = int(number)
+            if i < len(tasks) and tasks[i].task_id == task_id:
+                return i
+        return next((n for n, t in enumerate(tasks) if t.task_id == task_id), None)
 
 
 def _with_task(state: JobState, task_id: str, **changes: object) -> JobState:
-    tasks = tuple(t.model_copy(update=changes) if t.task_id == task_id else t for t in state.tasks)
-    return state.model_copy(update={"tasks": tasks})
+    i = state.position(task_id)
+    if i is None:
+        return state
+    tasks = state.tasks
+    changed = tasks[i].model_copy(update=changes)
+    return state.model_copy(update={"tasks": (*tasks[:i], changed, *tasks[i + 1 :])})
 
 
 def _dispatched(task: TaskState, event: TaskDispatched | None, at: datetime) -> TaskState:
@@ -277,12 +294,12 @@ def _planned_event(event: JobPlanned, state: JobState, at: datetime) -> JobState
 
 @_changes(TaskDispatched, TaskRerouted)
 def _dispatched_event(event: TaskDispatched, state: JobState, at: datetime) -> JobState:
-    task = state.task(event.task_id)
-    if task is None or event.attempt <= task.attempt:
+    i = state.position(event.task_id)
+    task = None if i is None else state.tasks[i]
+    if i is None or task is None or event.attempt <= task.attempt:
         return state
     sent = _dispatched(task, event, at)
-    tasks = tuple(sent if t.task_id == event.task_id else t for t in state.tasks)
-    return state.model_copy(update={"tasks": tasks})
+    return state.model_copy(update={"tasks": (*state.tasks[:i], sent, *state.tasks[i + 1 :])})
 
 
 @_changes(TaskStarted)

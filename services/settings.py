@@ -244,6 +244,12 @@ class Settings(BaseSettings):
         description="first attempts waiting per model in the shared queue; more are held and "
         "let through by priority, then round-robin across tenants (0: no holding back)",
     )
+    tenant_queue_depth: int = Field(
+        8,
+        ge=0,
+        description="first attempts of one tenant waiting per model in the shared queue beyond "
+        "the free slots, so another tenant's task waits behind at most this many (0: no bound)",
+    )
     dispatch_timeout_s: float = Field(
         10.0, gt=0, description="how long a job may wait with no live node for its model"
     )

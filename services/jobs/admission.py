@@ -12,6 +12,14 @@ beyond that, jobs wait here and are let through as tasks start —
 highest priority first, then round-robin across tenants, first come first served within a
 tenant. So one tenant's flood queues behind itself, not in front of everyone else.
 
+A tenant's own first attempts waiting in a model's queue are bounded too (`tenant_depth`,
+beyond the free slots): the shared queue is first come first served, so a tenant with a
+1,000-task job in flight would otherwise keep `depth` of its tasks in front of every other
+tenant's next one. With the bound, its job still keeps every slot busy (free slots take work
+at once, and a few wait to take the next freed ones), while another tenant's task waits behind
+at most `tenant_depth` of them. A tenant over its bound is out of the line until its tasks
+start; the others are let through meanwhile.
+
 Pure bookkeeping (no I/O). Counts come from events, which every orchestrator instance sees:
 a dispatch of a first attempt adds one waiting task, its `task.started` takes it away. Retries
 and reroutes are not held back: their work was admitted once already.
@@ -39,7 +47,9 @@ class FairQueue:
     depth: int  # 0: no bound, every task goes at once
     # free slots of the model's live nodes (their capacity less their tasks in flight)
     room: Callable[[str], float] = lambda _model: 0.0
+    tenant_depth: int = 0  # a tenant's own waiting first attempts beyond free slots (0: no bound)
     waiting: Counter[str] = field(default_factory=Counter)
+    waiting_by: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, tenant)
     held: dict[str, dict[int, OrderedDict[str, deque[str]]]] = field(default_factory=dict)
     _granted: set[str] = field(default_factory=set)
     _where: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # job -> its place
@@ -51,11 +61,15 @@ class FairQueue:
             return True
         if job_id in self._granted:
             self._granted.discard(job_id)
-            self.waiting[model] += 1
+            self._count(model, tenant)
             return True
-        if self.waiting[model] < self.bound(model) and self.peek(model) in (None, job_id):
+        if (
+            self.waiting[model] < self.bound(model)
+            and self.tenant_has_room(model, tenant)
+            and self.peek(model) in (None, job_id)
+        ):
             self._forget(job_id, rotate=True)
-            self.waiting[model] += 1
+            self._count(model, tenant)
             return True
         if job_id not in self._where:
             lanes = self.held.setdefault(model, {}).setdefault(priority, OrderedDict())
@@ -68,6 +82,18 @@ class FairQueue:
         that will take them at once."""
         return self.depth + max(0, int(self.room(model)))
 
+    def tenant_has_room(self, model: str, tenant: str, more: int = 0) -> bool:
+        """Whether `tenant` may have one more first attempt of `model` waiting (beyond `more`
+        let through and not counted yet): `tenant_depth` beyond the free slots."""
+        if not self.tenant_depth:
+            return True
+        bound = self.tenant_depth + max(0, int(self.room(model)))
+        return self.waiting_by[(model, tenant)] + more < bound
+
+    def _count(self, model: str, tenant: str) -> None:
+        self.waiting[model] += 1
+        self.waiting_by[(model, tenant)] += 1
+
     def trial(self) -> Trial:
         """Admission for one decision, asked without changing this queue (with no bound, one
         that lets everything through and records nothing, shared)."""
@@ -77,7 +103,7 @@ class FairQueue:
             return self._open
         return Trial(self)
 
-    def admitted(self, model: str, job_id: str) -> None:
+    def admitted(self, model: str, job_id: str, tenant: str) -> None:
         """A first attempt of `job_id` let through by a trial was dispatched (as `admit`)."""
         if not self.depth:
             return
@@ -85,7 +111,7 @@ class FairQueue:
             self._granted.discard(job_id)
         else:
             self._forget(job_id, rotate=True)
-        self.waiting[model] += 1
+        self._count(model, tenant)
 
     def hold(self, model: str, tenant: str, priority: int, job_id: str) -> None:
         """Hold `job_id` for room in `model`'s queue (as `admit` does when it says no)."""
@@ -107,7 +133,7 @@ class FairQueue:
             return self.peek(model)
         lanes = levels[top]
         for other, queue in lanes.items():
-            if other != tenant:
+            if other != tenant and self.tenant_has_room(model, other):
                 return queue[0]
         rest = [j for j in lanes[tenant] if j != job_id]
         if rest:
@@ -129,33 +155,53 @@ class FairQueue:
                 return max((p for p in levels if p != priority), default=-1)
         return max(levels, default=-1)
 
-    def seen_dispatch(self, model: str) -> None:
+    def seen_dispatch(self, model: str, tenant: str) -> None:
         """A first attempt dispatched by another instance (its event arrived here)."""
         if self.depth:
-            self.waiting[model] += 1
+            self._count(model, tenant)
 
-    def started(self, model: str) -> None:
+    def started(self, model: str, tenant: str) -> None:
         """A first attempt left the queue: a worker took it."""
         if self.waiting[model] > 0:
             self.waiting[model] -= 1
+        key = (model, tenant)
+        if self.waiting_by[key] > 1:
+            self.waiting_by[key] -= 1
+        else:
+            self.waiting_by.pop(key, None)
 
-    def peek(self, model: str) -> str | None:
-        """The job to let through next: the highest priority, the tenant whose turn it is."""
+    def repair(self, model: str, reported: int) -> None:
+        """What the workers last reported waiting for `model` bounds the estimate (it may have
+        drifted up: an append lost to another instance); each tenant's share too."""
+        self.waiting[model] = min(self.waiting[model], reported)
+        for key in [k for k in self.waiting_by if k[0] == model]:
+            self.waiting_by[key] = min(self.waiting_by[key], self.waiting[model])
+            if not self.waiting_by[key]:
+                del self.waiting_by[key]
+
+    def peek(self, model: str, granted: Counter[str] | None = None) -> str | None:
+        """The job to let through next: the highest priority, the tenant whose turn it is
+        (of the tenants with room, counting `granted`: let through, not yet counted)."""
         levels = self.held.get(model)
         if not levels:
             return None
-        lanes = levels[max(levels)]
-        tenant = next(iter(lanes))
-        return lanes[tenant][0]
+        for priority in sorted(levels, reverse=True):
+            for tenant, queue in levels[priority].items():
+                more = granted[tenant] if granted else 0
+                if self.tenant_has_room(model, tenant, more):
+                    return queue[0]
+        return None
 
     def release(self, model: str) -> list[str]:
         """Jobs to decide again now that the model's queue has room, in fair order."""
         out: list[str] = []
+        granted: Counter[str] = Counter()  # per tenant
         bound = self.bound(model)
         while self.waiting[model] + len(out) < bound:
-            job_id = self.peek(model)
+            job_id = self.peek(model, granted)
             if job_id is None:
                 break
+            granted[self._where[job_id][2]] += 1
             self._forget(job_id, rotate=True)
             self._granted.add(job_id)
             out.append(job_id)
@@ -203,34 +249,43 @@ class Trial:
     _taken: dict[str, int] = field(default_factory=dict)  # per model, let through here
     _through: bool = False  # the job was let through once already in this decision
     _job: str = ""
+    _tenant: str = ""
+    _refused: set[str] = field(default_factory=set)  # models it said no to since its last let
 
     def admit(self, state: JobState, task: TaskState) -> bool:
         """May the task's first attempt be dispatched now?"""
         fair, model, job_id = self.fair, task.model, state.job_id
         if not fair.depth:
             return True
+        if model in self._refused:  # nothing changed since it said no (a 1,000-task job asks
+            return False  # for each task it still holds, at every decision)
         self._job = job_id
         if job_id in fair._granted and not self._through:
-            return self._let(model, task)
+            return self._let(model, task, state.tenant)
         if self._through:
             peek, top = fair.peek_without(model, job_id), fair.top_without(model, job_id)
         else:
             peek, top = fair.peek(model), max(fair.held.get(model) or [-1])
         if self._held is not None and self._held[0] == model and self._held[1] > top:
             peek = job_id  # held again by this trial, alone on the highest level: it heads
-        room = fair.waiting[model] + self._taken.get(model, 0) < fair.bound(model)
-        if room and peek in (None, job_id):
-            return self._let(model, task)
+        taken = self._taken.get(model, 0)
+        room = fair.waiting[model] + taken < fair.bound(model)
+        if room and fair.tenant_has_room(model, state.tenant, taken) and peek in (None, job_id):
+            return self._let(model, task, state.tenant)
         if self._held is None and (self._through or job_id not in fair._where):
             self._held = (model, state.priority)
             self._ops.append(("hold", model, state.tenant, state.priority))
+        else:  # a no that changed nothing: the next ask gets it too
+            self._refused.add(model)
         return False
 
-    def _let(self, model: str, task: TaskState) -> bool:
+    def _let(self, model: str, task: TaskState, tenant: str) -> bool:
+        self._refused.clear()  # a let changes what the next ask sees
         self._through = True
         self._held = None  # out of the line again
         self._taken[model] = self._taken.get(model, 0) + 1
         self.admitted.add(task.task_id)
+        self._tenant = tenant
         self._ops.append(("let", model, task.task_id, 0))
         return True
 
@@ -241,7 +296,7 @@ class Trial:
             if kind == "hold":
                 self.fair.hold(model, what, priority, self._job)
             else:
-                self.fair.admitted(model, self._job)
+                self.fair.admitted(model, self._job, self._tenant)
 
     def unwind(self, stored: set[str]) -> None:
         """Take back the waiting task counted for each let-through whose dispatch was not stored
@@ -249,7 +304,7 @@ class Trial:
         when it arrives, or the task found no eligible node."""
         for kind, model, what, _ in self._ops:
             if kind == "let" and what not in stored:
-                self.fair.started(model)
+                self.fair.started(model, self._tenant)
 
 
 def door_room(free: float, waiting: int, sent: int) -> float:

@@ -96,7 +96,11 @@ class Orchestrator:
         self._door: OrderedDict[str, tuple[float, Envelope]] = OrderedDict()
         self.lost_races = 0  # appends refused because another writer appended first
         self.dead_letters = DeadLetters(bus, settings.instance_id, self.actor)
-        self.fair = FairQueue(settings.queue_depth, room=lambda model: self.nodes.pool.room(model))
+        self.fair = FairQueue(
+            settings.queue_depth,
+            room=lambda model: self.nodes.pool.room(model),
+            tenant_depth=settings.tenant_queue_depth,
+        )
         self._admission: Trial | None = None  # the decision being made asks this, if anything
         self._picks: list[str] = []  # nodes the decision being made chose (counted as sent)
         self.view: NodeView = view_of(self.nodes, admit=self._admit, pick=self._pick)
@@ -244,7 +248,7 @@ class Orchestrator:
                 for sent, _ in dispatches:
                     task = state.task(sent.task_id)
                     if sent.attempt == 1 and task is not None:
-                        self.fair.seen_dispatch(task.model)
+                        self.fair.seen_dispatch(task.model, state.tenant)
             elif isinstance(event, TaskStarted):
                 task = state.task(event.task_id)
                 if task is not None and not task.target:
@@ -252,7 +256,7 @@ class Orchestrator:
                     # at its next heartbeat (a targeted dispatch was counted when sent)
                     self.nodes.pool.sent(event.node_id)
                 if task is not None and event.attempt == 1:
-                    self.fair.started(task.model)
+                    self.fair.started(task.model, state.tenant)
                     self._last_start[task.model] = time.monotonic()
                     freed.add(task.model)
             elif isinstance(event, TaskCompleted | TaskFailed) and event.node_id:
@@ -427,8 +431,7 @@ class Orchestrator:
                 # Held work with no task starting for a while: the estimate may have drifted up
                 # (an append lost to another instance); what the workers last reported wins.
                 if time.monotonic() - self._last_start.get(model, 0.0) > 5.0:
-                    reported = self.nodes.waiting(model)
-                    self.fair.waiting[model] = min(self.fair.waiting[model], reported)
+                    self.fair.repair(model, self.nodes.waiting(model))
                 await self._release(model)
             for job_id in list(self.active):
                 try:

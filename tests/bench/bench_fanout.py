@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from nats.aio.msg import Msg
 
 from events.bus import Bus
+from events.history import read_events
 from events.ids import new_id
 from events.inference import Prompt, SamplingParams
 from events.job_log import submit_event
@@ -48,6 +51,7 @@ class Ends:
     """When each job ended (and whether it failed), from a plain NATS subscription."""
 
     def __init__(self) -> None:
+        self.answered: dict[str, float] = {}  # a task's result: what the gateway answers from
         self.done: dict[str, float] = {}
         self.failed: set[str] = set()
         self.waiting: dict[str, asyncio.Future[None]] = {}
@@ -55,6 +59,10 @@ class Ends:
     async def subscribe(self, bus: Bus) -> None:
         for end in ("job.completed", "job.failed"):
             await bus.nc.subscribe(bus.names.job("*", end), cb=self._on)
+        await bus.nc.subscribe(bus.names.reports("*", "task.completed"), cb=self._on_answer)
+
+    async def _on_answer(self, msg: Msg) -> None:
+        self.answered.setdefault(msg.subject.split(".")[2], time.perf_counter())
 
     async def _on(self, msg: Msg) -> None:
         job_id = msg.subject.split(".")[2]
@@ -71,9 +79,24 @@ class Ends:
         return future
 
 
-async def one_token(bus: Bus, ends: Ends) -> float:
-    """globex's one-token job: submit to end, in ms."""
+async def steps(bus: Bus, job_ids: list[str]) -> list[tuple[str, float]]:
+    """Median ms between consecutive events of the jobs (by the events' own timestamps)."""
+    gaps: dict[str, list[float]] = defaultdict(list)
+    for job_id in job_ids:
+        events = [
+            e async for _, e in read_events(bus, bus.names.jobs_stream, bus.names.job_all(job_id))
+        ]
+        for a, b in itertools.pairwise(events):
+            gaps[f"{a.type} → {b.type}"].append((b.at - a.at).total_seconds() * 1000)
+    return [(k, statistics.median(v)) for k, v in gaps.items() if len(v) >= len(job_ids) // 2]
+
+
+async def one_token(bus: Bus, ends: Ends, ids: list[str] | None = None) -> tuple[float, float]:
+    """globex's one-token job: submit to its answer (its task's result, which the gateway
+    answers a one-task job from) and to its end (`job.completed`), in ms."""
     job_id = new_id()
+    if ids is not None:
+        ids.append(job_id)
     ended = ends.expect(job_id)
     start = time.perf_counter()
     job = JobSubmitted(
@@ -88,7 +111,8 @@ async def one_token(bus: Bus, ends: Ends) -> float:
     await asyncio.wait_for(ended, 120)
     if job_id in ends.failed:
         raise SystemExit(f"globex's job {job_id} failed: the bench measures nothing")
-    return (time.perf_counter() - start) * 1000
+    answered = ends.answered.get(job_id, ends.done[job_id])
+    return (answered - start) * 1000, (ends.done[job_id] - start) * 1000
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -124,7 +148,7 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.sleep(3)  # the workers' first heartbeats
             for _ in range(5):  # warm up
                 await one_token(bus, ends)
-            idle = [await one_token(bus, ends) for _ in range(args.idle)]
+            idle_both = [await one_token(bus, ends) for _ in range(args.idle)]
 
             inputs = tuple(Prompt(text=f"shard {i}") for i in range(args.shards))
             fan_id = new_id()
@@ -142,10 +166,11 @@ async def run(args: argparse.Namespace) -> None:
             cpu0 = cpu_s(pids)
             start = time.perf_counter()
             await submit_event(bus, fan)
-            during: list[float] = []
+            during_both: list[tuple[float, float]] = []
+            during_ids: list[str] = []
             while not fan_ended.done() and time.perf_counter() - start < args.timeout_s:
                 tick = time.perf_counter()
-                during.append(await one_token(bus, ends))
+                during_both.append(await one_token(bus, ends, during_ids))
                 await asyncio.sleep(max(0.0, args.every_s - (time.perf_counter() - tick)))
             if not fan_ended.done():
                 raise SystemExit(f"the {args.shards}-shard job did not end in {args.timeout_s}s")
@@ -153,6 +178,7 @@ async def run(args: argparse.Namespace) -> None:
                 raise SystemExit("the fan-out job failed: the bench measures nothing")
             wall = ends.done[fan_id] - start
             cpu = cpu_s(pids) - cpu0
+            where = await steps(bus, during_ids)
         finally:
             await bus.close()
             stop_all(procs)
@@ -160,25 +186,37 @@ async def run(args: argparse.Namespace) -> None:
 
     task_s = _TTFT_MS / 1000 + _MAX_TOKENS / _TOKENS_PER_S
     full_speed = args.shards / (_WORKERS * _SLOTS) * task_s
-    idle_med, during_med = statistics.median(idle), statistics.median(during or [0.0])
     rows = [
         ("shards", f"{args.shards}", ""),
         ("DIM_QUEUE_DEPTH", f"{args.depth}", ""),
         ("fan-out wall time", f"{wall:.2f} s", f"{wall / full_speed:.2f}x full speed"),
         ("  full speed (every slot busy)", f"{full_speed:.2f} s", ""),
         ("  CPU, all dim processes", f"{cpu:.1f} s", ""),
-        ("globex idle: median / p95", f"{idle_med:.0f} / {pct(idle, 95):.0f} ms", ""),
-        (
-            "globex during: median / p95 / max",
-            f"{during_med:.0f} / {pct(during, 95):.0f} / {max(during):.0f} ms",
-            f"{during_med / idle_med:.2f}x / {pct(during, 95) / idle_med:.2f}x idle median",
-        ),
-        ("  globex jobs during", f"{len(during)}", ""),
+        ("globex jobs during", f"{len(during_both)}", ""),
     ]
+    for which, label in ((0, "answer"), (1, "job.completed")):
+        idle = [b[which] for b in idle_both]
+        during = [b[which] for b in during_both] or [0.0]
+        idle_med, during_med = statistics.median(idle), statistics.median(during)
+        rows += [
+            (
+                f"globex to {label}: idle median / p95",
+                f"{idle_med:.0f} / {pct(idle, 95):.0f} ms",
+                "",
+            ),
+            (
+                "  during: median / p95 / max",
+                f"{during_med:.0f} / {pct(during, 95):.0f} / {max(during):.0f} ms",
+                f"{during_med / idle_med:.2f}x / {pct(during, 95) / idle_med:.2f}x idle median",
+            ),
+        ]
     width = max(len(r[0]) for r in rows)
     print(f"\nbench-fanout on {os.cpu_count()} CPUs (python {sys.version.split()[0]})")
     for name, value, ratio in rows:
         print(f"  {name:<{width}}  {value:>22}  {ratio}")
+    print("  where globex's time went while the fan-out ran (median ms between its events):")
+    for step, ms in where:
+        print(f"    {step:<40} {ms:8.1f}")
 
 
 def main() -> None:
