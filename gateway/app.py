@@ -27,10 +27,13 @@ from gateway.controllers.nodes import NodesController
 from gateway.controllers.openai import ChatController, CompletionsController, ModelsController
 from gateway.controllers.stream import job_stream, submit_and_stream
 from gateway.errors import exception_handlers
+from gateway.http_server import bounded_http
 from gateway.openapi_errors import document_errors
 from gateway.runtime import Gateway
 from services.metrics import CONTENT_TYPE, GatewayMetrics
 from services.settings import Settings
+
+__all__ = ["bounded_http", "create_app"]  # what `dim gateway` serves: the app, its HTTP protocol
 
 REQUEST_ID = "x-request-id"
 _REQUEST_ID = re.compile(rb"[!-~]{1,128}")

@@ -322,6 +322,18 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         2000, ge=1, description="connections one gateway serves at once (503 beyond)"
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request's line and headers must arrive within this of its first byte "
+        "(or of the connection); else the connection is closed",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a request's body must arrive within this of its headers; else the "
+        "connection is closed",
+    )
     auth_rpm: int = Field(
         10,
         ge=0,

@@ -128,7 +128,7 @@ def cmd_projector(args: argparse.Namespace) -> int:
 def cmd_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.app import bounded_http, create_app
     from services.cpu_policy import use_batch_policy
     from services.process import setup_logging, tune_gc
     from services.telemetry import setup_tracing
@@ -146,8 +146,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=10,
         # bounds of the HTTP server itself (docs/reliability.md): connections at once (503
-        # beyond), a WebSocket message no larger than a request body, idle keep-alive 5 s, a
-        # WebSocket whose client stops answering pings closed within 40 s
+        # beyond), a request's headers and body received in time, a WebSocket message no
+        # larger than a request body, idle keep-alive 5 s, a WebSocket whose client stops
+        # answering pings closed within 40 s
+        http=bounded_http(settings.header_timeout_s, settings.body_timeout_s),
         limit_concurrency=settings.max_connections,
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
