@@ -207,6 +207,8 @@ def topology(
             # <tenant>.<owner>.<job id> of every job: a tenant's listing reads only its own
             BucketSpec(names.bucket("job_index"), ttl_s=views_ttl_s, replicas=replicas),
             BucketSpec(names.bucket("usage"), replicas=replicas),
+            # <tenant>.<job id>: tokens a running job holds of its tenant's daily quota
+            BucketSpec(names.bucket("reservations"), ttl_s=2 * 24 * 3600.0, replicas=replicas),
             BucketSpec(names.bucket("queues"), replicas=replicas),
             BucketSpec(names.bucket("enrolled"), replicas=replicas),  # node id → its key
         ),

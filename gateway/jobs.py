@@ -79,7 +79,7 @@ async def submit_job(
         envelope, seq = await append_submitted(gw.bus, job)
     except WrongLastSequence:
         return job_id, False  # a concurrent retry with the same key submitted it first
-    gw.quotas.reserve(job_id, principal.tenant, need)
+    await gw.quotas.reserve(job_id, principal.tenant, need)
     if job.plan is not None:
         await send_planned_work(gw, envelope, seq)
     return job_id, True

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from events.bus import Bus
 from events.watched import WatchedBucket
 from gateway.errors import ApiError
 from gateway.principal import Principal
+from projections.reservations import Reservations
 from projections.usage import TenantUsage, day_of, usage_key
 
 WINDOW_S = 60
@@ -89,13 +89,13 @@ class RateLimiter:
 @dataclass(slots=True)
 class Quotas:
     """Tokens per tenant per UTC day (0: no quota), from the usage projection's mirror, less
-    what the jobs this gateway admitted may still use: each reserves its `max_tokens` for every
-    task when admitted, and gives it back when it ends (its real usage is counted by then)."""
+    what the tenant's running jobs may still use: each reserves its `max_tokens` for every task
+    when admitted, in the reservations bucket every gateway mirrors, until the projector folds
+    its end (`projections/reservations.py`)."""
 
     usage: WatchedBucket[TenantUsage]
     daily_tokens: int
-    reserved: Counter[str] = field(default_factory=Counter)  # tenant -> tokens reserved
-    _jobs: dict[str, tuple[str, int]] = field(default_factory=dict)  # job -> (tenant, tokens)
+    reservations: Reservations
 
     def check(self, principal: Principal, need: int = 0) -> None:
         """Raise 429 when the caller's tenant has no room today for `need` more tokens (what
@@ -104,7 +104,8 @@ class Quotas:
             return
         now = datetime.now(UTC)
         record = self.usage.items.get(usage_key(principal.tenant, day_of(now)))
-        used = (record.total_tokens if record else 0) + self.reserved[principal.tenant]
+        reserved = self.reservations.by_tenant[principal.tenant]
+        used = (record.total_tokens if record else 0) + reserved
         left = max(0, self.daily_tokens - used)
         if used < self.daily_tokens and need <= left:
             return
@@ -125,18 +126,7 @@ class Quotas:
             headers={"retry-after": str(wait)},
         )
 
-    def reserve(self, job_id: str, tenant: str, tokens: int) -> None:
-        """An admitted job holds `tokens` of its tenant's quota until it ends."""
-        if self.daily_tokens <= 0 or job_id in self._jobs:
-            return
-        self._jobs[job_id] = (tenant, tokens)
-        self.reserved[tenant] += tokens
-
-    def settle(self, job_id: str) -> None:
-        """The job ended: its reservation goes back (its usage is counted instead)."""
-        held = self._jobs.pop(job_id, None)
-        if held is not None:
-            tenant, tokens = held
-            self.reserved[tenant] -= tokens
-            if self.reserved[tenant] <= 0:
-                del self.reserved[tenant]
+    async def reserve(self, job_id: str, tenant: str, tokens: int) -> None:
+        """An admitted job holds `tokens` of its tenant's quota until its end is folded."""
+        if self.daily_tokens > 0 and not self.reservations.held(tenant, job_id):
+            await self.reservations.reserve(tenant, job_id, tokens)

@@ -15,6 +15,7 @@ from gateway.keys import KeyRing
 from gateway.limits import Quotas, RateLimiter
 from gateway.preplan import Preplanner
 from gateway.tokens import Signer
+from projections.reservations import Reservations
 from projections.usage import TenantUsage
 from services.accounts.sessions import SessionRecord
 from services.metrics import GatewayMetrics
@@ -66,7 +67,9 @@ class Gateway:
         await sessions.start()
         await usage.start()
         limiter = RateLimiter(bus, settings.rate_limit_rpm, settings.tenant_rate_limit_rpm)
-        quotas = Quotas(usage, settings.tenant_daily_tokens)
+        reservations = Reservations(bus)
+        await reservations.start()
+        quotas = Quotas(usage, settings.tenant_daily_tokens, reservations)
         queues = WatchedBucket(bus, bus.names.bucket("queues"), TenantQueue)
         await queues.start()
         preplanner = Preplanner(
@@ -78,11 +81,7 @@ class Gateway:
         )
         believe = trust.believe if trust.required else None
 
-        def ended(job_id: str, event_type: str) -> None:
-            preplanner.ended(job_id, event_type)
-            quotas.settle(job_id)
-
-        ends = await JobEnds(bus, on_end=ended, believe=believe).start()
+        ends = await JobEnds(bus, on_end=preplanner.ended, believe=believe).start()
         return cls(
             settings,
             bus,
@@ -109,6 +108,7 @@ class Gateway:
         await self.ends.stop()
         await self.queues.stop()
         await self.quotas.usage.stop()
+        await self.quotas.reservations.stop()
         await self.sessions.stop()
         await self.keys.stop()
         await self.nodes.stop()

@@ -110,9 +110,11 @@ def role_permissions(role: str, names: Names) -> Permissions:
             f"{ns}.rate.>",
             f"{ns}.dead.>",
             f"$O.{names.bucket('payloads')}.>",
-            *_kv(names, "keys", "accounts", "sessions", "idempotency"),
+            *_kv(names, "keys", "accounts", "sessions", "idempotency", "reservations"),
             *_reads(_streams(names, "jobs", "tokens", "rate")),
-            *_reads(_buckets(names, "nodes", "enrolled", "keys", "queues", "usage")),
+            *_reads(
+                _buckets(names, "nodes", "enrolled", "keys", "queues", "usage", "reservations")
+            ),
             *_reads(_buckets(names, "sessions", "accounts")),
             *_reads([*_buckets(names, "idempotency", "jobs", "job_index"), payloads]),
         ]
@@ -144,9 +146,14 @@ def role_permissions(role: str, names: Names) -> Permissions:
     elif role == "projector":
         publish += [
             f"{ns}.dead.>",
-            *_kv(names, "jobs", "usage", "job_index"),
+            *_kv(names, "jobs", "usage", "job_index", "reservations"),
             *_reads(_streams(names, "jobs")),
-            *_reads([*_buckets(names, "jobs", "usage", "enrolled", "job_index"), payloads]),
+            *_reads(
+                [
+                    *_buckets(names, "jobs", "usage", "enrolled", "job_index", "reservations"),
+                    payloads,
+                ]
+            ),
         ]
     else:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}, or a worker node")

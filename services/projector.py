@@ -26,6 +26,7 @@ from events.subjects import job_id_of
 from projections.job_state import JobState
 from projections.job_status import apply, decode_view, encode_view, fold, stored_form
 from projections.job_views import index_job
+from projections.reservations import Reservations
 from projections.usage import TenantUsage, add, day_of, usage_key
 from services.metrics import ProjectorMetrics
 from services.registry.trust import Trust
@@ -51,6 +52,7 @@ class JobStatusProjector:
         self.cache: OrderedDict[str, tuple[JobState, int]] = OrderedDict()
         self._kv: Bucket | None = None
         self.trust = Trust(bus, settings.signed_only)
+        self.reservations = Reservations(bus)  # of running jobs: removed as each one ends
 
     def consumer(self) -> ConsumerSpec:
         """This instance's durable consumer on JOBS."""
@@ -74,6 +76,7 @@ class JobStatusProjector:
         """Project until `stop` is set."""
         await while_unavailable(self.kv, stop, "open the jobs bucket")
         await while_unavailable(self.trust.start, stop, "load the enrolled node keys")
+        await while_unavailable(self.reservations.start, stop, "load the quota reservations")
         healer = asyncio.create_task(self._heal(stop))
         try:
             await run_ordered(
@@ -90,7 +93,17 @@ class JobStatusProjector:
             healer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await healer
+            await self.reservations.stop()
             await self.trust.stop()
+
+    async def _release(self, view: JobState) -> None:
+        """The job ended: its quota reservation goes (a failure is left to the bucket's TTL)."""
+        try:
+            await self.reservations.release(view.tenant, view.job_id)
+        except Exception as exc:
+            log.warning(
+                "job %s: its quota reservation stays until it expires: %r", view.job_id, exc
+            )
 
     async def _heal(self, stop: asyncio.Event) -> None:
         """Every `HEAL_EVERY_S`, write again from their logs the views that could not be stored
@@ -166,6 +179,12 @@ class JobStatusProjector:
             self.metrics.written(job_id, stored.trimmed)
             self.cache[job_id] = (stored, revision)
             self.cache.move_to_end(job_id)
+            # The job ended: its quota reservation goes. The mirror may not show one made a
+            # moment ago yet: with quotas on, it is removed regardless (a no-op if none).
+            ended = new.terminal and (view is None or not view.terminal)
+            quotas_on = self.settings.tenant_daily_tokens > 0
+            if ended and (quotas_on or self.reservations.held(new.tenant, job_id)):
+                await self._release(new)
             if len(self.cache) > _CACHE:
                 self.cache.popitem(last=False)
             return

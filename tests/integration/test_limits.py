@@ -161,6 +161,61 @@ async def test_a_tenant_over_its_daily_tokens_gets_429(bus: Bus, settings: Setti
             assert other.status_code == 200  # another tenant is not affected
 
 
+async def test_a_tenants_quota_holds_across_gateways(bus: Bus, settings: Settings) -> None:
+    """A job admitted by one gateway holds its max_tokens of the tenant's quota at every other
+    gateway until it ends (each gateway counted only its own: N gateways let N times through)."""
+    quota = settings.model_copy(update={"tenant_daily_tokens": 100})
+    _, key = await create_key(
+        bus, principal_id="ivy", tenant="thrifty", roles=("member",), actor="test"
+    )
+    auth = {"Authorization": f"Bearer {key}"}
+
+    def job(max_tokens: int) -> dict[str, object]:
+        return {"model": "sim-small", "prompt": "hi", "max_tokens": max_tokens}
+
+    with (
+        spawn(quota, "orchestrator"),
+        spawn(quota, "projector"),
+        spawn(quota, "worker", DIM_NODE_ID="w1", DIM_SIM_TOKENS_PER_S="10"),  # 40 tokens: ~4 s
+    ):
+        async with (
+            AsyncTestClient(app=create_app(quota)) as a,
+            AsyncTestClient(app=create_app(quota)) as b,
+        ):
+            for c in (a, b):
+                gw = c.app.state.gateway
+
+                async def ready() -> bool:
+                    return bool(gw.nodes.live()) and len(gw.keys.items) >= 1  # noqa: B023
+
+                await wait_until(ready, what="worker and key in each gateway")
+            r = await a.post("/v1/jobs", headers=auth, json=job(40))
+            assert r.status_code == 202, r.text
+            running = r.json()["job_id"]
+            reservations = b.app.state.gateway.quotas.reservations
+
+            async def seen_by_b() -> bool:
+                return bool(reservations.by_tenant["thrifty"] == 40)
+
+            await wait_until(seen_by_b, timeout_s=5, what="gateway b to see a's reservation")
+            refused = await b.post("/v1/jobs", headers=auth, json=job(70))  # 40 + 70 > 100
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["param"] == "max_tokens"
+            assert "60 of its 100 left" in refused.json()["error"]["message"]
+
+            async def ended() -> bool:
+                r = await a.get(f"/v1/jobs/{running}", headers=auth)
+                return bool(r.json()["status"] == "completed")
+
+            await wait_until(ended, timeout_s=30, what="the first job to end")
+
+            async def room_again() -> bool:  # its reservation gone, its real usage counted
+                r = await b.post("/v1/jobs", headers=auth, json=job(40))
+                return r.status_code == 202
+
+            await wait_until(room_again, timeout_s=10, what="the quota back at gateway b")
+
+
 @contextlib.asynccontextmanager
 async def _one_slow_worker(bounded: Settings, *, keys: int) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
     """A gateway (test client) with an orchestrator and one worker that runs a task at a time,
