@@ -26,10 +26,40 @@ _WHY = {
     413: "the request is over a size bound (body, worst-case prompt)",
     429: "a rate limit, a quota or a bound on held work (see `Retry-After`)",
     500: "an internal error; the `x-request-id` header identifies it in the logs",
+    502: "every attempt of the job's task failed on the workers",
     503: "NATS or the model's workers cannot take it now (see `Retry-After`)",
+    504: "no answer within DIM_REQUEST_TIMEOUT_S (the job is cancelled)",
 }
-_ALL = (400, 500, 503)
-_API = (401, 403, 404, 409, 413, 429)
+# What each operation can answer besides its success, from its handler and the dependencies it
+# takes. Every authenticated one: 401 (credentials), 429 (its caller's and tenant's rate
+# limits), 503 (NATS away), 500. A body: 400 (invalid) and 413 (over DIM_MAX_BODY_BYTES).
+_AUTH = (401, 429, 500, 503)
+_BODY = (400, 413)
+_COMPLETION = (*_AUTH, *_BODY, 404, 409, 502, 504)  # 409: cancelled meanwhile
+_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
+    ("get", "/healthz"): (500,),
+    ("get", "/readyz"): (500, 503),
+    ("get", "/.well-known/jwks.json"): (500,),
+    ("get", "/v1/models"): _AUTH,
+    ("post", "/v1/chat/completions"): _COMPLETION,
+    ("post", "/v1/completions"): _COMPLETION,
+    ("get", "/v1/jobs"): (*_AUTH, 400),
+    ("post", "/v1/jobs"): (*_AUTH, *_BODY, 404),
+    ("get", "/v1/jobs/{job_id}"): (*_AUTH, 404),
+    ("delete", "/v1/jobs/{job_id}"): (*_AUTH, 404, 409),
+    ("get", "/v1/jobs/{job_id}/events"): (*_AUTH, 400, 404),
+    ("get", "/v1/keys"): _AUTH,
+    ("post", "/v1/keys"): (*_AUTH, *_BODY, 403, 409),
+    ("delete", "/v1/keys/{key_id}"): (*_AUTH, 404),
+    ("get", "/v1/nodes"): (*_AUTH, 403),
+    ("post", "/v1/auth/login"): (*_AUTH, *_BODY),
+    ("post", "/v1/auth/refresh"): (*_AUTH, *_BODY),
+    ("post", "/v1/auth/register"): (*_AUTH, *_BODY, 403, 409),
+    ("post", "/v1/auth/logout"): (*_AUTH, 400),
+    ("get", "/v1/me"): _AUTH,
+    ("delete", "/v1/sessions/{session_id}"): (*_AUTH, 403, 404),
+}
+_UNLISTED = (400, 401, 403, 404, 409, 413, 429, 500, 503)  # an operation added and not listed
 # Operations anyone may call (`{}`: no credentials), or with a key for more (registration).
 _PUBLIC = {
     "/healthz": [{}],
@@ -69,13 +99,15 @@ def document_errors(openapi: OpenAPI) -> None:
         MediaType.JSON.value: OpenAPIMediaType(schema=Reference(f"#/components/schemas/{ERROR}"))
     }
     for path, item in (openapi.paths or {}).items():
-        statuses = _ALL + (_API if path.startswith("/v1/") else ())
         for method in ("get", "put", "post", "delete", "patch"):
             operation = getattr(item, method, None)
             if operation is None:
                 continue
             responses = operation.responses if operation.responses is not None else {}
-            for status in statuses:
+            # Litestar declares 400 for its own validation of parameters: dim answers that in
+            # OpenAI's shape too, so it is kept, with the real body
+            declared = {int(s) for s in responses if s.isdigit() and int(s) >= 400}
+            for status in sorted(declared | set(_STATUSES.get((method, path), _UNLISTED))):
                 responses[str(status)] = OpenAPIResponse(description=_WHY[status], content=body)
             operation.responses = responses
             if path in _PUBLIC:
