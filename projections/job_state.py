@@ -208,14 +208,21 @@ Believe = Callable[[Event], bool]  # whether an event is believed (services/regi
 
 
 def evolve(
-    state: JobState | None, envelope: Envelope, seq: int, believe: Believe | None = None
+    state: JobState | None,
+    envelope: Envelope,
+    seq: int,
+    believe: Believe | None = None,
+    *,
+    at_seq: int | None = None,
 ) -> JobState | None:
     """Fold one event (stored at stream sequence `seq`) into the job's state.
 
     Events at or below `last_seq` were already applied and are ignored (JetStream delivers at
     least once). Events that do not fit the state (a result for an attempt that is no longer
     current, anything after the end) leave it as it was, apart from the tracking fields; so do
-    events `believe` says no to (a node's report its enrolled key did not sign).
+    events `believe` says no to (a node's report its enrolled key did not sign). `at_seq`:
+    the position to record instead of `seq` (an orchestrator folding its own append ahead of
+    the reports stored before it, which it has yet to fold).
     """
     event = envelope.data
     if state is None:
@@ -250,8 +257,9 @@ def evolve(
         return state
     new = state if believe is not None and not believe(event) else _apply(state, envelope)
     decided = state.decided_seq if envelope.type in REPORT_TYPES else max(seq, state.decided_seq)
+    position = seq if at_seq is None else at_seq
     return new.model_copy(
-        update={"events": state.events + 1, "last_seq": seq, "decided_seq": decided}
+        update={"events": state.events + 1, "last_seq": position, "decided_seq": decided}
     )
 
 

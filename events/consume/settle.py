@@ -15,7 +15,7 @@ from events.consume.spec import ConsumerSpec, Delivery, Reject, Retry
 from events.envelope import Envelope, decode
 from events.errors import EventDecodeError, transient
 from events.retry import REDELIVERY, Backoff
-from events.subjects import REPORT_TYPES, report_writer
+from events.subjects import REPORT_TYPES
 from events.work import MessageRejected
 
 log = logging.getLogger(__name__)
@@ -102,9 +102,9 @@ def disagreement(subject: str, envelope: Envelope) -> str | None:
     parts = subject.split(".")
     if len(parts) < 5 or parts[1] != "jobs":
         return None
-    job_id, event_type = parts[2], ".".join(parts[3:5])
+    job_id, event_type = parts[2], f"{parts[3]}.{parts[4]}"
     named = getattr(envelope.data, "job_id", job_id)
-    writer = report_writer(subject)
+    writer = parts[5] if len(parts) == 6 else None
     report = envelope.type in REPORT_TYPES
     if (
         envelope.type != event_type

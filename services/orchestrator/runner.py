@@ -22,7 +22,6 @@ import logging
 import random
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 from opentelemetry import propagate, trace
@@ -62,13 +61,33 @@ _DOOR_GRACE_S = 1.0  # a gateway sends the work of its plans at once; orchestrat
 
 
 class _Turn:
-    """A job's turn (`Orchestrator._exclusive`) and how many hold or wait for it."""
+    """A job's turn (`Orchestrator._exclusive`): an async context manager that holds the job's
+    lock, and leaves the table of turns once nobody holds or waits for it."""
 
-    __slots__ = ("lock", "wanted")
+    __slots__ = ("job_id", "lock", "turns", "wanted")
 
-    def __init__(self) -> None:
+    def __init__(self, turns: dict[str, _Turn], job_id: str) -> None:
+        self.turns = turns
+        self.job_id = job_id
         self.lock = asyncio.Lock()
         self.wanted = 0
+
+    async def __aenter__(self) -> None:
+        self.wanted += 1
+        try:
+            await self.lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self.wanted -= 1
+        if not self.wanted and self.turns.get(self.job_id) is self:
+            del self.turns[self.job_id]
 
 
 class Orchestrator:
@@ -194,23 +213,15 @@ class Orchestrator:
         for model in freed:  # other jobs: after this one's turn (no two turns held at once)
             await self._release(model)
 
-    @contextlib.asynccontextmanager
-    async def _exclusive(self, job_id: str) -> AsyncIterator[None]:
+    def _exclusive(self, job_id: str) -> _Turn:
         """One turn at a job at a time: its events, a release of held work and the ticker each
         read the job's state, append, and remember the result; interleaved, a turn could
         remember a state without another's appends (which, remembered as folded, never come
-        back to be folded)."""
-        entry = self._turns.get(job_id)
-        if entry is None:
-            entry = self._turns[job_id] = _Turn()
-        entry.wanted += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.wanted -= 1
-            if not entry.wanted:
-                del self._turns[job_id]
+        back to be folded). Use as ``async with self._exclusive(job_id):``."""
+        turn = self._turns.get(job_id)
+        if turn is None:
+            turn = self._turns[job_id] = _Turn(self._turns, job_id)
+        return turn
 
     async def _fold(self, job_id: str, group: list[Delivery]) -> set[str]:
         """Fold the job's delivered events, perform their effects and advance the job; the
@@ -314,7 +325,7 @@ class Orchestrator:
             if admission is not None:
                 admission.apply()  # before any await: other jobs' decisions see it
             stored: set[str] = set()  # task ids whose dispatch was appended
-            sent_to: Counter[str] = Counter()  # nodes whose dispatch was appended
+            sent_to: list[str] = []  # nodes whose dispatch was appended
             picks = self._picks
             try:
                 for event in events:
@@ -333,7 +344,8 @@ class Orchestrator:
                         return
                     state = self._fold_own(state, envelope, ack.seq)
                     dispatched = [d for d, _ in dispatches_in(envelope)]
-                    sent_to.update(d.node_id for d in dispatched if d.node_id)
+                    if picks:
+                        sent_to.extend(d.node_id for d in dispatched if d.node_id)
                     if admission is not None:
                         stored.update(d.task_id for d in dispatched)
                     await self._send_tasks(state, envelope)
@@ -342,8 +354,9 @@ class Orchestrator:
                     admission.unwind(stored)
                 # a choice whose dispatch was not stored (a lost race) sent nothing: the node is
                 # not busier for it (else a hot job's lost races would fill every node's count)
-                for node, n in (Counter(picks) - sent_to).items():
-                    self.nodes.pool.unsent(node, n)
+                if picks and len(picks) != len(sent_to):
+                    for node, n in (Counter(picks) - Counter(sent_to)).items():
+                        self.nodes.pool.unsent(node, n)
             if not events:
                 break
         self._remember(state)
@@ -384,9 +397,8 @@ class Orchestrator:
     def _fold_own(self, state: JobState, envelope: Envelope, seq: int) -> JobState:
         """Fold this instance's own append, stored at `seq`, without moving the job's folded
         position there: reports stored before it may not have arrived yet."""
-        folded = evolve(state, envelope, seq) or state
         self._own.setdefault(state.job_id, set()).add(seq)
-        return folded.model_copy(update={"last_seq": state.last_seq})
+        return evolve(state, envelope, seq, at_seq=state.last_seq) or state
 
     def _remember(self, state: JobState) -> None:
         current = self.active.get(state.job_id)

@@ -253,8 +253,13 @@ async def run(args: argparse.Namespace) -> None:
             lat_ttft, lat_total = load.latencies(lat_ids)
             print("throughput phase ...", file=sys.stderr)
             cpu0 = cpu_s([p.pid for p in procs])
+            roles0 = [cpu_s([p.pid]) for p in procs]
             ids, wall = await load.run(args.jobs, args.concurrency, "bench")
             cpu = (cpu_s([p.pid for p in procs]) - cpu0) / len(ids) * 1000
+            # per process: orchestrator, projector, then the workers together
+            roles = [
+                (cpu_s([p.pid]) - c0) / len(ids) * 1000 for p, c0 in zip(procs, roles0, strict=True)
+            ]
             ttft, total = load.latencies(ids)
             breakdown = await hops(bus, load, lat_ids[:100])
             failed = load.failed & {*lat_ids, *ids}  # (the calibration's jobs fail on purpose)
@@ -300,6 +305,11 @@ async def run(args: argparse.Namespace) -> None:
                     [
                         ("completed jobs/s", f"{len(ids) / wall:,.0f}", "≥ 1,000"),
                         ("CPU per job, dim's processes (ms)", f"{cpu:.2f}", ""),
+                        (
+                            "  orchestrator / projector / workers (ms)",
+                            f"{roles[0]:.2f} / {roles[1]:.2f} / {sum(roles[2:]):.2f}",
+                            "",
+                        ),
                         ("submit→first token p50 (ms)", f"{statistics.median(ttft):.2f}", ""),
                         ("submit→first token p99 (ms)", f"{pct(ttft, 99):.2f}", ""),
                         ("submit→completed p50 (ms)", f"{statistics.median(total):.2f}", ""),
