@@ -16,13 +16,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from events.bus import Bus
 from services.accounts.keys import create_key
 from services.nats_server import free_port
 from services.settings import Settings
 from tests.mesh import spawn, wait_ready
 
+EXAMPLES = int(os.environ.get("DIM_FUZZ_EXAMPLES", "10"))
 
+
+@pytest.mark.timeout(120 + 3 * EXAMPLES)
 async def test_every_operation_answers_as_its_schema_says(bus: Bus, settings: Settings) -> None:
     port = free_port()
     s = settings.model_copy(
@@ -57,7 +62,7 @@ async def test_every_operation_answers_as_its_schema_says(bus: Bus, settings: Se
                 "--exclude-checks",
                 "positive_data_acceptance,allow_header_conformance",
                 "--max-examples",
-                os.environ.get("DIM_FUZZ_EXAMPLES", "10"),
+                str(EXAMPLES),
                 "--seed",
                 "1",
                 "--no-color",
