@@ -73,6 +73,8 @@ class JobSubmitted(Event):
     # followed and send its work, so no plan append stands between a job and its first token.
     # None: an orchestrator plans the job.
     plan: JobPlanned | None = None
+    # the end user the caller named (OpenAI's `user`), kept for audit and usage
+    end_user: str | None = None
 
 
 @event_type

@@ -55,6 +55,7 @@ async def start(
     params: SamplingParams,
     *,
     stream: bool,
+    end_user: str | None = None,
 ) -> Started:
     """Listen for a new job id, then submit the job under it (so nothing is missed).
 
@@ -77,6 +78,7 @@ async def start(
                 prompt=prompt,
                 params=params,
                 max_attempts=gw.settings.max_attempts,
+                end_user=end_user,
             ),
         )
     except BaseException:

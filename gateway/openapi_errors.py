@@ -41,6 +41,7 @@ _STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/readyz"): (500, 503),
     ("get", "/.well-known/jwks.json"): (500,),
     ("get", "/v1/models"): _AUTH,
+    ("get", "/v1/models/{model_id}"): (*_AUTH, 404),
     ("post", "/v1/chat/completions"): _COMPLETION,
     ("post", "/v1/completions"): _COMPLETION,
     ("get", "/v1/jobs"): (*_AUTH, 400),

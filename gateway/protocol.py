@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from events.inference import MAX_TOKENS, ChatMessage, Prompt, SamplingParams, Usage
+from gateway.unserved import unserved, unserved_in_message
 
 
 class _In(BaseModel):
-    # OpenAI clients send fields dim does not use (frequency_penalty, logit_bias, ...): ignore them.
-    model_config = ConfigDict(extra="ignore")
+    # Fields beyond the model's are kept, to be refused by name unless they ask for nothing
+    # (`gateway/unserved.py`): never silently ignored.
+    model_config = ConfigDict(extra="allow")
 
 
-class TextPart(_In):
-    """One part of a message's content array."""
+class ContentPart(_In):
+    """One part of a message's content array (only `text` parts are served)."""
 
-    type: Literal["text"]
-    text: str
+    type: str
+    text: str | None = None
 
 
 class ChatMessageIn(_In):
     """A chat message as OpenAI clients send it."""
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
 
     def text(self) -> str:
         """The content as one string."""
@@ -33,11 +36,25 @@ class ChatMessageIn(_In):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text for p in self.content)
+        return "".join(p.text or "" for p in self.content)
+
+    def unserved(self, index: int) -> Iterator[tuple[str, str]]:
+        """(field path, why) for what this message carries that dim would not honour."""
+        yield from unserved_in_message(index, self.model_extra or {})
+        for j, part in enumerate(self.content if isinstance(self.content, list) else ()):
+            where = f"messages.{index}.content.{j}"
+            if part.type != "text":
+                yield f"{where}.type", f"{part.type!r} content parts are not served yet (text only)"
+            elif part.text is None:
+                yield f"{where}.text", "a text content part needs its text"
+            elif part.model_extra:
+                yield f"{where}.{next(iter(part.model_extra))}", "unknown content part field"
 
 
-class StreamOptions(_In):
+class StreamOptions(BaseModel):
     """`stream_options`."""
+
+    model_config = ConfigDict(extra="forbid")
 
     include_usage: bool = False
 
@@ -53,7 +70,9 @@ class _Sampling(_In):
     n: int = Field(default=1, ge=1, le=16, description="choices per request (each its own task)")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: str | None = Field(
+        default=None, max_length=256, description="the end user, recorded on the job"
+    )
 
     @field_validator("stop")
     @classmethod
@@ -74,6 +93,10 @@ class _Sampling(_In):
             n=self.n,
         )
 
+    def unserved(self) -> Iterator[tuple[str, str]]:
+        """(field path, why) for every field sent that dim would not honour."""
+        yield from unserved(self.model_extra or {})
+
     @property
     def include_usage(self) -> bool:
         """Whether a streamed answer ends with a usage chunk."""
@@ -84,6 +107,12 @@ class ChatCompletionRequest(_Sampling):
     """`POST /v1/chat/completions`."""
 
     messages: list[ChatMessageIn] = Field(min_length=1)
+
+    def unserved(self) -> Iterator[tuple[str, str]]:
+        """As `_Sampling.unserved`, and what the messages carry."""
+        yield from super().unserved()
+        for i, message in enumerate(self.messages):
+            yield from message.unserved(i)
 
     def prompt(self) -> Prompt:
         """The chat as dim's prompt."""
@@ -176,12 +205,22 @@ class Completion(BaseModel):
 
 
 class ModelCard(BaseModel):
-    """One model in `GET /v1/models`."""
+    """One model in `GET /v1/models`, and `GET /v1/models/{id}`."""
 
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "dim"
+    context_length: int | None = Field(
+        default=None, description="the largest context (prompt + completion) of its live nodes"
+    )
+    engines: list[str] = Field(default_factory=list, description="engines of its live nodes")
+    nodes: int = Field(default=0, description="live nodes serving it")
+    capabilities: list[str] = Field(
+        default_factory=list,
+        description="what requests to it may ask for (chat, completions); fields not served "
+        "are refused by name (docs/api.md)",
+    )
 
 
 class ModelList(BaseModel):

@@ -94,6 +94,7 @@ class JobState(_State):
     model: str
     owner: str
     tenant: str
+    end_user: str | None = None  # the end user the caller named (OpenAI's `user`)
     node_id: str | None = None
     max_attempts: int
     prompt: Prompt | None
@@ -234,6 +235,7 @@ def evolve(
             model=event.model,
             owner=event.owner,
             tenant=event.tenant,
+            end_user=event.end_user,
             node_id=event.node_id,
             max_attempts=event.max_attempts,
             prompt=event.prompt,

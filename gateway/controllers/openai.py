@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from litestar import Controller, Response, get, post
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 from pydantic import BaseModel
 
@@ -14,6 +14,7 @@ from events.inference import Prompt
 from events.jobs import JobCompleted
 from gateway import completions
 from gateway.auth import GatewayDep, PrincipalDep
+from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.protocol import (
     AssistantMessage,
@@ -43,12 +44,41 @@ class ModelsController(Controller):
     @get(operation_id="listModels", summary="Models with at least one live node")
     async def list_models(self, gateway: GatewayDep, principal: PrincipalDep) -> ModelList:
         """Every model a live node serves, created at the earliest start of a node serving it."""
-        first: dict[str, int] = {}
-        for node in gateway.nodes.live():
-            for model in node.models:
-                started = int(node.started_at.timestamp())
-                first[model] = min(first.get(model, started), started)
-        return ModelList(data=[ModelCard(id=m, created=t) for m, t in sorted(first.items())])
+        models = sorted({m for node in gateway.nodes.live() for m in node.models})
+        return ModelList(data=[_card(gateway, m) for m in models])
+
+    @get(
+        "/{model_id:path}",
+        operation_id="retrieveModel",
+        summary="One model: its context length, engines and capabilities",
+    )
+    async def retrieve_model(
+        self, model_id: FromPath[str], gateway: GatewayDep, principal: PrincipalDep
+    ) -> ModelCard:
+        """A model a live node serves (404 otherwise: the list names them)."""
+        name = model_id.lstrip("/")
+        if not gateway.nodes.serving(name):
+            raise ApiError(
+                404,
+                f"no live node serves model {name!r}: GET /v1/models lists those that do",
+                code="model_not_found",
+                param="model",
+            )
+        return _card(gateway, name)
+
+
+def _card(gateway: Gateway, model: str) -> ModelCard:
+    """What the live nodes serving `model` say of it."""
+    nodes = gateway.nodes.serving(model)
+    contexts = [n.max_context for n in nodes if n.max_context]
+    return ModelCard(
+        id=model,
+        created=min((int(n.started_at.timestamp()) for n in nodes), default=0),
+        context_length=max(contexts) if contexts else None,
+        engines=sorted({n.engine for n in nodes}),
+        nodes=len(nodes),
+        capabilities=["chat.completions", "completions"],
+    )
 
 
 def _chat_body(started: completions.Started, cid: str, done: JobCompleted) -> ChatCompletion:
@@ -90,9 +120,13 @@ async def _respond(
     whole: Callable[[completions.Started, str, JobCompleted], BaseModel],
 ) -> Response[Any]:
     """Run a completion; answer with SSE chunks (`stream: true`) or the whole body."""
+    refused = next(data.unserved(), None)  # never a 200 that silently did something else
+    if refused is not None:
+        field, why = refused
+        raise ApiError(400, f"{field}: {why}", code="unsupported_parameter", param=field)
     params = data.sampling(gateway.settings.default_max_tokens)
     started = await completions.start(
-        gateway, principal, data.model, prompt, params, stream=data.stream
+        gateway, principal, data.model, prompt, params, stream=data.stream, end_user=data.user
     )
     headers = {"x-dim-job-id": started.job_id}
     cid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{started.job_id}"

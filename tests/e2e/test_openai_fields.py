@@ -1,0 +1,151 @@
+"""No request field silently ignored, through the official `openai` SDK against real processes:
+a field dim does not serve yet is a 400 naming it (the probe's `tool_choice: "required"` and
+`json_schema` requests got prose with 200); its neutral value and the fields dim documents as
+unused pass; `user` is kept on the job; `client.models.retrieve` describes a served model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import pytest
+
+from events.bus import Bus
+from events.jobs import JobSubmitted
+from services.accounts.keys import create_key
+from services.nats_server import free_port
+from services.settings import Settings
+from tests.mesh import job_events, spawn, wait_ready, wait_until
+
+CHAT = [{"role": "user", "content": "hello"}]
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+@pytest.fixture
+async def client(bus: Bus, settings: Settings) -> AsyncIterator[openai.AsyncOpenAI]:
+    port = free_port()
+    s = settings.model_copy(update={"gateway_port": port})
+    _, key = await create_key(bus, principal_id="ann", tenant="acme", roles=("member",), actor="t")
+    with (
+        spawn(s, "orchestrator"),
+        spawn(s, "worker", DIM_NODE_ID="w1", DIM_MODELS="sim-small"),
+        spawn(s, "gateway"),
+    ):
+        base = f"http://127.0.0.1:{port}"
+        await wait_ready(base)
+        c = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+
+        async def served() -> bool:
+            try:
+                await c.models.retrieve("sim-small")
+            except openai.NotFoundError:
+                return False
+            return True
+
+        await wait_until(served, what="the worker in the gateway's view")
+        try:
+            yield c
+        finally:
+            await c.close()
+
+
+async def _refused(client: openai.AsyncOpenAI, **fields: Any) -> openai.BadRequestError:
+    fields.setdefault("messages", CHAT)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.chat.completions.create(model="sim-small", **fields)
+    assert refused.value.code == "unsupported_parameter"
+    return refused.value
+
+
+async def test_fields_not_served_are_refused_by_name(client: openai.AsyncOpenAI) -> None:
+    cases: dict[str, dict[str, Any]] = {
+        "tools": {"tools": [TOOL], "tool_choice": "required"},
+        "response_format": {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": True},
+            }
+        },
+        "logprobs": {"logprobs": True, "top_logprobs": 2},
+        "presence_penalty": {"presence_penalty": 0.5},
+        "frequency_penalty": {"frequency_penalty": -1.0},
+        "logit_bias": {"logit_bias": {"50256": -100}},
+        "store": {"store": True},
+        "max_token": {"extra_body": {"max_token": 5}},  # a typo is no silent default
+    }
+    for param, fields in cases.items():
+        error = await _refused(client, **fields)
+        assert error.param == param, (param, error.body)
+        assert param in error.message
+    image = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+    ]
+    error = await _refused(client, messages=[{"role": "user", "content": image}])
+    assert error.param == "messages.0.content.1.type" and "image_url" in error.message
+    tool_turn = [
+        *CHAT,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    error = await _refused(client, messages=tool_turn)
+    assert error.param == "messages.1.tool_calls"
+
+
+async def test_neutral_values_and_unused_fields_pass_and_user_is_kept(
+    client: openai.AsyncOpenAI, bus: Bus
+) -> None:
+    raw = await client.chat.completions.with_raw_response.create(
+        model="sim-small",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "hello"}]}],
+        max_tokens=4,
+        # neutral: asks for nothing dim does not do
+        frequency_penalty=0,
+        presence_penalty=0,
+        logprobs=False,
+        response_format={"type": "text"},
+        tool_choice="none",
+        # documented as unused by dim
+        metadata={"run": "7"},
+        service_tier="auto",
+        parallel_tool_calls=True,
+        user="end-user-42",
+    )
+    answer = raw.parse()
+    assert answer.choices[0].message.content
+    events = await job_events(bus, raw.headers["x-dim-job-id"])
+    submitted = events[0].data
+    assert isinstance(submitted, JobSubmitted) and submitted.end_user == "end-user-42"
+    text = await client.completions.create(
+        model="sim-small", prompt="hello", max_tokens=4, echo=False, best_of=1
+    )
+    assert text.choices[0].text
+    with pytest.raises(openai.BadRequestError) as echo:
+        await client.completions.create(model="sim-small", prompt="hello", echo=True)
+    assert echo.value.param == "echo"
+
+
+async def test_a_model_is_described_and_an_unknown_one_is_404(client: openai.AsyncOpenAI) -> None:
+    model = await client.models.retrieve("sim-small")
+    assert model.id == "sim-small" and model.object == "model" and model.owned_by == "dim"
+    extra = model.model_extra or {}
+    assert extra["nodes"] == 1 and extra["engines"] == ["simulated"]
+    assert extra["context_length"] and extra["context_length"] > 1000
+    assert "chat.completions" in extra["capabilities"]
+    listed = [m.id async for m in client.models.list()]
+    assert listed == ["sim-small"]
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("no-such-model")
