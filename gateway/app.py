@@ -26,6 +26,7 @@ from gateway.controllers.keys import KeysController
 from gateway.controllers.nodes import NodesController
 from gateway.controllers.openai import ChatController, CompletionsController, ModelsController
 from gateway.controllers.stream import job_stream, submit_and_stream
+from gateway.controllers.usage import UsageController
 from gateway.errors import exception_handlers
 from gateway.http_server import bounded_http
 from gateway.openapi_errors import document_errors
@@ -133,6 +134,7 @@ def create_app(settings: Settings) -> Litestar:
         JobsController,
         KeysController,
         NodesController,
+        UsageController,
         AuthController,
         job_stream,
         submit_and_stream,

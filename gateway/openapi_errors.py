@@ -53,6 +53,7 @@ _STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/keys"): (*_AUTH, *_BODY, 403, 409),
     ("delete", "/v1/keys/{key_id}"): (*_AUTH, 404),
     ("get", "/v1/nodes"): (*_AUTH, 403),
+    ("get", "/v1/usage"): (*_AUTH, 400),
     ("post", "/v1/auth/login"): (*_AUTH, *_BODY),
     ("post", "/v1/auth/refresh"): (*_AUTH, *_BODY),
     ("post", "/v1/auth/register"): (*_AUTH, *_BODY, 403, 409),

@@ -5,9 +5,14 @@ unused pass; `user` is kept on the job; `client.models.retrieve` describes a ser
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -16,6 +21,7 @@ from events.jobs import JobSubmitted
 from services.accounts.keys import create_key
 from services.nats_server import free_port
 from services.settings import Settings
+from services.up import child_env
 from tests.mesh import job_events, spawn, wait_ready, wait_until
 
 CHAT = [{"role": "user", "content": "hello"}]
@@ -35,6 +41,7 @@ async def client(bus: Bus, settings: Settings) -> AsyncIterator[openai.AsyncOpen
     _, key = await create_key(bus, principal_id="ann", tenant="acme", roles=("member",), actor="t")
     with (
         spawn(s, "orchestrator"),
+        spawn(s, "projector"),
         spawn(s, "worker", DIM_NODE_ID="w1", DIM_MODELS="sim-small"),
         spawn(s, "gateway"),
     ):
@@ -149,3 +156,38 @@ async def test_a_model_is_described_and_an_unknown_one_is_404(client: openai.Asy
     assert listed == ["sim-small"]
     with pytest.raises(openai.NotFoundError):
         await client.models.retrieve("no-such-model")
+
+
+async def test_usage_per_day_over_http_and_the_cli(
+    client: openai.AsyncOpenAI, bus: Bus, settings: Settings
+) -> None:
+    answer = await client.chat.completions.create(model="sim-small", messages=CHAT, max_tokens=4)
+    assert answer.usage is not None
+    auth = {"Authorization": f"Bearer {client.api_key}"}
+
+    async def counted() -> dict[str, Any]:
+        async with httpx.AsyncClient() as http:
+            r = await http.get(f"{client.base_url}usage", headers=auth)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    async def shown() -> bool:
+        return bool((await counted())["data"])
+
+    await wait_until(shown, what="the usage projection to count the job")
+    report = await counted()
+    assert report["tenant"] == "acme" and report["daily_tokens"] is None
+    (today,) = report["data"]
+    assert today["requests"] == 1 and today["total_tokens"] == answer.usage.total_tokens
+    cli = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.cli", "usage", "--tenant", "acme", "--json"],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    (row,) = json.loads(cli.stdout)
+    assert row["tenant"] == "acme" and row["total_tokens"] == answer.usage.total_tokens
