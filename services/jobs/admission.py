@@ -192,6 +192,19 @@ class FairQueue:
                     return queue[0]
         return None
 
+    def peek_as_held(self, model: str, job_id: str, tenant: str, priority: int) -> str | None:
+        """`peek` as it will be once `job_id` (held nowhere yet) is held for `model`: at the end
+        of its tenant's lane at `priority`, a lane of its own at the end if there is none."""
+        levels = self.held.get(model) or {}
+        for level in sorted({*levels, priority}, reverse=True):
+            lanes: OrderedDict[str, deque[str]] = levels.get(level) or OrderedDict()
+            for other, queue in lanes.items():
+                if self.tenant_has_room(model, other):
+                    return queue[0]
+            if level == priority and tenant not in lanes and self.tenant_has_room(model, tenant):
+                return job_id
+        return None
+
     def release(self, model: str) -> list[str]:
         """Jobs to decide again now that the model's queue has room, in fair order."""
         out: list[str] = []
@@ -262,12 +275,16 @@ class Trial:
         self._job = job_id
         if job_id in fair._granted and not self._through:
             return self._let(model, task, state.tenant)
-        if self._through:
+        held = self._held if self._held is not None and self._held[0] == model else None
+        if held is not None and job_id not in fair._where:
+            # held by this trial, and in the queue nowhere else: where the hold will put it
+            peek = fair.peek_as_held(model, job_id, state.tenant, held[1])
+        elif self._through:
             peek, top = fair.peek_without(model, job_id), fair.top_without(model, job_id)
+            if held is not None and held[1] > top:
+                peek = job_id  # held again by this trial, alone on the highest level: it heads
         else:
-            peek, top = fair.peek(model), max(fair.held.get(model) or [-1])
-        if self._held is not None and self._held[0] == model and self._held[1] > top:
-            peek = job_id  # held again by this trial, alone on the highest level: it heads
+            peek = fair.peek(model)
         taken = self._taken.get(model, 0)
         room = fair.waiting[model] + taken < fair.bound(model)
         if room and fair.tenant_has_room(model, state.tenant, taken) and peek in (None, job_id):
