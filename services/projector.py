@@ -123,17 +123,32 @@ class JobStatusProjector:
         view = fold(None, await history(self.bus, job_id), believe)
         kv = await self.kv()
         entry = await kv.get(job_id)
-        if view is None or (
-            entry is not None and decode_view(entry.value).last_seq >= view.last_seq
-        ):
+        before = decode_view(entry.value) if entry is not None else None
+        if view is None or (before is not None and before.last_seq >= view.last_seq):
             self.metrics.caught_up(job_id)  # no job, or another writer stored a newer view
             self.cache.pop(job_id, None)
             return
         stored, raw = stored_form(view)
         revision = await kv.write(job_id, raw, entry.revision if entry else None)
         log.info("job %s: its view is stored again (%d bytes)", job_id, len(raw))
+        await self._written(job_id, before, view, stored, revision)
+
+    async def _written(
+        self, job_id: str, before: JobState | None, new: JobState, stored: JobState, revision: int
+    ) -> None:
+        """`new` (`before` it, what was stored) is stored as `stored` at `revision`: counted,
+        cached, and if the job ended with it, its quota reservation removed. The mirror may not
+        show a reservation made a moment ago yet: with quotas on, it is removed regardless (a
+        no-op if none)."""
         self.metrics.written(job_id, stored.trimmed)
         self.cache[job_id] = (stored, revision)
+        self.cache.move_to_end(job_id)
+        if len(self.cache) > _CACHE:
+            self.cache.popitem(last=False)
+        ended = new.terminal and (before is None or not before.terminal)
+        quotas_on = self.settings.tenant_daily_tokens > 0
+        if ended and (quotas_on or self.reservations.held(new.tenant, job_id)):
+            await self._release(new)
 
     def seen(self, job_id: str, seq: int) -> bool:
         """Whether this instance already wrote a view that includes the event at `seq`."""
@@ -176,17 +191,7 @@ class JobStatusProjector:
                 )
                 self.metrics.failed(job_id, f"{len(raw)} bytes: {exc!r}"[:300])
                 raise
-            self.metrics.written(job_id, stored.trimmed)
-            self.cache[job_id] = (stored, revision)
-            self.cache.move_to_end(job_id)
-            # The job ended: its quota reservation goes. The mirror may not show one made a
-            # moment ago yet: with quotas on, it is removed regardless (a no-op if none).
-            ended = new.terminal and (view is None or not view.terminal)
-            quotas_on = self.settings.tenant_daily_tokens > 0
-            if ended and (quotas_on or self.reservations.held(new.tenant, job_id)):
-                await self._release(new)
-            if len(self.cache) > _CACHE:
-                self.cache.popitem(last=False)
+            await self._written(job_id, view, new, stored, revision)
             return
         raise RuntimeError(f"job {job_id}: view kept changing under us; will retry")
 

@@ -9,10 +9,12 @@ from nats.js.api import StreamConfig
 
 from events.bus import Bus
 from events.history import read_events
+from events.ids import new_id
 from events.inference import Prompt
 from events.job_log import submit
 from events.work import MessageRejected
 from projections.job_status import decode_view
+from projections.reservations import Reservations, reservation_key
 from services.settings import Settings
 from tests.mesh import mesh, wait_terminal, wait_until
 
@@ -28,7 +30,8 @@ async def _max_view_bytes(bus: Bus, limit: int) -> None:
 async def test_a_view_that_cannot_be_stored_degrades_readiness_until_it_is_stored(
     bus: Bus, settings: Settings
 ) -> None:
-    async with mesh(settings) as m:
+    quota = settings.model_copy(update={"tenant_daily_tokens": 1000})
+    async with mesh(quota) as m:
         projector = (await m.projector()).obj
         await m.orchestrator()
         await m.worker("w1")
@@ -38,7 +41,11 @@ async def test_a_view_that_cannot_be_stored_degrades_readiness_until_it_is_store
             async with httpx.AsyncClient(base_url=base) as http:
                 assert (await http.get("/readyz")).status_code == 200
                 await _max_view_bytes(bus, 300)  # smaller than any view
-                job = await submit(bus, model="sim-small", prompt=Prompt(text="hello"))
+                job_id = new_id()  # a gateway reserved its tokens when it admitted it
+                await Reservations(bus).reserve("default", job_id, 256)
+                job = await submit(
+                    bus, model="sim-small", prompt=Prompt(text="hello"), job_id=job_id
+                )
                 await wait_terminal(bus, job.job_id)
 
                 async def degraded() -> bool:
@@ -76,3 +83,6 @@ async def test_a_view_that_cannot_be_stored_degrades_readiness_until_it_is_store
             server.server_close()
         entry = await (await bus.bucket("jobs")).get(job.job_id)
         assert entry is not None and decode_view(entry.value).status == "completed"
+        # the job's end, folded only by the rewrite, gave its quota reservation back
+        held = await (await bus.bucket("reservations")).get(reservation_key("default", job_id))
+        assert held is None
