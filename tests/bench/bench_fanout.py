@@ -26,8 +26,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from nats.aio.msg import Msg
-
 from events.bus import Bus
 from events.history import read_events
 from events.ids import new_id
@@ -38,45 +36,13 @@ from events.patterns import Collaborative
 from services.process import connect, ensure_topology
 from services.settings import Settings
 from services.up import child_env
-from tests.bench.bench_jobs import cpu_s, embedded_server, pct, stop_all
+from tests.bench.bench_jobs import Ends, cpu_s, embedded_server, pct, stop_all
 
 _WORKERS = 3
 _SLOTS = 32
 _TTFT_MS = 30.0
 _TOKENS_PER_S = 80.0
 _MAX_TOKENS = 16
-
-
-class Ends:
-    """When each job ended (and whether it failed), from a plain NATS subscription."""
-
-    def __init__(self) -> None:
-        self.answered: dict[str, float] = {}  # a task's result: what the gateway answers from
-        self.done: dict[str, float] = {}
-        self.failed: set[str] = set()
-        self.waiting: dict[str, asyncio.Future[None]] = {}
-
-    async def subscribe(self, bus: Bus) -> None:
-        for end in ("job.completed", "job.failed"):
-            await bus.nc.subscribe(bus.names.job("*", end), cb=self._on)
-        await bus.nc.subscribe(bus.names.reports("*", "task.completed"), cb=self._on_answer)
-
-    async def _on_answer(self, msg: Msg) -> None:
-        self.answered.setdefault(msg.subject.split(".")[2], time.perf_counter())
-
-    async def _on(self, msg: Msg) -> None:
-        job_id = msg.subject.split(".")[2]
-        if msg.subject.endswith(".job.failed"):
-            self.failed.add(job_id)
-        self.done[job_id] = time.perf_counter()
-        future = self.waiting.pop(job_id, None)
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    def expect(self, job_id: str) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiting[job_id] = future
-        return future
 
 
 async def steps(bus: Bus, job_ids: list[str]) -> list[tuple[str, float]]:
@@ -143,8 +109,8 @@ async def run(args: argparse.Namespace) -> None:
             spawn("projector")
             for i in range(_WORKERS):
                 spawn("worker", f"fan-{i}")
-            ends = Ends()
-            await ends.subscribe(bus)
+            ends = Ends(bus)
+            await ends.subscribe(answers=True)
             await asyncio.sleep(3)  # the workers' first heartbeats
             for _ in range(5):  # warm up
                 await one_token(bus, ends)

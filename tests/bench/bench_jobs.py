@@ -101,30 +101,33 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
-class Load:
-    """Submits jobs and records, per job, submit / first token / end times."""
+class Ends:
+    """When each job ended (and whether it failed), from plain NATS subscriptions; with
+    `answers`, also when its first task's result came (what the gateway answers a one-task job
+    from)."""
 
-    def __init__(self, bus: Bus, max_tokens: int) -> None:
+    def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self.params = SamplingParams(max_tokens=max_tokens)
-        self.submitted: dict[str, float] = {}
-        self.first: dict[str, float] = {}
-        self.first_at: dict[str, str] = {}
+        self.answered: dict[str, float] = {}
         self.done: dict[str, float] = {}
         self.waiting: dict[str, asyncio.Future[None]] = {}
         self.failed: set[str] = set()  # a bench of failing jobs measures nothing: it says so
 
-    async def subscribe(self) -> None:
+    async def subscribe(self, *, answers: bool = False) -> None:
         names = self.bus.names
-        await self.bus.nc.subscribe(names.tokens_all, cb=self._on_token)
-        await self.bus.nc.subscribe(f"{names.ns}.jobs.*.job.completed", cb=self._on_end)
-        await self.bus.nc.subscribe(f"{names.ns}.jobs.*.job.failed", cb=self._on_end)
+        for end in ("job.completed", "job.failed"):
+            await self.bus.nc.subscribe(names.job("*", end), cb=self._on_end)
+        if answers:
+            await self.bus.nc.subscribe(names.reports("*", "task.completed"), cb=self._on_answer)
 
-    async def _on_token(self, msg: Msg) -> None:
-        job_id = msg.subject.split(".")[2]  # NS.tokens.<job>.<node>
-        if job_id not in self.first:
-            self.first[job_id] = time.perf_counter()
-            self.first_at[job_id] = json.loads(msg.data)["at"]
+    def expect(self, job_id: str) -> asyncio.Future[None]:
+        """A future set when `job_id` ends (listen before submitting it)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting[job_id] = future
+        return future
+
+    async def _on_answer(self, msg: Msg) -> None:
+        self.answered.setdefault(msg.subject.split(".")[2], time.perf_counter())
 
     async def _on_end(self, msg: Msg) -> None:
         job_id = msg.subject.split(".")[2]
@@ -135,17 +138,37 @@ class Load:
         if future is not None and not future.done():
             future.set_result(None)
 
+
+class Load(Ends):
+    """Submits jobs and records, per job, submit / first token / end times."""
+
+    def __init__(self, bus: Bus, max_tokens: int) -> None:
+        super().__init__(bus)
+        self.params = SamplingParams(max_tokens=max_tokens)
+        self.submitted: dict[str, float] = {}
+        self.first: dict[str, float] = {}
+        self.first_at: dict[str, str] = {}
+
+    async def subscribe(self, *, answers: bool = False) -> None:
+        await self.bus.nc.subscribe(self.bus.names.tokens_all, cb=self._on_token)
+        await super().subscribe(answers=answers)
+
+    async def _on_token(self, msg: Msg) -> None:
+        job_id = msg.subject.split(".")[2]  # NS.tokens.<job>.<node>
+        if job_id not in self.first:
+            self.first[job_id] = time.perf_counter()
+            self.first_at[job_id] = json.loads(msg.data)["at"]
+
     async def run(self, n: int, concurrency: int, label: str) -> tuple[list[str], float]:
         """Submit `n` jobs with at most `concurrency` unfinished; returns their ids and the wall time."""
         slots = asyncio.Semaphore(concurrency)
-        loop = asyncio.get_running_loop()
         ids: list[str] = []
 
         async def one(i: int) -> None:
             async with slots:
                 job_id = new_id()
                 ids.append(job_id)
-                self.waiting[job_id] = loop.create_future()
+                ended = self.expect(job_id)
                 self.submitted[job_id] = time.perf_counter()
                 await submit(
                     self.bus,
@@ -154,8 +177,7 @@ class Load:
                     params=self.params,
                     job_id=job_id,
                 )
-                if job_id in self.waiting:
-                    await asyncio.wait_for(self.waiting[job_id], 60)
+                await asyncio.wait_for(ended, 60)
 
         start = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))

@@ -24,6 +24,7 @@ from events.jobs import (
     TaskLost,
     TaskStarted,
 )
+from events.patterns import Collaborative
 from events.text import TextAssembler
 from events.work import TaskRequested, TokensProduced
 from projections.job_state import evolve
@@ -104,6 +105,17 @@ async def _seen_by(o: Service, model: str = "sim-small") -> None:
         return bool(o.obj.nodes.serving(model))
 
     await wait_until(seen, what=f"the orchestrator to see a node serving {model}")
+
+
+def _collaborative(job_id: str, inputs: tuple[Prompt, ...]) -> JobSubmitted:
+    """A collaborative job of `inputs` on sim-small, 4 tokens a shard."""
+    return JobSubmitted(
+        job_id=job_id,
+        pattern="collaborative",
+        model="sim-small",
+        params=SamplingParams(max_tokens=4),
+        collaborative=Collaborative(inputs=inputs),
+    )
 
 
 async def _live(bus: Bus, n: int) -> bool:
@@ -400,8 +412,6 @@ async def test_events_over_the_message_limit_travel_through_the_payloads_store(
 ) -> None:
     from events.bus import PAYLOAD_REF_HEADER
     from events.job_log import submit_event
-    from events.jobs import JobSubmitted
-    from events.patterns import Collaborative
 
     inputs = tuple(Prompt(text=f"{i} " + "word " * 40_000) for i in range(3))  # ~200 KB each
     async with mesh(settings) as m:
@@ -409,16 +419,7 @@ async def test_events_over_the_message_limit_travel_through_the_payloads_store(
         await m.projector()
         await m.worker("w1")
         await wait_until(lambda: _live(bus, 1), what="a worker")
-        job = await submit_event(
-            bus,
-            JobSubmitted(
-                job_id="big-job",
-                pattern="collaborative",
-                model="sim-small",
-                params=SamplingParams(max_tokens=4),
-                collaborative=Collaborative(inputs=inputs),
-            ),
-        )
+        job = await submit_event(bus, _collaborative("big-job", inputs))
         events = await wait_terminal(bus, job.job_id, timeout_s=30)
     done = events[-1].data
     assert isinstance(done, JobCompleted), events[-1]
@@ -442,7 +443,6 @@ async def test_a_thousand_shards_flow_while_the_workers_report(
     # job expected its last event, and the workers append a report every few milliseconds, so
     # the orchestrator lost nearly every race (~1,600 for this job) and the job crawled. A
     # decision now expects only the job's last decision: one orchestrator never loses a race.
-    from events.patterns import Collaborative
 
     inputs = tuple(Prompt(text=f"shard {i}") for i in range(1000))
     # one event loop runs every process here: no node is lost to a late heartbeat meanwhile
@@ -452,16 +452,7 @@ async def test_a_thousand_shards_flow_while_the_workers_report(
         for i in range(3):
             await m.worker(f"w{i}", capacity=32)
         await wait_until(lambda: _live(bus, 3), what="three workers")
-        job = await submit_event(
-            bus,
-            JobSubmitted(
-                job_id=new_id(),
-                pattern="collaborative",
-                model="sim-small",
-                params=SamplingParams(max_tokens=4),
-                collaborative=Collaborative(inputs=inputs),
-            ),
-        )
+        job = await submit_event(bus, _collaborative(new_id(), inputs))
         events = await wait_terminal(bus, job.job_id, timeout_s=120)
     done = events[-1].data
     assert isinstance(done, JobCompleted), events[-1]

@@ -69,6 +69,22 @@ async def _finished(client: AsyncTestClient, auth: dict[str, str], job_id: str) 
     return body
 
 
+async def _stored_completed_view(bus: Bus, job_id: str) -> bytes:
+    """The job's view as the projector stores it, once it shows the job completed (it is
+    written a moment after the end, which the API answers from the log)."""
+    views = await bus.bucket("jobs")
+    stored = b""
+
+    async def completed() -> bool:
+        nonlocal stored
+        entry = await views.get(job_id)
+        stored = entry.value if entry is not None else b""
+        return b'"status":"completed"' in stored
+
+    await wait_until(completed, what="the projector's view")
+    return stored
+
+
 async def test_submit_read_and_history(world: World) -> None:
     c = world.client
     r = await c.post(
@@ -380,15 +396,8 @@ async def test_sixteen_choices_of_a_large_prompt_keep_one_copy(world: World, bus
     planned = await bus.js.get_last_msg(bus.names.jobs_stream, bus.names.job(job_id, "job.planned"))
     stored = await bus.body(planned.data or b"", planned.headers)
     assert len(stored) < 100_000  # the plan names the tasks, not 16 copies of the prompt
-    views = await bus.bucket("jobs")
-
-    async def stored_view() -> bool:  # the projector writes it a moment after the end
-        entry = await views.get(job_id)
-        return entry is not None and b'"status":"completed"' in entry.value
-
-    await wait_until(stored_view, what="the projector's view")
-    view = await views.get(job_id)
-    assert view is not None and len(view.value) < 1_000_000  # one copy, in the job
+    view = await _stored_completed_view(bus, job_id)
+    assert len(view) < 1_000_000  # one copy, in the job
 
 
 async def test_a_thousand_inputs_at_the_body_limit_make_a_view_that_fits(
@@ -410,16 +419,9 @@ async def test_a_thousand_inputs_at_the_body_limit_make_a_view_that_fits(
     assert body["status"] == "completed" and not body["trimmed"]
     assert len(body["parts"]) == 1000 and all(p["output"] for p in body["parts"])
     assert body["output"] == "\n".join(p["output"] for p in body["parts"])
-    views = await bus.bucket("jobs")
-
-    async def stored_view() -> bool:  # the projector writes it a moment after the end
-        entry = await views.get(job_id)
-        return entry is not None and b'"status":"completed"' in entry.value
-
-    await wait_until(stored_view, what="the projector's view")
-    stored = await views.get(job_id)
-    assert stored is not None and len(stored.value) <= VIEW_MAX_BYTES
-    assert b'"trimmed":true' in stored.value and b"zzzz" not in stored.value
+    stored = await _stored_completed_view(bus, job_id)
+    assert len(stored) <= VIEW_MAX_BYTES
+    assert b'"trimmed":true' in stored and b"zzzz" not in stored
     listed = await c.get("/v1/jobs", headers=world.alice)
     (summary,) = [j for j in listed.json()["data"] if j["job_id"] == job_id]
     assert summary["trimmed"] and summary["output"] is None and summary["status"] == "completed"
