@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.envelope import Event, event_type
-from events.inference import FinishReason, Prompt, SamplingParams, Usage
+from events.inference import FinishReason, Prompt, SamplingParams, TokenLogprob, Usage, unset
 from events.patterns import (
     Chained,
     Collaborative,
@@ -17,6 +17,7 @@ from events.patterns import (
     RetryPolicy,
     Routing,
 )
+from events.tools import ToolCall
 
 TaskRole = Literal["main", "shard", "reduce", "candidate", "judge", "step"]
 FailureKind = Literal["engine_error", "timeout", "worker_lost", "invalid_request", "no_capacity"]
@@ -147,6 +148,10 @@ class TaskCompleted(Event):
     ttft_ms: float
     duration_ms: float
     signature: str = ""  # the node's signature over task, attempt, node, output hash, usage
+    # added with OpenAI fidelity: the calls the answer makes (finish reason `tool_calls`; the
+    # output is then the text before them, often none), and every token's logprob if asked
+    tool_calls: tuple[ToolCall, ...] = Field(default=(), exclude_if=unset)
+    logprobs: tuple[TokenLogprob, ...] | None = Field(default=None, exclude_if=unset)
 
 
 @event_type
@@ -196,6 +201,8 @@ class Choice(BaseModel):
     index: int
     output: str
     finish_reason: FinishReason
+    tool_calls: tuple[ToolCall, ...] = Field(default=(), exclude_if=unset)  # as on task.completed
+    logprobs: tuple[TokenLogprob, ...] | None = Field(default=None, exclude_if=unset)
 
 
 class Part(BaseModel):
@@ -231,6 +238,9 @@ class JobCompleted(Event):
     parts: tuple[Part, ...] = ()
     consensus: Consensus | None = None
     errors: tuple[str, ...] = ()
+    # added with OpenAI fidelity: the (first) answer's tool calls and logprobs, as `output`
+    tool_calls: tuple[ToolCall, ...] = Field(default=(), exclude_if=unset)
+    logprobs: tuple[TokenLogprob, ...] | None = Field(default=None, exclude_if=unset)
 
 
 @event_type

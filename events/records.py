@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.capabilities import BASIC
+from events.inference import unset
 
 
 class GpuFact(BaseModel):
@@ -70,7 +73,14 @@ class NodeRecord(BaseModel):
     queued: dict[str, int] = {}  # tasks waiting on each served model's shared subject
     # added later: older records read as unsigned (events/signing.py)
     public_key: str = ""  # the NKey ("U...") the node signs with
+    # added with OpenAI fidelity: what its engine does per model (events/capabilities.py);
+    # a model missing here (an older node) serves plain chat and completions
+    capabilities: dict[str, tuple[str, ...]] = Field(default_factory=dict, exclude_if=unset)
     signature: str = ""  # Ed25519 over every other field, as written (base64url)
+
+    def can(self, model: str) -> frozenset[str]:
+        """What the node's engine does for `model`."""
+        return frozenset(self.capabilities.get(model, BASIC))
 
     def fresh(self, now: datetime, ttl_s: float) -> bool:
         """Whether the node heartbeated within `ttl_s`."""

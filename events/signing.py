@@ -131,6 +131,14 @@ def report_claims(event: Report) -> bytes:
             "completion_tokens": event.usage.completion_tokens,
             "estimated": event.usage.estimated,
         }
+        # added later, only when present: an older reader's claims of a plain answer stay as
+        # they were, and a tool call or logprob cannot be altered under a node's signature
+        if event.tool_calls:
+            calls = [c.model_dump() for c in event.tool_calls]
+            claims["tool_calls_sha256"] = _sha256(canonical({"calls": calls}).decode())
+        if event.logprobs is not None:
+            lps = [lp.model_dump() for lp in event.logprobs]
+            claims["logprobs_sha256"] = _sha256(canonical({"logprobs": lps}).decode())
     elif isinstance(event, TaskFailed):
         claims["kind"] = event.kind
         claims["error_sha256"] = _sha256(event.error)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from events.envelope import Event, event_type
-from events.inference import FinishReason
+from events.inference import FinishReason, TokenLogprob, unset
 from events.jobs import TaskSpec
 
 
@@ -39,6 +41,8 @@ class TokensProduced(Event):
     tokens: int
     finish_reason: FinishReason | None = None
     token_ids: tuple[int, ...] | None = None  # added later: readers of older chunks see None
+    # each token's, when the request asks
+    logprobs: tuple[TokenLogprob, ...] | None = Field(default=None, exclude_if=unset)
 
 
 @event_type

@@ -33,7 +33,7 @@ from services.metrics import observe_per_token
 
 log = logging.getLogger(__name__)
 
-_FAILURE_STATUS = {"model_not_served": 503, "task_failed": 502}
+_FAILURE_STATUS = {"model_not_served": 503, "task_failed": 502, "invalid_request": 400}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +97,13 @@ def choice_index(task_id: str) -> int:
 def choices_of(event: JobCompleted) -> tuple[Choice, ...]:
     """Every answer of a completed job (one, unless n > 1)."""
     return event.choices or (
-        Choice(index=0, output=event.output, finish_reason=event.finish_reason),
+        Choice(
+            index=0,
+            output=event.output,
+            finish_reason=event.finish_reason,
+            tool_calls=event.tool_calls,
+            logprobs=event.logprobs,
+        ),
     )
 
 
@@ -145,6 +151,7 @@ async def stream(
     follower = started.follower
     assert follower is not None, "start(stream=True) opens the live feed"
     texts: dict[int, TextAssembler] = {}
+    streamed_lps: dict[int, int] = {}  # logprobs sent per choice
     done = False
     out = sse.ChunkWriter(kind, id, started.created, started.model)
     m = gw.metrics
@@ -160,7 +167,10 @@ async def stream(
                     index = choice_index(event.task_id)
                     first = index not in texts
                     text = texts.setdefault(index, TextAssembler())
+                    at = len(text.text)
                     new = text.add(event.offset, event.text)
+                    # a chunk's logprobs go with it when it is taken whole, in order
+                    lps = event.logprobs if new == event.text and at == event.offset else None
                     if new:
                         now = time.monotonic()
                         if last is None:
@@ -169,7 +179,9 @@ async def stream(
                             observe_per_token(itl, now - last, event.tokens)
                         last = now
                     if new or first:
-                        yield out.text(new, first=first, index=index)
+                        if lps:
+                            streamed_lps[index] = streamed_lps.get(index, 0) + len(lps)
+                        yield out.text(new, first=first, index=index, logprobs=lps, offset=at)
                 elif isinstance(event, JobCompleted):
                     done = True
                     _count(gw, started, event)
@@ -178,11 +190,15 @@ async def stream(
                         seen = text.text
                         rest = choice.output[len(seen) :] if choice.output.startswith(seen) else ""
                         first = choice.index not in texts
+                        lps = choice.logprobs
                         yield out.text(
                             rest or None,
                             finish_reason=choice.finish_reason,
                             first=first,
                             index=choice.index,
+                            tool_calls=choice.tool_calls,
+                            logprobs=lps[streamed_lps.get(choice.index, 0) :] if lps else None,
+                            offset=len(seen),
                         )
                     if include_usage:
                         yield out.usage(event.usage)

@@ -6,7 +6,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from events.inference import Usage
+from events.inference import TokenLogprob, Usage
+from events.tools import ToolCall
+from gateway import answers
 
 Kind = Literal["chat", "text"]
 DONE = b"data: [DONE]\n\n"
@@ -42,8 +44,12 @@ class ChunkWriter:
         finish_reason: str | None = None,
         first: bool = False,
         index: int = 0,
+        logprobs: tuple[TokenLogprob, ...] | None = None,
+        offset: int = 0,
+        tool_calls: tuple[ToolCall, ...] = (),
     ) -> bytes:
-        """A chunk of choice `index`: new text and/or the finish reason.
+        """A chunk of choice `index`: new text (at `offset` in the answer), its tokens'
+        `logprobs`, the answer's tool calls (each whole, as one delta), and/or the finish reason.
 
         The first chat chunk of each choice names the role.
         """
@@ -51,17 +57,19 @@ class ChunkWriter:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text is not None:
                 delta["content"] = text
+            if tool_calls:
+                delta["tool_calls"] = answers.tool_calls(tool_calls, streamed=True)
             choice: dict[str, Any] = {
                 "index": index,
                 "delta": delta,
-                "logprobs": None,
+                "logprobs": answers.chat_logprobs(logprobs),
                 "finish_reason": finish_reason,
             }
         else:
             choice = {
                 "index": index,
                 "text": text or "",
-                "logprobs": None,
+                "logprobs": answers.text_logprobs(logprobs, offset),
                 "finish_reason": finish_reason,
             }
         return self._wrap([choice])

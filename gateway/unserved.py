@@ -15,26 +15,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-# Fields of OpenAI's chat and completions requests that no engine of dim serves yet, with the
+# Fields of OpenAI's chat and completions requests that no engine of dim serves, with the
 # test of a value that asks for nothing (so sending the default is not an error), and what the
 # client should know.
 _NEUTRAL: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "tools": (lambda v: not v, "tool calling is not served yet"),
-    "tool_choice": (
+    "functions": (lambda v: not v, "the deprecated functions API is not served: use tools"),
+    "function_call": (
         lambda v: v in (None, "none", "auto"),
-        "tool calling is not served yet (send no tools, or tool_choice 'none' or 'auto')",
+        "the deprecated function_call is not served: use tool_choice",
     ),
-    "functions": (lambda v: not v, "function calling is not served yet"),
-    "function_call": (lambda v: v in (None, "none", "auto"), "function calling is not served yet"),
-    "response_format": (
-        lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
-        "structured outputs (json_object, json_schema) are not served yet",
-    ),
-    "logprobs": (lambda v: v in (None, False, 0), "log probabilities are not served yet"),
-    "top_logprobs": (lambda v: v in (None, 0), "log probabilities are not served yet"),
-    "presence_penalty": (lambda v: v in (None, 0), "presence_penalty is not served yet"),
-    "frequency_penalty": (lambda v: v in (None, 0), "frequency_penalty is not served yet"),
-    "logit_bias": (lambda v: not v, "logit_bias is not served yet"),
     "store": (lambda v: v in (None, False), "dim does not store completions for later retrieval"),
     "modalities": (lambda v: v in (None, ["text"]), "only text output is served"),
     "audio": (lambda v: v is None, "audio output is not served"),
@@ -49,16 +38,14 @@ _NEUTRAL: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 # Fields dim accepts with any value and does not use: hints and labels for OpenAI's own
 # services (docs/api.md lists them).
-IGNORED = frozenset(
-    {"metadata", "service_tier", "prompt_cache_key", "safety_identifier", "parallel_tool_calls"}
-)
+IGNORED = frozenset({"metadata", "service_tier", "prompt_cache_key", "safety_identifier"})
 
 # Fields of a chat message, beyond role and content, and of a content part.
 _MESSAGE_NEUTRAL: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "tool_calls": (lambda v: not v, "tool calling is not served yet"),
-    "tool_call_id": (lambda v: v is None, "tool calling is not served yet"),
-    "function_call": (lambda v: v is None, "function calling is not served yet"),
-    "name": (lambda v: v is None, "participant names are not served"),
+    "function_call": (
+        lambda v: v is None,
+        "the deprecated function_call is not served: use tool_calls",
+    ),
     "refusal": (lambda v: v is None, "a refusal in an assistant message is not served"),
     "audio": (lambda v: v is None, "audio is not served"),
 }

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from events.envelope import Envelope, Event
-from events.inference import FinishReason, Prompt, SamplingParams, Usage
+from events.inference import FinishReason, Prompt, SamplingParams, TokenLogprob, Usage, unset
 from events.jobs import (
     JobCancelled,
     JobCompleted,
@@ -40,6 +40,7 @@ from events.patterns import (
     Routing,
 )
 from events.subjects import REPORT_TYPES
+from events.tools import ToolCall
 
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 TaskStatus = Literal["planned", "dispatched", "running", "completed", "failed"]
@@ -83,6 +84,8 @@ class TaskState(_State):
     error: str | None = None
     error_kind: str | None = None
     retriable: bool = True
+    tool_calls: tuple[ToolCall, ...] = Field(default=(), exclude_if=unset)
+    logprobs: tuple[TokenLogprob, ...] | None = Field(default=None, exclude_if=unset)
 
 
 class JobState(_State):
@@ -348,6 +351,8 @@ def _completed(event: TaskCompleted, state: JobState, at: datetime) -> JobState:
         finish_reason=event.finish_reason,
         usage=event.usage,
         ttft_ms=event.ttft_ms,
+        tool_calls=event.tool_calls,
+        logprobs=event.logprobs,
     )
 
 

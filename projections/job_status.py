@@ -54,7 +54,15 @@ def trimmed(view: JobState) -> JobState:
         return text if text is None or len(text) <= _ERROR_CHARS else text[:_ERROR_CHARS] + "…"
 
     tasks = tuple(
-        t.model_copy(update={"prompt": None, "output": None, "error": cut(t.error)})
+        t.model_copy(
+            update={
+                "prompt": None,
+                "output": None,
+                "logprobs": None,
+                "tool_calls": (),
+                "error": cut(t.error),
+            }
+        )
         for t in view.tasks
     )
     parts = tuple(p.model_copy(update={"output": None, "error": cut(p.error)}) for p in view.parts)

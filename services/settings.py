@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from events.capabilities import GENERATION, Capability
 from events.connection import DEFAULT_INBOX_PREFIX, NatsAuth
 from events.subjects import Names, check_id
 
@@ -166,6 +167,11 @@ class Settings(BaseSettings):
     upstream_read_timeout_s: float = Field(
         600.0, gt=0, description="longest silence allowed in an upstream stream"
     )
+    upstream_capabilities: Annotated[tuple[Capability, ...], NoDecode] = Field(
+        GENERATION,
+        description="what the upstream serves, every field passed through (comma-separated); "
+        "narrow it for a server that ignores fields instead of refusing them",
+    )
     # vLLM engine (see docs/engines.md)
     vllm_dtype: str = Field("auto", description="weights dtype: auto, half, bfloat16, float16 ...")
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model replica (TP)")
@@ -227,6 +233,10 @@ class Settings(BaseSettings):
     sim_seed: int = Field(0, description="seed mixed into every simulated output")
     sim_max_context: int = Field(
         32_768, ge=1, description="context length the simulated engine advertises (tokens)"
+    )
+    sim_capabilities: Annotated[tuple[Capability, ...], NoDecode] = Field(
+        GENERATION,
+        description="what the simulated engine serves (comma-separated; default all it can)",
     )
 
     # orchestrator and projector
@@ -381,7 +391,14 @@ class Settings(BaseSettings):
         "", description="OTLP/HTTP traces endpoint (default: the exporter's own)"
     )
 
-    @field_validator("models", "tenants", "jwt_previous_secrets", mode="before")
+    @field_validator(
+        "models",
+        "tenants",
+        "jwt_previous_secrets",
+        "sim_capabilities",
+        "upstream_capabilities",
+        mode="before",
+    )
     @classmethod
     def _split_models(cls, value: object) -> object:
         if isinstance(value, str):

@@ -12,8 +12,9 @@ from pydantic import BaseModel
 
 from events.inference import Prompt
 from events.jobs import JobCompleted
-from gateway import completions
+from gateway import answers, completions
 from gateway.auth import GatewayDep, PrincipalDep
+from gateway.capable import capable
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.protocol import (
@@ -26,6 +27,7 @@ from gateway.protocol import (
     ModelCard,
     ModelList,
     TextChoice,
+    ToolCallOut,
     UsageOut,
     _Sampling,
 )
@@ -77,7 +79,7 @@ def _card(gateway: Gateway, model: str) -> ModelCard:
         context_length=max(contexts) if contexts else None,
         engines=sorted({n.engine for n in nodes}),
         nodes=len(nodes),
-        capabilities=["chat.completions", "completions"],
+        capabilities=sorted({c for n in nodes for c in n.can(model)}),
     )
 
 
@@ -89,8 +91,16 @@ def _chat_body(started: completions.Started, cid: str, done: JobCompleted) -> Ch
         choices=[
             ChatChoice(
                 index=c.index,
-                message=AssistantMessage(content=c.output),
+                message=AssistantMessage(
+                    content=c.output if c.output or not c.tool_calls else None,
+                    tool_calls=[
+                        ToolCallOut.model_validate(t) for t in answers.tool_calls(c.tool_calls)
+                    ]
+                    if c.tool_calls
+                    else None,
+                ),
                 finish_reason=c.finish_reason,
+                logprobs=answers.chat_logprobs(c.logprobs),
             )
             for c in completions.choices_of(done)
         ],
@@ -104,7 +114,12 @@ def _text_body(started: completions.Started, cid: str, done: JobCompleted) -> Co
         created=started.created,
         model=started.model,
         choices=[
-            TextChoice(index=c.index, text=c.output, finish_reason=c.finish_reason)
+            TextChoice(
+                index=c.index,
+                text=c.output,
+                finish_reason=c.finish_reason,
+                logprobs=answers.text_logprobs(c.logprobs),
+            )
             for c in completions.choices_of(done)
         ],
         usage=UsageOut.of(done.usage),
@@ -125,6 +140,7 @@ async def _respond(
         field, why = refused
         raise ApiError(400, f"{field}: {why}", code="unsupported_parameter", param=field)
     params = data.sampling(gateway.settings.default_max_tokens)
+    capable(gateway, data.model, prompt, params)
     started = await completions.start(
         gateway, principal, data.model, prompt, params, stream=data.stream, end_user=data.user
     )

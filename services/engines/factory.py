@@ -27,6 +27,7 @@ def build_engine(settings: Settings) -> Engine:
             crash_rate=settings.sim_crash_rate,
             seed=settings.sim_seed,
             max_context=settings.sim_max_context,
+            capabilities=settings.sim_capabilities,
         )
     if settings.engine == "openai":
         if not settings.upstream_url:
@@ -42,6 +43,7 @@ def build_engine(settings: Settings) -> Engine:
             aliases=settings.model_aliases,
             connect_timeout_s=settings.upstream_connect_timeout_s,
             read_timeout_s=settings.upstream_read_timeout_s,
+            capabilities=settings.upstream_capabilities,
         )
     if settings.engine == "vllm":
         from services.engines.vllm_engine import VllmEngine

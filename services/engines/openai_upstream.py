@@ -19,11 +19,18 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from events.capabilities import GENERATION
 from events.errors import EngineError
-from events.inference import FinishReason, Usage
+from events.inference import FinishReason, TokenLogprob, Usage
+from services.engines import openai_wire as wire
 from services.engines.http_client import ConnectionAborted, HttpClient, HttpError, Response
 from services.engines.protocol import Chunk, GenerationRequest, estimate_tokens, require_model
 from services.engines.sse_parse import SSEParser
+
+# What an OpenAI-compatible server is taken to do: every field is passed through, and an
+# upstream that refuses one answers 400, which fails the task with its words
+# (DIM_UPSTREAM_CAPABILITIES narrows it for servers that ignore fields instead).
+CAPABILITIES = GENERATION
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +41,8 @@ _FINISH: Mapping[str, FinishReason] = {
     "eos_token": "stop",
     "stop_sequence": "stop",
     "content_filter": "stop",
-    "tool_calls": "stop",
-    "function_call": "stop",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
     "abort": "abort",
 }
 
@@ -57,13 +64,17 @@ def request_body(request: GenerationRequest, upstream_model: str) -> tuple[str, 
     if p.seed is not None:
         body["seed"] = p.seed
     if request.prompt.messages is not None:
-        body["messages"] = [m.model_dump() for m in request.prompt.messages]
+        body["messages"] = [wire.message(m) for m in request.prompt.messages]
+        if request.prompt.tools:
+            body["tools"] = wire.tools(request.prompt)
+        body.update(wire.chat_params(p))
         if request.resume:  # continue the partial answer (vLLM's chat extension)
             body["messages"].append({"role": "assistant", "content": request.resume})
             body["continue_final_message"] = True
             body["add_generation_prompt"] = False
         return "/chat/completions", body
     body["prompt"] = (request.prompt.text or "") + request.resume
+    body.update(wire.text_params(p))
     return "/completions", body
 
 
@@ -85,6 +96,17 @@ def delta_of(event: Mapping[str, Any]) -> tuple[str, str | None]:
     delta = choice.get("delta")
     text = (delta.get("content") or "") if isinstance(delta, dict) else (choice.get("text") or "")
     return text, choice.get("finish_reason")
+
+
+def extras_of(event: Mapping[str, Any], calls: wire.CallsSoFar) -> tuple[TokenLogprob, ...] | None:
+    """One streamed chunk's logprobs; its tool-call fragments go into `calls`."""
+    choices = event.get("choices") or []
+    if not choices or not isinstance(choices[0], Mapping):
+        return None
+    delta = choices[0].get("delta")
+    if isinstance(delta, Mapping) and delta.get("tool_calls"):
+        calls.add(delta["tool_calls"])
+    return wire.logprobs_of(choices[0])
 
 
 def parse_events(datas: list[str]) -> list[Any]:
@@ -121,7 +143,9 @@ class OpenAIUpstreamEngine:
         aliases: Mapping[str, str] | None = None,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 600.0,
+        capabilities: tuple[str, ...] = CAPABILITIES,
     ) -> None:
+        self._can = capabilities
         self.base_url = base_url.rstrip("/")
         self._models = models
         self._aliases = dict(aliases or {})  # name served in dim → name at the upstream
@@ -145,6 +169,10 @@ class OpenAIUpstreamEngine:
     def capacity(self) -> int:
         """Requests in flight at once (`DIM_CAPACITY`); also how many idle connections are kept."""
         return self._capacity
+
+    def capabilities(self) -> dict[str, tuple[str, ...]]:
+        """The same for every model it serves (`DIM_UPSTREAM_CAPABILITIES`)."""
+        return dict.fromkeys(self._models, self._can)
 
     def _http(self) -> HttpClient:
         if self._client is None:
@@ -223,6 +251,8 @@ class OpenAIUpstreamEngine:
         response: Response | None = None
         ended = False  # the answer was read to its end: its connection can serve another
         tail, tail_tokens = "", 0
+        calls = wire.CallsSoFar()
+        tail_lps: tuple[TokenLogprob, ...] | None = None
         self._responses[request_id] = None  # abortable from here, before the headers are in
         try:
             response = await self._http().request("POST", path, payload)
@@ -243,6 +273,7 @@ class OpenAIUpstreamEngine:
                     ended = True
                     datas = datas[: datas.index("[DONE]")]  # anything after it is not read
                 pieces: list[str] = []
+                read_lps: list[TokenLogprob] | None = None
                 events = parse_events(datas)
                 for event in events:
                     if not isinstance(event, dict):
@@ -261,6 +292,9 @@ class OpenAIUpstreamEngine:
                     piece, reason = delta_of(event)
                     if piece:
                         pieces.append(piece)
+                    got = extras_of(event, calls)
+                    if got:
+                        read_lps = [*(read_lps or ()), *got]
                     if reason is not None:
                         finish = _FINISH.get(reason, "stop")
                 if pieces:
@@ -269,10 +303,11 @@ class OpenAIUpstreamEngine:
                     # with the stream's end ride on the last chunk.
                     joined = pieces[0] if len(pieces) == 1 else "".join(pieces)
                     text.append(joined)
+                    got_lps = tuple(read_lps) if read_lps is not None else None
                     if ended:
-                        tail, tail_tokens = joined, len(pieces)
+                        tail, tail_tokens, tail_lps = joined, len(pieces), got_lps
                     else:
-                        yield Chunk(joined, len(pieces))
+                        yield Chunk(joined, len(pieces), logprobs=got_lps)
         except EngineError:
             raise
         except json.JSONDecodeError as exc:
@@ -299,4 +334,11 @@ class OpenAIUpstreamEngine:
                 completion_tokens=estimate_tokens("".join(text)),
                 estimated=True,
             )
-        yield Chunk(tail, tail_tokens, finish_reason=finish, usage=usage)
+        yield Chunk(
+            tail,
+            tail_tokens,
+            finish_reason=finish,
+            usage=usage,
+            logprobs=tail_lps,
+            tool_calls=calls.calls(),
+        )

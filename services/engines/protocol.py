@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from events.capabilities import BASIC, needs
 from events.errors import EngineError
-from events.inference import FinishReason, Prompt, SamplingParams, Usage
+from events.inference import FinishReason, Prompt, SamplingParams, TokenLogprob, Usage
+from events.tools import ToolCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +36,9 @@ class Chunk:
     """New text since the previous chunk; the last chunk has `finish_reason` and `usage`.
 
     `token_ids`, from engines that know them, are the ids of exactly the tokens whose text is
-    `text` (so `len(token_ids) == tokens`).
+    `text` (so `len(token_ids) == tokens`); `logprobs` (when the request asks) one per token.
+    The last chunk of an answer that calls tools has them in `tool_calls` (finish reason
+    ``tool_calls``): their arguments are not streamed as text.
     """
 
     text: str
@@ -42,6 +46,8 @@ class Chunk:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     token_ids: tuple[int, ...] | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 def require_model(request: GenerationRequest, models: tuple[str, ...]) -> None:
@@ -52,6 +58,23 @@ def require_model(request: GenerationRequest, models: tuple[str, ...]) -> None:
             retriable=False,
             kind="invalid_request",
         )
+
+
+def require_capabilities(request: GenerationRequest, can: frozenset[str], engine: str) -> None:
+    """Refuse (final, `invalid_request`) a request that asks for what the engine cannot do:
+    never answer as if a field had not been sent."""
+    for field, capability in needs(request.prompt, request.params):
+        if capability not in can:
+            raise EngineError(
+                f"{field}: the {engine} engine does not serve {capability} for {request.model!r}",
+                retriable=False,
+                kind="invalid_request",
+            )
+
+
+def basic_capabilities(models: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Plain chat and completions for each model."""
+    return dict.fromkeys(models, BASIC)
 
 
 @runtime_checkable
@@ -71,6 +94,10 @@ class Engine(Protocol):
     @property
     def capacity(self) -> int:
         """Requests the engine can batch at once; the worker keeps this many in flight."""
+        ...
+
+    def capabilities(self) -> dict[str, tuple[str, ...]]:
+        """What it does per model (events/capabilities.py), once started."""
         ...
 
     async def start(self) -> None:

@@ -12,91 +12,27 @@ Tokens are words: a prompt's token count is its number of words and punctuation 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import re
 import time
 from collections.abc import AsyncIterator
 
+from events.capabilities import GENERATION
 from events.errors import EngineError
-from events.inference import FinishReason, Usage
-from services.engines.protocol import Chunk, GenerationRequest, require_model
+from events.inference import FinishReason, Prompt, SamplingParams, TokenLogprob, Usage
+from services.engines.protocol import (
+    Chunk,
+    GenerationRequest,
+    require_capabilities,
+    require_model,
+)
+from services.engines.sim_answers import answer
 from services.engines.stops import StopMatcher
 
-_WORDS = [
-    "the",
-    "mesh",
-    "routes",
-    "every",
-    "request",
-    "to",
-    "a",
-    "node",
-    "that",
-    "serves",
-    "its",
-    "model",
-    "and",
-    "streams",
-    "tokens",
-    "back",
-    "through",
-    "the",
-    "gateway",
-    "while",
-    "each",
-    "event",
-    "lands",
-    "in",
-    "the",
-    "log",
-    "so",
-    "the",
-    "history",
-    "explains",
-    "what",
-    "happened",
-    "workers",
-    "pull",
-    "tasks",
-    "from",
-    "subjects",
-    "keep",
-    "their",
-    "batch",
-    "full",
-    "and",
-    "report",
-    "usage",
-    "when",
-    "they",
-    "finish",
-    "an",
-    "orchestrator",
-    "folds",
-    "those",
-    "events",
-    "into",
-    "jobs",
-    "and",
-    "projections",
-    "keep",
-    "read",
-    "models",
-    "fresh",
-    "for",
-    "clients",
-    "that",
-    "ask",
-    "about",
-    "status",
-    "quotas",
-    "and",
-    "traces",
-    "across",
-    "every",
-    "hop",
-]
+# What it can do for each model it serves (events/capabilities.py); DIM_SIM_CAPABILITIES narrows
+# it, e.g. to try routing in a mesh where only some nodes can honour a field.
+CAPABILITIES = GENERATION
+
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
@@ -106,20 +42,8 @@ def count_tokens(text: str) -> int:
 
 
 def simulated_tokens(model: str, prompt: str, seed: int) -> list[str]:
-    """The full natural completion (before max_tokens and stops) as token strings."""
-    digest = hashlib.blake2b(f"{model}\x00{seed}\x00{prompt}".encode(), digest_size=16).digest()
-    rng = random.Random(digest)
-    length = rng.randint(12, 60)
-    out: list[str] = []
-    sentence = 0
-    for i in range(length):
-        word = rng.choice(_WORDS)
-        out.append((" " if i else "") + (word.capitalize() if sentence == 0 else word))
-        sentence += 1
-        if sentence >= rng.randint(6, 14) or i == length - 1:
-            out.append(".")
-            sentence = 0
-    return out
+    """The full natural completion (before max_tokens and stops) of a plain text prompt."""
+    return answer(model, Prompt(text=prompt), SamplingParams(), seed).tokens
 
 
 class SimulatedEngine:
@@ -139,8 +63,10 @@ class SimulatedEngine:
         crash_rate: float = 0.0,
         seed: int = 0,
         max_context: int = 32_768,
+        capabilities: tuple[str, ...] = CAPABILITIES,
     ) -> None:
         self._models = models
+        self._can = capabilities
         self.max_context = max_context
         self._capacity = capacity
         self.ttft_s = ttft_ms / 1000
@@ -162,6 +88,10 @@ class SimulatedEngine:
         """Concurrent requests it accepts."""
         return self._capacity
 
+    def capabilities(self) -> dict[str, tuple[str, ...]]:
+        """The same for every model it serves."""
+        return dict.fromkeys(self._models, self._can)
+
     async def start(self) -> None:
         """Nothing to load."""
 
@@ -180,11 +110,15 @@ class SimulatedEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Stream the deterministic completion of `request`."""
         require_model(request, self._models)
+        require_capabilities(request, frozenset(self._can), self.kind)
         fate = random.Random(f"{self.seed}:{request.request_id}").random()
         prompt = request.prompt.render()
         seed = self.seed if request.params.seed is None else request.params.seed
-        tokens = simulated_tokens(request.model, prompt, seed)
-        usage_prompt = count_tokens(prompt)
+        planned = answer(request.model, request.prompt, request.params, seed)
+        tokens, lps, call = planned.tokens, planned.logprobs, planned.tool_call
+        usage_prompt = count_tokens(prompt) + sum(
+            count_tokens(t.model_dump_json()) for t in request.prompt.tools
+        )
         stops = StopMatcher(request.params.stop)
         self._running.add(request.request_id)
         start = time.monotonic()
@@ -200,6 +134,7 @@ class SimulatedEngine:
                     await asyncio.sleep(0.05)
             finish: FinishReason = "stop"
             produced = held = 0
+            held_lps: list[TokenLogprob] = []
             skip, done = 0, 0  # a resumed answer: its first tokens were produced before
             while request.resume and skip < len(tokens) and done < len(request.resume):
                 done += len(tokens[skip])
@@ -219,16 +154,32 @@ class SimulatedEngine:
                 elif i > skip and i % 64 == 0:
                     await asyncio.sleep(0)
                 produced += 1
+                if call is not None:  # a tool's arguments: in the last chunk, not as text
+                    continue
                 held += 1
+                if lps is not None:
+                    held_lps.append(lps[i])
                 text = stops.feed(token)
                 if text:
-                    yield Chunk(text, held)
-                    held = 0
+                    yield Chunk(text, held, logprobs=tuple(held_lps) if lps else None)
+                    held, held_lps = 0, []
                 if stops.stopped:
                     break
-            tail = stops.flush() if finish != "abort" else ""
             usage = Usage(prompt_tokens=usage_prompt, completion_tokens=produced)
-            yield Chunk(tail, held, finish, usage)
+            if call is not None:
+                args = "".join(tokens[:produced])
+                if finish == "stop":
+                    finish = "tool_calls"
+                yield Chunk(
+                    "",
+                    0,
+                    finish,
+                    usage,
+                    tool_calls=(call.model_copy(update={"arguments": args}),),
+                )
+                return
+            tail = stops.flush() if finish != "abort" else ""
+            yield Chunk(tail, held, finish, usage, logprobs=tuple(held_lps) if lps else None)
         finally:
             self._running.discard(request.request_id)
             self._aborted.discard(request.request_id)

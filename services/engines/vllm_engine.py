@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from events.capabilities import BASIC
 from events.errors import EngineError
 from events.inference import FinishReason, SamplingParams, Usage
 from services.engines.protocol import Chunk, GenerationRequest, require_model
@@ -135,6 +136,10 @@ class VllmEngine:
     def capacity(self) -> int:
         """`max_num_seqs`: sequences vLLM batches at once."""
         return self._capacity
+
+    def capabilities(self) -> dict[str, tuple[str, ...]]:
+        """What this model is served with."""
+        return dict.fromkeys(self._models, BASIC)
 
     async def start(self) -> None:
         """Load the weights, build the engine, and warm it with one short generation."""

@@ -177,7 +177,10 @@ def _failed(step: _Step, task: TaskState) -> list[Event | None]:
         return []
     why = "could not be retried" if not task.retriable else f"failed {task.attempt} times"
     reason = f"{describe(state, task)} {why}; last error ({task.error_kind}): {task.error}"
-    return [fail(state, reason, "task_failed")]
+    # a request the engine refused as it was asked (a schema it cannot honour, a bad token id)
+    # is the client's to fix: a 400 at the gateway, not an upstream failure
+    refused = task.error_kind == "invalid_request" and not task.retriable
+    return [fail(state, reason, "invalid_request" if refused else "task_failed")]
 
 
 _MOVES: dict[str, Callable[[_Step, TaskState], list[Event | None]]] = {

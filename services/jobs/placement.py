@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from events.capabilities import needed
 from events.envelope import Event
 from events.inference import Prompt
 from events.jobs import JobFailed, TaskDispatched, TaskRerouted
@@ -79,6 +80,7 @@ def need_of(state: JobState, task: TaskState, prompt: Prompt | None = None) -> N
         min_gpu_memory_mib=routing.min_gpu_memory_mib,
         exclude=frozenset(task.tried),
         spread=task.role == "shard",
+        can=needed(prompt, task.params) if prompt is not None else frozenset(),
     )
 
 

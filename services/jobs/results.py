@@ -126,7 +126,13 @@ def _finish_single(state: JobState) -> JobCompleted:
         estimated=any(t.usage.estimated for t in state.tasks),
     )
     choices = tuple(
-        Choice(index=i, output=t.output or "", finish_reason=t.finish_reason or "stop")
+        Choice(
+            index=i,
+            output=t.output or "",
+            finish_reason=t.finish_reason or "stop",
+            tool_calls=t.tool_calls,
+            logprobs=t.logprobs,
+        )
         for i, t in enumerate(state.tasks)
     )
     return JobCompleted(
@@ -136,6 +142,8 @@ def _finish_single(state: JobState) -> JobCompleted:
         usage=usage,
         tenant=state.tenant,
         choices=choices if len(choices) > 1 else (),
+        tool_calls=task.tool_calls,
+        logprobs=task.logprobs,
     )
 
 
@@ -143,5 +151,10 @@ def of_only_task(job_id: str, done: TaskCompleted) -> JobCompleted:
     """The result of a job of one task, from that task's `task.completed` alone (what a gateway
     answers with before `job.completed` is appended; `finish` makes the same)."""
     return JobCompleted(
-        job_id=job_id, output=done.output, finish_reason=done.finish_reason, usage=done.usage
+        job_id=job_id,
+        output=done.output,
+        finish_reason=done.finish_reason,
+        usage=done.usage,
+        tool_calls=done.tool_calls,
+        logprobs=done.logprobs,
     )

@@ -40,11 +40,12 @@ class Need:
     min_gpu_memory_mib: int | None = None
     exclude: frozenset[str] = frozenset()  # nodes where this task already failed
     spread: bool = False  # place explicitly (fan-out), even with no strategy or filter
+    can: frozenset[str] = frozenset()  # capabilities beyond plain text (events/capabilities.py)
 
     @property
-    def filters(self) -> tuple[str, str | None, int | None, int | None]:
+    def filters(self) -> tuple[object, ...]:
         """The part of the need that narrows the candidates (their cache key)."""
-        return (self.model, self.tenant, self.min_context, self.min_gpu_memory_mib)
+        return (self.model, self.tenant, self.min_context, self.min_gpu_memory_mib, self.can)
 
     @property
     def targeted(self) -> bool:
@@ -60,6 +61,8 @@ def eligible(node: NodeRecord, need: Need) -> bool:
     if need.model not in node.models or not node.healthy:
         return False
     if node.tenants and need.tenant not in node.tenants:
+        return False
+    if need.can and not need.can <= node.can(need.model):
         return False
     if need.min_context and (node.max_context or 0) < need.min_context:
         return False
@@ -162,7 +165,7 @@ def bounded_affinity(
 
 def _shape(r: NodeRecord) -> tuple[object, ...]:
     """What selection filters on: a change here rebuilds the indexes."""
-    return (r.models, r.tenants, r.max_context, r.gpus, r.healthy)
+    return (r.models, r.tenants, r.max_context, r.gpus, r.healthy, r.capabilities)
 
 
 @dataclass(slots=True)
@@ -183,7 +186,7 @@ class Pool:
     ring: Ring = field(default_factory=Ring)  # every member; a walk skips the ineligible
     _candidates: dict[tuple[object, ...], tuple[str, ...]] = field(default_factory=dict)
     _sets: dict[tuple[object, ...], frozenset[str]] = field(default_factory=dict)
-    _shared: dict[str, bool] = field(default_factory=dict)
+    _shared: dict[tuple[str, frozenset[str]], bool] = field(default_factory=dict)
     _turns: dict[tuple[object, ...], int] = field(default_factory=dict)
 
     def room(self, model: str) -> float:
@@ -274,12 +277,15 @@ class Pool:
             self._candidates[key] = ids
         return ids
 
-    def shared_ok(self, model: str) -> bool:
-        """Whether every node serving `model` takes tasks from its shared subject (cached)."""
-        ok = self._shared.get(model)
+    def shared_ok(self, model: str, can: frozenset[str] = frozenset()) -> bool:
+        """Whether every node serving `model` takes tasks from its shared subject and can do
+        all of `can` (cached)."""
+        ok = self._shared.get((model, can))
         if ok is None:
-            ok = self._shared[model] = all(
-                not r.tenants for r in self.records.values() if model in r.models
+            ok = self._shared[model, can] = all(
+                not r.tenants and can <= r.can(model)
+                for r in self.records.values()
+                if model in r.models
             )
         return ok
 
@@ -300,7 +306,7 @@ class Pool:
         ids = self.candidates(need)
         if not ids:
             return None
-        if not need.targeted and self.shared_ok(need.model):
+        if not need.targeted and self.shared_ok(need.model, need.can):
             return SHARED  # every node serving the model pulls from it: least-loaded by pull
         if need.exclude:
             ids = tuple(i for i in ids if i not in need.exclude) or ids  # all failed once: retry

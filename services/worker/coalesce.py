@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from events.inference import TokenLogprob
+
 
 @dataclass(slots=True)
 class Piece:
@@ -16,6 +18,7 @@ class Piece:
     text: str
     tokens: int
     token_ids: tuple[int, ...] | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 class Coalescer:
@@ -36,15 +39,21 @@ class Coalescer:
         self._chars = 0
         self._tokens = 0
         self._ids: list[int] | None = []  # None once a part came without ids
+        self._lps: list[TokenLogprob] | None = None  # the parts' logprobs, when they have them
         self._offset = offset  # where this attempt's text starts in the output (a resume)
         self._index = 0
         self._last_cut: float | None = None
 
     def add(
-        self, text: str, tokens: int, now: float, token_ids: tuple[int, ...] | None = None
+        self,
+        text: str,
+        tokens: int,
+        now: float,
+        token_ids: tuple[int, ...] | None = None,
+        logprobs: tuple[TokenLogprob, ...] | None = None,
     ) -> Piece | None:
         """Buffer `text`; a piece if one is due at time `now` (seconds, monotonic)."""
-        self._take(text, tokens, token_ids)
+        self._take(text, tokens, token_ids, logprobs)
         if not self._chars:
             return None
         due = self._chars >= self.flush_chars or (
@@ -58,13 +67,28 @@ class Coalescer:
         return self._last_cut is None and self._chars > 0
 
     def finish(
-        self, text: str, tokens: int, now: float, token_ids: tuple[int, ...] | None = None
+        self,
+        text: str,
+        tokens: int,
+        now: float,
+        token_ids: tuple[int, ...] | None = None,
+        logprobs: tuple[TokenLogprob, ...] | None = None,
     ) -> Piece:
         """The last piece: whatever is buffered plus `text`, even if empty (it marks the end)."""
-        self._take(text, tokens, token_ids)
+        self._take(text, tokens, token_ids, logprobs)
         return self._cut(now)
 
-    def _take(self, text: str, tokens: int, token_ids: tuple[int, ...] | None) -> None:
+    def _take(
+        self,
+        text: str,
+        tokens: int,
+        token_ids: tuple[int, ...] | None,
+        logprobs: tuple[TokenLogprob, ...] | None,
+    ) -> None:
+        if logprobs is not None:
+            if self._lps is None:
+                self._lps = []
+            self._lps.extend(logprobs)
         self._text.append(text)
         self._chars += len(text)
         self._tokens += tokens
@@ -82,9 +106,10 @@ class Coalescer:
 
     def _cut(self, now: float) -> Piece:
         ids = tuple(self._ids) if self._ids is not None and self._tokens else None
-        piece = Piece(self._index, self._offset, "".join(self._text), self._tokens, ids)
+        lps = tuple(self._lps) if self._lps is not None else None
+        piece = Piece(self._index, self._offset, "".join(self._text), self._tokens, ids, lps)
         self._index += 1
         self._offset += self._chars
-        self._text, self._chars, self._tokens, self._ids = [], 0, 0, []
+        self._text, self._chars, self._tokens, self._ids, self._lps = [], 0, 0, [], None
         self._last_cut = now
         return piece

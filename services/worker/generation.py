@@ -95,6 +95,8 @@ class Generation:
     async def _resumed(self, delivery: Delivery, request: TaskRequested) -> Partial:
         """What earlier attempts streamed: an attempt after another (its worker died mid-answer)
         continues from there, so a reader's text carries on with nothing repeated or lost."""
+        if not request.task.params.resumable:
+            return Partial()  # constrained from its first token, or every token's logprob: anew
         if request.attempt > 1 or delivery.deliveries > 1:
             return await partial_output(
                 self.bus, request.job_id, request.task.task_id, verify=self.settings.signed_only

@@ -97,6 +97,7 @@ class Presence:
             tenants=self.settings.tenants,
             healthy=self.healthy,
             queued=dict(self.queued),
+            capabilities=self.engine.capabilities(),
         )
 
     def stored(self) -> bytes:

@@ -11,13 +11,21 @@ from opentelemetry import trace
 from prometheus_client import Histogram
 
 from events.bus import PendingAcks
+from events.capabilities import BASIC
 from events.envelope import Envelope
 from events.errors import EngineError
-from events.inference import FinishReason, Usage
+from events.inference import FinishReason, TokenLogprob, Usage
 from events.jobs import TaskCompleted
 from events.subjects import Names
+from events.tools import ToolCall
 from events.work import TaskRequested, TokensProduced
-from services.engines.protocol import Engine, GenerationRequest, estimate_tokens
+from services.engines.protocol import (
+    Chunk,
+    Engine,
+    GenerationRequest,
+    estimate_tokens,
+    require_capabilities,
+)
 from services.metrics import WorkerMetrics, observe_per_token
 from services.settings import Settings
 from services.worker.coalesce import Coalescer, Piece
@@ -28,6 +36,24 @@ tracer = trace.get_tracer("dim.worker")
 
 # What the engine's stream ended with: time to the first text (None: no text), finish, usage.
 _Ending = tuple[float | None, FinishReason | None, Usage | None]
+
+
+class _Extras:
+    """What an answer has beyond its text: each token's logprob, and the tool calls it makes."""
+
+    __slots__ = ("logprobs", "tool_calls")
+
+    def __init__(self) -> None:
+        self.logprobs: list[TokenLogprob] | None = None
+        self.tool_calls: tuple[ToolCall, ...] = ()
+
+    def add(self, chunk: Chunk) -> None:
+        if chunk.logprobs is not None:
+            if self.logprobs is None:
+                self.logprobs = []
+            self.logprobs.extend(chunk.logprobs)
+        if chunk.tool_calls:
+            self.tool_calls = chunk.tool_calls
 
 
 class _Chunks:
@@ -75,6 +101,7 @@ class _Chunks:
             tokens=piece.tokens,
             finish_reason=finish_reason,
             token_ids=piece.token_ids,
+            logprobs=piece.logprobs,
         )
         await self.pending.add(self.subject, Envelope(chunk, actor=self.actor))
 
@@ -103,6 +130,14 @@ class Streamer:
         self.tally = tally
         self.node_id = settings.node_id
         self.actor = actor
+        self._can: dict[str, frozenset[str]] = {}
+
+    def can(self, model: str) -> frozenset[str]:
+        """What the engine does for `model` (asked once: it is fixed once started)."""
+        can = self._can.get(model)
+        if can is None:
+            can = self._can[model] = frozenset(self.engine.capabilities().get(model, BASIC))
+        return can
 
     async def generate(
         self,
@@ -128,6 +163,8 @@ class Streamer:
             resume=done.text,
             resume_token_ids=done.token_ids,
         )
+        # served or refused, never ignored: a task the mesh should not have sent here
+        require_capabilities(gen, self.can(task.model), self.engine.kind)
         with tracer.start_as_current_span("engine.generate") as span:
             span.set_attribute("dim.engine", self.engine.kind)
             span.set_attribute("gen_ai.request.model", task.model)
@@ -170,15 +207,17 @@ class Streamer:
         subject = self.names.tokens(request.job_id, self.node_id)
         chunks = _Chunks(request, self.node_id, self.actor, subject, pending, coalescer)
         output: list[str] = [done.text]
+        extras = _Extras()
         itl = self.metrics.itl.labels(model=request.task.model)
-        ending = await self._relay(gen, chunks, output, started, itl)
-        return self._result(request, output, ending, started, span, done)
+        ending = await self._relay(gen, chunks, output, extras, started, itl)
+        return self._result(request, output, extras, ending, started, span, done)
 
     async def _relay(
         self,
         gen: GenerationRequest,
         chunks: _Chunks,
         output: list[str],
+        extras: _Extras,
         started: float,
         itl: Histogram,
     ) -> _Ending:
@@ -199,13 +238,18 @@ class Streamer:
                         observe_per_token(itl, now - last, chunk.tokens)
                     last = now
                     output.append(chunk.text)
+                extras.add(chunk)
                 if chunk.finish_reason is not None:
                     finish, usage = chunk.finish_reason, chunk.usage
                     # Always sent, even empty: it tells readers the stream is complete.
-                    last_piece = coalescer.finish(chunk.text, chunk.tokens, now, chunk.token_ids)
+                    last_piece = coalescer.finish(
+                        chunk.text, chunk.tokens, now, chunk.token_ids, chunk.logprobs
+                    )
                     await send(last_piece, finish)
                     break
-                piece = coalescer.add(chunk.text, chunk.tokens, now, chunk.token_ids)
+                piece = coalescer.add(
+                    chunk.text, chunk.tokens, now, chunk.token_ids, chunk.logprobs
+                )
                 if piece is not None:
                     await send(piece)
                 elif first is None and coalescer.first_waiting:
@@ -221,6 +265,7 @@ class Streamer:
         self,
         request: TaskRequested,
         output: list[str],
+        extras: _Extras,
         ending: _Ending,
         started: float,
         span: trace.Span,
@@ -247,4 +292,6 @@ class Streamer:
             usage=usage,
             ttft_ms=round((ttft if ttft is not None else time.monotonic() - started) * 1000, 3),
             duration_ms=round((time.monotonic() - started) * 1000, 3),
+            tool_calls=extras.tool_calls,
+            logprobs=tuple(extras.logprobs) if extras.logprobs is not None else None,
         )

@@ -1,7 +1,10 @@
 """No request field silently ignored, through the official `openai` SDK against real processes:
-a field dim does not serve yet is a 400 naming it (the probe's `tool_choice: "required"` and
-`json_schema` requests got prose with 200); its neutral value and the fields dim documents as
-unused pass; `user` is kept on the job; `client.models.retrieve` describes a served model."""
+a field no live node of the model can honour is a 400 naming it (the probe's `tool_choice:
+"required"` and `json_schema` requests got prose with 200) — here the only worker is a simulated
+engine narrowed to plain chat and completions — and once a node that can joins, such requests go
+to it alone; a field dim does not serve at all is refused by name; neutral values and the fields
+dim documents as unused pass; `user` is kept on the job; `client.models.retrieve` describes a
+served model and what its nodes can do."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from services.up import child_env
 from tests.mesh import job_events, spawn, wait_ready, wait_until
 
 CHAT = [{"role": "user", "content": "hello"}]
+AUDIO = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
 TOOL = {
     "type": "function",
     "function": {
@@ -42,7 +46,13 @@ async def client(bus: Bus, settings: Settings) -> AsyncIterator[openai.AsyncOpen
     with (
         spawn(s, "orchestrator"),
         spawn(s, "projector"),
-        spawn(s, "worker", DIM_NODE_ID="w1", DIM_MODELS="sim-small"),
+        spawn(
+            s,
+            "worker",
+            DIM_NODE_ID="w1",
+            DIM_MODELS="sim-small",
+            DIM_SIM_CAPABILITIES="chat,completions",
+        ),
         spawn(s, "gateway"),
     ):
         base = f"http://127.0.0.1:{port}"
@@ -83,20 +93,25 @@ async def test_fields_not_served_are_refused_by_name(client: openai.AsyncOpenAI)
         "logprobs": {"logprobs": True, "top_logprobs": 2},
         "presence_penalty": {"presence_penalty": 0.5},
         "frequency_penalty": {"frequency_penalty": -1.0},
-        "logit_bias": {"logit_bias": {"50256": -100}},
-        "store": {"store": True},
-        "max_token": {"extra_body": {"max_token": 5}},  # a typo is no silent default
+        "logit_bias": {"logit_bias": {"5": -100}},
     }
     for param, fields in cases.items():
         error = await _refused(client, **fields)
         assert error.param == param, (param, error.body)
-        assert param in error.message
+        assert param in error.message and "no live node serving 'sim-small'" in error.message
+    for param, fields in {
+        "store": {"store": True},
+        "max_token": {"extra_body": {"max_token": 5}},  # a typo is no silent default
+        "messages.0.content.0.type": {"messages": [{"role": "user", "content": [AUDIO]}]},
+    }.items():
+        error = await _refused(client, **fields)
+        assert error.param == param, (param, error.body)
     image = [
         {"type": "text", "text": "what is this?"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
     ]
     error = await _refused(client, messages=[{"role": "user", "content": image}])
-    assert error.param == "messages.0.content.1.type" and "image_url" in error.message
+    assert error.param == "messages.0.content" and "images" in error.message
     tool_turn = [
         *CHAT,
         {
@@ -151,7 +166,7 @@ async def test_a_model_is_described_and_an_unknown_one_is_404(client: openai.Asy
     extra = model.model_extra or {}
     assert extra["nodes"] == 1 and extra["engines"] == ["simulated"]
     assert extra["context_length"] and extra["context_length"] > 1000
-    assert "chat.completions" in extra["capabilities"]
+    assert extra["capabilities"] == ["chat", "completions"]
     listed = [m.id async for m in client.models.list()]
     assert listed == ["sim-small"]
     with pytest.raises(openai.NotFoundError):
@@ -191,3 +206,35 @@ async def test_usage_per_day_over_http_and_the_cli(
     assert cli.returncode == 0, cli.stderr
     (row,) = json.loads(cli.stdout)
     assert row["tenant"] == "acme" and row["total_tokens"] == answer.usage.total_tokens
+
+
+async def test_requests_go_to_the_node_that_can_honour_them(
+    client: openai.AsyncOpenAI, settings: Settings, bus: Bus
+) -> None:
+    port = int(str(client.base_url).split(":")[2].split("/")[0])
+    s = settings.model_copy(update={"gateway_port": port})
+    with spawn(s, "worker", DIM_NODE_ID="w2", DIM_MODELS="sim-small"):
+
+        async def joined() -> bool:
+            card = await client.models.retrieve("sim-small")
+            return "tools" in (card.model_extra or {}).get("capabilities", [])
+
+        await wait_until(joined, what="the capable node in the gateway's view")
+        card = await client.models.retrieve("sim-small")
+        assert (card.model_extra or {})["nodes"] == 2
+        ran = set()
+        for i in range(6):
+            raw = await client.chat.completions.with_raw_response.create(
+                model="sim-small",
+                messages=[{"role": "user", "content": f"weather {i}"}],
+                tools=[TOOL],
+                tool_choice="required",
+                logprobs=i % 2 == 0,
+            )
+            answer = raw.parse()
+            assert answer.choices[0].message.tool_calls, answer
+            events = await job_events(bus, raw.headers["x-dim-job-id"])
+            ran |= {e.data.node_id for e in events if e.type == "task.completed"}  # type: ignore[attr-defined]
+        assert ran == {"w2"}
+        plain = await client.chat.completions.create(model="sim-small", messages=CHAT)
+        assert plain.choices[0].message.content
