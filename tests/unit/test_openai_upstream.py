@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from events.errors import EngineError
-from events.inference import ChatMessage, Prompt, SamplingParams
+from events.inference import ChatMessage, ImageRef, Prompt, ResponseFormat, SamplingParams
+from events.tools import Function, Tool, ToolCall, ToolChoice
 from services.engines.openai_upstream import OpenAIUpstreamEngine, parse_events
+from services.engines.openai_wire import logprobs_of, text_params
 from services.engines.protocol import Chunk, GenerationRequest
 from tests.unit.scripted_server import Server
 
@@ -317,3 +319,115 @@ def test_events_of_one_read_are_parsed_together_and_a_bad_one_still_fails() -> N
     for bad in (['{"a":1}', "{oops"], ["1, 2", "3"], ['{"a":1}', ""]):
         with pytest.raises(json.JSONDecodeError):
             parse_events(bad)
+
+
+async def test_tools_and_fields_pass_through_and_tool_calls_come_back() -> None:
+    """Every field goes to the upstream as OpenAI names it; a `tool_calls` answer streamed in
+    fragments comes back as the calls (finish reason `tool_calls`), with the logprobs."""
+    lp = {"token": "ok", "logprob": -0.5, "bytes": [111, 107], "top_logprobs": []}
+    events = [
+        {"choices": [{"index": 0, "delta": {"content": "ok"}, "logprobs": {"content": [lp]}}]},
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": "get_weather", "arguments": ""},
+                            }
+                        ]
+                    },
+                }
+            ]
+        },
+        *(
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"tool_calls": [{"index": 0, "function": {"arguments": part}}]},
+                    }
+                ]
+            }
+            for part in ('{"ci', 'ty": "Paris"}')
+        ),
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await models_or(server, reader, writer):
+            writer.write(chunked_head() + frame(body.encode()) + b"0\r\n\r\n")
+
+    tool = Tool(function=Function(name="get_weather", parameters={"type": "object"}))
+    prompt = Prompt(
+        messages=(
+            ChatMessage(
+                role="user",
+                content="look",
+                images=(ImageRef(url="https://example.org/a.png", detail="low"),),
+            ),
+            ChatMessage(
+                role="assistant",
+                content="",
+                tool_calls=(ToolCall(id="c0", name="get_weather", arguments="{}"),),
+            ),
+            ChatMessage(role="tool", content="rain", tool_call_id="c0"),
+        ),
+        tools=(tool,),
+    )
+    params = SamplingParams(
+        logprobs=True,
+        top_logprobs=2,
+        presence_penalty=0.5,
+        logit_bias={7: -100},
+        tool_choice=ToolChoice(mode="function", name="get_weather", parallel=False),
+        response_format=ResponseFormat(type="json_schema", json_schema={"type": "object"}),
+    )
+    async with Server(handler) as server, engine_at(server) as engine:
+        request = GenerationRequest("r1", "small", prompt, params)
+        chunks = [c async for c in engine.generate(request)]
+        sent = json.loads(server.requests[-1].partition(b"\r\n\r\n")[2])
+    assert sent["tools"] == [
+        {"type": "function", "function": tool.function.model_dump(exclude_none=True)}
+    ]
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["parallel_tool_calls"] is False
+    assert (sent["logprobs"], sent["top_logprobs"]) == (True, 2)
+    assert sent["presence_penalty"] == 0.5 and sent["logit_bias"] == {"7": -100}
+    assert sent["response_format"]["type"] == "json_schema"
+    assert sent["messages"][0]["content"][1] == {
+        "type": "image_url",
+        "image_url": {"url": "https://example.org/a.png", "detail": "low"},
+    }
+    assert sent["messages"][1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert sent["messages"][1]["content"] is None
+    assert sent["messages"][2] == {"role": "tool", "content": "rain", "tool_call_id": "c0"}
+    last = chunks[-1]
+    assert last.finish_reason == "tool_calls"
+    assert last.tool_calls == (
+        ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}'),
+    )
+    lps = [t for c in chunks for t in c.logprobs or ()]
+    assert [(t.token, t.logprob) for t in lps] == [("ok", -0.5)]
+
+
+def test_legacy_completion_logprobs_are_read() -> None:
+    choice = {
+        "logprobs": {
+            "tokens": ["a", "b"],
+            "token_logprobs": [-0.1, None],
+            "top_logprobs": [{"a": -0.1, "c": -2.0}, None],
+        }
+    }
+    lps = logprobs_of(choice)
+    assert lps is not None
+    assert [(t.token, t.logprob, len(t.top_logprobs)) for t in lps] == [
+        ("a", -0.1, 2),
+        ("b", 0.0, 0),
+    ]
+    assert text_params(SamplingParams(logprobs=True, top_logprobs=3)) == {"logprobs": 3}
