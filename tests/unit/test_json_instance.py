@@ -75,6 +75,7 @@ def assert_valid(schema: dict[str, Any], seeds: range = range(20)) -> list[Any]:
         {"const": {"nested": [1, "x"]}},
         {"type": "string", "enum": ["a", 1, "b"]},
         {"type": "integer", "enum": [1.0, "x"]},
+        {"type": "integer", "format": "int32", "nullable": True},  # formats only bind strings
         {"const": "a", "enum": ["a", "b"]},
     ],
 )
@@ -293,7 +294,7 @@ def test_recursive_model_is_nested_and_bounded() -> None:
     assert 0 < max(depths) <= 5
 
 
-def test_pydantic_tool_parameters_and_strict_mode() -> None:
+def test_openai_strict_mode_tool_parameters() -> None:
     weather = {
         "type": "object",
         "properties": {
@@ -335,6 +336,7 @@ def test_pydantic_tool_parameters_and_strict_mode() -> None:
         ({"not": {"type": "string"}}, "/not"),
         ({"type": "object", "patternProperties": {"^x": {}}}, "/patternProperties"),
         ({"if": {}, "then": {}}, "/if"),
+        ({"type": "object", "unevaluatedProperties": {"type": "string"}}, "/unevaluatedProperties"),
         ({"type": "array", "contains": {"type": "integer"}}, "/contains"),
         ({"type": "strin"}, "/type"),
         ({"type": []}, "/type"),
@@ -530,7 +532,8 @@ def _extend(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[di
     described = children.map(lambda s: {**s, "title": "T", "description": "d"})
     any_of = st.lists(children, min_size=1, max_size=3).map(lambda branches: {"anyOf": branches})
     optional = children.map(lambda s: {"anyOf": [s, {"type": "null"}]})
-    return st.one_of(objects(), arrays(), any_of, one_of(), optional, described)
+    all_of = children.map(lambda s: {"allOf": [s, {"title": "part"}], "description": "d"})
+    return st.one_of(objects(), arrays(), any_of, one_of(), optional, described, all_of)
 
 
 SCHEMAS = st.recursive(scalar_schemas(), _extend, max_leaves=12)
