@@ -37,10 +37,13 @@ GENERATION: tuple[Capability, ...] = (
     "logit_bias",
     "images",
 )
+EVERY: tuple[Capability, ...] = (*GENERATION, "embeddings")  # the simulated engine's
 
 
 def needs(prompt: Prompt, params: SamplingParams) -> Iterator[tuple[str, Capability]]:
     """(request field, capability) for each field of the request that needs more than text."""
+    if params.embed:
+        yield "input", "embeddings"
     if prompt.tools:
         yield "tools", "tools"
     if params.tool_choice is not None and params.tool_choice.mode != "none" and prompt.tools:

@@ -12,6 +12,8 @@ from events.tools import MAX_TOOLS, Tool, ToolCall, ToolChoice
 MAX_TOKENS = 1_000_000  # the most tokens one request may ask for (any model's context is less)
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 MAX_LOGIT_BIAS = 1024  # token biases in one request
+MAX_EMBEDDING_INPUTS = 128  # texts one embeddings request may embed (their vectors fill one event)
+MAX_EMBEDDING_DIMENSIONS = 8192
 
 
 class _Value(BaseModel):
@@ -112,6 +114,11 @@ class SamplingParams(_Value):
     response_format: ResponseFormat | None = Field(default=None, exclude_if=unset)  # None: text
     # None: auto (with tools), none (without)
     tool_choice: ToolChoice | None = Field(default=None, exclude_if=unset)
+    # an embeddings request: the prompt's `texts` are embedded, not continued
+    embed: bool = Field(default=False, exclude_if=unset)
+    dimensions: int | None = Field(
+        default=None, ge=1, le=MAX_EMBEDDING_DIMENSIONS, exclude_if=unset
+    )
 
     @field_validator("logit_bias")
     @classmethod
@@ -131,7 +138,7 @@ class SamplingParams(_Value):
     def resumable(self) -> bool:
         """Whether an attempt may continue the text an earlier one streamed: not when the
         answer is constrained from its first token (JSON) or reports every token's logprob."""
-        return not (self.structured or self.logprobs)
+        return not (self.structured or self.logprobs or self.embed)
 
 
 class Prompt(_Value):
@@ -140,11 +147,16 @@ class Prompt(_Value):
     text: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
     tools: tuple[Tool, ...] = Field(default=(), max_length=MAX_TOOLS, exclude_if=unset)
+    # the inputs of an embeddings request (instead of `text` or `messages`)
+    texts: tuple[str, ...] | None = Field(
+        default=None, min_length=1, max_length=MAX_EMBEDDING_INPUTS, exclude_if=unset
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Prompt:
-        if (self.text is None) == (self.messages is None):
-            raise ValueError("a prompt needs exactly one of 'text' or 'messages'")
+        given = (self.text is not None) + (self.messages is not None) + (self.texts is not None)
+        if given != 1:
+            raise ValueError("a prompt needs exactly one of 'text', 'messages' or 'texts'")
         if self.tools and self.messages is None:
             raise ValueError("tools are offered to a chat: a text prompt has none")
         return self
@@ -153,6 +165,8 @@ class Prompt(_Value):
         """The prompt as one string (chat turns as 'role: content' lines) for engines without a chat template."""
         if self.text is not None:
             return self.text
+        if self.texts is not None:
+            return "\n".join(self.texts)
         assert self.messages is not None
         return "\n".join(m.render() for m in self.messages)
 

@@ -152,6 +152,9 @@ class TaskCompleted(Event):
     # output is then the text before them, often none), and every token's logprob if asked
     tool_calls: tuple[ToolCall, ...] = Field(default=(), exclude_if=unset)
     logprobs: tuple[TokenLogprob, ...] | None = Field(default=None, exclude_if=unset)
+    # an embeddings task's vectors, one per input: little-endian float32, base64 (OpenAI's
+    # `encoding_format: base64`, a quarter of the JSON floats' size)
+    embeddings: tuple[str, ...] = Field(default=(), exclude_if=unset)
 
 
 @event_type
@@ -241,6 +244,7 @@ class JobCompleted(Event):
     # added with OpenAI fidelity: the (first) answer's tool calls and logprobs, as `output`
     tool_calls: tuple[ToolCall, ...] = Field(default=(), exclude_if=unset)
     logprobs: tuple[TokenLogprob, ...] | None = Field(default=None, exclude_if=unset)
+    embeddings: tuple[str, ...] = Field(default=(), exclude_if=unset)  # as on task.completed
 
 
 @event_type

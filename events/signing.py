@@ -136,6 +136,8 @@ def report_claims(event: Report) -> bytes:
         if event.tool_calls:
             calls = [c.model_dump() for c in event.tool_calls]
             claims["tool_calls_sha256"] = _sha256(canonical({"calls": calls}).decode())
+        if event.embeddings:
+            claims["embeddings_sha256"] = _sha256("\n".join(event.embeddings))
         if event.logprobs is not None:
             lps = [lp.model_dump() for lp in event.logprobs]
             claims["logprobs_sha256"] = _sha256(canonical({"logprobs": lps}).decode())

@@ -20,6 +20,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from events.ids import new_id
 from gateway.auth import EXTRA_HEADERS, provide_gateway, provide_principal
 from gateway.controllers.auth import AuthController
+from gateway.controllers.embeddings import EmbeddingsController
 from gateway.controllers.health import HealthController
 from gateway.controllers.jobs import JobsController
 from gateway.controllers.keys import KeysController
@@ -131,6 +132,7 @@ def create_app(settings: Settings) -> Litestar:
         ModelsController,
         ChatController,
         CompletionsController,
+        EmbeddingsController,
         JobsController,
         KeysController,
         NodesController,

@@ -44,6 +44,7 @@ _STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/v1/models/{model_id}"): (*_AUTH, 404),
     ("post", "/v1/chat/completions"): _COMPLETION,
     ("post", "/v1/completions"): _COMPLETION,
+    ("post", "/v1/embeddings"): _COMPLETION,
     ("get", "/v1/jobs"): (*_AUTH, 400),
     ("post", "/v1/jobs"): (*_AUTH, *_BODY, 404),
     ("get", "/v1/jobs/{job_id}"): (*_AUTH, 404),

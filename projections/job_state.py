@@ -86,6 +86,7 @@ class TaskState(_State):
     retriable: bool = True
     tool_calls: tuple[ToolCall, ...] = Field(default=(), exclude_if=unset)
     logprobs: tuple[TokenLogprob, ...] | None = Field(default=None, exclude_if=unset)
+    embeddings: tuple[str, ...] = Field(default=(), exclude_if=unset)
 
 
 class JobState(_State):
@@ -353,6 +354,7 @@ def _completed(event: TaskCompleted, state: JobState, at: datetime) -> JobState:
         ttft_ms=event.ttft_ms,
         tool_calls=event.tool_calls,
         logprobs=event.logprobs,
+        embeddings=event.embeddings,
     )
 
 

@@ -60,6 +60,7 @@ def trimmed(view: JobState) -> JobState:
                 "output": None,
                 "logprobs": None,
                 "tool_calls": (),
+                "embeddings": (),
                 "error": cut(t.error),
             }
         )

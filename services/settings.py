@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from events.capabilities import GENERATION, Capability
+from events.capabilities import EVERY, Capability
 from events.connection import DEFAULT_INBOX_PREFIX, NatsAuth
 from events.subjects import Names, check_id
 
@@ -168,7 +168,7 @@ class Settings(BaseSettings):
         600.0, gt=0, description="longest silence allowed in an upstream stream"
     )
     upstream_capabilities: Annotated[tuple[Capability, ...], NoDecode] = Field(
-        GENERATION,
+        EVERY,
         description="what the upstream serves, every field passed through (comma-separated); "
         "narrow it for a server that ignores fields instead of refusing them",
     )
@@ -235,7 +235,7 @@ class Settings(BaseSettings):
         32_768, ge=1, description="context length the simulated engine advertises (tokens)"
     )
     sim_capabilities: Annotated[tuple[Capability, ...], NoDecode] = Field(
-        GENERATION,
+        EVERY,
         description="what the simulated engine serves (comma-separated; default all it can)",
     )
 

@@ -19,18 +19,24 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from events.capabilities import GENERATION
+from events.capabilities import EVERY
 from events.errors import EngineError
 from events.inference import FinishReason, TokenLogprob, Usage
 from services.engines import openai_wire as wire
 from services.engines.http_client import ConnectionAborted, HttpClient, HttpError, Response
-from services.engines.protocol import Chunk, GenerationRequest, estimate_tokens, require_model
+from services.engines.protocol import (
+    Chunk,
+    Embedded,
+    GenerationRequest,
+    estimate_tokens,
+    require_model,
+)
 from services.engines.sse_parse import SSEParser
 
 # What an OpenAI-compatible server is taken to do: every field is passed through, and an
 # upstream that refuses one answers 400, which fails the task with its words
 # (DIM_UPSTREAM_CAPABILITIES narrows it for servers that ignore fields instead).
-CAPABILITIES = GENERATION
+CAPABILITIES = EVERY
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +226,37 @@ class OpenAIUpstreamEngine:
         # vLLM lists each model's context length; other servers leave it unknown
         lengths = [m["max_model_len"] for m in listed if isinstance(m.get("max_model_len"), int)]
         self.max_context = min(lengths) if lengths else None
+
+    async def embed(self, request: GenerationRequest) -> Embedded:
+        """The upstream's `/embeddings` for the inputs (floats asked for, so any server will do)."""
+        require_model(request, self._models)
+        body: dict[str, Any] = {
+            "model": self._aliases.get(request.model, request.model),
+            "input": list(request.prompt.texts or ()),
+            "encoding_format": "float",
+        }
+        if request.params.dimensions is not None:
+            body["dimensions"] = request.params.dimensions
+        try:
+            r = await self._http().request("POST", "/embeddings", json.dumps(body).encode())
+            try:
+                raw = await r.read()
+            finally:
+                r.release()
+        except HttpError as exc:
+            raise EngineError(f"upstream embeddings failed: {exc!r}") from exc
+        if r.status != 200:
+            raise classify(r.status, raw.decode(errors="replace"))
+        try:
+            answer = json.loads(raw)
+            rows = sorted(answer["data"], key=lambda d: int(d.get("index", 0)))
+            vectors = tuple(tuple(float(x) for x in row["embedding"]) for row in rows)
+            tokens = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EngineError(f"upstream embeddings answer is not OpenAI's: {exc!r}") from exc
+        if len(vectors) != len(body["input"]):
+            raise EngineError(f"upstream embedded {len(vectors)} of {len(body['input'])} inputs")
+        return Embedded(vectors, tokens or estimate_tokens("\n".join(body["input"])))
 
     async def close(self) -> None:
         """Close every upstream stream and the connection pool."""

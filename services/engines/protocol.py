@@ -50,6 +50,14 @@ class Chunk:
     tool_calls: tuple[ToolCall, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """The vectors of an embeddings request, one per input, and the tokens the inputs took."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    prompt_tokens: int
+
+
 def require_model(request: GenerationRequest, models: tuple[str, ...]) -> None:
     """Refuse (final, `invalid_request`) a request for a model the engine does not serve."""
     if request.model not in models:
@@ -106,6 +114,11 @@ class Engine(Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Stream the completion of `request`; raises `EngineError` on failure."""
+        ...
+
+    async def embed(self, request: GenerationRequest) -> Embedded:
+        """The vectors of `request.prompt.texts` (an engine that cannot, where its capabilities
+        say so, raises `EngineError`)."""
         ...
 
     async def abort(self, request_id: str) -> None:

@@ -12,16 +12,19 @@ Tokens are words: a prompt's token count is its number of words and punctuation 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 import random
 import re
 import time
 from collections.abc import AsyncIterator
 
-from events.capabilities import GENERATION
+from events.capabilities import EVERY
 from events.errors import EngineError
 from events.inference import FinishReason, Prompt, SamplingParams, TokenLogprob, Usage
 from services.engines.protocol import (
     Chunk,
+    Embedded,
     GenerationRequest,
     require_capabilities,
     require_model,
@@ -31,7 +34,8 @@ from services.engines.stops import StopMatcher
 
 # What it can do for each model it serves (events/capabilities.py); DIM_SIM_CAPABILITIES narrows
 # it, e.g. to try routing in a mesh where only some nodes can honour a field.
-CAPABILITIES = GENERATION
+CAPABILITIES = EVERY
+DIMENSIONS = 256  # its embeddings' native size; `dimensions` shortens them (and renormalizes)
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -39,6 +43,15 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 def count_tokens(text: str) -> int:
     """The simulated tokenizer: words and punctuation marks."""
     return len(_TOKEN.findall(text))
+
+
+def unit_vector(model: str, text: str, seed: int, dims: int) -> tuple[float, ...]:
+    """The simulated embedding of `text`: its first `dims` values, renormalized."""
+    digest = hashlib.blake2b(f"{model}\x00{seed}\x00{text}".encode(), digest_size=16).digest()
+    rng = random.Random(digest)
+    values = [rng.gauss(0.0, 1.0) for _ in range(DIMENSIONS)][:dims]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return tuple(v / norm for v in values)
 
 
 def simulated_tokens(model: str, prompt: str, seed: int) -> list[str]:
@@ -106,6 +119,24 @@ class SimulatedEngine:
         """End `request_id` at its next token with finish reason ``abort``."""
         if request_id in self._running:
             self._aborted.add(request_id)
+
+    async def embed(self, request: GenerationRequest) -> Embedded:
+        """Deterministic unit vectors, one per input: a function of (model, text, seed)."""
+        require_model(request, self._models)
+        dims = request.params.dimensions or DIMENSIONS
+        if dims > DIMENSIONS:
+            raise EngineError(
+                f"dimensions: {request.model!r} makes vectors of {DIMENSIONS} (ask for fewer)",
+                retriable=False,
+                kind="invalid_request",
+            )
+        if self.ttft_s:
+            await asyncio.sleep(self.ttft_s)
+        texts = request.prompt.texts or ()
+        return Embedded(
+            tuple(unit_vector(request.model, t, self.seed, dims) for t in texts),
+            sum(count_tokens(t) for t in texts),
+        )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Stream the deterministic completion of `request`."""

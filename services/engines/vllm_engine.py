@@ -27,7 +27,7 @@ from typing import Any
 from events.capabilities import BASIC
 from events.errors import EngineError
 from events.inference import FinishReason, SamplingParams, Usage
-from services.engines.protocol import Chunk, GenerationRequest, require_model
+from services.engines.protocol import Chunk, Embedded, GenerationRequest, require_model
 from services.engines.reaper import Reaper, children
 from services.settings import Settings
 
@@ -136,6 +136,14 @@ class VllmEngine:
     def capacity(self) -> int:
         """`max_num_seqs`: sequences vLLM batches at once."""
         return self._capacity
+
+    async def embed(self, request: GenerationRequest) -> Embedded:
+        """Not served by a generating model (its capabilities do not list embeddings)."""
+        raise EngineError(
+            f"input: {request.model!r} is served for generation here, not embeddings",
+            retriable=False,
+            kind="invalid_request",
+        )
 
     def capabilities(self) -> dict[str, tuple[str, ...]]:
         """What this model is served with."""

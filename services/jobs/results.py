@@ -144,6 +144,7 @@ def _finish_single(state: JobState) -> JobCompleted:
         choices=choices if len(choices) > 1 else (),
         tool_calls=task.tool_calls,
         logprobs=task.logprobs,
+        embeddings=task.embeddings,
     )
 
 
@@ -157,4 +158,5 @@ def of_only_task(job_id: str, done: TaskCompleted) -> JobCompleted:
         usage=done.usage,
         tool_calls=done.tool_calls,
         logprobs=done.logprobs,
+        embeddings=done.embeddings,
     )

@@ -10,11 +10,12 @@ import time
 from opentelemetry import trace
 from prometheus_client import Histogram
 
+from events import vectors
 from events.bus import PendingAcks
 from events.capabilities import BASIC
 from events.envelope import Envelope
 from events.errors import EngineError
-from events.inference import FinishReason, TokenLogprob, Usage
+from events.inference import MAX_EMBEDDING_DIMENSIONS, FinishReason, TokenLogprob, Usage
 from events.jobs import TaskCompleted
 from events.subjects import Names
 from events.tools import ToolCall
@@ -165,6 +166,8 @@ class Streamer:
         )
         # served or refused, never ignored: a task the mesh should not have sent here
         require_capabilities(gen, self.can(task.model), self.engine.kind)
+        if task.params.embed:
+            return await self._embedded(request, gen, started)
         with tracer.start_as_current_span("engine.generate") as span:
             span.set_attribute("dim.engine", self.engine.kind)
             span.set_attribute("gen_ai.request.model", task.model)
@@ -172,6 +175,31 @@ class Streamer:
             if done.text:
                 span.set_attribute("dim.resumed_chars", len(done.text))
             return await self._stream(request, gen, started, pending, span, done)
+
+    async def _embedded(
+        self, request: TaskRequested, gen: GenerationRequest, started: float
+    ) -> TaskCompleted:
+        """An embeddings task: the vectors, whole (nothing to stream)."""
+        with tracer.start_as_current_span("engine.embed") as span:
+            span.set_attribute("dim.engine", self.engine.kind)
+            span.set_attribute("gen_ai.request.model", gen.model)
+            embedded = await self.engine.embed(gen)
+            if any(len(v) > MAX_EMBEDDING_DIMENSIONS for v in embedded.vectors):
+                raise EngineError(f"the engine made vectors over {MAX_EMBEDDING_DIMENSIONS} values")
+            span.set_attribute("gen_ai.usage.input_tokens", embedded.prompt_tokens)
+        took = round((time.monotonic() - started) * 1000, 3)
+        return TaskCompleted(
+            job_id=request.job_id,
+            task_id=request.task.task_id,
+            attempt=request.attempt,
+            node_id=self.node_id,
+            output="",
+            finish_reason="stop",
+            usage=Usage(prompt_tokens=embedded.prompt_tokens),
+            ttft_ms=took,
+            duration_ms=took,
+            embeddings=tuple(vectors.encode(v) for v in embedded.vectors),
+        )
 
     def _already_done(self, request: TaskRequested, started: float, done: Partial) -> TaskCompleted:
         task = request.task

@@ -125,6 +125,9 @@ async def test_fields_not_served_are_refused_by_name(client: openai.AsyncOpenAI)
     ]
     error = await _refused(client, messages=tool_turn)
     assert error.param == "messages.1.tool_calls"
+    with pytest.raises(openai.BadRequestError) as embeddings:
+        await client.embeddings.create(model="sim-small", input="hello")
+    assert embeddings.value.param == "input" and "embeddings" in embeddings.value.message
 
 
 async def test_neutral_values_and_unused_fields_pass_and_user_is_kept(

@@ -1,4 +1,4 @@
-"""Tools, structured outputs, logprobs, penalties, logit_bias and images through the official
+"""Tools, structured outputs, logprobs, penalties, logit_bias, images and embeddings through the official
 `openai` SDK against real processes (gateway, orchestrator, projector, a simulated worker): a
 tool-calling loop whole and streamed, `chat.completions.parse` with a pydantic model, forced and
 named tool calls whose arguments satisfy the tool's schema, logprobs true of the sampler."""
@@ -314,3 +314,33 @@ async def test_an_image_is_part_of_the_prompt(client: openai.AsyncOpenAI) -> Non
     assert await ask([*text, image]) != await ask(text)
     assert await ask([*text, image]) != await ask([*text, other])
     assert await ask([*text, image]) == await ask([*text, image])
+
+
+async def test_embeddings_are_deterministic_unit_vectors(
+    client: openai.AsyncOpenAI, bus: Bus
+) -> None:
+    texts = ["the mesh routes", "every request", "the mesh routes"]
+    raw = await client.embeddings.with_raw_response.create(model=MODEL, input=texts)
+    got = raw.parse()  # the SDK asks for base64 and decodes it
+    assert [d.index for d in got.data] == [0, 1, 2] and got.model == MODEL
+    vecs = [d.embedding for d in got.data]
+    assert all(len(v) == 256 and abs(math.fsum(x * x for x in v) - 1) < 1e-5 for v in vecs)
+    assert vecs[0] == vecs[2] and vecs[0] != vecs[1]
+    assert got.usage.prompt_tokens == 8 == got.usage.total_tokens
+    events = await job_events(bus, raw.headers["x-dim-job-id"])
+    assert [e.type for e in events][-1] == "job.completed"  # a job in the log like any other
+    floats = await client.embeddings.create(
+        model=MODEL, input="every request", dimensions=64, encoding_format="float"
+    )
+    short = floats.data[0].embedding
+    assert len(short) == 64 and abs(math.fsum(x * x for x in short) - 1) < 1e-5
+    scale = math.sqrt(math.fsum(x * x for x in vecs[1][:64]))
+    assert all(abs(a - b / scale) < 1e-5 for a, b in zip(short, vecs[1][:64], strict=True))
+    for bad, param in (
+        ({"input": [[1, 2, 3]]}, "input"),
+        ({"input": ["x"] * 129}, "input"),
+        ({"input": "x", "dimensions": 512}, "dimensions"),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.embeddings.create(model=MODEL, **bad)  # type: ignore[arg-type]
+        assert param in refused.value.message, refused.value.body
