@@ -26,6 +26,7 @@ from gateway.controllers.jobs import JobsController
 from gateway.controllers.keys import KeysController
 from gateway.controllers.nodes import NodesController
 from gateway.controllers.openai import ChatController, CompletionsController, ModelsController
+from gateway.controllers.responses import ResponsesController
 from gateway.controllers.stream import job_stream, submit_and_stream
 from gateway.controllers.usage import UsageController
 from gateway.errors import exception_handlers
@@ -133,6 +134,7 @@ def create_app(settings: Settings) -> Litestar:
         ChatController,
         CompletionsController,
         EmbeddingsController,
+        ResponsesController,
         JobsController,
         KeysController,
         NodesController,

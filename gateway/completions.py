@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from events.bus import Bus
 from events.envelope import Envelope
 from events.ids import new_id
-from events.inference import Prompt, SamplingParams
+from events.inference import Prompt, SamplingParams, TokenLogprob
 from events.job_log import JobFollower
 from events.jobs import (
     Choice,
@@ -23,6 +23,7 @@ from events.jobs import (
     TaskCompleted,
 )
 from events.text import TextAssembler
+from events.tools import ToolCall
 from events.work import TokensProduced
 from gateway import jobs, sse
 from gateway.errors import ApiError
@@ -144,16 +145,36 @@ async def answer(gw: Gateway, started: Started) -> JobCompleted:
     raise ApiError(500, f"the job ended with an unexpected {event.type}", code="incomplete")
 
 
-async def stream(
-    gw: Gateway, started: Started, *, kind: sse.Kind, id: str, include_usage: bool
-) -> AsyncIterator[bytes]:
-    """The job as OpenAI SSE chunks; a client that goes away cancels the job."""
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """New text of one choice, with its tokens' logprobs; with `finish_reason`, the choice's
+    end (and the tool calls its answer makes)."""
+
+    index: int
+    text: str | None
+    first: bool  # the choice's first delta
+    offset: int  # where `text` starts in the choice's answer
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    finish_reason: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The job's end: its result, or why there is none."""
+
+    completed: JobCompleted | None
+    error: ApiError | None = None
+
+
+async def deltas(gw: Gateway, started: Started) -> AsyncGenerator[Delta | Ended, None]:
+    """The job's answer as it arrives, whatever the wire format; a consumer that stops before
+    `Ended` (the client went away) cancels the job when it closes this generator."""
     follower = started.follower
     assert follower is not None, "start(stream=True) opens the live feed"
     texts: dict[int, TextAssembler] = {}
     streamed_lps: dict[int, int] = {}  # logprobs sent per choice
     done = False
-    out = sse.ChunkWriter(kind, id, started.created, started.model)
     m = gw.metrics
     in_flight = m.in_flight.labels(model=started.model)
     itl = m.itl.labels(model=started.model)
@@ -181,43 +202,62 @@ async def stream(
                     if new or first:
                         if lps:
                             streamed_lps[index] = streamed_lps.get(index, 0) + len(lps)
-                        yield out.text(new, first=first, index=index, logprobs=lps, offset=at)
+                        yield Delta(index, new, first, at, lps)
                 elif isinstance(event, JobCompleted):
                     done = True
                     _count(gw, started, event)
                     for choice in choices_of(event):
-                        text = texts.get(choice.index, TextAssembler())
-                        seen = text.text
+                        seen = texts.get(choice.index, TextAssembler()).text
                         rest = choice.output[len(seen) :] if choice.output.startswith(seen) else ""
-                        first = choice.index not in texts
                         lps = choice.logprobs
-                        yield out.text(
+                        yield Delta(
+                            choice.index,
                             rest or None,
-                            finish_reason=choice.finish_reason,
-                            first=first,
-                            index=choice.index,
-                            tool_calls=choice.tool_calls,
-                            logprobs=lps[streamed_lps.get(choice.index, 0) :] if lps else None,
-                            offset=len(seen),
+                            choice.index not in texts,
+                            len(seen),
+                            lps[streamed_lps.get(choice.index, 0) :] if lps else None,
+                            choice.finish_reason,
+                            choice.tool_calls,
                         )
-                    if include_usage:
-                        yield out.usage(event.usage)
-                    yield sse.DONE
+                    yield Ended(event)
                     return
                 elif isinstance(event, (JobFailed, JobCancelled)):
                     done = True
-                    yield sse.event(_failure(event).body())
-                    yield sse.DONE
+                    yield Ended(None, _failure(event))
                     return
     except TimeoutError:
-        yield sse.event(ApiError(504, "no answer in time", code="timeout").body())
-        yield sse.DONE
+        yield Ended(None, ApiError(504, "no answer in time", code="timeout"))
     finally:
         in_flight.dec()
         await follower.close()
         if not done:  # the client went away (or the request timed out) mid-answer
             with contextlib.suppress(Exception):
                 await cancel(gw, started.job_id, "the client disconnected")
+
+
+async def stream(
+    gw: Gateway, started: Started, *, kind: sse.Kind, id: str, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """The job as OpenAI SSE chunks; a client that goes away cancels the job."""
+    out = sse.ChunkWriter(kind, id, started.created, started.model)
+    async with contextlib.aclosing(deltas(gw, started)) as feed:
+        async for d in feed:
+            if isinstance(d, Ended):
+                if d.error is not None:
+                    yield sse.event(d.error.body())
+                elif include_usage and d.completed is not None:
+                    yield out.usage(d.completed.usage)
+                yield sse.DONE
+                return
+            yield out.text(
+                d.text,
+                finish_reason=d.finish_reason,
+                first=d.first,
+                index=d.index,
+                tool_calls=d.tool_calls,
+                logprobs=d.logprobs,
+                offset=d.offset,
+            )
 
 
 async def cancel(gw: Gateway, job_id: str, reason: str) -> None:

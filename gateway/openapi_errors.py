@@ -45,6 +45,7 @@ _STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/chat/completions"): _COMPLETION,
     ("post", "/v1/completions"): _COMPLETION,
     ("post", "/v1/embeddings"): _COMPLETION,
+    ("post", "/v1/responses"): _COMPLETION,
     ("get", "/v1/jobs"): (*_AUTH, 400),
     ("post", "/v1/jobs"): (*_AUTH, *_BODY, 404),
     ("get", "/v1/jobs/{job_id}"): (*_AUTH, 404),
