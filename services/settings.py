@@ -187,6 +187,11 @@ class Settings(BaseSettings):
         ge=1,
         description="sequences per batch; default DIM_CAPACITY (the worker keeps it full)",
     )
+    vllm_tool_parser: str = Field(
+        "",
+        description="vLLM's tool-call parser for tool_choice auto (hermes, llama3_json, ...); "
+        "required and named calls need none",
+    )
     vllm_engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description="more of vLLM's engine arguments as JSON, over dim's own, e.g. "

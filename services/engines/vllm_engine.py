@@ -24,11 +24,14 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from events.capabilities import BASIC
+from events.capabilities import Capability
 from events.errors import EngineError
-from events.inference import FinishReason, SamplingParams, Usage
+from events.inference import FinishReason, Usage
+from events.tools import ToolCall, ToolChoice
+from services.engines import vllm_requests as asks
 from services.engines.protocol import Chunk, Embedded, GenerationRequest, require_model
 from services.engines.reaper import Reaper, children
+from services.engines.vllm_requests import sampling_kwargs
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,28 +63,18 @@ def engine_args(settings: Settings, model: str) -> dict[str, Any]:
     return args
 
 
-def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
-    """vLLM `SamplingParams` keyword arguments for one task (pure).
-
-    n is always 1: dim plans one task per requested choice, so choices spread over nodes.
-    """
-    kwargs: dict[str, Any] = {
-        "n": 1,
-        "max_tokens": params.max_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-    }
-    if params.stop:
-        kwargs["stop"] = list(params.stop)
-    if params.seed is not None:
-        kwargs["seed"] = params.seed
-    return kwargs
-
-
 def finish_reason(reason: str | None, aborted: bool) -> FinishReason:
-    """dim's finish reason for vLLM's (`stop`, `length`, `abort`, ...)."""
+    """dim's finish reason for vLLM's (`stop`, `length`, `abort`, ...); vLLM's `error` (a
+    constraint the vocabulary cannot satisfy ends a request so) is a refusal, not an answer."""
     if aborted or reason == "abort":
         return "abort"
+    if reason == "error":
+        raise EngineError(
+            "vLLM ended the request with an error: a structured output or tool call its "
+            "vocabulary cannot write, or a grammar it could not follow",
+            retriable=False,
+            kind="invalid_request",
+        )
     if reason == "length":
         return "length"
     return "stop"
@@ -118,7 +111,10 @@ class VllmEngine:
         self._engine: Any = None
         self._tokenizer: Any = None
         self._sampling: Any = None
+        self._structured: Any = None
+        self._pooling_params: Any = None
         self._delta: Any = None
+        self.pooling = engine_args(settings, model).get("runner") == "pooling"
         self._aborted: set[str] = set()
         self._reaper: Reaper | None = None
         self.max_context: int | None = settings.vllm_max_model_len
@@ -137,25 +133,71 @@ class VllmEngine:
         """`max_num_seqs`: sequences vLLM batches at once."""
         return self._capacity
 
-    async def embed(self, request: GenerationRequest) -> Embedded:
-        """Not served by a generating model (its capabilities do not list embeddings)."""
-        raise EngineError(
-            f"input: {request.model!r} is served for generation here, not embeddings",
-            retriable=False,
-            kind="invalid_request",
-        )
-
     def capabilities(self) -> dict[str, tuple[str, ...]]:
-        """What this model is served with."""
-        return dict.fromkeys(self._models, BASIC)
+        """A pooling model embeds; a generating one serves chat and completions with tools
+        (forced calls constrained; `auto` with a tool-call parser), structured outputs,
+        logprobs, penalties and logit_bias. Images are not served."""
+        can: tuple[Capability, ...] = (
+            ("embeddings",)
+            if self.pooling
+            else (
+                "chat",
+                "completions",
+                "tools",
+                "structured_outputs",
+                "logprobs",
+                "penalties",
+                "logit_bias",
+            )
+        )
+        return dict.fromkeys(self._models, can)
+
+    async def embed(self, request: GenerationRequest) -> Embedded:
+        """The pooling model's vectors of the inputs, all at once in vLLM's batch."""
+        if self._engine is None or not self.pooling:
+            raise EngineError(
+                f"input: {request.model!r} is served for generation here, not embeddings",
+                retriable=False,
+                kind="invalid_request",
+            )
+        require_model(request, self._models)
+        dims = request.params.dimensions
+        texts = request.prompt.texts or ()
+        ids = [self._encode(t, special=True) for t in texts]
+
+        async def one(i: int) -> tuple[float, ...]:
+            last = None
+            rid = f"{request.request_id}-{i}"
+            async for out in self._engine.encode(
+                {"prompt_token_ids": ids[i]}, self._pooling_params(task="embed"), rid
+            ):
+                last = out
+            if last is None:
+                raise EngineError("vLLM returned no embedding")
+            vector = tuple(float(x) for x in last.outputs.data.tolist())
+            if dims is not None and dims != len(vector):
+                raise EngineError(
+                    f"dimensions: {request.model!r} makes vectors of {len(vector)}",
+                    retriable=False,
+                    kind="invalid_request",
+                )
+            return vector
+
+        try:
+            vectors = await asyncio.gather(*(one(i) for i in range(len(texts))))
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"vLLM failed the embeddings: {exc!r}") from exc
+        return Embedded(tuple(vectors), sum(len(i) for i in ids))
 
     async def start(self) -> None:
         """Load the weights, build the engine, and warm it with one short generation."""
         try:
             from prometheus_client import REGISTRY
-            from vllm import AsyncEngineArgs, AsyncLLMEngine
+            from vllm import AsyncEngineArgs, AsyncLLMEngine, PoolingParams
             from vllm import SamplingParams as VllmSamplingParams
-            from vllm.sampling_params import RequestOutputKind
+            from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         except ImportError as exc:
             raise EngineError(
                 "the vllm engine needs vLLM: pip install 'dim[vllm]' on a CUDA machine, or "
@@ -164,6 +206,7 @@ class VllmEngine:
             ) from exc
         t0 = time.monotonic()
         self._sampling, self._delta = VllmSamplingParams, RequestOutputKind.DELTA
+        self._structured, self._pooling_params = StructuredOutputsParams, PoolingParams
         args = AsyncEngineArgs(**engine_args(self.settings, self.model))
         before = children()
         # Building the engine starts its processes and loads the weights: tens of seconds that
@@ -174,10 +217,15 @@ class VllmEngine:
         config = getattr(self._engine, "model_config", None)
         self.max_context = getattr(config, "max_model_len", None) or self.max_context
         self.metrics_registry = REGISTRY
-        warm = self._sampling(max_tokens=1, output_kind=self._delta)
         ids = self._encode("warm-up", special=True)
-        async for _ in self._engine.generate({"prompt_token_ids": ids}, warm, "dim-warmup"):
-            pass
+        if self.pooling:
+            embed = self._pooling_params(task="embed")
+            async for _ in self._engine.encode({"prompt_token_ids": ids}, embed, "dim-warmup"):
+                pass
+        else:
+            warm = self._sampling(max_tokens=1, output_kind=self._delta)
+            async for _ in self._engine.generate({"prompt_token_ids": ids}, warm, "dim-warmup"):
+                pass
         self.cold_start_s = time.monotonic() - t0
         log.info("vLLM loaded %s in %.1fs", self.model, self.cold_start_s)
 
@@ -225,15 +273,15 @@ class VllmEngine:
         resume = request.resume if with_resume_text else ""
         if request.prompt.messages is None:
             return self._encode((request.prompt.text or "") + resume, special=True)
-        messages: list[dict[str, str]] = [m.model_dump() for m in request.prompt.messages]
+        messages, tools = asks.template_inputs(request.prompt)
         if resume:  # continue the partial answer inside the assistant's turn
             messages.append({"role": "assistant", "content": resume})
             rendered = self._tokenizer.apply_chat_template(
-                messages, tokenize=False, continue_final_message=True
+                messages, tools=tools, tokenize=False, continue_final_message=True
             )
         else:
             rendered = self._tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
+                messages, tools=tools, tokenize=False, add_generation_prompt=True
             )
         return self._encode(str(rendered), special=False)
 
@@ -256,14 +304,42 @@ class VllmEngine:
             )
         return self.prompt_ids(request, with_resume_text=True), len(prompt), ""
 
+    def _params(self, request: GenerationRequest) -> Any:
+        """vLLM's `SamplingParams` for the request, with its output constraint if any."""
+        kwargs = sampling_kwargs(request.params)
+        structured = asks.structured_kwargs(request.prompt, request.params)
+        if structured is not None:
+            kwargs["structured_outputs"] = self._structured(**structured)
+        return self._sampling(**kwargs, output_kind=self._delta)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        """Stream one request's deltas; the last chunk has the finish reason and usage."""
+        """Stream one request's deltas; the last chunk has the finish reason and usage.
+
+        A forced tool call is held back and comes whole in the last chunk (its JSON is the
+        call, not text); with `tool_choice` auto and tools, the answer is read whole by the
+        tool-call parser (`DIM_VLLM_TOOL_PARSER`), which tells calls from text."""
         if self._engine is None:
             raise EngineError("the vLLM engine is not started")
         require_model(request, self._models)
+        forced = asks.forced_choice(request.prompt, request.params)
+        auto = (
+            forced is None
+            and bool(request.prompt.tools)
+            and (request.params.tool_choice is None or request.params.tool_choice.mode == "auto")
+        )
+        if auto and not self.settings.vllm_tool_parser:
+            raise EngineError(
+                "tool_choice: auto tool calls on vLLM need a tool-call parser "
+                "(DIM_VLLM_TOOL_PARSER, e.g. hermes); send tool_choice required or a named tool",
+                retriable=False,
+                kind="invalid_request",
+            )
+        held = forced is not None or auto
         ids, prompt_tokens, owed = self._inputs(request)
-        params = self._sampling(**sampling_kwargs(request.params), output_kind=self._delta)
+        params = self._params(request)
+        top = request.params.top_logprobs
         produced = 0
+        whole: list[str] = []
         try:
             async for out in self._engine.generate(
                 {"prompt_token_ids": ids}, params, request.request_id
@@ -272,18 +348,21 @@ class VllmEngine:
                 new_ids = tuple(completion.token_ids)
                 produced += len(new_ids)
                 text, owed = owed + completion.text, ""
+                lps = asks.logprobs_of(new_ids, completion.logprobs, top)
                 if out.finished:
                     aborted = request.request_id in self._aborted
-                    yield Chunk(
-                        text,
-                        len(new_ids),
-                        finish_reason=finish_reason(completion.finish_reason, aborted),
-                        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=produced),
-                        token_ids=new_ids,
-                    )
+                    finish = finish_reason(completion.finish_reason, aborted)
+                    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=produced)
+                    if held:
+                        whole.append(text)
+                        yield self._calls(request, "".join(whole), finish, usage, forced)
+                    else:
+                        yield Chunk(text, len(new_ids), finish, usage, new_ids, lps)
                     return
-                if text or new_ids:
-                    yield Chunk(text, len(new_ids), token_ids=new_ids)
+                if held:
+                    whole.append(text)
+                elif text or new_ids:
+                    yield Chunk(text, len(new_ids), token_ids=new_ids, logprobs=lps)
         except EngineError:
             raise
         except Exception as exc:
@@ -298,3 +377,51 @@ class VllmEngine:
             raise EngineError(f"vLLM failed the request: {exc!r}") from exc
         finally:
             self._aborted.discard(request.request_id)
+
+    def _calls(
+        self,
+        request: GenerationRequest,
+        text: str,
+        finish: FinishReason,
+        usage: Usage,
+        forced: ToolChoice | None,
+    ) -> Chunk:
+        """The last chunk of an answer read whole: its calls, or its text if it made none."""
+        if forced is not None:
+            calls = asks.forced_calls(forced, text)
+        else:
+            calls, text = self._parsed(request, text)
+        if not calls:
+            return Chunk(text, usage.completion_tokens, finish, usage)
+        content = "" if forced is not None else text
+        return Chunk(
+            content,
+            usage.completion_tokens,
+            "tool_calls" if finish == "stop" else finish,
+            usage,
+            tool_calls=calls,
+        )
+
+    def _parsed(self, request: GenerationRequest, text: str) -> tuple[tuple[ToolCall, ...], str]:
+        """vLLM's tool-call parser over a whole answer: its calls and the text beside them."""
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.tool_parsers import ToolParserManager
+
+        messages, tools = asks.template_inputs(request.prompt)
+        asked = ChatCompletionRequest.model_validate(
+            {"model": request.model, "messages": messages, "tools": tools}
+        )
+        try:
+            parser = ToolParserManager.get_tool_parser(self.settings.vllm_tool_parser)(
+                self._tokenizer, asked.tools
+            )
+            info = parser.extract_tool_calls(text, asked)
+        except Exception as exc:
+            raise EngineError(f"vLLM's tool-call parser failed: {exc!r}") from exc
+        if not info.tools_called:
+            return (), text
+        calls = tuple(
+            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+            for c in info.tool_calls
+        )
+        return calls, info.content or ""

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import dataclass
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from events.inference import ChatMessage, Prompt, SamplingParams, Usage
+from events.errors import EngineError
+from events.inference import ChatMessage, Prompt, ResponseFormat, SamplingParams, Usage
+from events.tools import Function, Tool, ToolCall, ToolChoice
+from services.engines import vllm_requests as asks
 from services.engines.openai_upstream import classify, delta_of, request_body
 from services.engines.protocol import GenerationRequest, estimate_tokens
 from services.engines.sse_parse import SSEParser
@@ -223,3 +228,83 @@ def test_sse_parser_reads_any_stream_split_anywhere_as_a_whole_read_would(
     for a, b in itertools.pairwise(points):
         events += parser.feed(stream[a:b])
     assert events == _sse_reference(stream)
+    with pytest.raises(EngineError, match="vocabulary") as refused:
+        finish_reason("error", False)  # vLLM ends a request it cannot constrain so
+    assert refused.value.kind == "invalid_request" and not refused.value.retriable
+
+
+def test_vllm_sampling_carries_penalties_bias_and_logprobs() -> None:
+    kwargs = sampling_kwargs(
+        SamplingParams(
+            presence_penalty=0.5,
+            frequency_penalty=-1,
+            logit_bias={7: 100},
+            logprobs=True,
+            top_logprobs=0,
+        )
+    )
+    assert kwargs["presence_penalty"] == 0.5 and kwargs["frequency_penalty"] == -1
+    assert kwargs["logit_bias"] == {7: 100.0} and kwargs["logprobs"] == 0
+
+
+def test_a_forced_call_is_constrained_as_vllms_server_does_and_parsed_back() -> None:
+    params = {"type": "object", "properties": {"x": {"$ref": "#/$defs/X"}}, "$defs": {"X": {}}}
+    tools = (
+        Tool(function=Function(name="f", parameters=params)),
+        Tool(function=Function(name="g")),
+    )
+    prompt = Prompt(messages=(ChatMessage(role="user", content="go"),), tools=tools)
+    required = SamplingParams(tool_choice=ToolChoice(mode="required", parallel=False))
+    schema = asks.structured_kwargs(prompt, required)
+    assert schema is not None
+    array = schema["json"]
+    assert array["type"] == "array" and array["minItems"] == 1 and array["maxItems"] == 1
+    assert array["$defs"] == {"X": {}}
+    names = [b["properties"]["name"]["enum"] for b in array["items"]["anyOf"]]
+    assert names == [["f"], ["g"]]
+    calls = asks.forced_calls(
+        ToolChoice(mode="required"), '[{"name": "f", "parameters": {"x": 1}}, {"name": "g"}]'
+    )
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("f", {"x": 1}), ("g", {})]
+    assert asks.forced_calls(ToolChoice(mode="required"), '[{"name": "f", "para') == ()
+    named = SamplingParams(tool_choice=ToolChoice(mode="function", name="g"))
+    assert asks.structured_kwargs(prompt, named) == {
+        "json": {"type": "object", "properties": {}, "additionalProperties": False}
+    }
+    (call,) = asks.forced_calls(ToolChoice(mode="function", name="g"), "{}")
+    assert call.name == "g" and call.arguments == "{}" and call.id.startswith("call_")
+    fmt = SamplingParams(response_format=ResponseFormat(type="json_object"))
+    assert asks.structured_kwargs(prompt, fmt) == {"json_object": True}
+    assert asks.structured_kwargs(prompt, SamplingParams()) is None
+
+
+def test_vllm_logprobs_and_template_inputs() -> None:
+    @dataclass
+    class Lp:
+        logprob: float
+        rank: int
+        decoded_token: str
+
+    positions = [
+        {5: Lp(-0.1, 1, "a"), 6: Lp(-2.0, 2, "b")},
+        {6: Lp(-3.0, 30, "b"), 5: Lp(-0.2, 1, "a")},
+    ]
+    lps = asks.logprobs_of((5, 6), positions, 1)
+    assert lps is not None
+    assert [(t.token, t.logprob, [x.token for x in t.top_logprobs]) for t in lps] == [
+        ("a", -0.1, ["a"]),
+        ("b", -3.0, ["a"]),  # the sampled token, outside the top
+    ]
+    assert asks.logprobs_of((5,), None, 2) is None
+    call = ToolCall(id="c", name="f", arguments='{"x": 1}')
+    prompt = Prompt(
+        messages=(
+            ChatMessage(role="assistant", content="", tool_calls=(call,)),
+            ChatMessage(role="tool", content="2", tool_call_id="c"),
+        ),
+        tools=(Tool(function=Function(name="f")),),
+    )
+    messages, tools = asks.template_inputs(prompt)
+    assert messages[0]["tool_calls"][0]["function"]["arguments"] == {"x": 1}  # a mapping
+    assert messages[1] == {"role": "tool", "content": "2", "tool_call_id": "c"}
+    assert tools == [{"type": "function", "function": {"name": "f", "strict": False}}]

@@ -21,8 +21,12 @@ from services.nats_server import free_port
 from services.settings import Settings
 
 MODEL = "tiny"  # the name clients use, for dim's workers and for `vllm serve` alike
-# Eager mode: a tiny model gains nothing from compiling.
-ENGINE_ARGS: dict[str, Any] = {"enforce_eager": True}
+# Eager mode: a tiny model gains nothing from compiling. JSON without free whitespace: a
+# random-weight model left to choose wanders in whitespace and never closes an object.
+ENGINE_ARGS: dict[str, Any] = {
+    "enforce_eager": True,
+    "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+}
 MAX_MODEL_LEN = 16384  # the tiny model's own limit
 # tokens of an answer long enough to hang up on: seconds of generation even on a fast CPU, with
 # the worker starved of CPU by vLLM for a second or two before the abort reaches it

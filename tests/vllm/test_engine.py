@@ -4,15 +4,18 @@ abort, resume and health, against vLLM's own counts."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import jsonschema_rs
 import psutil
 import pytest
 import pytest_asyncio
 
 from events.errors import EngineError
 from events.inference import ChatMessage, Prompt, SamplingParams
+from events.tools import Function, Tool
 from services.engines.protocol import Chunk, GenerationRequest
 from services.engines.vllm_engine import VllmEngine
 from services.settings import Settings
@@ -154,6 +157,115 @@ async def test_ids_that_do_not_match_the_text_fall_back_to_the_text(engine: Vllm
     assert rest[-1].finish_reason == "length" and rest[-1].usage is not None
     assert rest[-1].usage.completion_tokens == 10
     assert not text_of(rest).startswith(engine._decode(ids[5:10]))  # not from the ids
+
+
+BOUNDED = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 10},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "color": {"enum": ["red", "green", "blue"]},
+    },
+    "required": ["name", "age", "color"],
+    "additionalProperties": False,
+}
+ADD = Tool(
+    function=Function(
+        name="add",
+        parameters={
+            "type": "object",
+            "properties": {
+                "a": {"type": "integer", "minimum": 0, "maximum": 999},
+                "b": {"type": "integer", "minimum": 0, "maximum": 999},
+            },
+            "required": ["a", "b"],
+            "additionalProperties": False,
+        },
+    )
+)
+ASK = Prompt(messages=(ChatMessage(role="user", content="Add two numbers."),), tools=(ADD,))
+
+
+def valid(schema: dict[str, object], text: str) -> bool:
+    return bool(jsonschema_rs.validator_for(schema).is_valid(json.loads(text)))
+
+
+async def test_a_json_schema_constrains_even_a_random_model(engine: VllmEngine) -> None:
+    for seed in range(3):
+        chunks = await run(
+            engine,
+            max_tokens=128,
+            temperature=1.0,
+            seed=seed,
+            response_format={"type": "json_schema", "json_schema": BOUNDED},
+        )
+        assert chunks[-1].finish_reason == "stop", text_of(chunks)
+        assert valid(BOUNDED, text_of(chunks)), text_of(chunks)
+    obj = await run(engine, max_tokens=64, response_format={"type": "json_object"})
+    assert isinstance(json.loads(text_of(obj)), dict)
+
+
+async def test_forced_tool_calls_are_constrained_and_parsed(engine: VllmEngine) -> None:
+    for choice in ({"mode": "required"}, {"mode": "function", "name": "add"}):
+        chunks = await run(engine, ASK, max_tokens=96, temperature=1.0, seed=4, tool_choice=choice)
+        last = chunks[-1]
+        assert last.finish_reason == "tool_calls" and text_of(chunks) == ""
+        (call,) = last.tool_calls
+        assert call.name == "add" and valid(ADD.function.parameters or {}, call.arguments)
+        assert last.usage is not None and last.usage.completion_tokens > 0
+    with pytest.raises(EngineError, match="tool-call parser") as auto:
+        await run(engine, ASK, max_tokens=8)
+    assert auto.value.kind == "invalid_request" and not auto.value.retriable
+
+
+async def test_logprobs_penalties_and_logit_bias_reach_vllm(engine: VllmEngine) -> None:
+    chunks = await run(engine, max_tokens=12, logprobs=True, top_logprobs=3)
+    lps = [lp for c in chunks for lp in c.logprobs or ()]
+    assert len(lps) == len(ids_of(chunks)) == 12
+    assert "".join(lp.token for lp in lps) == text_of(chunks)
+    for lp in lps:
+        assert lp.logprob <= 0 and 1 <= len(lp.top_logprobs) <= 3
+        tops = [t.logprob for t in lp.top_logprobs]
+        assert tops == sorted(tops, reverse=True) and lp.logprob <= tops[0] + 1e-6
+    plain = ids_of(await run(engine, max_tokens=24))
+    favoured = plain[3]
+    forced = ids_of(await run(engine, max_tokens=24, logit_bias={favoured: 100}))
+    assert set(forced) == {favoured}
+    banned = ids_of(await run(engine, max_tokens=24, logit_bias={favoured: -100}))
+    assert favoured not in banned
+    penalised = ids_of(await run(engine, max_tokens=24, frequency_penalty=2.0))
+    assert penalised != plain and len(set(penalised)) >= len(set(plain))
+
+
+async def test_a_pooling_model_embeds(tiny_model: Path) -> None:
+    s = vllm_settings(
+        Settings(),
+        tiny_model,
+        vllm_engine_args={"enforce_eager": True, "runner": "pooling", "convert": "embed"},
+    )
+    pooled = VllmEngine(s, str(tiny_model), (MODEL,))
+    await pooled.start()
+    try:
+        assert pooled.capabilities()[MODEL] == ("embeddings",)
+        texts = ("The quick brown fox", "Hello, world!", "The quick brown fox")
+        request = GenerationRequest(
+            "e1", MODEL, Prompt(texts=texts), SamplingParams(max_tokens=1, embed=True)
+        )
+        got = await pooled.embed(request)
+        assert len(got.vectors) == 3 and got.prompt_tokens > 3
+        assert all(abs(sum(x * x for x in v) - 1) < 1e-3 for v in got.vectors)
+        assert got.vectors[0] == got.vectors[2] != got.vectors[1]
+        with pytest.raises(EngineError, match="dimensions"):
+            await pooled.embed(
+                GenerationRequest(
+                    "e2",
+                    MODEL,
+                    Prompt(texts=("x",)),
+                    SamplingParams(max_tokens=1, embed=True, dimensions=8),
+                )
+            )
+    finally:
+        await pooled.close()
 
 
 async def test_health_fails_when_vllm_dies(engine: VllmEngine) -> None:

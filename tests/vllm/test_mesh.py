@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import openai
 import psutil
 import pytest
 import pytest_asyncio
+from pydantic import BaseModel, Field
 
 from events.bus import Bus
 from events.jobs import TaskCompleted, TaskStarted
@@ -156,6 +159,75 @@ async def test_chat_and_text_completions_stream_and_answer_whole(stack: Stack) -
         assert "".join(c.choices[0].text for c in streamed if c.choices) == done.choices[0].text
         assert done.usage is not None and done.usage.completion_tokens == 24
         assert done.choices[0].finish_reason == "length"
+    finally:
+        await client.close()
+
+
+class Person(BaseModel):
+    name: str = Field(max_length=10)
+    age: int = Field(ge=0, le=150)
+    color: Literal["red", "green", "blue"]
+
+
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "a": {"type": "integer", "minimum": 0, "maximum": 999},
+                "b": {"type": "integer", "minimum": 0, "maximum": 999},
+            },
+            "required": ["a", "b"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+async def test_structured_outputs_tools_and_logprobs_through_the_sdk(stack: Stack) -> None:
+    """vLLM's constrained decoding enforces the schema and the forced call even for a
+    random-weight model; logprobs come from vLLM; a field a vLLM node cannot honour (images)
+    is refused by name, and auto tool calls without a parser are a 400 too."""
+    client = stack.client()
+    try:
+        parsed = await client.chat.completions.parse(
+            model=MODEL, messages=CHAT, response_format=Person, max_tokens=128, seed=1
+        )
+        assert isinstance(parsed.choices[0].message.parsed, Person)
+        called = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Add two numbers."}],
+            tools=[ADD],  # type: ignore[list-item]
+            tool_choice="required",
+            max_tokens=96,
+            seed=2,
+        )
+        (call,) = called.choices[0].message.tool_calls or []
+        assert called.choices[0].finish_reason == "tool_calls" and call.function.name == "add"
+        args = json.loads(call.function.arguments)
+        assert set(args) == {"a", "b"} and all(0 <= v <= 999 for v in args.values())
+        scored = await client.chat.completions.create(
+            model=MODEL, messages=CHAT, max_tokens=8, logprobs=True, top_logprobs=2
+        )
+        content = scored.choices[0].logprobs and scored.choices[0].logprobs.content
+        assert content and len(content) == 8 and all(t.logprob <= 0 for t in content)
+        image = [{"type": "image_url", "image_url": {"url": "https://example.org/a.png"}}]
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": image}],  # type: ignore[list-item]
+            )
+        assert refused.value.param == "messages.0.content"
+        with pytest.raises(openai.BadRequestError) as auto:
+            await client.chat.completions.create(
+                model=MODEL,
+                messages=CHAT,
+                tools=[ADD],
+                max_tokens=8,  # type: ignore[list-item]
+            )
+        assert "tool_choice" in auto.value.message
     finally:
         await client.close()
 

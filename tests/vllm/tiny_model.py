@@ -1,8 +1,10 @@
 """A tiny Llama made on the spot, for running the real vLLM without a download or a GPU.
 
 Random weights (`transformers`, a fixed seed, so every build is the same model), a byte-level BPE
-tokenizer trained with `tokenizers` on a few lines of ASCII text (so whatever the model says is
-plain text), a chat template, and bos/eos set. Hidden size 256 over 4 heads: vLLM's CPU
+tokenizer trained with `tokenizers` on a few lines of ASCII text, starting from every printable
+ASCII character (so whatever the model says is plain text, and JSON — braces, quotes, digits —
+can be written: structured outputs and tool calls are constrained for real), a chat template,
+and bos/eos set. Hidden size 256 over 4 heads: vLLM's CPU
 attention refuses a head size of 16, and 64 works. The output rows of the special tokens are
 zeroed, so the model never ends an answer by itself: answers run to `max_tokens` or to a stop
 string, which is what tests of lengths, aborts and failover need.
@@ -39,7 +41,12 @@ def build(out: Path, *, seed: int = 0) -> Path:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>", "<pad>"])
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        # byte-level form: space is "Ġ", newline "Ċ"
+        initial_alphabet=[chr(c) for c in range(33, 127)] + ["Ġ", "Ċ"],
+    )
     bpe.train_from_iterator(list(CORPUS) * 10, trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
