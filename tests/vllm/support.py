@@ -88,6 +88,8 @@ def vllm_server(model: Path, *, cpus: str | None = None) -> Iterator[str]:
         "--enforce-eager",
         "--gpu-memory-utilization",
         "0.2",
+        "--structured-outputs-config",
+        json.dumps(ENGINE_ARGS["structured_outputs_config"]),
     ]
     if cpus is not None:
         command = ["taskset", "-c", cpus, *command]

@@ -4,6 +4,7 @@ SDK asking both. dim must answer exactly as vLLM does."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,3 +154,46 @@ async def test_a_client_hanging_up_aborts_the_request_in_vllm(pair: Pair) -> Non
     await wait_until(dropped, timeout_s=60, what="vLLM to drop the request")
     # vLLM saw its client go and stopped: the answer was not generated to its end
     assert await vllm_says("vllm:generation_tokens_total") - before < LONG
+
+
+async def test_structured_outputs_and_logprobs_pass_through_to_vllm(pair: Pair) -> None:
+    """Fields dim does not run itself reach vLLM as the client sent them, and vLLM's answer
+    comes back whole: a schema-constrained answer, logprobs, logit_bias, penalties."""
+    schema = {
+        "type": "object",
+        "properties": {"tag": {"type": "string", "maxLength": 8}, "n": {"type": "integer"}},
+        "required": ["tag", "n"],
+        "additionalProperties": False,
+    }
+    args = {
+        "model": MODEL,
+        "messages": CHAT,
+        "max_tokens": 96,
+        "temperature": 0,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}},
+    }
+    scored = {"model": MODEL, "messages": CHAT, "max_tokens": 8, "temperature": 0}
+    scored |= {"logprobs": True, "top_logprobs": 2, "frequency_penalty": 1.0}
+    scored |= {"logit_bias": {"50": 5.0}}
+    bare, dim = pair.clients()
+    try:
+        expected = await bare.chat.completions.create(**args)  # type: ignore[call-overload]
+        got = await dim.chat.completions.create(**args)  # type: ignore[call-overload]
+        streamed = [c async for c in await dim.chat.completions.create(**args, stream=True)]  # type: ignore[call-overload]
+        want_lps = await bare.chat.completions.create(**scored)  # type: ignore[call-overload]
+        got_lps = await dim.chat.completions.create(**scored)  # type: ignore[call-overload]
+    finally:
+        await bare.close()
+        await dim.close()
+    text = expected.choices[0].message.content or ""
+    assert set(json.loads(text)) == {"tag", "n"}  # vLLM kept to the schema
+    assert got.choices[0].message.content == text
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text
+    want = want_lps.choices[0].logprobs and want_lps.choices[0].logprobs.content
+    have = got_lps.choices[0].logprobs and got_lps.choices[0].logprobs.content
+    assert (
+        want and have and got_lps.choices[0].message.content == want_lps.choices[0].message.content
+    )
+    assert [(t.token, t.logprob, [x.token for x in t.top_logprobs]) for t in have] == [
+        (t.token, t.logprob, [x.token for x in t.top_logprobs]) for t in want
+    ]
