@@ -19,6 +19,7 @@ def _out(record: KeyRecord) -> KeyOut:
         roles=list(record.roles),
         name=record.name,
         created_at=record.created_at,
+        daily_tokens=record.daily_tokens or None,
     )
 
 
@@ -58,6 +59,7 @@ class KeysController(Controller):
             roles=(data.role,),
             name=data.name,
             actor=principal.principal_id,
+            daily_tokens=data.daily_tokens or 0,
         )
         return KeyIssued(key=key, **_out(record).model_dump())
 

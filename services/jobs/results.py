@@ -114,6 +114,10 @@ def finish(state: JobState) -> JobCompleted | JobFailed:
         parts=parts,
         errors=errors,
         consensus=agreed,
+        model=state.model,
+        owner=state.owner,
+        key_id=state.key_id,
+        end_user=state.end_user,
     )
 
 
@@ -136,6 +140,10 @@ def _finish_single(state: JobState) -> JobCompleted:
         usage=usage,
         tenant=state.tenant,
         choices=choices if len(choices) > 1 else (),
+        model=state.model,
+        owner=state.owner,
+        key_id=state.key_id,
+        end_user=state.end_user,
     )
 
 
