@@ -41,8 +41,8 @@ class TenantUsage(BaseModel):
 
 
 def day_of(at: datetime) -> str:
-    """The UTC day an instant falls on."""
-    return at.strftime("%Y-%m-%d")
+    """The UTC day an instant falls on, ``YYYY-MM-DD`` (`at` is in UTC, as events' times are)."""
+    return at.date().isoformat()  # what strftime("%Y-%m-%d") says, in a tenth of the time
 
 
 def usage_key(tenant: str, day: str) -> str:
