@@ -51,6 +51,11 @@ async def test_a_spent_key_budget_is_a_429_and_another_key_still_works(
             )
 
         await wait_until(both_ready, what="the new key and the worker at the gateway")
+        async with httpx.AsyncClient(base_url=base) as http:  # it cannot issue itself more
+            r = await http.post(
+                "/v1/keys", headers={"Authorization": f"Bearer {issued['key']}"}, json={}
+            )
+            assert r.status_code == 403 and r.json()["error"]["code"] == "key_has_budget"
         budgeted = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=issued["key"], max_retries=0)
         other = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=plain, max_retries=0)
         try:
