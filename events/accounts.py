@@ -19,6 +19,7 @@ class KeyCreated(Event):
     tenant: str
     roles: tuple[Role, ...]
     name: str = ""
+    daily_tokens: int = 0  # added with key budgets: its tokens per UTC day (0: no budget)
 
 
 @event_type

@@ -76,6 +76,11 @@ class JobSubmitted(Event):
     plan: JobPlanned | None = None
     # the end user the caller named (OpenAI's `user`), kept for audit and usage
     end_user: str | None = None
+    # added with per-key usage (issue "Usage you can read"); absent in older events:
+    key_id: str | None = None  # the API key the job came with (None: a session, the CLI)
+    # the gateway holds a token reservation for it (a tenant quota or the key's budget),
+    # which the projector removes when it folds the job's end
+    reserved: bool = False
 
 
 @event_type
@@ -245,6 +250,12 @@ class JobCompleted(Event):
     tool_calls: tuple[ToolCall, ...] = Field(default=(), exclude_if=unset)
     logprobs: tuple[TokenLogprob, ...] | None = Field(default=None, exclude_if=unset)
     embeddings: tuple[str, ...] = Field(default=(), exclude_if=unset)  # as on task.completed
+    # added with per-key usage (issue "Usage you can read"), copied from job.submitted so the
+    # usage projection folds job.completed alone; None in older events
+    model: str | None = None
+    owner: str | None = None
+    key_id: str | None = None
+    end_user: str | None = None
 
 
 @event_type

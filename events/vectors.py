@@ -17,4 +17,3 @@ def decode(text: str) -> list[float]:
     """The vector `encode` made."""
     raw = base64.b64decode(text)
     return list(struct.unpack(f"<{len(raw) // 4}f", raw))
-

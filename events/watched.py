@@ -19,10 +19,11 @@ M = TypeVar("M", bound=BaseModel)
 class WatchedBucket(Generic[M]):
     """Every entry of one bucket, parsed as `model`, kept current; deletions drop the entry."""
 
-    def __init__(self, bus: Bus, bucket: str, model: type[M]) -> None:
+    def __init__(self, bus: Bus, bucket: str, model: type[M], keys: str = ">") -> None:
         self.bus = bus
         self.bucket = bucket
         self.model = model
+        self.keys = keys  # the keys mirrored (subject wildcards): all of them by default
         self.items: dict[str, M] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -56,7 +57,7 @@ class WatchedBucket(Generic[M]):
             try:
                 # Inside the try: a watch that cannot be set up (NATS slow to answer, away) is
                 # tried again, not the end of the mirror.
-                watcher = await kv.watchall()
+                watcher = await kv.watch(self.keys)
                 async for entry in watcher:
                     if entry is None:  # the end of the initial values
                         self._ready.set()

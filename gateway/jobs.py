@@ -38,7 +38,8 @@ async def submit_job(
     *,
     idempotency_key: str | None = None,
 ) -> tuple[str, bool]:
-    """Check quota and models, then submit `job` (its owner and tenant are the caller's).
+    """Check quota, key budget and models, then submit `job` (its owner, tenant and key are
+    the caller's).
 
     Returns the job id and whether the job is new (False: an earlier request with the same
     Idempotency-Key made it, and that job's id is returned).
@@ -46,7 +47,14 @@ async def submit_job(
     need = reserved_tokens(job)
     gw.quotas.check(principal, need)
     require_tenant_room(gw, principal.tenant)
-    job = job.model_copy(update={"owner": principal.principal_id, "tenant": principal.tenant})
+    job = job.model_copy(
+        update={
+            "owner": principal.principal_id,
+            "tenant": principal.tenant,
+            "key_id": principal.key_id,
+            "reserved": gw.quotas.reserves(principal),
+        }
+    )
     try:
         validate(job)
     except ValueError as exc:
@@ -79,7 +87,7 @@ async def submit_job(
         envelope, seq = await append_submitted(gw.bus, job)
     except WrongLastSequence:
         return job_id, False  # a concurrent retry with the same key submitted it first
-    await gw.quotas.reserve(job_id, principal.tenant, need)
+    await gw.quotas.reserve(job_id, principal, need)
     if job.plan is not None:
         await send_planned_work(gw, envelope, seq)
     return job_id, True

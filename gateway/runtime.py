@@ -16,7 +16,7 @@ from gateway.limits import Quotas, RateLimiter
 from gateway.preplan import Preplanner
 from gateway.tokens import Signer
 from projections.reservations import Reservations
-from projections.usage import TenantUsage
+from projections.usage import USAGE_TOTALS, TenantUsage
 from services.accounts.sessions import SessionRecord
 from services.metrics import GatewayMetrics
 from services.process import connect, ensure_topology
@@ -63,13 +63,14 @@ class Gateway:
         await trust.start()
         await nodes.start()
         await keys.start()
-        usage = WatchedBucket(bus, bus.names.bucket("usage"), TenantUsage)
+        # each tenant's day (``<tenant>.<day>``), not its detail (`projections.usage_detail`)
+        usage = WatchedBucket(bus, bus.names.bucket("usage"), TenantUsage, keys=USAGE_TOTALS)
         await sessions.start()
         await usage.start()
         limiter = RateLimiter(bus, settings.rate_limit_rpm, settings.tenant_rate_limit_rpm)
         reservations = Reservations(bus)
         await reservations.start()
-        quotas = Quotas(usage, settings.tenant_daily_tokens, reservations)
+        quotas = Quotas(usage, settings.tenant_daily_tokens, reservations, keys)
         queues = WatchedBucket(bus, bus.names.bucket("queues"), TenantQueue)
         await queues.start()
         preplanner = Preplanner(

@@ -99,6 +99,8 @@ class JobState(_State):
     owner: str
     tenant: str
     end_user: str | None = None  # the end user the caller named (OpenAI's `user`)
+    key_id: str | None = None  # the API key it came with
+    reserved: bool = False  # it holds a token reservation until it ends
     node_id: str | None = None
     max_attempts: int
     prompt: Prompt | None
@@ -240,6 +242,8 @@ def evolve(
             owner=event.owner,
             tenant=event.tenant,
             end_user=event.end_user,
+            key_id=event.key_id,
+            reserved=event.reserved,
             node_id=event.node_id,
             max_attempts=event.max_attempts,
             prompt=event.prompt,

@@ -22,7 +22,7 @@ from events.bus import Bus
 from events.envelope import Envelope
 from events.history import read_events
 from events.jobs import TERMINAL_TYPES, JobCompleted, JobSubmitted
-from projections.usage import TenantUsage, day_of
+from projections.usage import USAGE_TOTALS, TenantUsage, day_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +110,7 @@ async def collect(bus: Bus) -> tuple[dict[str, list[Envelope]], list[TenantUsage
             histories[job_id].append(envelope)
     kv = await bus.bucket("usage")
     records: list[TenantUsage] = []
-    for key in await kv.keys():
+    for key in await kv.keys(USAGE_TOTALS):  # each tenant's day (not its detail)
         entry = await kv.get(key)
         if entry:
             records.append(TenantUsage.model_validate_json(entry.value))

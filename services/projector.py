@@ -28,6 +28,7 @@ from projections.job_status import apply, decode_view, encode_view, fold, stored
 from projections.job_views import index_job
 from projections.reservations import Reservations
 from projections.usage import TenantUsage, add, day_of, usage_key
+from projections.usage_detail import UsageDetail, add_detail, detail_key
 from services.metrics import ProjectorMetrics
 from services.registry.trust import Trust
 from services.settings import Settings
@@ -138,8 +139,8 @@ class JobStatusProjector:
     ) -> None:
         """`new` (`before` it, what was stored) is stored as `stored` at `revision`: counted,
         cached, and if the job ended with it, its quota reservation removed. The mirror may not
-        show a reservation made a moment ago yet: with quotas on, it is removed regardless (a
-        no-op if none)."""
+        show a reservation made a moment ago yet: with quotas on, or a job that says it holds
+        one (`reserved`, a key's budget), it is removed regardless (a no-op if none)."""
         self.metrics.written(job_id, stored.trimmed)
         self.cache[job_id] = (stored, revision)
         self.cache.move_to_end(job_id)
@@ -147,7 +148,7 @@ class JobStatusProjector:
             self.cache.popitem(last=False)
         ended = new.terminal and (before is None or not before.terminal)
         quotas_on = self.settings.tenant_daily_tokens > 0
-        if ended and (quotas_on or self.reservations.held(new.tenant, job_id)):
+        if ended and (quotas_on or new.reserved or self.reservations.held(new.tenant, job_id)):
             await self._release(new)
 
     def seen(self, job_id: str, seq: int) -> bool:
@@ -267,7 +268,8 @@ async def rebuild(
 
 
 class UsageProjector:
-    """Folds job.completed into the usage bucket (tokens per tenant per day), for quotas."""
+    """Folds job.completed into the usage bucket: tokens per tenant per day (and per key, for
+    quotas and key budgets), and each day in detail (per owner, key, model and end user)."""
 
     def __init__(self, bus: Bus, settings: Settings) -> None:
         self.bus = bus
@@ -294,13 +296,17 @@ class UsageProjector:
 
         async def handle(group: list[Delivery]) -> None:
             # One lane for all: usage of a tenant comes from many jobs, applied in stream order.
-            by_key: dict[str, list[Delivery]] = {}
+            # Each tenant's day: its total and its detail, two writes per batch (at once).
+            by_day: dict[tuple[str, str], list[Delivery]] = {}
             for d in group:
                 event = d.envelope.data
                 if isinstance(event, JobCompleted) and event.tenant is not None:
-                    by_key.setdefault(usage_key(event.tenant, day_of(d.envelope.at)), []).append(d)
-            for key, deliveries in by_key.items():
-                await kv.change(key, partial(_counted, deliveries))
+                    by_day.setdefault((event.tenant, day_of(d.envelope.at)), []).append(d)
+            for (tenant, day), deliveries in by_day.items():
+                await asyncio.gather(
+                    kv.change(usage_key(tenant, day), partial(_counted, deliveries)),
+                    kv.change(detail_key(tenant, day), partial(_detailed, deliveries)),
+                )
 
         await run_ordered(
             self.bus,
@@ -319,3 +325,10 @@ def _counted(deliveries: list[Delivery], entry: Entry | None) -> bytes | None:
     for d in deliveries:
         record = add(record, d.envelope, d.stream_seq)
     return record.model_dump_json().encode() if record else None
+
+
+def _detailed(deliveries: list[Delivery], entry: Entry | None) -> bytes | None:
+    """The day in detail `entry` holds with `deliveries` counted in (each once, by sequence)."""
+    record = UsageDetail.model_validate_json(entry.value) if entry else None
+    new = add_detail(record, ((d.stream_seq, d.envelope) for d in deliveries))
+    return new.model_dump_json().encode() if new is not None and new is not record else None

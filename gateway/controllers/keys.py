@@ -19,6 +19,7 @@ def _out(record: KeyRecord) -> KeyOut:
         roles=list(record.roles),
         name=record.name,
         created_at=record.created_at,
+        daily_tokens=record.daily_tokens or None,
     )
 
 
@@ -36,7 +37,15 @@ class KeysController(Controller):
     async def create(
         self, data: JSONBody[KeyRequest], gateway: GatewayDep, principal: PrincipalDep
     ) -> KeyIssued:
-        """A key for yourself; admins may issue keys for others in their tenant, and admin keys."""
+        """A key for yourself; admins may issue keys for others in their tenant, and admin keys.
+        A key with a daily token budget issues none: the new key would escape the budget."""
+        if gateway.quotas.budget_of(principal) > 0:
+            raise ApiError(
+                403,
+                "this API key has a daily token budget, and a key it issued would not be bound "
+                "by it: issue keys with a key without a budget, or from a login session",
+                code="key_has_budget",
+            )
         owner = data.principal_id or principal.principal_id
         if (owner != principal.principal_id or data.role == "admin") and not principal.admin:
             raise ApiError(
@@ -58,6 +67,7 @@ class KeysController(Controller):
             roles=(data.role,),
             name=data.name,
             actor=principal.principal_id,
+            daily_tokens=data.daily_tokens or 0,
         )
         return KeyIssued(key=key, **_out(record).model_dump())
 

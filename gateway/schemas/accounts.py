@@ -18,6 +18,13 @@ class KeyRequest(BaseModel):
     name: str = Field(default="", max_length=100)
     role: Role = "member"
     principal_id: str | None = Field(default=None, description="admins may issue keys for others")
+    daily_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=10**15,
+        description="the key's budget of tokens per UTC day, reserved at admission like the "
+        "tenant's quota (null: no budget of its own)",
+    )
 
 
 class KeyOut(BaseModel):
@@ -29,6 +36,9 @@ class KeyOut(BaseModel):
     roles: list[str]
     name: str
     created_at: datetime
+    daily_tokens: int | None = Field(
+        default=None, description="its budget of tokens per UTC day (null: none)"
+    )
 
 
 class KeyIssued(KeyOut):

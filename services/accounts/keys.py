@@ -34,6 +34,7 @@ class KeyRecord(BaseModel):
     name: str = ""
     secret_sha256: str
     created_at: datetime
+    daily_tokens: int = 0  # added with key budgets: tokens it may use per UTC day (0: no budget)
 
     def opened_by(self, secret: str) -> bool:
         """Whether `secret` is this key's secret."""
@@ -47,9 +48,19 @@ def parse_key(token: str) -> tuple[str, str] | None:
 
 
 async def create_key(
-    bus: Bus, *, principal_id: str, tenant: str, roles: tuple[Role, ...], name: str = "", actor: str
+    bus: Bus,
+    *,
+    principal_id: str,
+    tenant: str,
+    roles: tuple[Role, ...],
+    name: str = "",
+    actor: str,
+    daily_tokens: int = 0,
 ) -> tuple[KeyRecord, str]:
-    """Issue a key: record ``key.created`` and store its hash; returns the record and the key."""
+    """Issue a key: record ``key.created`` and store its hash; returns the record and the key.
+    `daily_tokens`: the key's budget of tokens per UTC day (0: none, the tenant's quota only)."""
+    if daily_tokens < 0:
+        raise ValueError(f"a key's daily tokens are 0 (no budget) or more, not {daily_tokens}")
     key_id, secret = new_id(), secrets.token_hex(32)
     record = KeyRecord(
         key_id=key_id,
@@ -59,9 +70,15 @@ async def create_key(
         name=name,
         secret_sha256=sha256_hex(secret),
         created_at=datetime.now(UTC),
+        daily_tokens=daily_tokens,
     )
     event = KeyCreated(
-        key_id=key_id, principal_id=principal_id, tenant=tenant, roles=roles, name=name
+        key_id=key_id,
+        principal_id=principal_id,
+        tenant=tenant,
+        roles=roles,
+        name=name,
+        daily_tokens=daily_tokens,
     )
     await record_event(bus, principal_id, event, actor)
     await (await bus.bucket("keys")).put(key_id, record.model_dump_json().encode())

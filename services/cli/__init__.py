@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from services.cli import accounts, audit, jobs, nats_config, nodes, provision, serve
+from services.cli import accounts, audit, jobs, nats_config, nodes, provision, serve, usage
 from services.cli.common import common_flags
 
 
@@ -16,7 +16,7 @@ def parser() -> argparse.ArgumentParser:
     common = common_flags()
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In this order in `dim --help`.
-    for group in (serve, accounts, provision, jobs, nodes, audit, nats_config):
+    for group in (serve, accounts, provision, jobs, usage, nodes, audit, nats_config):
         group.add_commands(sub, common)
     return p
 

@@ -28,11 +28,13 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             roles=(args.role,),
             name=args.name or "",
             actor="cli",
+            daily_tokens=args.daily_tokens,
         )
+        budget = f", {args.daily_tokens:,} tokens a day" if args.daily_tokens else ""
         print(key)
         print(
-            f"key {record.key_id} for {record.principal_id} (tenant {record.tenant}, {args.role}); "
-            "it is shown only now: keep it somewhere safe",
+            f"key {record.key_id} for {record.principal_id} (tenant {record.tenant}, {args.role}"
+            f"{budget}); it is shown only now: keep it somewhere safe",
             file=sys.stderr,
         )
         return 0
@@ -52,11 +54,13 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
                 k.tenant,
                 ",".join(k.roles),
                 k.name,
+                f"{k.daily_tokens:,}" if k.daily_tokens else "-",
                 k.created_at.isoformat(timespec="seconds"),
             ]
             for k in await live_keys(bus)
         ]
-        print(table(["KEY ID", "PRINCIPAL", "TENANT", "ROLES", "NAME", "CREATED"], rows))
+        headers = ["KEY ID", "PRINCIPAL", "TENANT", "ROLES", "NAME", "DAILY TOKENS", "CREATED"]
+        print(table(headers, rows))
         return 0
 
     return with_bus(args, go)
@@ -107,6 +111,16 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
     return with_bus(args, go)
 
 
+def _tokens(text: str) -> int:
+    try:
+        n = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a number of tokens, 0 or more (0: no budget): {text!r}")
+    return n
+
+
 def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     """`keys create|list|revoke`, `admin create`."""
     s = sub.add_parser("keys", parents=[common], help="manage API keys")
@@ -116,6 +130,13 @@ def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     k.add_argument("--tenant", default="default", help="the tenant (default default)")
     k.add_argument("--role", choices=["admin", "member"], default="member")
     k.add_argument("--name", help="a label for the key")
+    k.add_argument(
+        "--daily-tokens",
+        type=_tokens,
+        default=0,
+        metavar="N",
+        help="the key's budget of tokens per UTC day, on top of its tenant's quota (default: none)",
+    )
     k.set_defaults(fn=cmd_keys_create)
     k = ksub.add_parser("list", parents=[common], help="list live keys (never their secrets)")
     k.set_defaults(fn=cmd_keys_list)

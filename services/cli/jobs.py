@@ -139,44 +139,8 @@ def cmd_job(args: argparse.Namespace) -> int:
     return with_bus(args, go)
 
 
-def cmd_usage(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime, timedelta
-
-    from events.subjects import encode_token
-    from projections.usage import TenantUsage, day_of
-
-    async def go(bus: Bus) -> int:
-        usage = await bus.bucket("usage")
-        since = day_of(datetime.now(UTC) - timedelta(days=args.days - 1))
-        pattern = f"{encode_token(args.tenant)}.*" if args.tenant else ">"
-        records = []
-        for key in await usage.keys(pattern):
-            entry = await usage.get(key)
-            if entry is not None:
-                record = TenantUsage.model_validate_json(entry.value)
-                if record.day >= since:
-                    records.append(record)
-        records.sort(key=lambda r: (r.day, r.tenant), reverse=True)
-        if args.json:
-            print(json.dumps([r.model_dump() | {"total_tokens": r.total_tokens} for r in records]))
-            return 0
-        print(
-            f"{'day':<12}{'tenant':<24}{'requests':>10}{'prompt':>12}{'completion':>12}{'total':>12}"
-        )
-        for r in records:
-            print(
-                f"{r.day:<12}{r.tenant:<24}{r.requests:>10,}{r.prompt_tokens:>12,}"
-                f"{r.completion_tokens:>12,}{r.total_tokens:>12,}"
-            )
-        if not records:
-            print("(no usage in these days)")
-        return 0
-
-    return with_bus(args, go)
-
-
 def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
-    """`submit`, `jobs`, `job`, `usage`."""
+    """`submit`, `jobs`, `job`."""
     s = sub.add_parser(
         "submit",
         parents=[common],
@@ -204,9 +168,3 @@ def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     s.add_argument("job_id")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_job)
-
-    s = sub.add_parser("usage", parents=[common], help="tokens and requests per tenant per UTC day")
-    s.add_argument("--tenant", help="one tenant (default: every tenant)")
-    s.add_argument("--days", type=int, default=30, help="how many days back (default 30)")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(fn=cmd_usage)

@@ -114,6 +114,10 @@ def finish(state: JobState) -> JobCompleted | JobFailed:
         parts=parts,
         errors=errors,
         consensus=agreed,
+        model=state.model,
+        owner=state.owner,
+        key_id=state.key_id,
+        end_user=state.end_user,
     )
 
 
@@ -145,6 +149,10 @@ def _finish_single(state: JobState) -> JobCompleted:
         tool_calls=task.tool_calls,
         logprobs=task.logprobs,
         embeddings=task.embeddings,
+        model=state.model,
+        owner=state.owner,
+        key_id=state.key_id,
+        end_user=state.end_user,
     )
 
 

@@ -106,6 +106,8 @@ def test_single_job_happy_path() -> None:
         finish_reason="stop",
         usage=Usage(prompt_tokens=1, completion_tokens=2),
         tenant="default",
+        model="m",  # who and what it was for, for the usage projection
+        owner="anonymous",
     )
     assert log.state.status == "completed"
     assert log.state.ttft_ms == 3.0
