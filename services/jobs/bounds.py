@@ -20,6 +20,11 @@ from services.jobs.templates import RENDER_MAX_BYTES, references
 
 MAX_TEMPLATE_REFS = 64  # references in one template
 BYTES_PER_TOKEN = 16  # the most text one generated token is taken to be, for worst cases
+# One token's logprob entry at its largest (a 16-byte token: its text, its bytes as numbers, the
+# logprob), and how many bytes of them a result may carry: a task's logprobs ride on its
+# `task.completed` and the job's end, each one NATS message.
+LOGPROB_ENTRY_BYTES = 160
+MAX_LOGPROBS_BYTES = 4 * 1024 * 1024
 
 
 __all__ = [
@@ -114,6 +119,18 @@ def reserved_tokens(job: JobSubmitted) -> int:
 def check_bounds(job: JobSubmitted, *, max_prompt_bytes: int) -> None:
     """Raise `TooLarge` unless the job's worst case fits `max_prompt_bytes` (and its templates
     `MAX_TEMPLATE_REFS` references each)."""
+    params = job.params
+    if params.logprobs:
+        entries = params.max_tokens * (1 + params.top_logprobs)
+        if entries * LOGPROB_ENTRY_BYTES > MAX_LOGPROBS_BYTES:
+            most = MAX_LOGPROBS_BYTES // LOGPROB_ENTRY_BYTES // (1 + params.top_logprobs)
+            raise TooLarge(
+                f"logprobs of {params.max_tokens:,} tokens with {params.top_logprobs} "
+                f"alternatives each could take {entries * LOGPROB_ENTRY_BYTES:,} bytes, over the "
+                f"{MAX_LOGPROBS_BYTES:,} a result may carry: at most {most:,} tokens with "
+                f"top_logprobs {params.top_logprobs}",
+                "top_logprobs" if params.top_logprobs else "max_tokens",
+            )
     worst = worst_case_prompt_bytes(job)
     if worst > max_prompt_bytes:
         raise TooLarge(

@@ -86,3 +86,22 @@ def test_a_split_into_too_many_shards_is_refused_before_they_are_built(by: str) 
     with pytest.raises(ValueError, match="more than 1000 shards"):
         split(text, Split(by=by, size=1))  # type: ignore[arg-type]
     assert len(split("a\n\nb", Split(by="paragraphs", size=1))) == 2
+
+
+def test_logprobs_that_could_not_fit_a_result_are_refused_at_the_door() -> None:
+    def job(max_tokens: int, top: int) -> JobSubmitted:
+        params = SamplingParams(max_tokens=max_tokens, logprobs=True, top_logprobs=top)
+        return JobSubmitted(job_id="j", model="m", prompt=Prompt(text="x"), params=params)
+
+    check_bounds(job(1_000, 20), max_prompt_bytes=1_000)  # 1,000 x 21 entries fit
+    with pytest.raises(TooLarge, match="at most 1,248 tokens") as too_many:
+        check_bounds(job(2_000, 20), max_prompt_bytes=1_000)
+    assert too_many.value.param == "top_logprobs"
+    check_bounds(job(26_000, 0), max_prompt_bytes=1_000)
+    with pytest.raises(TooLarge) as sampled_only:
+        check_bounds(job(30_000, 0), max_prompt_bytes=1_000)
+    assert sampled_only.value.param == "max_tokens"
+    check_bounds(
+        job(30_000, 0).model_copy(update={"params": SamplingParams(max_tokens=30_000)}),
+        max_prompt_bytes=1_000,
+    )
