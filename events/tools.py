@@ -50,6 +50,15 @@ class ToolChoice(_Value):
         return self.mode in ("required", "function")
 
 
+class CallPart(_Value):
+    """Which tool call a streamed piece of arguments belongs to: its place among the answer's
+    calls, its id and the function's name."""
+
+    index: int = Field(ge=0)
+    id: str
+    name: str
+
+
 class ToolCall(_Value):
     """A call an answer makes: `arguments` is a JSON text (as the model produced it)."""
 

@@ -7,6 +7,7 @@ from pydantic import Field
 from events.envelope import Event, event_type
 from events.inference import FinishReason, TokenLogprob, unset
 from events.jobs import TaskSpec
+from events.tools import CallPart
 
 
 @event_type
@@ -43,6 +44,9 @@ class TokensProduced(Event):
     token_ids: tuple[int, ...] | None = None  # added later: readers of older chunks see None
     # each token's, when the request asks
     logprobs: tuple[TokenLogprob, ...] | None = Field(default=None, exclude_if=unset)
+    # set: `text` is arguments of this tool call (its offset counts in them), not the answer's
+    # text; readers of the text skip such chunks. The chunk that ends a stream is never one.
+    call: CallPart | None = Field(default=None, exclude_if=unset)
 
 
 @event_type

@@ -4,23 +4,46 @@ legacy completions (`tokens`, `token_logprobs`, ...) report them — for whole b
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from events.inference import TokenLogprob
-from events.tools import ToolCall
+from events.tools import CallPart, ToolCall
 
 
-def tool_calls(calls: Sequence[ToolCall], *, streamed: bool = False) -> list[dict[str, Any]]:
-    """`message.tool_calls` (with `streamed`: the entries of a `delta.tool_calls`, indexed)."""
-    out = []
-    for i, call in enumerate(calls):
-        entry: dict[str, Any] = {
+@dataclass(frozen=True, slots=True)
+class CallDelta:
+    """New arguments of one tool call; the call's first delta names it (id and function)."""
+
+    call: CallPart
+    arguments: str
+    first: bool
+
+
+def tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    """`message.tool_calls`."""
+    return [
+        {
             "id": call.id,
             "type": "function",
             "function": {"name": call.name, "arguments": call.arguments},
         }
-        out.append({"index": i, **entry} if streamed else entry)
-    return out
+        for call in calls
+    ]
+
+
+def call_delta(delta: CallDelta) -> dict[str, Any]:
+    """One entry of a streamed `delta.tool_calls`: the call's first names it (id, type,
+    function name), every one carries new arguments — as OpenAI streams them."""
+    part = delta.call
+    if delta.first:
+        return {
+            "index": part.index,
+            "id": part.id,
+            "type": "function",
+            "function": {"name": part.name, "arguments": delta.arguments},
+        }
+    return {"index": part.index, "function": {"arguments": delta.arguments}}
 
 
 def chat_logprobs(lps: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:

@@ -23,9 +23,10 @@ from events.jobs import (
     TaskCompleted,
 )
 from events.text import TextAssembler
-from events.tools import ToolCall
+from events.tools import CallPart, ToolCall
 from events.work import TokensProduced
 from gateway import jobs, sse
+from gateway.answers import CallDelta
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
@@ -147,8 +148,8 @@ async def answer(gw: Gateway, started: Started) -> JobCompleted:
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """New text of one choice, with its tokens' logprobs; with `finish_reason`, the choice's
-    end (and the tool calls its answer makes)."""
+    """New text of one choice, with its tokens' logprobs, and new arguments of its tool calls;
+    with `finish_reason`, the choice's end (with whatever of its calls was not streamed)."""
 
     index: int
     text: str | None
@@ -156,7 +157,7 @@ class Delta:
     offset: int  # where `text` starts in the choice's answer
     logprobs: tuple[TokenLogprob, ...] | None = None
     finish_reason: str | None = None
-    tool_calls: tuple[ToolCall, ...] = ()
+    calls: tuple[CallDelta, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,7 @@ async def deltas(gw: Gateway, started: Started) -> AsyncGenerator[Delta | Ended,
     follower = started.follower
     assert follower is not None, "start(stream=True) opens the live feed"
     texts: dict[int, TextAssembler] = {}
+    args: dict[tuple[int, int], TextAssembler] = {}  # (choice, call) -> its arguments so far
     streamed_lps: dict[int, int] = {}  # logprobs sent per choice
     done = False
     m = gw.metrics
@@ -184,7 +186,18 @@ async def deltas(gw: Gateway, started: Started) -> AsyncGenerator[Delta | Ended,
         async with asyncio.timeout(gw.settings.request_timeout_s):
             async for envelope in follower:
                 event = envelope.data
-                if isinstance(event, TokensProduced):
+                if isinstance(event, TokensProduced) and event.call is not None:
+                    index, part = choice_index(event.task_id), event.call
+                    first = index not in texts
+                    texts.setdefault(index, TextAssembler())
+                    called = (index, part.index) not in args
+                    new = args.setdefault((index, part.index), TextAssembler()).add(
+                        event.offset, event.text
+                    )
+                    if new or called:
+                        calls = (CallDelta(part, new, called),)
+                        yield Delta(index, None, first, len(texts[index].text), calls=calls)
+                elif isinstance(event, TokensProduced):
                     index = choice_index(event.task_id)
                     first = index not in texts
                     text = texts.setdefault(index, TextAssembler())
@@ -217,7 +230,7 @@ async def deltas(gw: Gateway, started: Started) -> AsyncGenerator[Delta | Ended,
                             len(seen),
                             lps[streamed_lps.get(choice.index, 0) :] if lps else None,
                             choice.finish_reason,
-                            choice.tool_calls,
+                            _unstreamed(choice.index, choice.tool_calls, args),
                         )
                     yield Ended(event)
                     return
@@ -233,6 +246,20 @@ async def deltas(gw: Gateway, started: Started) -> AsyncGenerator[Delta | Ended,
         if not done:  # the client went away (or the request timed out) mid-answer
             with contextlib.suppress(Exception):
                 await cancel(gw, started.job_id, "the client disconnected")
+
+
+def _unstreamed(
+    index: int, calls: tuple[ToolCall, ...], args: dict[tuple[int, int], TextAssembler]
+) -> tuple[CallDelta, ...]:
+    """What of a choice's tool calls its stream has not carried yet."""
+    out = []
+    for k, call in enumerate(calls):
+        seen = args.get((index, k))
+        sent = seen.text if seen is not None else ""
+        rest = call.arguments[len(sent) :] if call.arguments.startswith(sent) else ""
+        if seen is None or rest:
+            out.append(CallDelta(CallPart(index=k, id=call.id, name=call.name), rest, seen is None))
+    return tuple(out)
 
 
 async def stream(
@@ -254,7 +281,7 @@ async def stream(
                 finish_reason=d.finish_reason,
                 first=d.first,
                 index=d.index,
-                tool_calls=d.tool_calls,
+                calls=d.calls,
                 logprobs=d.logprobs,
                 offset=d.offset,
             )

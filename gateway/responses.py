@@ -104,66 +104,81 @@ async def events(gw: Gateway, started: Started, request: ResponseRequest) -> Asy
     """The response as the Responses API streams it; a client that goes away cancels the job."""
     base = skeleton(started, request)
     out = _Events()
+    job = started.job_id
     yield out.send("response.created", response=base)
     yield out.send("response.in_progress", response=base)
-    msg = f"msg_{started.job_id}"
+    msg = f"msg_{job}"
     text = ""
-    opened = False  # the message item is open (its first text came)
+    at: dict[str, int] = {}  # item id -> its output_index, in the order items were opened
     async with contextlib.aclosing(completions.deltas(gw, started)) as feed:
         async for d in feed:
             if isinstance(d, Ended):
                 if d.error is not None:
-                    body = d.error.body()["error"]
+                    err = d.error.body()["error"]
                     yield out.send(
-                        "error", code=body["code"], message=body["message"], param=body["param"]
+                        "error", code=err["code"], message=err["message"], param=err["param"]
                     )
                     return
-                assert d.completed is not None
-                items = []
-                if opened or not d.completed.tool_calls:
-                    if not opened:
-                        for chunk in _open(out, msg, started.job_id):
+                done = d.completed
+                assert done is not None
+                if msg in at or not done.tool_calls:
+                    if msg not in at:
+                        at[msg] = len(at)
+                        for chunk in _open(out, msg, job, at[msg]):
                             yield chunk
-                    for chunk in _close(out, msg, started.job_id, text):
+                    for chunk in _close(out, msg, job, text, at[msg]):
                         yield chunk
-                    items.append(message_item(started.job_id, text))
-                for k, call in enumerate(d.completed.tool_calls, start=len(items)):
-                    item = call_item(started.job_id, k, call)
-                    yield out.send(
-                        "response.output_item.added",
-                        output_index=k,
-                        item=call_item(started.job_id, k, call, "in_progress"),
-                    )
-                    yield out.send(
-                        "response.function_call_arguments.delta",
-                        item_id=item["id"],
-                        output_index=k,
-                        delta=call.arguments,
-                    )
+                items: dict[int, dict[str, Any]] = {}
+                if msg in at:
+                    items[at[msg]] = message_item(job, text)
+                for k, call in enumerate(done.tool_calls):
+                    item = call_item(job, k, call)
+                    index = at[item["id"]]
                     yield out.send(
                         "response.function_call_arguments.done",
                         item_id=item["id"],
-                        output_index=k,
+                        output_index=index,
                         arguments=call.arguments,
                     )
-                    yield out.send("response.output_item.done", output_index=k, item=item)
-                    items.append(item)
-                yield out.send("response.completed", response=finished(base, d.completed, items))
+                    yield out.send("response.output_item.done", output_index=index, item=item)
+                    items[index] = item
+                ordered = [items[i] for i in sorted(items)]
+                yield out.send("response.completed", response=finished(base, done, ordered))
                 return
-            if d.text and d.index == 0:
-                if not opened:
-                    opened = True
-                    for chunk in _open(out, msg, started.job_id):
+            if d.index != 0:
+                continue  # one answer (the Responses API has no `n`)
+            if d.text:
+                if msg not in at:
+                    at[msg] = len(at)
+                    for chunk in _open(out, msg, job, at[msg]):
                         yield chunk
                 text += d.text
                 yield out.send(
                     "response.output_text.delta",
                     item_id=msg,
-                    output_index=0,
+                    output_index=at[msg],
                     content_index=0,
                     delta=d.text,
                     logprobs=[],
                 )
+            for c in d.calls:
+                part = c.call
+                item_id = f"fc_{job}_{part.index}"
+                if item_id not in at:
+                    at[item_id] = len(at)
+                    opened = ToolCall(id=part.id, name=part.name, arguments="")
+                    yield out.send(
+                        "response.output_item.added",
+                        output_index=at[item_id],
+                        item=call_item(job, part.index, opened, "in_progress"),
+                    )
+                if c.arguments:
+                    yield out.send(
+                        "response.function_call_arguments.delta",
+                        item_id=item_id,
+                        output_index=at[item_id],
+                        delta=c.arguments,
+                    )
 
 
 class _Events:
@@ -183,39 +198,22 @@ def _text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _open(out: _Events, msg: str, job_id: str) -> list[bytes]:
+def _open(out: _Events, msg: str, job_id: str, index: int) -> list[bytes]:
+    where = {"item_id": msg, "output_index": index, "content_index": 0}
     return [
         out.send(
             "response.output_item.added",
-            output_index=0,
+            output_index=index,
             item=message_item(job_id, "", "in_progress"),
         ),
-        out.send(
-            "response.content_part.added",
-            item_id=msg,
-            output_index=0,
-            content_index=0,
-            part=_text_part(""),
-        ),
+        out.send("response.content_part.added", **where, part=_text_part("")),
     ]
 
 
-def _close(out: _Events, msg: str, job_id: str, text: str) -> list[bytes]:
+def _close(out: _Events, msg: str, job_id: str, text: str, index: int) -> list[bytes]:
+    where = {"item_id": msg, "output_index": index, "content_index": 0}
     return [
-        out.send(
-            "response.output_text.done",
-            item_id=msg,
-            output_index=0,
-            content_index=0,
-            text=text,
-            logprobs=[],
-        ),
-        out.send(
-            "response.content_part.done",
-            item_id=msg,
-            output_index=0,
-            content_index=0,
-            part=_text_part(text),
-        ),
-        out.send("response.output_item.done", output_index=0, item=message_item(job_id, text)),
+        out.send("response.output_text.done", **where, text=text, logprobs=[]),
+        out.send("response.content_part.done", **where, part=_text_part(text)),
+        out.send("response.output_item.done", output_index=index, item=message_item(job_id, text)),
     ]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from events.inference import TokenLogprob, Usage
-from events.tools import ToolCall
 from gateway import answers
+from gateway.answers import CallDelta
 
 Kind = Literal["chat", "text"]
 DONE = b"data: [DONE]\n\n"
@@ -46,10 +47,10 @@ class ChunkWriter:
         index: int = 0,
         logprobs: tuple[TokenLogprob, ...] | None = None,
         offset: int = 0,
-        tool_calls: tuple[ToolCall, ...] = (),
+        calls: Sequence[CallDelta] = (),
     ) -> bytes:
         """A chunk of choice `index`: new text (at `offset` in the answer), its tokens'
-        `logprobs`, the answer's tool calls (each whole, as one delta), and/or the finish reason.
+        `logprobs`, new arguments of its tool calls, and/or the finish reason.
 
         The first chat chunk of each choice names the role.
         """
@@ -57,8 +58,8 @@ class ChunkWriter:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text is not None:
                 delta["content"] = text
-            if tool_calls:
-                delta["tool_calls"] = answers.tool_calls(tool_calls, streamed=True)
+            if calls:
+                delta["tool_calls"] = [answers.call_delta(c) for c in calls]
             choice: dict[str, Any] = {
                 "index": index,
                 "delta": delta,

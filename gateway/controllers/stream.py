@@ -120,6 +120,8 @@ async def _pump(
             async for envelope in follower:
                 event = envelope.data
                 if isinstance(event, TokensProduced):
+                    if event.call is not None:
+                        continue  # a tool call's arguments: the job's end has the calls
                     text = texts.setdefault(event.task_id, TextAssembler())
                     offset = len(text.text)
                     new = text.add(event.offset, event.text)

@@ -60,6 +60,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             async for envelope in events:
                 data = envelope.data
                 if isinstance(data, TokensProduced):
+                    if data.call is not None:
+                        continue  # a tool call's arguments: the job's end has the calls
                     new = text.add(data.offset, data.text)
                     if new and not args.json:
                         sys.stdout.write(new)

@@ -104,15 +104,26 @@ def delta_of(event: Mapping[str, Any]) -> tuple[str, str | None]:
     return text, choice.get("finish_reason")
 
 
-def extras_of(event: Mapping[str, Any], calls: wire.CallsSoFar) -> tuple[TokenLogprob, ...] | None:
-    """One streamed chunk's logprobs; its tool-call fragments go into `calls`."""
+def extras_of(
+    event: Mapping[str, Any], calls: wire.CallsSoFar, fragments: list[tuple[int, str]]
+) -> tuple[TokenLogprob, ...] | None:
+    """One streamed chunk's logprobs; its tool-call fragments go into `calls`, and the new
+    arguments into `fragments`."""
     choices = event.get("choices") or []
     if not choices or not isinstance(choices[0], Mapping):
         return None
     delta = choices[0].get("delta")
     if isinstance(delta, Mapping) and delta.get("tool_calls"):
-        calls.add(delta["tool_calls"])
+        fragments += calls.add(delta["tool_calls"])
     return wire.logprobs_of(choices[0])
+
+
+def _joined(fragments: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """One read's argument fragments, joined per call (in the order the calls came)."""
+    by: dict[int, list[str]] = {}
+    for i, text in fragments:
+        by.setdefault(i, []).append(text)
+    return [(i, "".join(texts)) for i, texts in by.items()]
 
 
 def parse_events(datas: list[str]) -> list[Any]:
@@ -310,6 +321,7 @@ class OpenAIUpstreamEngine:
                     ended = True
                     datas = datas[: datas.index("[DONE]")]  # anything after it is not read
                 pieces: list[str] = []
+                fragments: list[tuple[int, str]] = []
                 read_lps: list[TokenLogprob] | None = None
                 events = parse_events(datas)
                 for event in events:
@@ -329,7 +341,7 @@ class OpenAIUpstreamEngine:
                     piece, reason = delta_of(event)
                     if piece:
                         pieces.append(piece)
-                    got = extras_of(event, calls)
+                    got = extras_of(event, calls, fragments)
                     if got:
                         read_lps = [*(read_lps or ()), *got]
                     if reason is not None:
@@ -345,6 +357,10 @@ class OpenAIUpstreamEngine:
                         tail, tail_tokens, tail_lps = joined, len(pieces), got_lps
                     else:
                         yield Chunk(joined, len(pieces), logprobs=got_lps)
+                for i, arguments in _joined(fragments):  # a call's arguments as they come
+                    part = calls.part(i)
+                    if part is not None:
+                        yield Chunk(arguments, 1, call=part)
         except EngineError:
             raise
         except json.JSONDecodeError as exc:

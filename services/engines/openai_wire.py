@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from events.inference import ChatMessage, Prompt, SamplingParams, TokenLogprob, TopLogprob
-from events.tools import ToolCall, ToolChoice
+from events.tools import CallPart, ToolCall, ToolChoice
 
 
 def message(m: ChatMessage) -> dict[str, Any]:
@@ -96,8 +96,9 @@ class CallsSoFar:
     names: dict[int, str] = field(default_factory=dict)
     arguments: dict[int, list[str]] = field(default_factory=dict)
 
-    def add(self, fragments: list[Any]) -> None:
-        """Take one delta's fragments."""
+    def add(self, fragments: list[Any]) -> list[tuple[int, str]]:
+        """Take one delta's fragments; the new arguments, by call index."""
+        new: list[tuple[int, str]] = []
         for k, frag in enumerate(fragments):
             if not isinstance(frag, Mapping):
                 continue
@@ -110,6 +111,15 @@ class CallsSoFar:
                     self.names[i] = str(fn["name"])
                 if fn.get("arguments"):
                     self.arguments.setdefault(i, []).append(str(fn["arguments"]))
+                    new.append((i, str(fn["arguments"])))
+        return new
+
+    def part(self, index: int) -> CallPart | None:
+        """The call at `index`, once its id and name are known (else its arguments wait for
+        the answer's end)."""
+        if index in self.ids and index in self.names:
+            return CallPart(index=index, id=self.ids[index], name=self.names[index])
+        return None
 
     def calls(self) -> tuple[ToolCall, ...]:
         """The calls, in index order."""

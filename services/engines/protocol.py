@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 from events.capabilities import BASIC, needs
 from events.errors import EngineError
 from events.inference import FinishReason, Prompt, SamplingParams, TokenLogprob, Usage
-from events.tools import ToolCall
+from events.tools import CallPart, ToolCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +37,9 @@ class Chunk:
 
     `token_ids`, from engines that know them, are the ids of exactly the tokens whose text is
     `text` (so `len(token_ids) == tokens`); `logprobs` (when the request asks) one per token.
-    The last chunk of an answer that calls tools has them in `tool_calls` (finish reason
-    ``tool_calls``): their arguments are not streamed as text.
+    The last chunk of an answer that calls tools has them whole in `tool_calls` (finish reason
+    ``tool_calls``); engines that can stream a call's arguments as they are made send them
+    before, in chunks whose `call` names the call (never as the answer's text).
     """
 
     text: str
@@ -48,6 +49,7 @@ class Chunk:
     token_ids: tuple[int, ...] | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    call: CallPart | None = None  # `text` is arguments of this call, streamed as they come
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from events.capabilities import EVERY
 from events.errors import EngineError
 from events.inference import FinishReason, Prompt, SamplingParams, TokenLogprob, Usage
+from events.tools import CallPart
 from services.engines.protocol import (
     Chunk,
     Embedded,
@@ -147,6 +148,7 @@ class SimulatedEngine:
         seed = self.seed if request.params.seed is None else request.params.seed
         planned = answer(request.model, request.prompt, request.params, seed)
         tokens, lps, call = planned.tokens, planned.logprobs, planned.tool_call
+        part = CallPart(index=0, id=call.id, name=call.name) if call is not None else None
         usage_prompt = count_tokens(prompt) + sum(
             count_tokens(t.model_dump_json()) for t in request.prompt.tools
         )
@@ -185,7 +187,8 @@ class SimulatedEngine:
                 elif i > skip and i % 64 == 0:
                     await asyncio.sleep(0)
                 produced += 1
-                if call is not None:  # a tool's arguments: in the last chunk, not as text
+                if part is not None:  # a tool's arguments: streamed as the call's, not as text
+                    yield Chunk(token, 1, call=part)
                     continue
                 held += 1
                 if lps is not None:

@@ -27,7 +27,7 @@ from typing import Any
 from events.capabilities import Capability
 from events.errors import EngineError
 from events.inference import FinishReason, Usage
-from events.tools import ToolCall, ToolChoice
+from events.tools import CallPart, ToolCall, ToolChoice
 from services.engines import vllm_requests as asks
 from services.engines.protocol import Chunk, Embedded, GenerationRequest, require_model
 from services.engines.reaper import Reaper, children
@@ -335,6 +335,12 @@ class VllmEngine:
                 kind="invalid_request",
             )
         held = forced is not None or auto
+        # a named call's output is its arguments: streamed as the call's as they are made
+        named = (
+            CallPart(index=0, id=asks.new_call_id(), name=forced.name or "")
+            if forced is not None and forced.mode == "function"
+            else None
+        )
         ids, prompt_tokens, owed = self._inputs(request)
         params = self._params(request)
         top = request.params.top_logprobs
@@ -355,12 +361,16 @@ class VllmEngine:
                     usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=produced)
                     if held:
                         whole.append(text)
-                        yield self._calls(request, "".join(whole), finish, usage, forced)
+                        if named is not None and text:
+                            yield Chunk(text, len(new_ids), call=named)
+                        yield self._calls(request, "".join(whole), finish, usage, forced, named)
                     else:
                         yield Chunk(text, len(new_ids), finish, usage, new_ids, lps)
                     return
                 if held:
                     whole.append(text)
+                    if named is not None and text:
+                        yield Chunk(text, len(new_ids), call=named)
                 elif text or new_ids:
                     yield Chunk(text, len(new_ids), token_ids=new_ids, logprobs=lps)
         except EngineError:
@@ -385,10 +395,11 @@ class VllmEngine:
         finish: FinishReason,
         usage: Usage,
         forced: ToolChoice | None,
+        named: CallPart | None,
     ) -> Chunk:
         """The last chunk of an answer read whole: its calls, or its text if it made none."""
         if forced is not None:
-            calls = asks.forced_calls(forced, text)
+            calls = asks.forced_calls(forced, text, named.id if named is not None else None)
         else:
             calls, text = self._parsed(request, text)
         if not calls:

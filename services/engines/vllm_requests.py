@@ -101,10 +101,11 @@ def forced_schema(prompt: Prompt, choice: ToolChoice) -> dict[str, Any]:
     return out
 
 
-def forced_calls(choice: ToolChoice, text: str) -> tuple[ToolCall, ...]:
-    """The calls a forced answer made; none if it does not parse (cut short by max_tokens)."""
+def forced_calls(choice: ToolChoice, text: str, call_id: str | None = None) -> tuple[ToolCall, ...]:
+    """The calls a forced answer made; none if it does not parse (cut short by max_tokens).
+    `call_id`: the id a named call was streamed under."""
     if choice.mode == "function":
-        return (ToolCall(id=_call_id(), name=choice.name or "", arguments=text),)
+        return (ToolCall(id=call_id or new_call_id(), name=choice.name or "", arguments=text),)
     try:
         calls = json.loads(text)
     except ValueError:
@@ -113,7 +114,7 @@ def forced_calls(choice: ToolChoice, text: str) -> tuple[ToolCall, ...]:
         return ()
     return tuple(
         ToolCall(
-            id=_call_id(),
+            id=new_call_id(),
             name=str(c["name"]),
             arguments=json.dumps(c.get("parameters", {}), ensure_ascii=False),
         )
@@ -170,5 +171,6 @@ def _text(lp: Any) -> str:
     return str(getattr(lp, "decoded_token", "") or "") if lp is not None else ""
 
 
-def _call_id() -> str:
+def new_call_id() -> str:
+    """A tool call's id, as vLLM's server makes them."""
     return f"call_{uuid.uuid4().hex[:24]}"

@@ -39,9 +39,10 @@ async def partial_output(bus: Bus, job_id: str, task_id: str, *, verify: bool = 
         subject = bus.names.tokens(job_id, node)
         async for seq, envelope in read_events(bus, bus.names.tokens_stream, subject):
             chunk = envelope.data
-            if isinstance(chunk, TokensProduced) and (chunk.task_id, chunk.node_id) == (
-                task_id,
-                node,
+            if (
+                isinstance(chunk, TokensProduced)
+                and (chunk.task_id, chunk.node_id) == (task_id, node)
+                and chunk.call is None  # a tool call's arguments are not the answer's text
             ):
                 chunks.append((seq, chunk))
     chunks.sort(key=lambda c: c[0])  # as they were stored

@@ -18,7 +18,7 @@ from events.errors import EngineError
 from events.inference import MAX_EMBEDDING_DIMENSIONS, FinishReason, TokenLogprob, Usage
 from events.jobs import TaskCompleted
 from events.subjects import Names
-from events.tools import ToolCall
+from events.tools import CallPart, ToolCall
 from events.work import TaskRequested, TokensProduced
 from services.engines.protocol import (
     Chunk,
@@ -64,6 +64,8 @@ class _Chunks:
     __slots__ = (
         "actor",
         "attempt",
+        "call",
+        "call_coalescer",
         "coalescer",
         "job_id",
         "node_id",
@@ -89,8 +91,38 @@ class _Chunks:
         self.subject = subject
         self.pending = pending
         self.coalescer = coalescer
+        self.call: CallPart | None = None  # the tool call whose arguments stream now
+        self.call_coalescer: Coalescer | None = None
 
-    async def send(self, piece: Piece, finish_reason: FinishReason | None = None) -> None:
+    async def send_call(self, chunk: Chunk, now: float) -> None:
+        """Buffer a piece of a tool call's arguments; a call other than the one buffered
+        sends that one's rest first."""
+        part = chunk.call
+        assert part is not None
+        if self.call != part:
+            await self.end_call(now)
+            flush = self.coalescer  # the same pacing as the answer's text
+            self.call_coalescer = Coalescer(flush.flush_s * 1000, flush.flush_chars)
+            self.call = part
+        buffered = self.call_coalescer
+        assert buffered is not None
+        piece = buffered.add(chunk.text, chunk.tokens, now)
+        if piece is None and buffered.first_waiting:
+            piece = buffered.cut(now)  # the call's first piece (its id and name) at once
+        if piece is not None:
+            await self.send(piece, call=part)
+
+    async def end_call(self, now: float) -> None:
+        """Send what is buffered of the current tool call's arguments."""
+        if self.call_coalescer is not None and self.call is not None:
+            piece = self.call_coalescer.cut(now)
+            if piece is not None:
+                await self.send(piece, call=self.call)
+        self.call, self.call_coalescer = None, None
+
+    async def send(
+        self, piece: Piece, finish_reason: FinishReason | None = None, call: CallPart | None = None
+    ) -> None:
         chunk = TokensProduced(
             job_id=self.job_id,
             task_id=self.task_id,
@@ -103,6 +135,7 @@ class _Chunks:
             finish_reason=finish_reason,
             token_ids=piece.token_ids,
             logprobs=piece.logprobs,
+            call=call,
         )
         await self.pending.add(self.subject, Envelope(chunk, actor=self.actor))
 
@@ -265,8 +298,13 @@ class Streamer:
                     elif chunk.tokens:
                         observe_per_token(itl, now - last, chunk.tokens)
                     last = now
-                    output.append(chunk.text)
+                    if chunk.call is None:
+                        output.append(chunk.text)
                 extras.add(chunk)
+                if chunk.call is not None:  # a tool call's arguments, as they are made
+                    await chunks.send_call(chunk, now)
+                    continue
+                await chunks.end_call(now)
                 if chunk.finish_reason is not None:
                     finish, usage = chunk.finish_reason, chunk.usage
                     # Always sent, even empty: it tells readers the stream is complete.

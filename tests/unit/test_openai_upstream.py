@@ -407,6 +407,10 @@ async def test_tools_and_fields_pass_through_and_tool_calls_come_back() -> None:
     assert sent["messages"][1]["tool_calls"][0]["function"]["name"] == "get_weather"
     assert sent["messages"][1]["content"] is None
     assert sent["messages"][2] == {"role": "tool", "content": "rain", "tool_call_id": "c0"}
+    streamed = [c for c in chunks if c.call is not None]
+    assert [c.call.id for c in streamed if c.call] == ["call_1"] * len(streamed)
+    assert "".join(c.text for c in streamed) == '{"city": "Paris"}'
+    assert "".join(c.text for c in chunks if c.call is None) == "ok"  # the answer's text alone
     last = chunks[-1]
     assert last.finish_reason == "tool_calls"
     assert last.tool_calls == (
