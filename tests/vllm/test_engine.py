@@ -210,8 +210,13 @@ async def test_forced_tool_calls_are_constrained_and_parsed(engine: VllmEngine) 
     for choice in ({"mode": "required", "parallel": False}, {"mode": "function", "name": "add"}):
         chunks = await run(engine, ASK, max_tokens=96, temperature=1.0, seed=4, tool_choice=choice)
         last = chunks[-1]
-        assert last.finish_reason == "tool_calls" and text_of(chunks) == ""
+        assert last.finish_reason == "tool_calls"
+        assert "".join(c.text for c in chunks if c.call is None) == ""  # no answer text
         (call,) = last.tool_calls
+        streamed = [c for c in chunks if c.call is not None]
+        if choice["mode"] == "function":  # a named call's arguments stream as they are made
+            assert len(streamed) > 1 and {c.call.id for c in streamed if c.call} == {call.id}
+            assert "".join(c.text for c in streamed) == call.arguments
         assert call.name == "add" and valid(ADD.function.parameters or {}, call.arguments)
         assert last.usage is not None and last.usage.completion_tokens > 0
     with pytest.raises(EngineError, match="tool-call parser") as auto:
