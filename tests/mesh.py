@@ -17,6 +17,9 @@ import httpx
 from events.bus import Bus
 from events.envelope import Envelope
 from events.history import read_events
+from gateway.batch_bodies import render
+from services.batches.projection import BatchStatusProjector
+from services.batches.runner import BatchRunner
 from services.engines.factory import build_engine
 from services.orchestrator.runner import Orchestrator
 from services.process import connect
@@ -73,6 +76,15 @@ class Mesh:
 
     async def projector(self) -> Service:
         return await self._start("projector", lambda bus: JobStatusProjector(bus, self.settings))
+
+    async def batch_projector(self) -> Service:
+        return await self._start(
+            "batch-projector", lambda bus: BatchStatusProjector(bus, self.settings)
+        )
+
+    async def batcher(self, **overrides: Any) -> Service:
+        s = self.settings.model_copy(update=overrides)
+        return await self._start("batcher", lambda bus: BatchRunner(bus, s, render))
 
     async def worker(self, node_id: str, **overrides: Any) -> Service:
         s = self.settings.model_copy(update={"node_id": node_id, **overrides})
