@@ -44,6 +44,14 @@ class FilesController(Controller):
     ) -> FileObject:
         """Store a JSONL file of batch requests (checked: not empty, UTF-8, within the bounds)."""
         files.require_batch_purpose(data.get("purpose"))
+        extra = sorted(set(data) - {"file", "purpose"})
+        if extra:  # e.g. expires_after: files stay until deleted, and no field is ignored
+            raise ApiError(
+                400,
+                f"{extra[0]}: not served (files stay until deleted)",
+                code="unsupported_parameter",
+                param=extra[0],
+            )
         upload = data.get("file")
         if not isinstance(upload, UploadFile):
             raise ApiError(400, "send the file as the form's `file` part", param="file")
