@@ -253,7 +253,7 @@ async def test_twin_believing_every_report_is_fooled(tmp_path: Path) -> None:
 async def test_an_unenrolled_node_receives_no_work(tmp_path: Path) -> None:
     """The rogue node, admitted by the server for its own model but enrolled by no admin,
     runs a real worker; a job for its model is refused as not served, and it never starts one."""
-    with secured_server(tmp_path, "su") as secured:
+    with secured_server(tmp_path, "su", WORKERS) as secured:
         await _no_work_for_the_rogue(secured)
 
 
