@@ -36,6 +36,7 @@ class Parsed:
     """A checked input file: its requests, or why it was refused."""
 
     lines: list[BatchLine] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)  # the line number of each of `lines`
     errors: list[LineError] = field(default_factory=list)
     more_errors: int = 0  # beyond `errors`
 
@@ -48,9 +49,10 @@ class Parsed:
 
 
 def parse_input(
-    raw: bytes, endpoint: str, *, default_max_tokens: int, max_prompt_bytes: int, admit: Admit
+    raw: bytes, endpoint: str, *, default_max_tokens: int, max_prompt_bytes: int
 ) -> Parsed:
-    """Check every line of an input file for a batch on `endpoint`."""
+    """Check every line of an input file for a batch on `endpoint` (what the mesh can run is
+    `admit_lines`'s to check: it reads the live nodes)."""
     parsed = Parsed()
     seen: set[str] = set()
     for number, text in enumerate(raw.split(b"\n"), start=1):
@@ -71,18 +73,38 @@ def parse_input(
         if checked is None:
             continue
         try:
-            admit(checked.model, checked.params.max_tokens)
             check_bounds(_job_of(checked), max_prompt_bytes=max_prompt_bytes)
-        except ApiError as exc:
-            parsed.refuse(number, exc.code or "invalid_request", exc.message, _in_body(exc.param))
-            continue
         except TooLarge as exc:
             parsed.refuse(number, "request_too_large", str(exc), _in_body(exc.param))
             continue
         parsed.lines.append(checked)
+        parsed.numbers.append(number)
     if not parsed.lines and not parsed.errors:
         parsed.refuse(1, "empty_file", "the input file has no requests")
     return parsed
+
+
+def admit_lines(parsed: Parsed, admit: Admit) -> None:
+    """Refuse the lines `admit` says the mesh cannot run (once per model and max_tokens)."""
+    verdicts: dict[tuple[str, int], ApiError | None] = {}
+    kept: list[tuple[int, BatchLine]] = []
+    for number, line in zip(parsed.numbers, parsed.lines, strict=True):
+        ask = (line.model, line.params.max_tokens)
+        if ask not in verdicts:
+            try:
+                admit(*ask)
+                verdicts[ask] = None
+            except ApiError as exc:
+                verdicts[ask] = exc
+        refused = verdicts[ask]
+        if refused is None:
+            kept.append((number, line))
+        else:
+            code = refused.code or "invalid_request"
+            parsed.refuse(number, code, refused.message, _in_body(refused.param))
+    parsed.numbers = [n for n, _ in kept]
+    parsed.lines = [line for _, line in kept]
+    parsed.errors.sort(key=lambda e: e.line or 0)
 
 
 def _check_line(

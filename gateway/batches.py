@@ -15,18 +15,20 @@ from events.batches import (
     new_batch_id,
 )
 from events.envelope import Envelope, Event
+from events.errors import WrongLastSequence
 from events.subjects import is_id
 from gateway import files
-from gateway.batch_lines import parse_input
+from gateway.batch_lines import admit_lines, parse_input
 from gateway.errors import ApiError
 from gateway.jobs import require_fits, require_served
 from gateway.principal import Principal
 from gateway.runtime import Gateway
 from gateway.schemas.batches import MAX_METADATA, BatchRequest
 from projections.batch_status import BatchView, apply_batch_event
-from projections.batch_views import newest_batches, read_batch
+from projections.batch_views import newest_batches, read_batch, read_lifecycle, with_progress
 
 COMPLETION_WINDOW = "24h"
+_CANCEL_TRIES = 5
 
 
 def _check_request(request: BatchRequest) -> None:
@@ -86,8 +88,8 @@ async def create(gw: Gateway, principal: Principal, request: BatchRequest) -> Ba
         request.endpoint,
         default_max_tokens=settings.default_max_tokens,
         max_prompt_bytes=settings.max_prompt_bytes,
-        admit=admit,
     )
+    admit_lines(parsed, admit)  # here: the live node view is this thread's
     batch_id = new_batch_id()
     common = {
         "batch_id": batch_id,
@@ -114,17 +116,16 @@ async def create(gw: Gateway, principal: Principal, request: BatchRequest) -> Ba
 async def _append(
     gw: Gateway, principal: Principal, batch_id: str, event: Event, before: BatchView | None
 ) -> BatchView:
-    """Append a batch event to `before` (None: the batch's first event, which nothing may
-    precede); its id is the batch's and the event's, so a retry is stored once. The view
-    folded with it."""
+    """Append a batch event right after the last one `before` folded (None: the batch's first
+    event); `WrongLastSequence` if another came in between. Its id is the batch's and the
+    event's, so a retry is stored once. The view folded with it."""
     names = gw.bus.names
     envelope = Envelope(event, actor=principal.principal_id, id=f"{batch_id}.{event.type}")
-    first = before is None
     ack = await gw.bus.publish(
         names.batch(batch_id, event.type),
         envelope,
-        expected_last_seq=0 if first else None,
-        expected_last_subject=names.batch_all(batch_id) if first else None,
+        expected_last_seq=before.batch_seq if before else 0,
+        expected_last_subject=names.batch_all(batch_id),
     )
     view = apply_batch_event(before, envelope, ack.seq)
     assert view is not None
@@ -143,17 +144,28 @@ async def cancel(gw: Gateway, principal: Principal, batch_id: str) -> BatchView:
     """Ask for the batch to be cancelled: no more of its lines start, those running are
     cancelled, and the lines that ended are kept in its files."""
     view = await load(gw, principal, batch_id)
-    if view.status == "cancelling":
-        return view
-    if view.terminal:
-        raise ApiError(
-            409,
-            f"batch {batch_id} already ended ({view.status})",
-            code="batch_ended",
-            param="batch_id",
-        )
-    event = BatchCancelling(batch_id=batch_id, by=principal.principal_id)
-    return await _append(gw, principal, batch_id, event, view)
+    for _ in range(_CANCEL_TRIES):
+        # decided on the batch's own events, up to the last stored (the view may lag them)
+        lifecycle = await read_lifecycle(gw.bus, batch_id)
+        assert lifecycle is not None  # `load` found it
+        lifecycle = with_progress(lifecycle, view)
+        if lifecycle.status == "cancelling":
+            return lifecycle
+        if lifecycle.terminal:
+            raise ApiError(
+                409,
+                f"batch {batch_id} already ended ({lifecycle.status})",
+                code="batch_ended",
+                param="batch_id",
+            )
+        event = BatchCancelling(batch_id=batch_id, by=principal.principal_id)
+        try:
+            return await _append(gw, principal, batch_id, event, lifecycle)
+        except WrongLastSequence:
+            continue  # the runner appended meanwhile (started, or its end): look again
+    raise ApiError(
+        409, f"batch {batch_id} keeps changing; try again", code="conflict", param="batch_id"
+    )
 
 
 async def listing(

@@ -30,14 +30,18 @@ async def read_batch(bus: Bus, batch_id: str) -> BatchView | None:
     entry = await (await bus.bucket("batches")).get(batch_id)
     view = decode_view(entry.value) if entry else None
     if view is None or view.tenant is None:
-        names = bus.names
-        events = [
-            e async for e in read_events(bus, names.batches_stream, names.batch_all(batch_id))
-        ]
-        folded = fold_history(events)
+        folded = await read_lifecycle(bus, batch_id)
         if folded is not None and folded.tenant is not None:
             return folded if view is None else with_progress(folded, view)
     return view if view is not None and view.tenant is not None else None
+
+
+async def read_lifecycle(bus: Bus, batch_id: str) -> BatchView | None:
+    """The batch's view folded from its events in BATCHES alone, up to the last one stored
+    (its line progress left out): what to decide on when the projection may lag."""
+    names = bus.names
+    events = [e async for e in read_events(bus, names.batches_stream, names.batch_all(batch_id))]
+    return fold_history(events)
 
 
 def with_progress(lifecycle: BatchView, progress: BatchView) -> BatchView:

@@ -31,7 +31,7 @@ from events.ids import new_id
 from events.inference import Prompt, SamplingParams, Usage
 from events.jobs import JobCancelled, JobCompleted, JobFailed
 from gateway.batch_bodies import render
-from gateway.batch_lines import LISTED_ERRORS, parse_input
+from gateway.batch_lines import LISTED_ERRORS, admit_lines, parse_input
 from gateway.errors import ApiError
 from gateway.schemas.batches import BatchObject
 from projections.batch_status import (
@@ -240,7 +240,9 @@ def _admit(model: str, max_tokens: int) -> None:
 
 
 def _parse(raw: bytes, endpoint: str = CHAT):  # type: ignore[no-untyped-def]
-    return parse_input(raw, endpoint, default_max_tokens=16, max_prompt_bytes=10_000, admit=_admit)
+    parsed = parse_input(raw, endpoint, default_max_tokens=16, max_prompt_bytes=10_000)
+    admit_lines(parsed, _admit)
+    return parsed
 
 
 def test_a_valid_file_becomes_the_jobs_the_endpoint_would_run() -> None:
