@@ -75,11 +75,10 @@ class LineError(BaseModel):
     param: str | None = None
 
 
-@event_type
-class BatchCreated(Event):
-    """A caller created a batch whose every line was valid; its first event."""
+class _Opened(Event):
+    """A caller asked for a batch: the first event of every batch, which says whose it is and
+    what it asks for."""
 
-    type = "batch.created"
     batch_id: str
     tenant: str
     owner: str
@@ -87,6 +86,13 @@ class BatchCreated(Event):
     endpoint: Endpoint
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
+
+
+@event_type
+class BatchCreated(_Opened):
+    """A caller created a batch whose every line was valid."""
+
+    type = "batch.created"
     total: int  # lines
     requests: str  # the object in the files store holding the lines as `BatchLine` JSONL
     expires_at: datetime
@@ -136,17 +142,11 @@ class BatchCancelled(_Ended):
 
 
 @event_type
-class BatchFailed(Event):
-    """The batch cannot run: its input file was refused (`errors` says where and why)."""
+class BatchFailed(_Opened):
+    """A caller asked for a batch that cannot run: its input file was refused (`errors` says
+    where and why)."""
 
     type = "batch.failed"
-    batch_id: str
-    tenant: str
-    owner: str
-    input_file_id: str
-    endpoint: Endpoint
-    completion_window: str = "24h"
-    metadata: dict[str, str] | None = None
     errors: tuple[LineError, ...]
     more_errors: int = 0  # errors beyond those listed
 

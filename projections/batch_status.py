@@ -134,6 +134,10 @@ class Bitmap:
             yield index
 
 
+# the fields of a batch's first event (created or failed) its view has
+_OPENED = ("tenant", "owner", "input_file_id", "endpoint", "completion_window", "metadata")
+
+
 def _ts(at: datetime) -> int:
     return int(at.timestamp())
 
@@ -149,29 +153,17 @@ def apply_batch_event(view: BatchView | None, envelope: Envelope, seq: int) -> B
         return view
     at = _ts(envelope.at)
     update: dict[str, object] = {"batch_seq": seq}
+    if isinstance(event, BatchCreated | BatchFailed):  # the first event: whose, and what
+        update |= {f: getattr(event, f) for f in _OPENED} | {"created_at": at}
     if isinstance(event, BatchCreated):
         update |= {
-            "tenant": event.tenant,
-            "owner": event.owner,
-            "input_file_id": event.input_file_id,
-            "endpoint": event.endpoint,
-            "completion_window": event.completion_window,
-            "metadata": event.metadata,
             "total": event.total,
             "requests": event.requests,
-            "created_at": at,
             "expires_at": _ts(event.expires_at),
         }
     elif isinstance(event, BatchFailed):
         update |= {
-            "tenant": event.tenant,
-            "owner": event.owner,
-            "input_file_id": event.input_file_id,
-            "endpoint": event.endpoint,
-            "completion_window": event.completion_window,
-            "metadata": event.metadata,
             "status": "failed",
-            "created_at": at,
             "failed_at": at,
             "errors": event.errors,
             "more_errors": event.more_errors,

@@ -42,13 +42,7 @@ class BatchesController(Controller):
     ) -> BatchList:
         """A page of batches."""
         views, more = await batches.listing(gateway, principal, after=after, limit=limit)
-        data = [BatchObject.of(v) for v in views]
-        return BatchList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=more,
-        )
+        return BatchList.of([BatchObject.of(v) for v in views], more)
 
     @get("/{batch_id:str}", operation_id="retrieveBatch", summary="A batch: status, counts, files")
     async def retrieve(

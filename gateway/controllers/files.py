@@ -79,13 +79,7 @@ class FilesController(Controller):
             limit=limit,
             ascending=order == "asc",
         )
-        data = [FileObject.of(r) for r in records]
-        return FileList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=more,
-        )
+        return FileList.of([FileObject.of(r) for r in records], more)
 
     @get("/{file_id:str}", operation_id="retrieveFile", summary="A file's description")
     async def retrieve(

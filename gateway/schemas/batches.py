@@ -3,7 +3,7 @@ the batch request."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,14 +40,29 @@ class FileObject(BaseModel):
         )
 
 
-class FileList(BaseModel):
-    """A page of files, newest first."""
+class _Page(BaseModel):
+    """A page of a list, as OpenAI pages them (the next page is `after` its `last_id`)."""
 
     object: Literal["list"] = "list"
-    data: list[FileObject]
     first_id: str | None = None
     last_id: str | None = None
     has_more: bool = False
+
+    @classmethod
+    def of(cls, data: list[Any], more: bool) -> Self:
+        """The page holding `data` (objects with an `id`), `more` following."""
+        return cls(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=more,
+        )
+
+
+class FileList(_Page):
+    """A page of files, newest first."""
+
+    data: list[FileObject]
 
 
 class FileDeleted(BaseModel):
@@ -174,11 +189,7 @@ class BatchObject(BaseModel):
         )
 
 
-class BatchList(BaseModel):
+class BatchList(_Page):
     """A page of batches, newest first."""
 
-    object: Literal["list"] = "list"
     data: list[BatchObject]
-    first_id: str | None = None
-    last_id: str | None = None
-    has_more: bool = False

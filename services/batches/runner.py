@@ -96,12 +96,14 @@ class BatchRunner:
         """Run batches until `stop` is set."""
         await while_unavailable(self.views.start, stop, "load the batch views")
         log.info("batch runner: %d batches to run", len(self.views.items))
+        sweep = time.monotonic() + TICK_S
         try:
             while not stop.is_set():
-                try:
-                    await asyncio.wait_for(self._woken.wait(), TICK_S)
-                except TimeoutError:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._woken.wait(), max(0.0, sweep - time.monotonic()))
+                if time.monotonic() >= sweep:  # however busy: a turn that failed is tried again
                     self._dirty.update(self.views.items)
+                    sweep = time.monotonic() + TICK_S
                 self._woken.clear()
                 for batch_id in list(self._dirty):
                     if batch_id not in self._tasks:  # else it runs again when that turn ends
