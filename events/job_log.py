@@ -70,10 +70,15 @@ async def submit_event(bus: Bus, event: JobSubmitted) -> JobSubmitted:
     return event
 
 
-async def append_submitted(bus: Bus, event: JobSubmitted) -> tuple[Envelope, int]:
-    """As `submit_event`; the stored envelope and its stream sequence."""
+async def append_submitted(
+    bus: Bus, event: JobSubmitted, *, envelope_id: str | None = None
+) -> tuple[Envelope, int]:
+    """As `submit_event`; the stored envelope and its stream sequence. `envelope_id` (also the
+    message id) names the envelope, for a submitter that may send the same job again."""
     names = bus.names
     envelope = Envelope(event, actor=event.owner)
+    if envelope_id is not None:
+        envelope = Envelope(event, actor=event.owner, id=envelope_id)
     ack = await bus.publish(
         names.job(event.job_id, event.type),
         envelope,
@@ -99,6 +104,30 @@ async def terminal_from_log(bus: Bus, job_id: str) -> Envelope | None:
             return None
         return decode(await bus.body(msg.data or b"", msg.headers))
     return None
+
+
+async def first_end(bus: Bus, job_id: str) -> tuple[int, Envelope] | None:
+    """The job's first terminal event and its sequence, if it has ended (a job cancelled after
+    it completed has two: the first is how it ended)."""
+    names = bus.names
+    found: list[tuple[int, Envelope]] = []
+    for event_type in sorted(TERMINAL_TYPES):
+        try:
+            msg = await bus.js.get_last_msg(names.jobs_stream, names.job(job_id, event_type))
+        except NotFoundError:
+            continue
+        found.append((msg.seq or 0, decode(await bus.body(msg.data or b"", msg.headers))))
+    return min(found, key=lambda f: f[0]) if found else None
+
+
+async def was_submitted(bus: Bus, job_id: str) -> bool:
+    """Whether the job has a ``job.submitted`` in the log."""
+    names = bus.names
+    try:
+        await bus.js.get_last_msg(names.jobs_stream, names.job(job_id, JobSubmitted.type))
+    except NotFoundError:
+        return False
+    return True
 
 
 class JobEnds:

@@ -75,6 +75,11 @@ def job_event_of(subject: str) -> tuple[str, str]:
     return parts[2], ".".join(parts[3:5])
 
 
+def batch_id_of(subject: str) -> str:
+    """The batch id of a BATCHES subject (``NS.batches.<batch_id>.<type>``)."""
+    return subject.split(".", 3)[2]
+
+
 def report_writer(subject: str) -> str | None:
     """The node a report's JOBS subject names (``NS.jobs.<job>.<type>.<node>``); None for a
     decision's subject."""
@@ -143,6 +148,24 @@ class Names:
     def dead_stream(self) -> str:
         """Stream recording messages that were terminated as unprocessable."""
         return f"{self.ns}_DEAD"
+
+    @property
+    def batches_stream(self) -> str:
+        """Stream of batch lifecycle events (the Batch API)."""
+        return f"{self.ns}_BATCHES"
+
+    def batch(self, batch_id: str, event_type: str) -> str:
+        """Subject of one event in a batch's history."""
+        return f"{self.ns}.batches.{check_id('batch id', batch_id)}.{event_type}"
+
+    def batch_all(self, batch_id: str) -> str:
+        """Filter for one batch's whole history."""
+        return f"{self.ns}.batches.{batch_id}.>"
+
+    @property
+    def batches_all(self) -> str:
+        """Filter for every batch event."""
+        return f"{self.ns}.batches.>"
 
     def bucket(self, name: str) -> str:
         """A KV bucket name: ``nodes``, ``sessions``, ``jobs``, ``usage``."""

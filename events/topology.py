@@ -190,6 +190,14 @@ def topology(
                 replicas=replicas,
             ),
             StreamSpec(
+                names.batches_stream,
+                (names.batches_all,),
+                deny_delete=True,
+                deny_purge=True,
+                duplicate_window_s=dedupe_window_s,
+                replicas=replicas,
+            ),
+            StreamSpec(
                 names.dead_stream,
                 (names.dead_all,),
                 deny_delete=True,
@@ -211,9 +219,15 @@ def topology(
             BucketSpec(names.bucket("reservations"), ttl_s=2 * 24 * 3600.0, replicas=replicas),
             BucketSpec(names.bucket("queues"), replicas=replicas),
             BucketSpec(names.bucket("enrolled"), replicas=replicas),  # node id → its key
+            # the Batch API: <tenant>.<file id> → a file's record; batch id → its view (a
+            # projection); <tenant>.<owner>.<batch id> of every batch, for a tenant's listing
+            BucketSpec(names.bucket("file_meta"), replicas=replicas),
+            BucketSpec(names.bucket("batches"), replicas=replicas),
+            BucketSpec(names.bucket("batch_index"), replicas=replicas),
         ),
         object_stores=(
             BucketSpec(names.bucket("payloads"), ttl_s=payloads_ttl_s, replicas=replicas),
+            BucketSpec(names.bucket("files"), replicas=replicas),  # files' bytes (Batch API)
         ),
     )
 

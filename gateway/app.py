@@ -20,7 +20,9 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from events.ids import new_id
 from gateway.auth import EXTRA_HEADERS, provide_gateway, provide_principal
 from gateway.controllers.auth import AuthController
+from gateway.controllers.batches import BatchesController
 from gateway.controllers.embeddings import EmbeddingsController
+from gateway.controllers.files import FilesController
 from gateway.controllers.health import HealthController
 from gateway.controllers.jobs import JobsController
 from gateway.controllers.keys import KeysController
@@ -139,6 +141,8 @@ def create_app(settings: Settings) -> Litestar:
         KeysController,
         NodesController,
         UsageController,
+        FilesController.limited(settings.file_max_bytes),
+        BatchesController,
         AuthController,
         job_stream,
         submit_and_stream,

@@ -30,6 +30,7 @@ from gateway.answers import CallDelta
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
+from services.jobs.admission import INTERACTIVE_PRIORITY
 from services.jobs.results import of_only_task
 from services.metrics import observe_per_token
 
@@ -81,6 +82,7 @@ async def start(
                 params=params,
                 max_attempts=gw.settings.max_attempts,
                 end_user=end_user,
+                priority=INTERACTIVE_PRIORITY,  # before batch lines (services/jobs/admission)
             ),
         )
     except BaseException:

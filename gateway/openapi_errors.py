@@ -62,6 +62,15 @@ _STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/auth/logout"): (*_AUTH, 400),
     ("get", "/v1/me"): _AUTH,
     ("delete", "/v1/sessions/{session_id}"): (*_AUTH, 403, 404),
+    ("post", "/v1/files"): (*_AUTH, *_BODY),
+    ("get", "/v1/files"): (*_AUTH, 400),
+    ("get", "/v1/files/{file_id}"): (*_AUTH, 404),
+    ("get", "/v1/files/{file_id}/content"): (*_AUTH, 404),
+    ("delete", "/v1/files/{file_id}"): (*_AUTH, 404),
+    ("post", "/v1/batches"): (*_AUTH, *_BODY, 404),
+    ("get", "/v1/batches"): (*_AUTH, 400),
+    ("get", "/v1/batches/{batch_id}"): (*_AUTH, 404),
+    ("post", "/v1/batches/{batch_id}/cancel"): (*_AUTH, 404, 409),
 }
 _UNLISTED = (400, 401, 403, 404, 409, 413, 429, 500, 503)  # an operation added and not listed
 # Operations anyone may call (`{}`: no credentials), or with a key for more (registration).

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from events.bus import Bus
 from events.envelope import Event
+from events.files import FileStore
 from events.job_log import JobEnds
 from events.records import EnrolledKey, TenantQueue
 from events.watched import WatchedBucket
@@ -43,6 +45,11 @@ class Gateway:
     preplanner: Preplanner  # plans plain jobs at the door while their models have room
     trust: Trust  # the enrolled node keys, and what the gateway believes of the nodes
     sockets: Counter[str] = field(default_factory=Counter)  # open WebSockets per tenant
+
+    @cached_property
+    def files(self) -> FileStore:
+        """The Batch API's files (their object store and records)."""
+        return FileStore(self.bus)
 
     @property
     def enrolled(self) -> WatchedBucket[EnrolledKey]:

@@ -20,7 +20,7 @@ from services.nats_dir import NatsDir, worker_identity
 from services.nats_tls import TlsFiles, server_tls
 from services.settings import Settings
 
-SERVICES = ("admin", "gateway", "orchestrator", "projector")
+SERVICES = ("admin", "gateway", "orchestrator", "projector", "batcher")
 
 __all__ = ["LocalBus", "as_identity", "local_admin", "local_bus", "nats_dir", "worker_identity"]
 

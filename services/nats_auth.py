@@ -6,12 +6,17 @@ The roles and why each needs what it gets:
 - `gateway`: appends `job.submitted` / `job.cancelled`, sends the work of jobs it planned, writes
   account events, rate counters and the keys, accounts, sessions and idempotency buckets; reads
   jobs and tokens to answer, and the nodes and enrolled buckets to show which node records are
-  signed by their enrolled keys.
+  signed by their enrolled keys. For the Batch API: stores and deletes files (the files object
+  store and their records), appends `batch.created` / `batch.failed` / `batch.cancelling`, and
+  reads the batch views.
 - `orchestrator`: appends the job events `decide` makes (plans, dispatches, reroutes, lost
   attempts, ends), sends work, records lost nodes and dead letters, writes the queues bucket;
   deletes a work message JetStream gave up on; reads the nodes and enrolled buckets.
-- `projector`: writes the jobs and usage buckets; reads the enrolled bucket, to check what
-  nodes report.
+- `projector`: writes the jobs and usage buckets, and the batch views; reads the enrolled
+  bucket, to check what nodes report.
+- `batcher` (the Batch API's runner): submits and cancels the jobs of batch lines, appends the
+  batch events it decides (started, completed, cancelled), writes the output files (the files
+  object store and their records); reads the batch views, the files and the jobs' ends.
 - `worker` (one identity per node): pulls only its own and its models' work, appends only
   `task.started` / `task.completed` / `task.failed`, publishes token chunks and its own node
   events, writes only its own node record. It cannot read the keys, accounts or sessions
@@ -33,7 +38,7 @@ from pathlib import Path
 
 from events.subjects import Names, encode_token
 
-ROLES = ("admin", "gateway", "orchestrator", "projector")
+ROLES = ("admin", "gateway", "orchestrator", "projector", "batcher")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +99,23 @@ def _buckets(names: Names, *buckets: str) -> list[str]:
     return [f"KV_{names.bucket(b)}" for b in buckets]
 
 
+def _batch_events(names: Names, *types: str) -> list[str]:
+    return [f"{names.ns}.batches.*.{t}" for t in types]
+
+
 def role_permissions(role: str, names: Names) -> Permissions:
-    """The permissions of a service role (`gateway`, `orchestrator`, `projector`, `admin`)."""
+    """The permissions of a service role (`gateway`, `orchestrator`, `projector`, `batcher`,
+    `admin`)."""
     ns = names.ns
     payloads = f"OBJ_{names.bucket('payloads')}"
+    files = f"OBJ_{names.bucket('files')}"
+    # writing the files object store: its chunks and records, and purging the chunks an object
+    # replaced or deleted leaves behind (nats-py's object store does it on put and delete)
+    write_files = [
+        f"$O.{names.bucket('files')}.>",
+        f"$JS.API.STREAM.PURGE.{files}",
+        *_kv(names, "file_meta"),
+    ]
     publish, subscribe = _service_base(names, role)
     if role == "admin":
         return Permissions(publish=(">",), subscribe=(">",))
@@ -117,6 +135,10 @@ def role_permissions(role: str, names: Names) -> Permissions:
             ),
             *_reads(_buckets(names, "sessions", "accounts")),
             *_reads([*_buckets(names, "idempotency", "jobs", "job_index"), payloads]),
+            *_batch_events(names, "batch.created", "batch.failed", "batch.cancelling"),
+            *write_files,
+            *_reads(_streams(names, "batches")),
+            *_reads([*_buckets(names, "batches", "batch_index", "file_meta"), files]),
         ]
         subscribe += [names.jobs_all, names.tokens_all]
     elif role == "orchestrator":
@@ -146,14 +168,25 @@ def role_permissions(role: str, names: Names) -> Permissions:
     elif role == "projector":
         publish += [
             f"{ns}.dead.>",
-            *_kv(names, "jobs", "usage", "job_index", "reservations"),
-            *_reads(_streams(names, "jobs")),
+            *_kv(names, "jobs", "usage", "job_index", "reservations", "batches", "batch_index"),
+            *_reads(_streams(names, "jobs", "batches")),
             *_reads(
                 [
                     *_buckets(names, "jobs", "usage", "enrolled", "job_index", "reservations"),
+                    *_buckets(names, "batches", "batch_index"),
                     payloads,
                 ]
             ),
+        ]
+    elif role == "batcher":
+        publish += [
+            names.job("*", "job.submitted"),
+            names.job("*", "job.cancelled"),
+            *_batch_events(names, "batch.started", "batch.completed", "batch.cancelled"),
+            f"$O.{names.bucket('payloads')}.>",  # a line's job too large for a message
+            *write_files,
+            *_reads(_streams(names, "jobs", "batches")),
+            *_reads([*_buckets(names, "batches"), files, payloads]),
         ]
     else:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}, or a worker node")

@@ -387,6 +387,22 @@ class Settings(BaseSettings):
         description="tasks waiting for a model above which new requests get 503 (0: no bound)",
     )
 
+    # Batch API (gateway and `dim batcher`)
+    batch_in_flight: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="lines of one batch running at once; the batch runner submits more as they end",
+    )
+    file_max_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=1024,
+        description="largest file POST /v1/files accepts (413 above; checked before it is read)",
+    )
+    batch_max_lines: int = Field(
+        50_000, ge=1, description="most requests one batch input file may hold (400 above)"
+    )
+
     # observability
     log_level: str = Field("INFO", description="Python logging level")
     otel_exporter: Literal["none", "console", "otlp"] = Field(

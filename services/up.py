@@ -1,8 +1,9 @@
-"""`dim up`: the whole mesh on one machine — embedded nats-server, orchestrator, projector, workers.
+"""`dim up`: the whole mesh on one machine — embedded nats-server, orchestrator, projector, batch
+runner, gateway, workers.
 
 Each service runs as its own process (as in production), started from this one; their log
 lines come through here prefixed with their name. Ctrl-C stops them in order: workers drain
-first, then the orchestrator and projector, then nats-server.
+first, then the other services, then nats-server.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
             for node, key in local.worker_keys(nodes).items():
                 await enroll(bus, node, key, by="dim up")
             say(f"enrolled the keys of {len(nodes)} workers: their node records are signed")
-        for role in ("orchestrator", "projector", "gateway"):
+        for role in ("orchestrator", "projector", "batcher", "gateway"):
             children.append(Child(role, [role], child_env(as_(role))))
         no_secrets = settings.model_copy(
             update={"jwt_secret": "", "jwt_private_key": "", "jwt_previous_secrets": ()}
@@ -194,7 +195,7 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
             )
         )
         say(
-            f"ready: {live}/{workers} simulated workers serving {models}; orchestrator and projector running"
+            f"ready: {live}/{workers} simulated workers serving {models}; orchestrator, projector and batch runner running"
         )
         gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
         say(f"gateway on {gateway}  (OpenAI-compatible: {gateway}/v1, API docs: {gateway}/openapi)")
@@ -203,7 +204,7 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
         say("stopping: draining workers")
         workers_ = [c for c in children if c.name.startswith("sim-")]
         await asyncio.gather(*(c.stop(settings.drain_timeout_s) for c in workers_))
-        say("stopping gateway, orchestrator and projector")
+        say("stopping gateway, orchestrator, projector and batch runner")
         await asyncio.gather(*(c.stop(10) for c in children if c not in workers_))
         return 0
     finally:

@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,13 +18,21 @@ import httpx
 from events.bus import Bus
 from events.envelope import Envelope
 from events.history import read_events
+from events.subjects import Names
+from gateway.batch_bodies import render
+from services.batches.projection import BatchStatusProjector
+from services.batches.runner import BatchRunner
 from services.engines.factory import build_engine
+from services.nats_auth import authorization, inbox_prefix
+from services.nats_dir import NatsDir
+from services.nats_server import EmbeddedNats
 from services.orchestrator.runner import Orchestrator
 from services.process import connect
 from services.projector import JobStatusProjector
 from services.settings import Settings
 from services.up import child_env
 from services.worker.runner import Worker
+from tests.conftest import fast_settings
 
 
 @dataclass
@@ -73,6 +82,15 @@ class Mesh:
 
     async def projector(self) -> Service:
         return await self._start("projector", lambda bus: JobStatusProjector(bus, self.settings))
+
+    async def batch_projector(self) -> Service:
+        return await self._start(
+            "batch-projector", lambda bus: BatchStatusProjector(bus, self.settings)
+        )
+
+    async def batcher(self, **overrides: Any) -> Service:
+        s = self.settings.model_copy(update=overrides)
+        return await self._start("batcher", lambda bus: BatchRunner(bus, s, render))
 
     async def worker(self, node_id: str, **overrides: Any) -> Service:
         s = self.settings.model_copy(update={"node_id": node_id, **overrides})
@@ -186,3 +204,37 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in the metrics:\n{text[:3000]}")
+
+
+@dataclass
+class Secured:
+    """A nats-server admitting dim's roles, each with only its rights (services/nats_auth.py)."""
+
+    url: str
+    dir: NatsDir
+    ns: str
+
+    def settings(self, identity: str, **update: Any) -> Settings:
+        """Settings connecting as `identity` (its seed and inbox)."""
+        return fast_settings(self.url, self.ns).model_copy(
+            update={
+                "nats_nkey_seed": self.dir.seed_of(identity),
+                "nats_inbox_prefix": inbox_prefix(identity),
+                **update,
+            }
+        )
+
+
+@contextlib.contextmanager
+def secured_server(base: Path, ns: str, workers: dict[str, tuple[str, ...]]) -> Iterator[Secured]:
+    """A server admitting the services and the worker nodes `workers` (node id -> its models;
+    enrolling their keys is the caller's). Plain TCP: TLS is tested elsewhere."""
+    d, names = NatsDir(base), Names(ns)
+    for node, models in workers.items():
+        d.seeded_worker(node, models, names)
+    server = EmbeddedNats(base, port=0, name=f"dim-{ns}", extra=authorization(d.users(names)))
+    server.start()
+    try:
+        yield Secured(server.url, d, ns)
+    finally:
+        server.stop()

@@ -25,6 +25,7 @@ from events.patterns import (
     Step,
 )
 from projections.job_state import JobState
+from services.jobs.admission import INTERACTIVE_PRIORITY
 from services.jobs.patterns import split
 
 
@@ -97,7 +98,11 @@ class JobRequest(BaseModel):
     node: str | None = Field(default=None, description="pin the job to this node while it is live")
     max_attempts: int | None = Field(default=None, ge=1, le=20)
     priority: int = Field(
-        default=0, ge=0, le=9, description="when a model's queue is full, 9 goes first"
+        default=INTERACTIVE_PRIORITY,
+        ge=0,
+        le=9,
+        description="when a model's queue is full, 9 goes first; 1 by default, as completions "
+        "(0 is where batch lines wait)",
     )
     retry: RetryPolicy = RetryPolicy()
     deadline_s: float | None = Field(

@@ -71,7 +71,7 @@ def instructions(made: SecurityDir, namespace: str) -> str:
         "",
         "each dim process connects as its own identity; give it only its own seed:",
     ]
-    for role in ("gateway", "orchestrator", "projector", "admin"):
+    for role in ("gateway", "orchestrator", "projector", "batcher", "admin"):
         identity = made.identities[role]
         who = "`dim` commands of an operator" if role == "admin" else f"the {role}"
         lines += [

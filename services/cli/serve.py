@@ -100,6 +100,7 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
 
 
 def cmd_projector(args: argparse.Namespace) -> int:
+    from services.batches.projection import BatchStatusProjector
     from services.metrics import ProjectorMetrics
     from services.process import serve
     from services.projector import JobStatusProjector, UsageProjector
@@ -117,12 +118,27 @@ def cmd_projector(args: argparse.Namespace) -> int:
             await asyncio.gather(
                 JobStatusProjector(bus, settings, metrics).run(stop),
                 UsageProjector(bus, settings).run(stop),
+                BatchStatusProjector(bus, settings).run(stop),
             )
         finally:
             server.shutdown()
             server.server_close()
 
     return serve(settings, "projector", body)
+
+
+def cmd_batcher(args: argparse.Namespace) -> int:
+    from gateway.batch_bodies import render
+    from services.batches.runner import BatchRunner
+    from services.process import serve
+
+    settings = settings_of(args, instance_id=args.instance_id)
+
+    async def body(bus: Bus, stop: asyncio.Event) -> None:
+        # the runner writes each line's answer as the endpoint would: the gateway's rendering
+        await BatchRunner(bus, settings, render).run(stop)
+
+    return serve(settings, "batcher", body)
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -237,12 +253,13 @@ def _add_worker(sub: Subcommands, common: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
-    """`up`, `worker`, `orchestrator`, `projector`, `gateway`."""
+    """`up`, `worker`, `orchestrator`, `projector`, `batcher`, `gateway`."""
     _add_up(sub, common)
     _add_worker(sub, common)
     for name, fn, what in (
         ("orchestrator", cmd_orchestrator, "run an orchestrator instance"),
         ("projector", cmd_projector, "run a job-status projector instance"),
+        ("batcher", cmd_batcher, "run a batch runner (the Batch API's lines, as jobs)"),
     ):
         s = sub.add_parser(name, parents=[common], help=what)
         s.add_argument(

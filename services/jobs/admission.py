@@ -39,6 +39,12 @@ from dataclasses import dataclass, field
 
 from projections.job_state import JobState, TaskState
 
+# Priorities of the jobs dim makes from requests (a jobs-API caller chooses its own, 0-9): when a
+# model's queue is full, held jobs go highest first, so a completion someone waits for goes
+# before the lines of a batch (which OpenAI's API promises only within its completion window).
+INTERACTIVE_PRIORITY = 1
+BATCH_PRIORITY = 0
+
 
 @dataclass(slots=True)
 class FairQueue:

@@ -43,13 +43,16 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """nats-server admitting dim's roles, a worker node `n1` serving `m1`, and `open-*` twins of
-    the worker and the gateway with every right (the permissions switched off)."""
+    the worker, the gateway and the batcher with every right (the permissions switched off)."""
     base = Path(tmp_path_factory.mktemp("authz"))
     keys = base / "ids"
-    ids = {r: new_identity(keys, r, role_permissions(r, NAMES)) for r in ("admin", "gateway")}
+    ids = {
+        r: new_identity(keys, r, role_permissions(r, NAMES))
+        for r in ("admin", "gateway", "batcher", "projector")
+    }
     ids["w-n1"] = new_identity(keys, "w-n1", worker_permissions(NAMES, "n1", ("m1",)))
-    ids["open-w-n1"] = new_identity(keys, "open-w-n1", ALL)
-    ids["open-gateway"] = new_identity(keys, "open-gateway", ALL)
+    for twin in ("w-n1", "gateway", "batcher"):
+        ids[f"open-{twin}"] = new_identity(keys, f"open-{twin}", ALL)
     nats_server = EmbeddedNats(
         base,
         port=0,
@@ -108,9 +111,14 @@ async def provisioned(server: Server) -> Server:
         ):
             with contextlib.suppress(Exception):
                 await js.add_stream(name=stream, subjects=subjects)
-        for bucket in ("keys", "enrolled"):
+        for bucket in ("keys", "enrolled", "file_meta"):
             with contextlib.suppress(Exception):
                 await js.create_key_value(bucket=NAMES.bucket(bucket))
+        with contextlib.suppress(Exception):
+            await js.add_stream(name=NAMES.batches_stream, subjects=[NAMES.batches_all])
+        with contextlib.suppress(Exception):
+            await js.create_object_store(NAMES.bucket("files"))
+        await (await js.object_store(NAMES.bucket("files"))).put("file-acme", b"acme's requests")
     return server
 
 
@@ -221,6 +229,63 @@ async def test_a_service_cannot_delete_a_stream(provisioned: Server, who: str) -
     assert (victim in [s.config.name for s in names]) is not deleted
     if not deleted:
         assert any("stream.delete" in v for v in blocked)
+
+
+@pytest.mark.parametrize("who", ["w-n1", "projector", "open-w-n1"])
+async def test_only_the_gateway_and_the_batcher_read_the_files(
+    provisioned: Server, who: str
+) -> None:
+    """A worker (or the projector) reading the Batch API's files would read every tenant's."""
+    async with connect(provisioned, who) as client:
+        js = client.nc.jetstream(timeout=1.0)
+        try:
+            store = await js.object_store(NAMES.bucket("files"))
+            got = (await store.get("file-acme")).data
+        except Exception:
+            got = None
+        blocked = await client.violations()
+    assert (got == b"acme's requests") is who.startswith("open-")
+    if got is None:
+        assert any(f"obj_{NAMES.bucket('files')}" in v for v in blocked)
+
+
+@pytest.mark.parametrize("who", ["gateway", "batcher", "open-gateway"])
+async def test_who_writes_which_batch_event(provisioned: Server, who: str) -> None:
+    """A caller's requests (create, cancel) are the gateway's to record, a batch's end the
+    runner's: the gateway cannot end a batch, nor the runner create one."""
+    forged = "batch.completed" if "gateway" in who else "batch.created"
+    allowed = "batch.cancelling" if "gateway" in who else "batch.started"
+    async with connect(provisioned, who) as client:
+        js = client.nc.jetstream(timeout=1.0)
+        try:
+            await js.publish(f"{NAMES.ns}.batches.b1.{forged}", b"FORGED")
+            stored = True
+        except Exception:
+            stored = False
+        await js.publish(f"{NAMES.ns}.batches.b1.{allowed}", b"its own kind")
+        blocked = await client.violations()
+    assert stored is who.startswith("open-")
+    if not stored:
+        assert any(forged in v for v in blocked)
+
+
+@pytest.mark.parametrize("who", ["batcher", "open-batcher"])
+async def test_the_batcher_submits_lines_and_cannot_end_a_job(
+    provisioned: Server, who: str
+) -> None:
+    async with connect(provisioned, "admin") as admin, connect(provisioned, who) as batcher:
+        seen = await admin.nc.subscribe(NAMES.job("j1", "job.completed"))
+        await admin.nc.flush()
+        await batcher.nc.publish(NAMES.job("j1", "job.completed"), b"FORGED")
+        await batcher.nc.publish(NAMES.job("j1", "job.submitted"), b"a line's job")
+        await batcher.nc.flush()
+        blocked = await batcher.violations()
+        got = [m.data async for m in _drain(seen)]
+    if who.startswith("open-"):
+        assert got == [b"FORGED"]
+        return
+    assert got == [] and any("job.completed" in v for v in blocked)
+    assert not any("job.submitted" in v for v in blocked)
 
 
 async def _drain(sub: object) -> AsyncIterator[object]:

@@ -18,10 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from httpx import AsyncClient as Client
@@ -33,53 +31,18 @@ from events.history import read_events
 from events.inference import Usage
 from events.jobs import TaskCompleted, TaskFailed, TaskLost, TaskStarted
 from events.signing import NodeKey, signed_report
-from events.subjects import Names
 from events.work import MessageRejected, ReportRefused, TokensProduced
 from services.accounts.keys import create_key
-from services.nats_auth import authorization, inbox_prefix
-from services.nats_dir import NatsDir
-from services.nats_server import EmbeddedNats, free_port
+from services.nats_server import free_port
 from services.process import connect, ensure_topology
 from services.registry.enrolled import enroll
 from services.settings import Settings
-from tests.conftest import fast_settings
-from tests.mesh import spawn, wait_until
+from tests.mesh import Secured, secured_server, spawn, wait_until
 
 MODEL = "sim-small"
 ROGUE_MODEL = "sim-rogue"
-
-
-@dataclass
-class Secured:
-    url: str
-    dir: NatsDir
-    ns: str
-
-    def settings(self, identity: str, **update: Any) -> Settings:
-        """Settings connecting as `identity` (its seed and inbox)."""
-        return fast_settings(self.url, self.ns).model_copy(
-            update={
-                "nats_nkey_seed": self.dir.seed_of(identity),
-                "nats_inbox_prefix": inbox_prefix(identity),
-                **update,
-            }
-        )
-
-
-@contextlib.contextmanager
-def secured_server(base: Path, ns: str) -> Iterator[Secured]:
-    """A server admitting the services and two nodes: `n1`, and `rogue` (admitted by the
-    server with worker rights for its own model, never enrolled). Plain TCP: TLS is tested
-    elsewhere."""
-    d, names = NatsDir(base), Names(ns)
-    d.seeded_worker("n1", (MODEL,), names)
-    d.seeded_worker("rogue", (ROGUE_MODEL,), names)
-    server = EmbeddedNats(base, port=0, name=f"dim-{ns}", extra=authorization(d.users(names)))
-    server.start()
-    try:
-        yield Secured(server.url, d, ns)
-    finally:
-        server.stop()
+# `n1`, and `rogue`: admitted by the server with worker rights for its own model, never enrolled
+WORKERS = {"n1": (MODEL,), "rogue": (ROGUE_MODEL,)}
 
 
 @contextlib.asynccontextmanager
@@ -258,7 +221,7 @@ def _reader(record: ReportRefused | MessageRejected) -> str:
 async def test_forged_reports_of_an_unenrolled_node_are_refused_and_recorded(
     tmp_path: Path,
 ) -> None:
-    with secured_server(tmp_path, "sr") as secured:
+    with secured_server(tmp_path, "sr", WORKERS) as secured:
         answer, refused = await attacked_answer(secured, signed=True)
     assert "FORGED" not in answer and answer and not answer.startswith("HTTP"), answer[:300]
     by = {_reader(r) for r in refused}
@@ -282,7 +245,7 @@ async def test_forged_reports_of_an_unenrolled_node_are_refused_and_recorded(
 async def test_twin_believing_every_report_is_fooled(tmp_path: Path) -> None:
     """The same attack where reports are believed unsigned: the forgery ends the victim's job
     (either answer: the forged one, or the forged unretriable failure)."""
-    with secured_server(tmp_path, "srx") as secured:
+    with secured_server(tmp_path, "srx", WORKERS) as secured:
         answer, _ = await attacked_answer(secured, signed=False)
     assert "FORGED" in answer or answer.startswith("HTTP"), answer[:300]
 
@@ -290,7 +253,7 @@ async def test_twin_believing_every_report_is_fooled(tmp_path: Path) -> None:
 async def test_an_unenrolled_node_receives_no_work(tmp_path: Path) -> None:
     """The rogue node, admitted by the server for its own model but enrolled by no admin,
     runs a real worker; a job for its model is refused as not served, and it never starts one."""
-    with secured_server(tmp_path, "su") as secured:
+    with secured_server(tmp_path, "su", WORKERS) as secured:
         await _no_work_for_the_rogue(secured)
 
 
