@@ -9,7 +9,7 @@ nodes that can (`services/registry/select.py`): a field is served or refused, ne
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, get_args
 
 from events.inference import Prompt, SamplingParams
 
@@ -25,19 +25,9 @@ Capability = Literal[
     "embeddings",
 ]
 BASIC: tuple[Capability, ...] = ("chat", "completions")  # what a node that says nothing serves
-# every capability of a generating engine (the simulated engine's, and what an OpenAI-compatible
-# upstream is taken to have)
-GENERATION: tuple[Capability, ...] = (
-    "chat",
-    "completions",
-    "tools",
-    "structured_outputs",
-    "logprobs",
-    "penalties",
-    "logit_bias",
-    "images",
-)
-EVERY: tuple[Capability, ...] = (*GENERATION, "embeddings")  # the simulated engine's
+EVERY: tuple[Capability, ...] = get_args(Capability)  # the simulated engine's
+# what a generating engine can do (an OpenAI-compatible upstream is taken to)
+GENERATION: tuple[Capability, ...] = tuple(c for c in EVERY if c != "embeddings")
 
 
 def needs(prompt: Prompt, params: SamplingParams) -> Iterator[tuple[str, Capability]]:

@@ -3,10 +3,20 @@ the model can serve (never an answer that silently left the field out)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from events.capabilities import needs
 from events.inference import Prompt, SamplingParams
 from gateway.errors import ApiError
 from gateway.runtime import Gateway
+
+
+def refuse_unserved(unserved: Iterator[tuple[str, str]]) -> None:
+    """A 400 `unsupported_parameter` naming the first field dim would not honour, if any."""
+    refused = next(unserved, None)
+    if refused is not None:
+        field, why = refused
+        raise ApiError(400, f"{field}: {why}", code="unsupported_parameter", param=field)
 
 
 def capable(gateway: Gateway, model: str, prompt: Prompt, params: SamplingParams) -> None:

@@ -238,3 +238,43 @@ def secured_server(base: Path, ns: str, workers: dict[str, tuple[str, ...]]) -> 
         yield Secured(server.url, d, ns)
     finally:
         server.stop()
+
+
+@contextlib.asynccontextmanager
+async def sdk_mesh(
+    bus: Bus, settings: Settings, model: str = "sim-small", **worker_env: str
+) -> AsyncIterator[Any]:
+    """An orchestrator, a projector, one simulated worker (`worker_env` its DIM_* settings) and
+    a gateway as real processes; yields the official `openai` SDK's client for a member of
+    tenant acme, once the worker serves `model` in the gateway's view."""
+    import openai
+
+    from services.accounts.keys import create_key
+    from services.nats_server import free_port
+
+    port = free_port()
+    s = settings.model_copy(update={"gateway_port": port})
+    _, key = await create_key(bus, principal_id="ann", tenant="acme", roles=("member",), actor="t")
+    env = {"DIM_NODE_ID": "w1", "DIM_MODELS": model, **worker_env}
+    with (
+        spawn(s, "orchestrator"),
+        spawn(s, "projector"),
+        spawn(s, "worker", **env),
+        spawn(s, "gateway"),
+    ):
+        base = f"http://127.0.0.1:{port}"
+        await wait_ready(base)
+        client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+
+        async def served() -> bool:
+            try:
+                await client.models.retrieve(model)
+            except openai.NotFoundError:
+                return False
+            return True
+
+        await wait_until(served, what="the worker in the gateway's view")
+        try:
+            yield client
+        finally:
+            await client.close()

@@ -11,7 +11,7 @@ from litestar.params import JSONBody
 from events import vectors
 from gateway import completions
 from gateway.auth import GatewayDep, PrincipalDep
-from gateway.capable import capable
+from gateway.capable import capable, refuse_unserved
 from gateway.errors import ApiError
 from gateway.schemas.embeddings import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 
@@ -29,10 +29,7 @@ class EmbeddingsController(Controller):
         self, data: JSONBody[EmbeddingRequest], gateway: GatewayDep, principal: PrincipalDep
     ) -> Response[Any]:
         """Embed the inputs on a node that serves embeddings for the model."""
-        refused = next(data.unserved(), None)
-        if refused is not None:
-            field, why = refused
-            raise ApiError(400, f"{field}: {why}", code="unsupported_parameter", param=field)
+        refuse_unserved(data.unserved())  # never a 200 that silently did something else
         prompt, params = data.prompt(), data.params()
         capable(gateway, data.model, prompt, params)
         started = await completions.start(

@@ -14,7 +14,7 @@ from events.inference import Prompt
 from events.jobs import JobCompleted
 from gateway import answers, completions
 from gateway.auth import GatewayDep, PrincipalDep
-from gateway.capable import capable
+from gateway.capable import capable, refuse_unserved
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.protocol import (
@@ -135,10 +135,7 @@ async def _respond(
     whole: Callable[[completions.Started, str, JobCompleted], BaseModel],
 ) -> Response[Any]:
     """Run a completion; answer with SSE chunks (`stream: true`) or the whole body."""
-    refused = next(data.unserved(), None)  # never a 200 that silently did something else
-    if refused is not None:
-        field, why = refused
-        raise ApiError(400, f"{field}: {why}", code="unsupported_parameter", param=field)
+    refuse_unserved(data.unserved())  # never a 200 that silently did something else
     params = data.sampling(gateway.settings.default_max_tokens)
     capable(gateway, data.model, prompt, params)
     started = await completions.start(

@@ -10,8 +10,7 @@ from litestar.response import Stream
 
 from gateway import completions, responses
 from gateway.auth import GatewayDep, PrincipalDep
-from gateway.capable import capable
-from gateway.errors import ApiError
+from gateway.capable import capable, refuse_unserved
 from gateway.schemas.responses import ResponseRequest
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -32,10 +31,7 @@ class ResponsesController(Controller):
         self, data: JSONBody[ResponseRequest], gateway: GatewayDep, principal: PrincipalDep
     ) -> Response[Any]:
         """Run the input through the mesh; `stream: true` answers with the Responses events."""
-        refused = next(data.unserved(), None)
-        if refused is not None:
-            field, why = refused
-            raise ApiError(400, f"{field}: {why}", code="unsupported_parameter", param=field)
+        refuse_unserved(data.unserved())  # never a 200 that silently did something else
         prompt = data.prompt()
         params = data.sampling(gateway.settings.default_max_tokens)
         capable(gateway, data.model, prompt, params)

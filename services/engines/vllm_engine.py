@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from events.capabilities import Capability
+from events.capabilities import GENERATION, Capability
 from events.errors import EngineError
 from events.inference import FinishReason, Usage
 from events.tools import CallPart, ToolCall, ToolChoice
@@ -138,17 +138,7 @@ class VllmEngine:
         (forced calls constrained; `auto` with a tool-call parser), structured outputs,
         logprobs, penalties and logit_bias. Images are not served."""
         can: tuple[Capability, ...] = (
-            ("embeddings",)
-            if self.pooling
-            else (
-                "chat",
-                "completions",
-                "tools",
-                "structured_outputs",
-                "logprobs",
-                "penalties",
-                "logit_bias",
-            )
+            ("embeddings",) if self.pooling else tuple(c for c in GENERATION if c != "images")
         )
         return dict.fromkeys(self._models, can)
 

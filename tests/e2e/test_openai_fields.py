@@ -21,11 +21,9 @@ import pytest
 
 from events.bus import Bus
 from events.jobs import JobSubmitted
-from services.accounts.keys import create_key
-from services.nats_server import free_port
 from services.settings import Settings
 from services.up import child_env
-from tests.mesh import job_events, spawn, wait_ready, wait_until
+from tests.mesh import job_events, sdk_mesh, spawn, wait_until
 
 CHAT = [{"role": "user", "content": "hello"}]
 AUDIO = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
@@ -40,37 +38,8 @@ TOOL = {
 
 @pytest.fixture
 async def client(bus: Bus, settings: Settings) -> AsyncIterator[openai.AsyncOpenAI]:
-    port = free_port()
-    s = settings.model_copy(update={"gateway_port": port})
-    _, key = await create_key(bus, principal_id="ann", tenant="acme", roles=("member",), actor="t")
-    with (
-        spawn(s, "orchestrator"),
-        spawn(s, "projector"),
-        spawn(
-            s,
-            "worker",
-            DIM_NODE_ID="w1",
-            DIM_MODELS="sim-small",
-            DIM_SIM_CAPABILITIES="chat,completions",
-        ),
-        spawn(s, "gateway"),
-    ):
-        base = f"http://127.0.0.1:{port}"
-        await wait_ready(base)
-        c = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
-
-        async def served() -> bool:
-            try:
-                await c.models.retrieve("sim-small")
-            except openai.NotFoundError:
-                return False
-            return True
-
-        await wait_until(served, what="the worker in the gateway's view")
-        try:
-            yield c
-        finally:
-            await c.close()
+    async with sdk_mesh(bus, settings, DIM_SIM_CAPABILITIES="chat,completions") as c:
+        yield c
 
 
 async def _refused(client: openai.AsyncOpenAI, **fields: Any) -> openai.BadRequestError:

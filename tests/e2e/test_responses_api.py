@@ -14,10 +14,8 @@ import pytest
 from pydantic import BaseModel
 
 from events.bus import Bus
-from services.accounts.keys import create_key
-from services.nats_server import free_port
 from services.settings import Settings
-from tests.mesh import spawn, wait_ready, wait_until
+from tests.mesh import sdk_mesh
 
 MODEL = "sim-small"
 WEATHER: dict[str, Any] = {
@@ -41,27 +39,8 @@ class Answer(BaseModel):
 
 @pytest.fixture
 async def client(bus: Bus, settings: Settings) -> AsyncIterator[openai.AsyncOpenAI]:
-    port = free_port()
-    s = settings.model_copy(update={"gateway_port": port})
-    _, key = await create_key(bus, principal_id="ann", tenant="acme", roles=("member",), actor="t")
-    with (
-        spawn(s, "orchestrator"),
-        spawn(s, "projector"),
-        spawn(s, "worker", DIM_NODE_ID="w1", DIM_MODELS=MODEL, DIM_SIM_TOKENS_PER_S="2000"),
-        spawn(s, "gateway"),
-    ):
-        base = f"http://127.0.0.1:{port}"
-        await wait_ready(base)
-        c = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
-
-        async def served() -> bool:
-            return bool([m async for m in c.models.list()])
-
-        await wait_until(served, what="the worker in the gateway's view")
-        try:
-            yield c
-        finally:
-            await c.close()
+    async with sdk_mesh(bus, settings, MODEL, DIM_SIM_TOKENS_PER_S="2000") as c:
+        yield c
 
 
 async def test_text_whole_and_streamed(client: openai.AsyncOpenAI) -> None:

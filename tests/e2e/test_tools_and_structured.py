@@ -18,11 +18,9 @@ from pydantic import BaseModel
 
 from events.bus import Bus
 from events.jobs import TaskCompleted
-from services.accounts.keys import create_key
 from services.engines.sim_answers import VOCAB
-from services.nats_server import free_port
 from services.settings import Settings
-from tests.mesh import job_events, spawn, wait_ready, wait_until
+from tests.mesh import job_events, sdk_mesh
 
 MODEL = "sim-small"
 WEATHER = {
@@ -69,31 +67,8 @@ class Plan(BaseModel):
 
 @pytest.fixture
 async def client(bus: Bus, settings: Settings) -> AsyncIterator[openai.AsyncOpenAI]:
-    port = free_port()
-    s = settings.model_copy(update={"gateway_port": port})
-    _, key = await create_key(bus, principal_id="ann", tenant="acme", roles=("member",), actor="t")
-    with (
-        spawn(s, "orchestrator"),
-        spawn(s, "projector"),
-        spawn(s, "worker", DIM_NODE_ID="w1", DIM_MODELS=MODEL, DIM_SIM_TOKENS_PER_S="2000"),
-        spawn(s, "gateway"),
-    ):
-        base = f"http://127.0.0.1:{port}"
-        await wait_ready(base)
-        c = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
-
-        async def served() -> bool:
-            try:
-                await c.models.retrieve(MODEL)
-            except openai.NotFoundError:
-                return False
-            return True
-
-        await wait_until(served, what="the worker in the gateway's view")
-        try:
-            yield c
-        finally:
-            await c.close()
+    async with sdk_mesh(bus, settings, MODEL, DIM_SIM_TOKENS_PER_S="2000") as c:
+        yield c
 
 
 def _valid(schema: dict[str, Any], arguments: str) -> dict[str, Any]:
