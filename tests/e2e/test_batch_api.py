@@ -254,6 +254,46 @@ async def test_a_batch_completes_through_a_killed_worker_and_a_restarted_runner(
     assert batch.id in listed  # paged by `after`, as the SDK asks
 
 
+async def test_batch_lines_carry_tools_schemas_and_logprobs(mesh: BatchMesh) -> None:
+    """A line is served as its endpoint serves it: every field reaches the engine."""
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {
+                "type": "object",
+                "properties": {"q": {"type": "string"}},
+                "required": ["q"],
+            },
+        },
+    }
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    base = json.loads(_chat_lines(1, 64))
+    bodies = {
+        "tool": {"tools": [tool], "tool_choice": "required"},
+        "schema": {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "s", "schema": schema},
+            }
+        },
+        "scored": {"logprobs": True, "top_logprobs": 2},
+    }
+    lines = [{**base, "custom_id": k, "body": {**base["body"], **v}} for k, v in bodies.items()]
+    batch = await _batch(mesh.ann, _jsonl(lines))
+    batch = await _until(mesh.ann, batch.id, lambda b: b.status in ("completed", "failed"))
+    assert batch.status == "completed", batch
+    got = {
+        r["custom_id"]: ChatCompletion.model_validate(r["response"]["body"]).choices[0]
+        for r in await _lines(mesh.ann, batch.output_file_id)
+    }
+    (call,) = got["tool"].message.tool_calls or []
+    assert got["tool"].finish_reason == "tool_calls" and "q" in json.loads(call.function.arguments)
+    assert isinstance(json.loads(got["schema"].message.content or "")["n"], int)
+    scored = got["scored"].logprobs
+    assert scored is not None and scored.content and scored.content[0].top_logprobs
+
+
 async def test_a_refused_input_file_makes_a_failed_batch_naming_each_line(
     mesh: BatchMesh,
 ) -> None:
@@ -263,7 +303,7 @@ async def test_a_refused_input_file_makes_a_failed_batch_naming_each_line(
         {**good, "custom_id": "req-0"},  # 2: the same custom_id
         {**good, "custom_id": "u", "url": "/v1/completions"},  # 3: another endpoint
         {**good, "custom_id": "s", "body": {**good["body"], "stream": True}},  # 4
-        {**good, "custom_id": "t", "body": {**good["body"], "tools": [{"type": "function"}]}},  # 5
+        {**good, "custom_id": "t", "body": {**good["body"], "store": True}},  # 5: not served
     ]
     raw = _jsonl(lines) + b"not json\n"  # 6
     batch = await _batch(mesh.ann, raw)
@@ -273,7 +313,7 @@ async def test_a_refused_input_file_makes_a_failed_batch_naming_each_line(
         2: ("duplicate_custom_id", "custom_id"),
         3: ("invalid_url", "url"),
         4: ("invalid_request", "body.stream"),
-        5: ("unsupported_parameter", "body.tools"),
+        5: ("unsupported_parameter", "body.store"),
         6: ("invalid_json", None),
     }
     again = await mesh.ann.batches.retrieve(batch.id)
