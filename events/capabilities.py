@@ -31,9 +31,14 @@ GENERATION: tuple[Capability, ...] = tuple(c for c in EVERY if c != "embeddings"
 
 
 def needs(prompt: Prompt, params: SamplingParams) -> Iterator[tuple[str, Capability]]:
-    """(request field, capability) for each field of the request that needs more than text."""
+    """(request field, capability) for what the request needs: its kind (chat, completions,
+    embeddings), then each field that asks for more than text."""
     if params.embed:
         yield "input", "embeddings"
+    elif prompt.messages is not None:
+        yield "messages", "chat"
+    else:
+        yield "prompt", "completions"
     if prompt.tools:
         yield "tools", "tools"
     if params.tool_choice is not None and params.tool_choice.mode != "none" and prompt.tools:
@@ -58,5 +63,5 @@ def needs(prompt: Prompt, params: SamplingParams) -> Iterator[tuple[str, Capabil
 
 
 def needed(prompt: Prompt, params: SamplingParams) -> frozenset[str]:
-    """The capabilities a request needs beyond plain text."""
+    """The capabilities a request needs."""
     return frozenset(c for _, c in needs(prompt, params))

@@ -82,7 +82,9 @@ async def create(gw: Gateway, principal: Principal, request: BatchRequest) -> Ba
     def admit(line: BatchLine) -> None:
         require_served(gw, line.model)
         require_fits(gw, line.model, line.params.max_tokens)
-        capable(gw, line.model, line.prompt, line.params)  # a field no node can honour
+        capable(
+            gw, principal.tenant, line.model, line.prompt, line.params
+        )  # a field no node can honour
 
     settings = gw.settings
     parsed = await asyncio.to_thread(  # a large file takes seconds: not on the event loop

@@ -19,13 +19,17 @@ def refuse_unserved(unserved: Iterator[tuple[str, str]]) -> None:
         raise ApiError(400, f"{field}: {why}", code="unsupported_parameter", param=field)
 
 
-def capable(gateway: Gateway, model: str, prompt: Prompt, params: SamplingParams) -> None:
-    """Raise a 400 naming the first field of the request that no live node serving `model` can
-    honour, or, when each can be but no one node does them all, the fields together. A model
+def capable(
+    gateway: Gateway, tenant: str, model: str, prompt: Prompt, params: SamplingParams
+) -> None:
+    """Raise a 400 naming the first field of the request that no live node serving `model` to
+    `tenant` can honour, or, when each can be but no one node does them all, the fields together. A model
     with no live node is left to the job path (it waits for one, then says so)."""
-    nodes = gateway.nodes.serving(model)
+    nodes = [
+        n for n in gateway.nodes.serving(model) if not n.tenants or tenant in n.tenants
+    ]  # its own
     asked = list(needs(prompt, params))
-    if not nodes or not asked:
+    if not nodes:
         return
     can = [n.can(model) for n in nodes]
     for field, capability in asked:

@@ -36,7 +36,12 @@ from services.metrics import observe_per_token
 
 log = logging.getLogger(__name__)
 
-_FAILURE_STATUS = {"model_not_served": 503, "task_failed": 502, "invalid_request": 400}
+_FAILURE_STATUS = {
+    "model_not_served": 503,
+    "no_capacity": 503,
+    "task_failed": 502,
+    "invalid_request": 400,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +226,10 @@ async def deltas(gw: Gateway, started: Started) -> AsyncGenerator[Delta | Ended,
                 elif isinstance(event, JobCompleted):
                     done = True
                     _count(gw, started, event)
+                    split = _diverged(choices_of(event), texts, args)
+                    if split is not None:
+                        yield Ended(None, split)
+                        return
                     for choice in choices_of(event):
                         seen = texts.get(choice.index, TextAssembler()).text
                         rest = choice.output[len(seen) :] if choice.output.startswith(seen) else ""
@@ -248,6 +257,29 @@ async def deltas(gw: Gateway, started: Started) -> AsyncGenerator[Delta | Ended,
         if not done:  # the client went away (or the request timed out) mid-answer
             with contextlib.suppress(Exception):
                 await cancel(gw, started.job_id, "the client disconnected")
+
+
+def _diverged(
+    choices: tuple[Choice, ...],
+    texts: dict[int, TextAssembler],
+    args: dict[tuple[int, int], TextAssembler],
+) -> ApiError | None:
+    """An error when what was streamed is not a beginning of the answer: an attempt that
+    could not continue the last one's text (a JSON answer, one with logprobs) regenerated it
+    differently after part of it had gone out. Said, not patched over: the client has text
+    that is not the answer's."""
+    for choice in choices:
+        seen = texts.get(choice.index)
+        calls = [(k, c.arguments) for k, c in enumerate(choice.tool_calls)]
+        parts = [(seen, choice.output)] + [(args.get((choice.index, k)), a) for k, a in calls]
+        if any(s is not None and not whole.startswith(s.text) for s, whole in parts):
+            return ApiError(
+                502,
+                "the answer was regenerated on another worker after part of it was streamed, "
+                "and differs from what you received: retry the request",
+                code="stream_diverged",
+            )
+    return None
 
 
 def _unstreamed(

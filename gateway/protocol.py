@@ -242,7 +242,7 @@ class _Sampling(_In):
     @classmethod
     def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for token, bias in (value or {}).items():
-            if not token.isdigit():
+            if not (token.isascii() and token.isdigit() and int(token) < 2**31):
                 raise ValueError(f"logit_bias keys are token ids: {token!r} is not one")
             if not -100 <= bias <= 100:
                 raise ValueError(f"logit_bias of token {token} is {bias}: -100 to 100")

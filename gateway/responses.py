@@ -115,9 +115,12 @@ async def events(gw: Gateway, started: Started, request: ResponseRequest) -> Asy
             if isinstance(d, Ended):
                 if d.error is not None:
                     err = d.error.body()["error"]
-                    yield out.send(
-                        "error", code=err["code"], message=err["message"], param=err["param"]
-                    )
+                    failed = {
+                        **base,
+                        "status": "failed",
+                        "error": {"code": err["code"], "message": err["message"]},
+                    }
+                    yield out.send("response.failed", response=failed)
                     return
                 done = d.completed
                 assert done is not None
@@ -143,7 +146,13 @@ async def events(gw: Gateway, started: Started, request: ResponseRequest) -> Asy
                     yield out.send("response.output_item.done", output_index=index, item=item)
                     items[index] = item
                 ordered = [items[i] for i in sorted(items)]
-                yield out.send("response.completed", response=finished(base, done, ordered))
+                whole = finished(base, done, ordered)
+                kind = (
+                    "response.incomplete"
+                    if whole["status"] == "incomplete"
+                    else "response.completed"
+                )
+                yield out.send(kind, response=whole)
                 return
             if d.index != 0:
                 continue  # one answer (the Responses API has no `n`)

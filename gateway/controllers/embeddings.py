@@ -31,7 +31,7 @@ class EmbeddingsController(Controller):
         """Embed the inputs on a node that serves embeddings for the model."""
         refuse_unserved(data.unserved())  # never a 200 that silently did something else
         prompt, params = data.prompt(), data.params()
-        capable(gateway, data.model, prompt, params)
+        capable(gateway, principal.tenant, data.model, prompt, params)
         started = await completions.start(
             gateway, principal, data.model, prompt, params, stream=False, end_user=data.user
         )

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from events.inference import Prompt
 from events.jobs import JobCompleted
+from events.records import NodeRecord
 from gateway import answers, completions
 from gateway.auth import GatewayDep, PrincipalDep
 from gateway.capable import capable, refuse_unserved
@@ -45,9 +46,11 @@ class ModelsController(Controller):
 
     @get(operation_id="listModels", summary="Models with at least one live node")
     async def list_models(self, gateway: GatewayDep, principal: PrincipalDep) -> ModelList:
-        """Every model a live node serves, created at the earliest start of a node serving it."""
-        models = sorted({m for node in gateway.nodes.live() for m in node.models})
-        return ModelList(data=[_card(gateway, m) for m in models])
+        """Every model a live node serves to the caller's tenant, created at the earliest start
+        of a node serving it."""
+        tenant = principal.tenant
+        models = sorted({m for n in gateway.nodes.live() if _serves(n, tenant) for m in n.models})
+        return ModelList(data=[_card(gateway, m, tenant) for m in models])
 
     @get(
         "/{model_id:path}",
@@ -59,19 +62,24 @@ class ModelsController(Controller):
     ) -> ModelCard:
         """A model a live node serves (404 otherwise: the list names them)."""
         name = model_id.lstrip("/")
-        if not gateway.nodes.serving(name):
+        if not [n for n in gateway.nodes.serving(name) if _serves(n, principal.tenant)]:
             raise ApiError(
                 404,
                 f"no live node serves model {name!r}: GET /v1/models lists those that do",
                 code="model_not_found",
                 param="model",
             )
-        return _card(gateway, name)
+        return _card(gateway, name, principal.tenant)
 
 
-def _card(gateway: Gateway, model: str) -> ModelCard:
-    """What the live nodes serving `model` say of it."""
-    nodes = gateway.nodes.serving(model)
+def _serves(node: NodeRecord, tenant: str) -> bool:
+    """Whether `node` takes `tenant`'s tasks (a node dedicated to others does not)."""
+    return not node.tenants or tenant in node.tenants
+
+
+def _card(gateway: Gateway, model: str, tenant: str) -> ModelCard:
+    """What the live nodes serving `model` to `tenant` say of it."""
+    nodes = [n for n in gateway.nodes.serving(model) if _serves(n, tenant)]
     contexts = [n.max_context for n in nodes if n.max_context]
     return ModelCard(
         id=model,
@@ -137,7 +145,7 @@ async def _respond(
     """Run a completion; answer with SSE chunks (`stream: true`) or the whole body."""
     refuse_unserved(data.unserved())  # never a 200 that silently did something else
     params = data.sampling(gateway.settings.default_max_tokens)
-    capable(gateway, data.model, prompt, params)
+    capable(gateway, principal.tenant, data.model, prompt, params)
     started = await completions.start(
         gateway, principal, data.model, prompt, params, stream=data.stream, end_user=data.user
     )

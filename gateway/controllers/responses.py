@@ -34,7 +34,7 @@ class ResponsesController(Controller):
         refuse_unserved(data.unserved())  # never a 200 that silently did something else
         prompt = data.prompt()
         params = data.sampling(gateway.settings.default_max_tokens)
-        capable(gateway, data.model, prompt, params)
+        capable(gateway, principal.tenant, data.model, prompt, params)
         started = await completions.start(
             gateway, principal, data.model, prompt, params, stream=data.stream, end_user=data.user
         )

@@ -8,10 +8,11 @@ continue from. The chat path serves the rest, so a response is a job like any ot
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from events.inference import (
     MAX_TOKENS,
@@ -22,6 +23,7 @@ from events.inference import (
     SamplingParams,
 )
 from events.tools import MAX_TOOLS, TOOL_NAME, Function, Tool, ToolCall, ToolChoice
+from gateway.protocol import MAX_IMAGE_URL_CHARS, MAX_SCHEMA_BYTES, MAX_TOOLS_BYTES, ImageUrl
 from gateway.unserved import IGNORED
 
 Role = Literal["user", "assistant", "system", "developer"]
@@ -50,7 +52,13 @@ class InputPart(_Strict):
 
     type: Literal["input_text", "output_text", "input_image"]
     text: str | None = None
-    image_url: str | None = None
+    image_url: str | None = Field(default=None, min_length=1, max_length=MAX_IMAGE_URL_CHARS)
+
+    @field_validator("image_url")
+    @classmethod
+    def _fetchable(cls, value: str | None) -> str | None:
+        return ImageUrl.model_validate({"url": value}).url if value is not None else None
+
     detail: Literal["auto", "low", "high"] = "auto"
     annotations: list[Any] | None = None  # sent back with earlier output_text parts
 
@@ -121,6 +129,25 @@ class ResponseRequest(BaseModel):
     stream: bool = False
     user: str | None = Field(default=None, max_length=256)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> ResponseRequest:
+        fmt = self.text.format if self.text is not None else None
+        if fmt is not None and fmt.type == "json_schema":
+            if fmt.schema_ is None or fmt.name is None:
+                raise ValueError("text.format json_schema needs its name and schema")
+            if len(json.dumps(fmt.schema_)) > MAX_SCHEMA_BYTES:
+                raise ValueError(f"text.format: a schema may have {MAX_SCHEMA_BYTES:,} bytes")
+        if self.tools and len(json.dumps([t.model_dump() for t in self.tools])) > MAX_TOOLS_BYTES:
+            raise ValueError(f"tools: {MAX_TOOLS_BYTES:,} bytes at most, all together")
+        choice = self.tool_choice
+        if isinstance(choice, NamedFunction) or choice == "required":
+            names = {t.name for t in self.tools or ()}
+            if not names:
+                raise ValueError("tool_choice: a tool call is asked for but no tools are sent")
+            if isinstance(choice, NamedFunction) and choice.name not in names:
+                raise ValueError(f"tool_choice: no tool is named {choice.name!r}")
+        return self
+
     def unserved(self) -> Iterator[tuple[str, str]]:
         """(field, why) for every field sent that dim would not honour."""
         for name, value in (self.model_extra or {}).items():
@@ -149,7 +176,7 @@ class ResponseRequest(BaseModel):
                     name=t.name,
                     description=t.description,
                     parameters=t.parameters,
-                    strict=bool(t.strict),
+                    strict=t.strict is not False,  # the Responses API's default: strict
                 )
             )
             for t in self.tools or ()

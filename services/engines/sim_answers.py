@@ -98,6 +98,7 @@ def rng_for(model: str, prompt: str, seed: int) -> random.Random:
 
 def answer(model: str, prompt: Prompt, params: SamplingParams, seed: int) -> Answer:
     """What the simulated engine answers to `prompt`."""
+    _check_bias(params)
     rendered = prompt.render()
     rng = rng_for(model, rendered, seed)
     tool = _tool_to_call(prompt, params)
@@ -186,14 +187,6 @@ def _constrained(tokens: list[str], params: SamplingParams, call: ToolCall | Non
 
 def _words(rng: random.Random, params: SamplingParams) -> Answer:
     """Sentences of words; with a bias or penalty, drawn from the weighted distribution."""
-    for token in params.logit_bias:
-        if token >= len(VOCAB):
-            raise EngineError(
-                f"logit_bias: token id {token} is not in the simulated vocabulary "
-                f"(ids 0 to {len(VOCAB) - 1}, docs/engines.md)",
-                retriable=False,
-                kind="invalid_request",
-            )
     weighted = bool(params.presence_penalty or params.frequency_penalty or params.logit_bias)
     want = params.logprobs
     length = rng.randint(12, 60)
@@ -224,6 +217,19 @@ def _words(rng: random.Random, params: SamplingParams) -> Answer:
                 lps.append(_logprob(".", 1.0, {".": 1.0}, lambda w: w, params.top_logprobs))
             sentence = 0
     return Answer(out, lps if want else None)
+
+
+def _check_bias(params: SamplingParams) -> None:
+    """Refuse a token id outside the vocabulary, whatever the answer (JSON is constrained: a
+    bias changes nothing there, but an id it cannot have is still the client's mistake)."""
+    for token in params.logit_bias:
+        if token >= len(VOCAB):
+            raise EngineError(
+                f"logit_bias: token id {token} is not in the simulated vocabulary "
+                f"(ids 0 to {len(VOCAB) - 1}, docs/engines.md)",
+                retriable=False,
+                kind="invalid_request",
+            )
 
 
 def _distribution(drawn: Counter[str], params: SamplingParams) -> dict[str, float]:

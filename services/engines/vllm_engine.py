@@ -22,11 +22,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from events.capabilities import GENERATION, Capability
 from events.errors import EngineError
-from events.inference import FinishReason, Usage
+from events.inference import FinishReason, TokenLogprob, Usage
 from events.tools import CallPart, ToolCall, ToolChoice
 from services.engines import vllm_requests as asks
 from services.engines.protocol import Chunk, Embedded, GenerationRequest, require_model
@@ -78,6 +79,11 @@ def finish_reason(reason: str | None, aborted: bool) -> FinishReason:
     if reason == "length":
         return "length"
     return "stop"
+
+
+def refused(exc: Exception) -> EngineError:
+    """A request vLLM (or the model's chat template) would not take, as the client's error."""
+    return EngineError(f"vLLM refused the request: {exc}", retriable=False, kind="invalid_request")
 
 
 def resume_point(prompt_text: str, continued_text: str, resume: str) -> tuple[bool, str]:  # pure
@@ -177,6 +183,8 @@ class VllmEngine:
             vectors = await asyncio.gather(*(one(i) for i in range(len(texts))))
         except EngineError:
             raise
+        except ValueError as exc:  # vLLM checks a request as it takes it: the client's to fix
+            raise refused(exc) from exc
         except Exception as exc:
             raise EngineError(f"vLLM failed the embeddings: {exc!r}") from exc
         return Embedded(tuple(vectors), sum(len(i) for i in ids))
@@ -331,9 +339,13 @@ class VllmEngine:
             if forced is not None and forced.mode == "function"
             else None
         )
-        ids, prompt_tokens, owed = self._inputs(request)
-        params = self._params(request)
+        try:
+            ids, prompt_tokens, owed = self._inputs(request)
+            params = self._params(request)
+        except Exception as exc:  # the chat template or vLLM's checks refused the request
+            raise refused(exc) from exc
         top = request.params.top_logprobs
+        held_lps: list[TokenLogprob] = []
         produced = 0
         whole: list[str] = []
         try:
@@ -351,20 +363,27 @@ class VllmEngine:
                     usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=produced)
                     if held:
                         whole.append(text)
+                        held_lps.extend(lps or ())
                         if named is not None and text:
                             yield Chunk(text, len(new_ids), call=named)
-                        yield self._calls(request, "".join(whole), finish, usage, forced, named)
+                        last = self._calls(request, "".join(whole), finish, usage, forced, named)
+                        if request.params.logprobs:  # the whole answer's, with its end
+                            last = replace(last, logprobs=tuple(held_lps))
+                        yield last
                     else:
                         yield Chunk(text, len(new_ids), finish, usage, new_ids, lps)
                     return
                 if held:
                     whole.append(text)
+                    held_lps.extend(lps or ())
                     if named is not None and text:
                         yield Chunk(text, len(new_ids), call=named)
                 elif text or new_ids:
                     yield Chunk(text, len(new_ids), token_ids=new_ids, logprobs=lps)
         except EngineError:
             raise
+        except ValueError as exc:  # vLLM checks a request as it takes it: the client's to fix
+            raise refused(exc) from exc
         except Exception as exc:
             if request.request_id in self._aborted:
                 yield Chunk(

@@ -47,7 +47,7 @@ class TooLarge(ValueError):
 
 def worst_case_prompt_bytes(job: JobSubmitted) -> int:
     """The most prompt bytes all of the job's tasks together can be given."""
-    prompt = _size(job.prompt.render()) if job.prompt is not None else 0
+    prompt = job.prompt.size() if job.prompt is not None else 0  # tools and images included
     out = job.params.max_tokens * BYTES_PER_TOKEN  # one task's output, at most
     if job.pattern == "collaborative" and job.collaborative is not None:
         spec = job.collaborative
@@ -120,15 +120,16 @@ def check_bounds(job: JobSubmitted, *, max_prompt_bytes: int) -> None:
     """Raise `TooLarge` unless the job's worst case fits `max_prompt_bytes` (and its templates
     `MAX_TEMPLATE_REFS` references each)."""
     params = job.params
-    if params.logprobs:
-        entries = params.max_tokens * (1 + params.top_logprobs)
+    if params.logprobs:  # every choice's, on the job's end
+        entries = params.n * params.max_tokens * (1 + params.top_logprobs)
         if entries * LOGPROB_ENTRY_BYTES > MAX_LOGPROBS_BYTES:
             most = MAX_LOGPROBS_BYTES // LOGPROB_ENTRY_BYTES // (1 + params.top_logprobs)
+            most //= params.n
             raise TooLarge(
-                f"logprobs of {params.max_tokens:,} tokens with {params.top_logprobs} "
-                f"alternatives each could take {entries * LOGPROB_ENTRY_BYTES:,} bytes, over the "
-                f"{MAX_LOGPROBS_BYTES:,} a result may carry: at most {most:,} tokens with "
-                f"top_logprobs {params.top_logprobs}",
+                f"logprobs of {params.n} x {params.max_tokens:,} tokens with "
+                f"{params.top_logprobs} alternatives each could take {entries * LOGPROB_ENTRY_BYTES:,} bytes, over the "
+                f"{MAX_LOGPROBS_BYTES:,} a result may carry: at most {most:,} tokens a choice "
+                f"with top_logprobs {params.top_logprobs} and n {params.n}",
                 "top_logprobs" if params.top_logprobs else "max_tokens",
             )
     worst = worst_case_prompt_bytes(job)

@@ -125,7 +125,9 @@ def _dispatched(step: _Step, task: TaskState) -> list[Event | None]:
     if task.target and nodes.node_gone(task.target):
         why = f"node {task.target} stopped heartbeating before it took the task"
         prompt = task.prompt if task.template else None
-        return [rerouted(state, task, task.attempt + 1, step.names, task.target, why, prompt)]
+        return [
+            rerouted(state, task, task.attempt + 1, step.names, task.target, why, prompt, nodes)
+        ]
     if (
         task.dispatched_at is not None
         and step.now - task.dispatched_at > timedelta(seconds=step.dispatch_timeout_s)

@@ -4,10 +4,10 @@ the dispatch (a chosen node, the model's shared subject, or a reroute off a node
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from events.capabilities import needed
+from events.capabilities import BASIC, needed
 from events.envelope import Event
 from events.inference import Prompt
 from events.jobs import JobFailed, TaskDispatched, TaskRerouted
@@ -20,6 +20,7 @@ from services.registry.live import LiveNodes
 from services.registry.select import SHARED, Need
 
 AFFINITY_PREFIX = 256  # characters of the prompt that key prefix affinity
+BASIC_NEED = frozenset(BASIC)  # what every node does: no need to choose one for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,8 @@ def dispatch(
                 node_id=pinned,
                 prompt=rendered,
             )
-        return rerouted(state, task, attempt, names, pinned, f"node {pinned} is not live", rendered)
+        why = f"node {pinned} is not live"
+        return rerouted(state, task, attempt, names, pinned, why, rendered, mesh)
     node = mesh.pick(need_of(state, task, prompt))
     if node is None:
         return None
@@ -123,14 +125,22 @@ def rerouted(
     from_node: str,
     reason: str,
     prompt: Prompt | None,
+    mesh: NodeView | None = None,
 ) -> TaskRerouted:
-    """`attempt` sent to the model's shared subject instead of `from_node` (`prompt`: the
-    rendered prompt of a templated task)."""
+    """`attempt` sent elsewhere than `from_node` (`prompt`: the rendered prompt of a templated
+    task): to the model's shared subject, or — when not every node there can do what the task
+    asks (`mesh` says) — to a node that can."""
+    node = None
+    if mesh is not None:
+        need = need_of(state, task, prompt or prompt_for(state, task))
+        if need.can - BASIC_NEED:
+            node = mesh.pick(replace(need, exclude=need.exclude | {from_node}, spread=True))
     return TaskRerouted(
         job_id=state.job_id,
         task_id=task.task_id,
         attempt=attempt,
-        subject=names.tasks_for_model(task.model),
+        subject=names.tasks_for_node(node) if node else names.tasks_for_model(task.model),
+        node_id=node or None,
         prompt=prompt,
         from_node=from_node,
         reason=reason,

@@ -62,6 +62,11 @@ class Coalescer:
         return self.cut(now) if due else None
 
     @property
+    def offset(self) -> int:
+        """Where the next piece starts in the text."""
+        return self._offset
+
+    @property
     def first_waiting(self) -> bool:
         """Text is buffered and no piece has been cut yet: cut it on the loop's next turn."""
         return self._last_cut is None and self._chars > 0

@@ -66,6 +66,7 @@ class _Chunks:
         "attempt",
         "call",
         "call_coalescer",
+        "call_offsets",
         "coalescer",
         "job_id",
         "node_id",
@@ -93,6 +94,7 @@ class _Chunks:
         self.coalescer = coalescer
         self.call: CallPart | None = None  # the tool call whose arguments stream now
         self.call_coalescer: Coalescer | None = None
+        self.call_offsets: dict[int, int] = {}  # where each call's arguments stand
 
     async def send_call(self, chunk: Chunk, now: float) -> None:
         """Buffer a piece of a tool call's arguments; a call other than the one buffered
@@ -101,8 +103,13 @@ class _Chunks:
         assert part is not None
         if self.call != part:
             await self.end_call(now)
-            flush = self.coalescer  # the same pacing as the answer's text
-            self.call_coalescer = Coalescer(flush.flush_s * 1000, flush.flush_chars)
+            text = self.coalescer  # the answer's text so far goes first, in order
+            before = text.cut(now)
+            if before is not None:
+                await self.send(before)
+            self.call_coalescer = Coalescer(
+                text.flush_s * 1000, text.flush_chars, offset=self.call_offsets.get(part.index, 0)
+            )
             self.call = part
         buffered = self.call_coalescer
         assert buffered is not None
@@ -118,6 +125,7 @@ class _Chunks:
             piece = self.call_coalescer.cut(now)
             if piece is not None:
                 await self.send(piece, call=self.call)
+            self.call_offsets[self.call.index] = self.call_coalescer.offset
         self.call, self.call_coalescer = None, None
 
     async def send(

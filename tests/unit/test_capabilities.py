@@ -10,12 +10,17 @@ import jsonschema_rs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from events.capabilities import needed, needs
 from events.errors import EngineError
 from events.inference import ChatMessage, ImageRef, Prompt, ResponseFormat, SamplingParams
+from events.jobs import Choice
 from events.records import NodeRecord
+from events.text import TextAssembler
 from events.tools import Function, Tool, ToolCall, ToolChoice
+from gateway.completions import _diverged
+from gateway.protocol import ChatCompletionRequest
 from services.engines.sim_answers import VOCAB, answer, pieces
 from services.engines.simulated import simulated_tokens
 from services.registry.select import SHARED, Need
@@ -64,6 +69,7 @@ def test_each_field_that_asks_for_more_than_text_names_its_capability() -> None:
         tool_choice=ToolChoice(mode="required"),
     )
     assert list(needs(prompt, params)) == [
+        ("messages", "chat"),  # what kind of request it is comes first
         ("tools", "tools"),
         ("tool_choice", "tools"),
         ("messages.1.tool_calls", "tools"),
@@ -74,14 +80,20 @@ def test_each_field_that_asks_for_more_than_text_names_its_capability() -> None:
         ("presence_penalty", "penalties"),
         ("logit_bias", "logit_bias"),
     ]
-    assert needed(Prompt(text="x"), SamplingParams(response_format=ResponseFormat())) == frozenset()
+    assert needed(Prompt(text="x"), SamplingParams(response_format=ResponseFormat())) == {
+        "completions"
+    }
+    embed = SamplingParams(max_tokens=1, embed=True)
+    assert needed(Prompt(texts=("a",)), embed) == {"embeddings"}  # a pooling node can
 
 
 def test_a_task_goes_only_to_nodes_that_can_and_shared_only_when_all_can() -> None:
     plain = node("a")  # an older record: plain chat and completions
     able = node("b", capabilities={"m": ("chat", "completions", "tools", "logprobs")})
     p = pool(plain, able)
-    assert p.pick(Need(model="m")) == SHARED
+    assert p.pick(Need(model="m", can=frozenset({"chat"}))) == SHARED
+    embedder = pool(able, node("e", capabilities={"m": ("embeddings",)}))
+    assert embedder.pick(Need(model="m", can=frozenset({"chat"}))) == "b"  # not the embedder
     assert p.pick(Need(model="m", can=frozenset({"tools"}))) == "b"
     assert p.pick(Need(model="m", can=frozenset({"tools", "images"}))) is None
     both = pool(able, node("c", capabilities={"m": ("chat", "tools")}))
@@ -204,3 +216,27 @@ def test_json_answers_are_valid_and_deterministic() -> None:
             ),
             3,
         )
+
+
+def test_a_stream_that_is_not_a_beginning_of_the_answer_is_said_to_have_diverged() -> None:
+    streamed = TextAssembler()
+    streamed.add(0, '{"a": 1')
+    answer = Choice(index=0, output='{"b": 2}', finish_reason="stop")
+    error = _diverged((answer,), {0: streamed}, {})
+    assert error is not None and error.code == "stream_diverged" and error.status == 502
+    same = Choice(index=0, output='{"a": 12}', finish_reason="stop")
+    assert _diverged((same,), {0: streamed}, {}) is None
+    args = TextAssembler()
+    args.add(0, '{"q"')
+    call = ToolCall(id="c", name="f", arguments='{"x": 1}')
+    called = Choice(index=0, output="", finish_reason="tool_calls", tool_calls=(call,))
+    assert _diverged((called,), {0: TextAssembler()}, {(0, 0): args}) is not None
+
+
+def test_logit_bias_keys_are_plain_token_ids() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    for bad in ("\u00b2", "-1", "1e3", str(2**31)):
+        with pytest.raises(ValidationError, match="token ids"):
+            ChatCompletionRequest.model_validate({**body, "logit_bias": {bad: 1}})
+    ok = ChatCompletionRequest.model_validate({**body, "logit_bias": {"42": -100}})
+    assert ok.sampling(16).logit_bias == {42: -100.0}
