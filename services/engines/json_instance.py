@@ -41,6 +41,7 @@ from urllib.parse import unquote
 MAX_DEPTH = 32  # nested $ref expansions a minimal value may need
 _SOFT_DEPTH = 3  # from this many nested $refs on, values are minimal
 _MAX_COUNT = 10_000  # the largest minLength/minItems/minProperties honoured
+_MAX_VALUES = 50_000  # values one pass may make: nested bounds multiply (a schema bomb)
 _WORDS = ("alpha", "river", "stone", "light", "quiet", "north", "signal", "garden", "amber", "echo")
 _TYPES = ("null", "boolean", "integer", "number", "string", "array", "object")  # cheapest first
 _REFUSED = {"not", "if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies"}
@@ -95,9 +96,13 @@ class _Gen:
         self.words = [w for w in words if isinstance(w, str) and w.strip()] or list(_WORDS)
         self.seen: set[str] = set()  # walk: $ref/allOf nodes already visited
         self.nodes: list[tuple[Any, str]] = []  # walk: those nodes, for the minimal dry runs
+        self.made = 0  # values made so far (bounded: `_MAX_VALUES`)
 
     def gen(self, schema: Any, path: str, depth: int) -> Any:
         """A value for schema (walk mode: None after checking it and all below it)."""
+        self.made += 1
+        if self.made > _MAX_VALUES:
+            _fail(path, f"the schema asks for more than {_MAX_VALUES:,} values in one answer")
         if self.mode == "walk" and isinstance(schema, Mapping) and {"$ref", "allOf"} & set(schema):
             key = json.dumps(schema, sort_keys=True, default=repr)
             if key in self.seen:

@@ -551,3 +551,11 @@ def test_random_schemas_get_valid_deterministic_values(schema: dict[str, Any], s
         [e.message for e in validator.iter_errors(value)],
     )
     assert instance(schema, random.Random(seed)) == value
+
+
+def test_a_schema_whose_bounds_multiply_is_refused_not_built() -> None:
+    nested: dict[str, object] = {"type": "integer"}
+    for _ in range(3):  # 40^3 = 64,000 values at the least
+        nested = {"type": "array", "minItems": 40, "items": nested}
+    with pytest.raises(UnsupportedSchema, match="more than 50,000 values"):
+        instance(nested, random.Random(0))
