@@ -86,6 +86,9 @@ class _Opened(Event):
     endpoint: Endpoint
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
+    # added later: the API key it came with, so its lines count against the key (None: a
+    # session, or an older event)
+    key_id: str | None = None
 
 
 @event_type

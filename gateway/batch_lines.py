@@ -74,7 +74,7 @@ def parse_input(
         if checked is None:
             continue
         try:
-            check_bounds(_job_of(checked), max_prompt_bytes=max_prompt_bytes)
+            check_bounds(job_of(checked), max_prompt_bytes=max_prompt_bytes)
         except TooLarge as exc:
             parsed.refuse(number, "request_too_large", str(exc), _in_body(exc.param))
             continue
@@ -190,7 +190,7 @@ def _request(
     )
 
 
-def _job_of(line: BatchLine) -> JobSubmitted:
+def job_of(line: BatchLine) -> JobSubmitted:
     """The job a line becomes (what the bounds of a job are checked on)."""
     return JobSubmitted(
         job_id="batch-line", model=line.model, prompt=line.prompt, params=line.params

@@ -19,7 +19,7 @@ from events.envelope import Envelope, Event
 from events.errors import WrongLastSequence
 from events.subjects import is_id
 from gateway import files
-from gateway.batch_lines import admit_lines, parse_input
+from gateway.batch_lines import admit_lines, job_of, parse_input
 from gateway.capable import capable
 from gateway.errors import ApiError
 from gateway.jobs import require_fits, require_served
@@ -28,6 +28,7 @@ from gateway.runtime import Gateway
 from gateway.schemas.batches import MAX_METADATA, BatchRequest
 from projections.batch_status import BatchView, apply_batch_event
 from projections.batch_views import newest_batches, read_batch, read_lifecycle, with_progress
+from services.jobs.bounds import reserved_tokens
 
 COMPLETION_WINDOW = "24h"
 _CANCEL_TRIES = 5
@@ -96,10 +97,14 @@ async def create(gw: Gateway, principal: Principal, request: BatchRequest) -> Ba
     )
     admit_lines(parsed, admit)  # here: the live node view is this thread's
     batch_id = new_batch_id()
+    # the whole batch at its worst must fit the tenant's quota and the key's budget left today
+    # (lines do not hold reservations while they wait; their usage counts against both)
+    gw.quotas.check(principal, sum(reserved_tokens(job_of(line)) for line in parsed.lines))
     common = {
         "batch_id": batch_id,
         "tenant": principal.tenant,
         "owner": principal.principal_id,
+        "key_id": principal.key_id,
         "input_file_id": record.id,
         "endpoint": request.endpoint,
         "completion_window": request.completion_window,

@@ -55,6 +55,7 @@ class BatchView(BaseModel):
     endpoint: str = ""
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
+    key_id: str | None = None  # the key it came with: its lines' usage counts against it
     total: int = 0
     requests: str = ""  # the object holding its parsed lines
     status: Status = "validating"
@@ -135,7 +136,15 @@ class Bitmap:
 
 
 # the fields of a batch's first event (created or failed) its view has
-_OPENED = ("tenant", "owner", "input_file_id", "endpoint", "completion_window", "metadata")
+_OPENED = (
+    "tenant",
+    "owner",
+    "input_file_id",
+    "endpoint",
+    "completion_window",
+    "metadata",
+    "key_id",
+)
 
 
 def _ts(at: datetime) -> int:

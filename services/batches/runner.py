@@ -177,6 +177,7 @@ class BatchRunner:
             max_attempts=self.settings.max_attempts,
             end_user=line.end_user,
             priority=BATCH_PRIORITY,
+            key_id=view.key_id,
         )
         with contextlib.suppress(WrongLastSequence):
             await append_submitted(self.bus, job, envelope_id=job.job_id)

@@ -292,6 +292,13 @@ async def test_batch_lines_carry_tools_schemas_and_logprobs(mesh: BatchMesh) -> 
     assert isinstance(json.loads(got["schema"].message.content or "")["n"], int)
     scored = got["scored"].logprobs
     assert scored is not None and scored.content and scored.content[0].top_logprobs
+    keys = set()  # each line's job names the key the batch came with: usage and budgets
+    names = mesh.admin.names
+    async for _, envelope in read_events(mesh.admin, names.jobs_stream, names.jobs_all):
+        event = envelope.data
+        if isinstance(event, JobSubmitted) and (line_of(event.job_id) or ("",))[0] == batch.id:
+            keys.add(event.key_id)
+    assert len(keys) == 1 and None not in keys
 
 
 async def test_a_refused_input_file_makes_a_failed_batch_naming_each_line(

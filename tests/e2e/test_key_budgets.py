@@ -5,6 +5,8 @@ goes on working."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -66,6 +68,21 @@ async def test_a_spent_key_budget_is_a_429_and_another_key_still_works(
                 )
             assert too_big.value.code == "key_budget_exceeded"
             assert "may use up to 50 tokens" in too_big.value.message
+            # a batch whose lines together could pass the budget is refused when created
+            line = {"method": "POST", "url": "/v1/chat/completions"}
+            body = {"model": "sim-small", "messages": CHAT, "max_tokens": 8}
+            raw = b"".join(
+                json.dumps({**line, "custom_id": f"c{i}", "body": body}).encode() + b"\n"
+                for i in range(3)  # 3 x 8 tokens at most: over the 20 left
+            )
+            upload = await budgeted.files.create(file=("in.jsonl", raw), purpose="batch")
+            with pytest.raises(openai.RateLimitError) as batch_too_big:
+                await budgeted.batches.create(
+                    input_file_id=upload.id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                )
+            assert batch_too_big.value.code == "key_budget_exceeded"
 
             answered = 0
             refused = None
