@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -31,6 +31,34 @@ class _In(BaseModel):
     # Fields beyond the model's are kept, to be refused by name unless they ask for nothing
     # (`gateway/unserved.py`): never silently ignored.
     model_config = ConfigDict(extra="allow")
+
+
+def check_tools(
+    tools: Sequence[BaseModel] | None, offered: set[str], mode: str | None, name: str | None
+) -> None:
+    """Raise ValueError unless the tools fit their bound and the tool choice (`mode` none, auto,
+    required or function; `name` the function's) asks for a call among them."""
+    if tools and len(json.dumps([t.model_dump() for t in tools])) > MAX_TOOLS_BYTES:
+        raise ValueError(f"tools: {MAX_TOOLS_BYTES:,} bytes at most, all together")
+    if mode in ("required", "function"):
+        if not offered:
+            raise ValueError("tool_choice: a tool call is asked for but no tools are sent")
+        if mode == "function" and name not in offered:
+            raise ValueError(f"tool_choice: no tool is named {name!r}")
+
+
+def check_schema(schema: dict[str, Any], where: str) -> None:
+    """Raise ValueError when a response schema is over its bound."""
+    if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+        raise ValueError(f"{where}: a schema may have {MAX_SCHEMA_BYTES:,} bytes")
+
+
+def tool_choice_of(mode: str | None, name: str | None, parallel: bool | None) -> ToolChoice | None:
+    """The tool choice as dim carries it (None: the default, auto)."""
+    carried = ToolChoice(mode=mode, name=name) if mode is not None else None
+    if parallel is not None:
+        carried = (carried or ToolChoice()).model_copy(update={"parallel": parallel})
+    return carried
 
 
 class ImageUrl(BaseModel):
@@ -304,18 +332,17 @@ class ChatCompletionRequest(_Sampling):
         if fmt is not None and fmt.type == "json_schema":
             if fmt.json_schema is None:
                 raise ValueError("response_format json_schema needs its json_schema")
-            if len(json.dumps(fmt.json_schema.schema_)) > MAX_SCHEMA_BYTES:
-                raise ValueError(f"response_format: a schema may have {MAX_SCHEMA_BYTES:,} bytes")
-        if self.tools and len(json.dumps([t.model_dump() for t in self.tools])) > MAX_TOOLS_BYTES:
-            raise ValueError(f"tools: {MAX_TOOLS_BYTES:,} bytes at most, all together")
-        choice = self.tool_choice
-        if isinstance(choice, NamedToolChoice) or choice == "required":
-            names = {t.function.name for t in self.tools or ()}
-            if not names:
-                raise ValueError("tool_choice: a tool call is asked for but no tools are sent")
-            if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-                raise ValueError(f"tool_choice: no tool is named {choice.function.name!r}")
+            check_schema(fmt.json_schema.schema_, "response_format")
+        offered = {t.function.name for t in self.tools or ()}
+        check_tools(self.tools, offered, *self._choice())
         return self
+
+    def _choice(self) -> tuple[str | None, str | None]:
+        """`tool_choice` as (mode, function name)."""
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice):
+            return "function", choice.function.name
+        return choice, None
 
     def unserved(self) -> Iterator[tuple[str, str]]:
         """As `_Sampling.unserved`, and what the messages carry."""
@@ -339,16 +366,7 @@ class ChatCompletionRequest(_Sampling):
         return Prompt(messages=tuple(m.message() for m in self.messages), tools=tools)
 
     def _more(self) -> dict[str, Any]:
-        choice = self.tool_choice
-        carried = None
-        if isinstance(choice, NamedToolChoice):
-            carried = ToolChoice(mode="function", name=choice.function.name)
-        elif choice is not None:
-            carried = ToolChoice(mode=choice)
-        if self.parallel_tool_calls is not None:
-            carried = (carried or ToolChoice()).model_copy(
-                update={"parallel": self.parallel_tool_calls}
-            )
+        carried = tool_choice_of(*self._choice(), self.parallel_tool_calls)
         fmt = self.response_format
         return {
             "logprobs": bool(self.logprobs),

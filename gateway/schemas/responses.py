@@ -8,7 +8,6 @@ continue from. The chat path serves the rest, so a response is a job like any ot
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -22,8 +21,14 @@ from events.inference import (
     ResponseFormat,
     SamplingParams,
 )
-from events.tools import MAX_TOOLS, TOOL_NAME, Function, Tool, ToolCall, ToolChoice
-from gateway.protocol import MAX_IMAGE_URL_CHARS, MAX_SCHEMA_BYTES, MAX_TOOLS_BYTES, ImageUrl
+from events.tools import MAX_TOOLS, TOOL_NAME, Function, Tool, ToolCall
+from gateway.protocol import (
+    MAX_IMAGE_URL_CHARS,
+    ImageUrl,
+    check_schema,
+    check_tools,
+    tool_choice_of,
+)
 from gateway.unserved import IGNORED
 
 Role = Literal["user", "assistant", "system", "developer"]
@@ -135,18 +140,16 @@ class ResponseRequest(BaseModel):
         if fmt is not None and fmt.type == "json_schema":
             if fmt.schema_ is None or fmt.name is None:
                 raise ValueError("text.format json_schema needs its name and schema")
-            if len(json.dumps(fmt.schema_)) > MAX_SCHEMA_BYTES:
-                raise ValueError(f"text.format: a schema may have {MAX_SCHEMA_BYTES:,} bytes")
-        if self.tools and len(json.dumps([t.model_dump() for t in self.tools])) > MAX_TOOLS_BYTES:
-            raise ValueError(f"tools: {MAX_TOOLS_BYTES:,} bytes at most, all together")
-        choice = self.tool_choice
-        if isinstance(choice, NamedFunction) or choice == "required":
-            names = {t.name for t in self.tools or ()}
-            if not names:
-                raise ValueError("tool_choice: a tool call is asked for but no tools are sent")
-            if isinstance(choice, NamedFunction) and choice.name not in names:
-                raise ValueError(f"tool_choice: no tool is named {choice.name!r}")
+            check_schema(fmt.schema_, "text.format")
+        check_tools(self.tools, {t.name for t in self.tools or ()}, *self._choice())
         return self
+
+    def _choice(self) -> tuple[str | None, str | None]:
+        """`tool_choice` as (mode, function name)."""
+        choice = self.tool_choice
+        if isinstance(choice, NamedFunction):
+            return "function", choice.name
+        return choice, None
 
     def unserved(self) -> Iterator[tuple[str, str]]:
         """(field, why) for every field sent that dim would not honour."""
@@ -185,16 +188,7 @@ class ResponseRequest(BaseModel):
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         """The sampling parameters dim carries to the engine."""
-        choice = self.tool_choice
-        carried = None
-        if isinstance(choice, NamedFunction):
-            carried = ToolChoice(mode="function", name=choice.name)
-        elif choice is not None:
-            carried = ToolChoice(mode=choice)
-        if self.parallel_tool_calls is not None:
-            carried = (carried or ToolChoice()).model_copy(
-                update={"parallel": self.parallel_tool_calls}
-            )
+        carried = tool_choice_of(*self._choice(), self.parallel_tool_calls)
         fmt = self.text.format if self.text is not None else None
         return SamplingParams(
             max_tokens=self.max_output_tokens or default_max_tokens,

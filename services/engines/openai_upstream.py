@@ -215,19 +215,34 @@ class OpenAIUpstreamEngine:
                 retriable=False,
             )
 
-    async def check_health(self) -> None:
-        """`GET /models` must answer 200; remembers which models the upstream lists."""
+    async def _whole(
+        self,
+        method: str,
+        path: str,
+        failed: str,
+        timeout_s: float | None,
+        body: bytes | None = None,
+    ) -> bytes:
+        """A request answered whole (not streamed): its body, if the status is 200; else the
+        upstream's error as a task failure (`failed`: what to say when it cannot be reached)."""
         try:
-            # the connect timeout bounds the whole check: a health check must answer quickly
-            r = await self._http().request("GET", "/models", timeout_s=self._connect_timeout_s)
+            r = await self._http().request(method, path, body, timeout_s=timeout_s)
             try:
                 raw = await r.read()
             finally:
                 r.release()
         except HttpError as exc:
-            raise EngineError(f"upstream {self.base_url} unreachable: {exc!r}") from exc
+            raise EngineError(f"{failed}: {exc!r}") from exc
         if r.status != 200:
             raise classify(r.status, raw.decode(errors="replace"))
+        return raw
+
+    async def check_health(self) -> None:
+        """`GET /models` must answer 200; remembers which models the upstream lists."""
+        # the connect timeout bounds the whole check: a health check must answer quickly
+        raw = await self._whole(
+            "GET", "/models", f"upstream {self.base_url} unreachable", self._connect_timeout_s
+        )
         try:
             answer = json.loads(raw)
         except ValueError as exc:
@@ -248,16 +263,8 @@ class OpenAIUpstreamEngine:
         }
         if request.params.dimensions is not None:
             body["dimensions"] = request.params.dimensions
-        try:
-            r = await self._http().request("POST", "/embeddings", json.dumps(body).encode())
-            try:
-                raw = await r.read()
-            finally:
-                r.release()
-        except HttpError as exc:
-            raise EngineError(f"upstream embeddings failed: {exc!r}") from exc
-        if r.status != 200:
-            raise classify(r.status, raw.decode(errors="replace"))
+        payload = json.dumps(body).encode()
+        raw = await self._whole("POST", "/embeddings", "upstream embeddings failed", None, payload)
         try:
             answer = json.loads(raw)
             rows = sorted(answer["data"], key=lambda d: int(d.get("index", 0)))
