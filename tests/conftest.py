@@ -38,12 +38,19 @@ def nats_url(
         yield source.url
         return
     if source.kind == "docker":
+        from testcontainers.core.config import testcontainers_config
         from testcontainers.core.container import DockerContainer
-        from testcontainers.core.waiting_utils import wait_for_logs
+        from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-        container = DockerContainer(source.image).with_command("-js").with_exposed_ports(4222)
+        if not source.reaper:  # an engine that cannot have Ryuk's image: the `with` removes it
+            testcontainers_config.ryuk_disabled = True
+        container = (
+            DockerContainer(source.image)
+            .with_command("-js")
+            .with_exposed_ports(4222)
+            .waiting_for(LogMessageWaitStrategy("Server is ready").with_startup_timeout(30))
+        )
         with container:
-            wait_for_logs(container, "Server is ready", timeout=30)
             yield f"nats://{container.get_container_host_ip()}:{container.get_exposed_port(4222)}"
         return
     server = EmbeddedNats(Path(tmp_path_factory.mktemp("nats")), port=0, name="dim-test")

