@@ -117,9 +117,10 @@ def bus() -> int:
         return 1
     for approval in NatsDir(SECURITY).approvals().values():
         models = ",".join(approval.models)
+        node, key = approval.node_id, approval.public_key
+        approve = ["dim", "nodes", "approve", node, key, "--models", models]
         done = subprocess.run(
-            ["dim", "nodes", "approve", approval.node_id, approval.public_key]
-            + ["--models", models, "--nats-dir", str(SECURITY), "--by", "compose setup"],
+            [*approve, "--nats-dir", str(SECURITY), "--by", "compose setup"],
             capture_output=True,
             text=True,
             timeout=120,
