@@ -12,7 +12,8 @@ traffic through both gateways while a NATS node and a worker are killed, then th
    a quarter of the way in, `docker kill` (SIGKILL) takes nats-2 and the worker sim-2 away;
    three quarters in, they are started again (and must be healthy again by the end);
 5. every request must have its answer (a chat its completion; a job `completed`), and `dim audit`
-   over the accepted job ids must find none lost, none duplicated, usage counted once;
+   over the accepted job ids must find none lost, none duplicated, usage counted once (the
+   history of the first failed or lost jobs is printed, to see what happened);
 6. prints Prometheus's view of its targets (each must be up);
 7. tears everything down, volumes included (also on failure; `--keep` leaves it running).
 
@@ -51,6 +52,7 @@ ONE_SHOT = ("setup", "init")
 TERMINAL = ("completed", "failed", "cancelled")
 RETRY_FOR_S = 90  # a request failing for a transient reason is repeated, 1 s apart, this long
 MAX_ATTEMPTS = 120
+SHOW_JOBS = 5  # failed or lost jobs whose history is printed
 STARTED = time.monotonic()
 
 
@@ -433,6 +435,12 @@ def smoke(args: argparse.Namespace) -> int:
             say(f"audit: {line}")
         if audit.returncode != 0:
             problems.append(f"dim audit: exit {audit.returncode} {audit.stderr.strip()[-500:]}")
+        lost = re.findall(r"lost: (.+)", audit.stdout)
+        suspects = list(failed_jobs) + [j for line in lost for j in line.split(", ")]
+        for job_id in suspects[:SHOW_JOBS]:  # what happened to each, from the log
+            shown = d.compose("run", "--rm", "-T", "admin", "job", job_id.strip(), check=False)
+            for line in shown.strip().splitlines():
+                say(f"job {job_id.strip()}: {line}")
         problems += prometheus_targets(d, unhealthy_ok)
         for p in problems:
             say(f"PROBLEM: {p}")
