@@ -1,0 +1,86 @@
+"""infra/k8s rendered as a cluster would get it, for the tests of the Kubernetes deployment:
+the kustomize overlays through `kubectl kustomize`, and the Secrets infra/k8s/secrets.sh makes
+from a security directory `dim nats-config` wrote. Both need kubectl (offline: no cluster)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from events.subjects import Names
+from services.cli.nats_config import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "infra" / "k8s"
+OVERLAYS = ("gpu", "upstream")
+KUBECTL = shutil.which("kubectl")
+NO_KUBECTL = (
+    "kubectl is not installed here: `kubectl kustomize` renders the overlays and "
+    "`kubectl create --dry-run=client` the Secrets (install kubectl to run these checks)"
+)
+# The names `dim nats-config --host` gives the chart's release `nats` in the namespace dim: its
+# client Service, and each server as its routes dial it (values.yaml, docs/deploy.md).
+NATS_HOSTS = (
+    "nats",
+    "nats.dim.svc",
+    "nats.dim.svc.cluster.local",
+    *(f"nats-{i}.nats-headless" for i in range(3)),
+)
+
+Doc = dict[str, Any]
+
+
+def _documents(text: str) -> list[Doc]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def overlay(name: str) -> list[Doc]:
+    """The objects of overlay `name`, as `kubectl kustomize` renders them."""
+    assert KUBECTL is not None, NO_KUBECTL
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(K8S / "overlays" / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return _documents(out.stdout)
+
+
+def security_dir(out: Path) -> Path:
+    """A security directory as `dim nats-config --out OUT --host ...` writes it for the chart."""
+    generate(out, list(NATS_HOSTS), Names("dim"))
+    return out
+
+
+def secrets(nats_dir: Path) -> list[Doc]:
+    """What infra/k8s/secrets.sh prints for the security directory `nats_dir`."""
+    assert KUBECTL is not None, NO_KUBECTL
+    env = {**os.environ, "DIM": str(Path(sys.executable).with_name("dim"))}
+    out = subprocess.run(
+        ["sh", str(K8S / "secrets.sh"), str(nats_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return _documents(out.stdout)
+
+
+def nats_values() -> Doc:
+    """infra/k8s/nats/values.yaml."""
+    return dict(yaml.safe_load((K8S / "nats" / "values.yaml").read_text()))
+
+
+def chart_values() -> Doc:
+    """The NATS chart's own values.yaml (vendored)."""
+    return dict(yaml.safe_load((K8S / "vendor" / "nats-chart-values.yaml").read_text()))
