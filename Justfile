@@ -83,3 +83,11 @@ bench-gateway *ARGS:
 # prints the faults and the audit (lost, duplicated, usage); bounded in jobs and time
 chaos *ARGS:
     {{python}} -m tests.chaos.run {{ARGS}}
+
+# render a Kubernetes overlay of infra/k8s (gpu or upstream) as `kubectl apply -k` would send it
+k8s-render OVERLAY="gpu":
+    kubectl kustomize infra/k8s/overlays/{{OVERLAY}}
+
+# check infra/k8s: the overlays against the Kubernetes and KEDA schemas, the NATS chart's values, dim's own commands and settings
+k8s-check *ARGS:
+    {{python}} -m pytest tests/unit/test_k8s_manifests.py tests/unit/test_k8s_nats.py {{ARGS}}
