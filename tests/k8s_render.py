@@ -18,6 +18,7 @@ from services.cli.nats_config import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "infra" / "k8s"
+NATS_CHART = K8S / "vendor" / "nats-chart"
 OVERLAYS = ("gpu", "upstream")
 KUBECTL = shutil.which("kubectl")
 NO_KUBECTL = (
@@ -83,4 +84,46 @@ def nats_values() -> Doc:
 
 def chart_values() -> Doc:
     """The NATS chart's own values.yaml (vendored)."""
-    return dict(yaml.safe_load((K8S / "vendor" / "nats-chart-values.yaml").read_text()))
+    return dict(yaml.safe_load((NATS_CHART / "values.yaml").read_text()))
+
+
+def chart_renderer() -> str | None:
+    """What renders the NATS chart here: "helm" (a helm binary on PATH), "helm_python" (the
+    helm-python-sdk package, Helm's Go SDK through ctypes, importable), or None."""
+    if shutil.which("helm"):
+        return "helm"
+    try:
+        import helm_python  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return None
+    return "helm_python"
+
+
+NO_RENDERER = (
+    "no Helm renderer here: neither a helm binary on PATH nor the helm-python-sdk package "
+    "(not a dependency of dim) to render the vendored NATS chart"
+)
+
+
+def chart(values: Doc) -> list[Doc]:
+    """The NATS chart (vendored) rendered as `helm install nats --namespace dim` would, with
+    `values`."""
+    renderer = chart_renderer()
+    assert renderer is not None, NO_RENDERER
+    if renderer == "helm":
+        out = subprocess.run(
+            ["helm", "template", "nats", str(NATS_CHART), "--namespace", "dim", "-f", "-"],
+            input=yaml.safe_dump(values),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        return _documents(out.stdout)
+    import helm_python
+
+    rendered = helm_python.Chart.load(str(NATS_CHART)).render(
+        values, name="nats", namespace="dim", is_install=True
+    )
+    return [d for text in rendered.values() for d in _documents(text)]

@@ -200,3 +200,73 @@ def test_nats_server_accepts_the_configuration_with_dims_files(tmp_path: Path) -
     (root / _auth_mount(values)[0].lstrip("/") / "auth.conf").unlink()
     refused = check()
     assert refused.returncode != 0 and "auth.conf" in refused.stderr + refused.stdout
+
+
+# The chart itself, rendered: where a Helm renderer is at hand (tests/k8s_render.py says which).
+needs_renderer = pytest.mark.skipif(
+    k8s_render.chart_renderer() is None, reason=k8s_render.NO_RENDERER
+)
+
+
+@pytest.fixture(scope="module")
+def chart_objects() -> list[dict[str, Any]]:
+    """The vendored NATS chart rendered with infra/k8s/nats/values.yaml."""
+    if k8s_render.chart_renderer() is None:
+        pytest.skip(k8s_render.NO_RENDERER)
+    return k8s_render.chart(k8s_render.nats_values())
+
+
+@needs_renderer
+def test_the_chart_renders_valid_kubernetes(chart_objects: list[dict[str, Any]]) -> None:
+    import kubernetes_validate
+
+    kinds = sorted(d["kind"] for d in chart_objects)
+    assert kinds == ["ConfigMap", "PodDisruptionBudget", "Service", "Service", "StatefulSet"]
+    for version in ("1.30.0", kubernetes_validate.latest_version()):
+        for doc in chart_objects:
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+@needs_renderer
+@pytest.mark.skipif(KUBECTL is None, reason=NO_KUBECTL)
+def test_the_rendered_servers_run_with_dims_secrets(
+    chart_objects: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The chart's nats.conf, with every Secret the pod mounts (as secrets.sh makes them from a
+    `dim nats-config` directory) where it mounts them, passes `nats-server -t`; the config
+    reloader watches auth.conf, so an updated Secret reloads the servers."""
+    import base64
+
+    (config_map,) = [d for d in chart_objects if d["kind"] == "ConfigMap"]
+    (servers,) = [d for d in chart_objects if d["kind"] == "StatefulSet"]
+    assert servers["spec"]["replicas"] == 3
+    pod = servers["spec"]["template"]["spec"]
+    nats, reloader = pod["containers"]
+    secrets = {
+        d["metadata"]["name"]: d["data"]
+        for d in k8s_render.secrets(k8s_render.security_dir(tmp_path / "nats-dim"))
+        if d["kind"] == "Secret"
+    }
+    root = tmp_path / "pod"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in nats["volumeMounts"]:
+        volume = volumes.get(mount["name"], {})
+        if "secret" not in volume:
+            continue
+        where = root / mount["mountPath"].lstrip("/")
+        where.mkdir(parents=True)
+        for key, value in secrets[volume["secret"]["secretName"]].items():
+            (where / key).write_bytes(base64.b64decode(value))
+    # the configuration's absolute paths moved under root; the include stays relative
+    text = config_map["data"]["nats.conf"].replace('": "/', f'": "{root}/')
+    conf = root / CONFIG_DIR.lstrip("/") / "nats.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(text)
+    env = {"SERVER_NAME": "nats-0", "PATH": "/usr/bin:/bin"}
+    run = [nats_server_binary(), "-t", "-c", str(conf)]
+    ok = subprocess.run(run, capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert ok.returncode == 0, ok.stderr + ok.stdout
+    assert "sync_interval" in text and '"always"' in text
+    auth_path = posixpath.normpath(posixpath.join(CONFIG_DIR, _include(k8s_render.nats_values())))
+    assert auth_path in reloader["args"]
+    assert any(m["mountPath"] == posixpath.dirname(auth_path) for m in reloader["volumeMounts"])
