@@ -88,6 +88,6 @@ chaos *ARGS:
 k8s-render OVERLAY="gpu":
     kubectl kustomize infra/k8s/overlays/{{OVERLAY}}
 
-# check infra/k8s: the overlays against the Kubernetes and KEDA schemas, the NATS chart's values, dim's own commands and settings
+# check infra/k8s: the overlays against the Kubernetes and KEDA schemas, dim's own commands and settings, the NATS chart's values; the services started as their pods start them
 k8s-check *ARGS:
-    {{python}} -m pytest tests/unit/test_k8s_manifests.py tests/unit/test_k8s_nats.py {{ARGS}}
+    {{python}} -m pytest tests/unit/test_k8s_manifests.py tests/unit/test_k8s_nats.py tests/integration/test_k8s.py {{ARGS}}

@@ -23,6 +23,7 @@ import yaml
 
 from events.subjects import Names
 from services.cli import parser
+from services.nats_auth import ROLES, inbox_prefix
 from services.settings import Settings
 from services.worker.intake import model_durable
 from tests import k8s_render
@@ -249,7 +250,8 @@ def test_files_named_in_settings_and_args_are_mounted(
     rendered: dict[str, list[Doc]], made_by_script: list[Doc], overlay: str
 ) -> None:
     """DIM_NATS_NKEY_SEED, DIM_NATS_TLS_CA and --join name a key of a mounted Secret or
-    ConfigMap; --data-dir and DIM_MODEL_CACHE_DIR lie on a writable volume."""
+    ConfigMap; a service's seed and inbox prefix are its role's; --data-dir and
+    DIM_MODEL_CACHE_DIR lie on a writable volume."""
     docs = rendered[overlay]
     data = {
         (d["kind"], d["metadata"]["name"]): set(d.get("data", {})) for d in docs + made_by_script
@@ -273,6 +275,13 @@ def test_files_named_in_settings_and_args_are_mounted(
                     else ("ConfigMap", volume["configMap"]["name"])
                 )
                 assert Path(path).name in data[source], f"{path}: no such key in {source}"
+            if not join:
+                # a service connects as its own role: its seed, and the replies its server
+                # permissions allow it (services/nats_auth.py)
+                role = args.command
+                assert role in ROLES
+                assert Path(str(env["DIM_NATS_NKEY_SEED"])).stem == role
+                assert env["DIM_NATS_INBOX_PREFIX"] == inbox_prefix(role)
             writable = [getattr(args, "data_dir", None), env.get("DIM_MODEL_CACHE_DIR")]
             for path in filter(None, writable):
                 mount = next(m for m in mounts if path == m or path.startswith(m + "/"))
