@@ -1,26 +1,33 @@
-"""The services of infra/k8s started as their pods start them, against a real secured
-nats-server made from the same `dim nats-config` directory: each gets exactly its container's
-args and environment as `kubectl kustomize` renders them, and the files of the Secrets and
-ConfigMaps its pod mounts (as infra/k8s/secrets.sh makes them) where it mounts them, moved under
-a folder of its own. Then each answers its readiness probe.
+"""The upstream overlay of infra/k8s run as its pods run, against a real nats-server secured with
+the same `dim nats-config` directory: each process gets exactly its container's args and
+environment as `kubectl kustomize` renders them, and the files of the Secrets and ConfigMaps its
+pod mounts (as infra/k8s/secrets.sh makes them) where it mounts them, moved under a folder of its
+own. The services answer their readiness probes; the worker joins, prints what approves it, is
+approved as docs/deploy.md says (step 6), and serves a chat completion through the gateway.
 
 What differs from a cluster, and why: one nats-server, not the chart's three (so `dim provision`
 makes R1 streams; the pods' DIM_REPLICAS=3 then only warns), dialled at its own address (no
-Service `nats` here); every process on this machine's network, so each gets a free port where its
-pod has its own; the mounts under the test's folder. The workers need an approval and an engine
-(vLLM, an upstream): tests/e2e/test_cli.py runs that flow with `dim worker --join`."""
+Service `nats` here, so the join bundle names this server); every process on this machine's
+network, so each gets a free port where its pod has its own; the mounts under the test's folder;
+the upstream a stand-in serving the worker's model (upstream.env is the operator's to set)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import json
 import os
+import re
 import secrets
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -94,16 +101,25 @@ def _pod(
             env[var["name"]] = pod_name
         elif "secretKeyRef" in ref:
             key = ref["secretKeyRef"]
-            env[var["name"]] = data[("Secret", key["name"])][key["key"]].decode()
-    for name, value in env.items():
-        for mount_path, here in moved.items():
-            if value.startswith(mount_path + "/"):
-                env[name] = here + value[len(mount_path) :]
+            secret = data.get(("Secret", key["name"]))
+            if secret is None and key.get("optional"):
+                continue  # an optional Secret not made: the variable is unset, as in the pod
+            assert secret is not None, f"Secret {key['name']} is not made"
+            env[var["name"]] = secret[key["key"]].decode()
+
+    def here(value: str) -> str:
+        for mount_path, moved_to in moved.items():
+            if value == mount_path or value.startswith(mount_path + "/"):
+                return moved_to + value[len(mount_path) :]
+        return value
+
+    env = {name: here(value) for name, value in env.items()}
+    args = [here(arg) for arg in container["args"]]
     ports = {p["containerPort"]: free_port() for p in container["ports"]}
     for name in ("DIM_GATEWAY_PORT", "DIM_METRICS_PORT"):
         if name in env:
             env[name] = str(ports.get(int(env[name]), free_port()))
-    return list(container["args"]), env, ports
+    return args, env, ports
 
 
 def _ready(port: int, path: str) -> int | None:
@@ -115,6 +131,68 @@ def _ready(port: int, path: str) -> int | None:
         return int(exc.code)
     except OSError:
         return None
+
+
+MODEL_TEXT = "hello from the upstream"
+
+
+class _Upstream(BaseHTTPRequestHandler):
+    """The smallest OpenAI-compatible server the openai engine takes: its models, and one
+    streamed chat answer."""
+
+    model = ""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = json.dumps({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        self._send(200, "application/json", body.encode())
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": self.model}
+        events = [
+            {
+                **chunk,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": MODEL_TEXT},
+                        "finish_reason": None,
+                    }
+                ],
+            },
+            {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+            {
+                **chunk,
+                "choices": [],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+            },
+        ]
+        text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        self._send(200, "text/event-stream", text.encode())
+
+    def _send(self, status: int, kind: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _wait_for(
+    what: str, check: Callable[[], object], proc: subprocess.Popen[bytes], log: Path
+) -> Any:
+    """`check()`'s first truthy answer within WAIT_S, while `proc` runs."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"exited while waiting for {what}:\n{log.read_text()[-3000:]}"
+        found = check()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"no {what} within {WAIT_S} s:\n{log.read_text()[-3000:]}")
 
 
 # The orchestrator and the batch runner serve their probes once every process has the metrics
@@ -174,6 +252,7 @@ def test_the_services_start_as_their_pods_do(tmp_path: Path) -> None:
     data[("Secret", "dim-jwt")] = {"secret": secrets.token_hex(32).encode()}  # docs/deploy.md
     url = server.start()
     procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    stack = contextlib.ExitStack()
     try:
         # docs/deploy.md, step 4: the streams, as the admin identity (R1: one server here)
         admin = {
@@ -219,6 +298,78 @@ def test_the_services_start_as_their_pods_do(tmp_path: Path) -> None:
             time.sleep(0.5)
         not_ready = {n: (s, procs[n][1].read_text()[-2000:]) for n, s in status.items() if s != 200}
         assert not not_ready or _started_otherwise(status, procs, admin), not_ready
+
+        # docs/deploy.md, step 6: a worker pod joins, says what approves it, an admin runs that
+        # against the security directory (which reloads this server); then it serves.
+        (worker,) = [
+            d
+            for d in docs
+            if d["metadata"]["name"] == "dim-worker-upstream" and d["kind"] == "StatefulSet"
+        ]
+        # the bundle (ConfigMap dim-join) and the upstream (upstream.env) are the operator's to
+        # name: here this server, and a stand-in upstream serving the worker's model
+        bundle = subprocess.run(
+            [DIM, "nodes", "bundle", "--nats-dir", str(nats_dir), "--url", url],
+            env=admin,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        data[("ConfigMap", "dim-join")] = {"join.txt": bundle.stdout}
+        root = tmp_path / "pods" / "dim-worker-upstream-0"
+        args, env, _ = _pod(worker, data, root)
+        model = args[args.index("--model") + 1]
+        _Upstream.model = model
+        upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+        stack.callback(upstream.server_close)
+        stack.callback(upstream.shutdown)
+        threading.Thread(target=upstream.serve_forever, daemon=True).start()
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+        env["DIM_UPSTREAM_URL"] = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
+        log = root / "log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([DIM, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+        procs["dim-worker-upstream-0"] = (proc, log)
+        approve = _wait_for(
+            "approval command",
+            lambda: re.search(r"(dim nodes approve \S+ \S+ --models \S+)", log.read_text()),
+            proc,
+            log,
+        )
+        command = [DIM, *approve.group(1).split()[1:], "--nats-dir", str(nats_dir)]
+        assert command[3] == "dim-worker-upstream-0"  # its node id is its pod's name
+        done = subprocess.run(command, env=admin, capture_output=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        _wait_for("admission", lambda: "admitted" in log.read_text(), proc, log)
+        # a caller's key, then a chat completion through the gateway, served by that worker
+        made = subprocess.run(
+            [DIM, "keys", "create", "--name", "k8s-test"],
+            env=admin,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        key = re.search(r"dim_\S+", made.stdout.decode())
+        assert key, made.stdout.decode()
+        gateway = probes["dim-gateway"][0]
+
+        def answer() -> str | None:
+            with contextlib.suppress(OSError):
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{gateway}/v1/chat/completions",
+                    data=json.dumps(
+                        {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+                    ).encode(),
+                    headers={
+                        "Authorization": f"Bearer {key.group(0)}",
+                        "Content-Type": "application/json",
+                    },
+                )
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return str(json.load(response)["choices"][0]["message"]["content"])
+            return None
+
+        assert _wait_for("completion", answer, proc, log) == MODEL_TEXT
     finally:
         for proc, _ in procs.values():
             proc.terminate()
@@ -228,4 +379,5 @@ def test_the_services_start_as_their_pods_do(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        stack.close()
         server.stop()
