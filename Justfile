@@ -90,4 +90,4 @@ k8s-render OVERLAY="gpu":
 
 # check infra/k8s: the overlays against the Kubernetes and KEDA schemas, dim's own commands and settings, the NATS chart's values; the services started as their pods start them
 k8s-check *ARGS:
-    {{python}} -m pytest tests/unit/test_k8s_manifests.py tests/unit/test_k8s_nats.py tests/integration/test_k8s.py {{ARGS}}
+    {{python}} -m pytest tests/unit/test_k8s_manifests.py tests/unit/test_k8s_wiring.py tests/unit/test_k8s_nats.py tests/integration/test_k8s.py {{ARGS}}

@@ -4,6 +4,7 @@ from a security directory `dim nats-config` wrote. Both need kubectl (offline: n
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 import yaml
 
 from events.subjects import Names
+from services.cli import parser
 from services.cli.nats_config import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,3 +129,33 @@ def chart(values: Doc) -> list[Doc]:
         values, name="nats", namespace="dim", is_install=True
     )
     return [d for text in rendered.values() for d in _documents(text)]
+
+
+def pod_specs(docs: list[Doc]) -> list[tuple[Doc, Doc]]:
+    """(workload, its pod template) of every Deployment and StatefulSet."""
+    return [(d, d["spec"]["template"]) for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+
+
+def overlay_namespace(name: str) -> str:
+    """The namespace overlay `name` puts everything in."""
+    kustomization = yaml.safe_load((K8S / "overlays" / name / "kustomization.yaml").read_text())
+    return str(kustomization["namespace"])
+
+
+def container_env(docs: list[Doc], container: Doc) -> dict[str, str | None]:
+    """Every variable a container gets: its ConfigMaps' data, then its own (None: from a Secret
+    or a field of the pod)."""
+    env: dict[str, str | None] = {}
+    for source in container.get("envFrom", []):
+        name = source["configMapRef"]["name"]  # a generated one by its hashed name
+        env |= next(
+            d["data"] for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name
+        )
+    for var in container.get("env", []):
+        env[var["name"]] = var.get("value")
+    return env
+
+
+def dim_args(container: Doc) -> argparse.Namespace:
+    """A container's args as `dim` parses them: exits (SystemExit) on anything not dim's."""
+    return parser().parse_args(container["args"])
