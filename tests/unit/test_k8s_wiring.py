@@ -186,6 +186,7 @@ def test_pods_are_locked_down_probed_and_scraped(
         name = workload["metadata"]["name"]
         spec = pod["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         assert spec["automountServiceAccountToken"] is False, name
         (container,) = spec["containers"]
         context = container["securityContext"]
