@@ -29,8 +29,12 @@ from gateway.controllers.keys import KeysController
 from gateway.controllers.nodes import NodesController
 from gateway.controllers.openai import ChatController, CompletionsController, ModelsController
 from gateway.controllers.responses import ResponsesController
+from gateway.controllers.stats import StatsController
 from gateway.controllers.stream import job_stream, submit_and_stream
+from gateway.controllers.ui import redoc_plugin, ui_handlers
 from gateway.controllers.usage import UsageController
+from gateway.controllers.ws_tickets import WsTicketsController
+from gateway.cors import cors_config
 from gateway.errors import exception_handlers
 from gateway.http_server import bounded_http
 from gateway.openapi_errors import document_errors
@@ -129,6 +133,7 @@ def create_app(settings: Settings) -> Litestar:
         ),
         security=[{"BearerAuth": []}],
         path="/openapi",
+        render_plugins=[redoc_plugin()],  # the vendored renderer: no CDN
     )
     handlers: list[Any] = [
         HealthController,
@@ -147,6 +152,10 @@ def create_app(settings: Settings) -> Litestar:
         job_stream,
         submit_and_stream,
         prometheus_metrics,
+        # browsers: the dashboard, its live figures, WebSocket tickets (docs/dashboard.md)
+        StatsController,
+        WsTicketsController,
+        *ui_handlers(),
     ]
     # Server spans only when they go somewhere: the middleware costs time on every request.
     plugins = (
@@ -160,6 +169,7 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=exception_handlers,
         middleware=[request_id, observe(metrics)],
         openapi_config=openapi,
+        cors_config=cors_config(settings),
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )

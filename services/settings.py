@@ -387,6 +387,20 @@ class Settings(BaseSettings):
         description="tasks waiting for a model above which new requests get 503 (0: no bound)",
     )
 
+    # browsers (dashboard, CORS)
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="origins (scheme://host[:port], comma-separated, or *) whose pages may call "
+        "the API from a browser; empty: no CORS headers at all (the dashboard at /ui is "
+        "same-origin and needs none)",
+    )
+    ws_ticket_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        le=120,
+        description="lifetime of a WebSocket ticket (POST /v1/ws-tickets); each opens one socket",
+    )
+
     # Batch API (gateway and `dim batcher`)
     batch_in_flight: int = Field(
         32,
@@ -416,6 +430,7 @@ class Settings(BaseSettings):
         "models",
         "tenants",
         "jwt_previous_secrets",
+        "cors_origins",
         "sim_capabilities",
         "upstream_capabilities",
         mode="before",
