@@ -31,7 +31,7 @@ from gateway.controllers.openai import ChatController, CompletionsController, Mo
 from gateway.controllers.responses import ResponsesController
 from gateway.controllers.stats import StatsController
 from gateway.controllers.stream import job_stream, submit_and_stream
-from gateway.controllers.ui import redoc_plugin, ui_handlers
+from gateway.controllers.ui import openapi_router, redoc_plugin, ui_handlers
 from gateway.controllers.usage import UsageController
 from gateway.controllers.ws_tickets import WsTicketsController
 from gateway.cors import cors_config
@@ -134,6 +134,7 @@ def create_app(settings: Settings) -> Litestar:
         security=[{"BearerAuth": []}],
         path="/openapi",
         render_plugins=[redoc_plugin()],  # the vendored renderer: no CDN
+        openapi_router=openapi_router("/openapi"),
     )
     handlers: list[Any] = [
         HealthController,

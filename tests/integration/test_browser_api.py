@@ -290,6 +290,8 @@ async def test_the_pages_reference_nothing_outside_the_gateway(live: Live) -> No
     assert "default-src 'self'" in ui.headers["content-security-policy"]
     docs = await live.http.get("/openapi")
     assert docs.status_code == 200
+    assert "default-src 'self'" in docs.headers["content-security-policy"]
+    assert (await live.http.get("/openapi/openapi.json")).json()["info"]["title"] == "dim gateway"
     for page in (ui.text, docs.text):
         refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", page)
         assert refs and all(r.startswith("/") for r in refs), refs

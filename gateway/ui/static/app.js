@@ -94,6 +94,9 @@ async function pollStats() {
 
 function drawCharts() {
   const now = Date.now(), rps = [], ttft = [], queue = {};
+  // the last WINDOW_MS, or since the page began to poll (at least a minute) until it has that much
+  const first = state.stats.length ? state.stats[0].t : now;
+  const span = Math.min(WINDOW_MS, Math.max(60000, now - first));
   for (let i = 1; i < state.stats.length; i++) {
     const a = state.stats[i - 1], b = state.stats[i];
     const dt = (b.at - a.at) || (b.t - a.t) / 1000;
@@ -105,9 +108,9 @@ function drawCharts() {
   for (const s of state.stats) {
     for (const [model, waiting] of Object.entries(s.queue)) (queue[model] ||= []).push([s.t, waiting]);
   }
-  drawChart($("chart-rps"), rps.length ? { "req/s": rps } : {}, now, WINDOW_MS);
-  drawChart($("chart-ttft"), ttft.some(([, v]) => v !== null) ? { ttft: ttft } : {}, now, WINDOW_MS);
-  drawChart($("chart-queue"), queue, now, WINDOW_MS);
+  drawChart($("chart-rps"), rps.length ? { "req/s": rps } : {}, now, span);
+  drawChart($("chart-ttft"), ttft.some(([, v]) => v !== null) ? { ttft: ttft } : {}, now, span);
+  drawChart($("chart-queue"), queue, now, span);
 }
 
 // ---- nodes ----
@@ -273,7 +276,8 @@ async function watch(jobId) {
       setStatus(frame.status);
       if (frame.output && !state.texts.size) state.texts.set("output", frame.output);
       showText();
-      const usage = frame.usage ? ` · ${frame.usage.total_tokens} tokens` : "";
+      const u = frame.usage;
+      const usage = u ? ` · ${u.completion_tokens} tokens out, ${u.prompt_tokens} in` : "";
       $("job-stream-note").textContent = `ended: ${frame.status}${usage}${frame.error ? ` · ${frame.error}` : ""}`;
     } else if (frame.type === "error") {
       $("job-stream-note").textContent = `${frame.error.message} (${frame.error.code})`;
@@ -290,7 +294,7 @@ $("job-cancel").addEventListener("click", async () => {
   if (!state.jobId) return;
   try {
     await api("DELETE", `/v1/jobs/${state.jobId}`);
-    $("job-stream-note").textContent = "cancelling…";
+    if (!TERMINAL.has($("job-status").textContent)) $("job-stream-note").textContent = "cancelling…";
   } catch (err) {
     $("job-stream-note").textContent = message(err);
   }

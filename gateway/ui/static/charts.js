@@ -36,7 +36,8 @@ export function drawChart(svg, series, now, windowMs) {
   svg.append(el("line", { x1: LEFT, y1: TOP, x2: LEFT, y2: y(0), class: "axis" }));
   svg.append(el("text", { x: LEFT - 3, y: TOP + 4, class: "tick", "text-anchor": "end" }, fmt(max)));
   svg.append(el("text", { x: LEFT - 3, y: y(0), class: "tick", "text-anchor": "end" }, "0"));
-  svg.append(el("text", { x: LEFT, y: H - 2, class: "tick" }, `-${Math.round(windowMs / 60000)} min`));
+  const span = windowMs >= 120000 ? `-${Math.round(windowMs / 60000)} min` : `-${Math.round(windowMs / 1000)} s`;
+  svg.append(el("text", { x: LEFT, y: H - 2, class: "tick" }, span));
   svg.append(el("text", { x: W - RIGHT, y: H - 2, class: "tick", "text-anchor": "end" }, "now"));
 
   names.forEach((name, i) => {
@@ -48,6 +49,7 @@ export function drawChart(svg, series, now, windowMs) {
       d += `${pen}${x(t).toFixed(1)},${y(v).toFixed(1)} `;
       pen = "L";
       last = v;
+      svg.append(el("circle", { cx: x(t).toFixed(1), cy: y(v).toFixed(1), r: 1.3, fill: color }));
     }
     if (d) svg.append(el("path", { d, class: "line", stroke: color }));
     const label = names.length > 1 ? `${name} ` : "";
