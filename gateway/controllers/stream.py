@@ -15,6 +15,9 @@ Frames (JSON):
 A client that reconnects with ``?after=<last seq>&after_event=<last event_seq>`` gets exactly what
 it missed: no gaps, no repeats. Closing the socket does not cancel the job (reconnecting is the
 point); send ``{"type": "cancel"}`` to cancel it.
+
+The caller authenticates with the `Authorization` header, or, from a browser, with the
+subprotocols ``dim.bearer, <key>`` or ``dim.ticket, <ticket>`` (`gateway/socket_auth.py`).
 """
 
 from __future__ import annotations

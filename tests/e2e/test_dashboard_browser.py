@@ -1,6 +1,6 @@
 """The dashboard in a real headless Chromium (Selenium and the system's chromedriver) against a
 real mesh — orchestrator, projector, a slow simulated worker and the gateway as child
-processes: sign in, see the nodes, submit a job and watch its tokens arrive over the WebSocket,
+processes: sign in with a key and with a password, see the nodes, submit a job and watch its tokens arrive over the WebSocket,
 filter the jobs, cancel a slow job, read /openapi; no page requests anything outside the
 gateway. It saves a screenshot to test-artifacts/dashboard.png (`just test-browser`)."""
 
@@ -129,9 +129,6 @@ async def test_the_dashboard_in_a_real_browser(bus: Bus, settings: Settings, bro
     port = free_port()
     s = settings.model_copy(update={"gateway_port": port})
     _, admin = await create_key(bus, principal_id="ada", tenant="acme", roles=("admin",), actor="t")
-    _, member = await create_key(
-        bus, principal_id="mel", tenant="acme", roles=("member",), actor="t"
-    )
     # a slow worker: tokens arrive a few per second, so the page sees them arrive and a job
     # can be cancelled while it runs
     worker = {
@@ -280,18 +277,31 @@ async def test_the_dashboard_in_a_real_browser(bus: Bus, settings: Settings, bro
         assert any(u.endswith("/ui/static/vendor/redoc/redoc.standalone.js") for u in urls)
         assert external(urls, port) == []
 
-        # a member's key: no nodes (admins only), said plainly; jobs and charts still work
+        # a member who logs in with a password: a session; no nodes (admins only), said plainly
+        account = {
+            "email": "mel@acme.example",
+            "password": "a long enough password",
+            "role": "member",
+        }
+        assert (await http.post("/v1/auth/register", json=account)).status_code == 201
         browser.get(f"{base}/ui")
-        until(browser, lambda d: "ada" in text_of(d, "who"), "the session kept in this tab")
+        until(browser, lambda d: "ada" in text_of(d, "who"), "the sign-in kept in this tab")
         browser.find_element(By.ID, "signout").click()
         until(browser, lambda d: d.find_element(By.ID, "signin").is_displayed(), "signed out")
         assert browser.execute_script("return sessionStorage.length") == 0
-        browser.find_element(By.ID, "key-input").send_keys(member)
-        browser.find_element(By.ID, "key-signin").click()
+        browser.find_element(By.ID, "login-email").send_keys(account["email"])
+        browser.find_element(By.ID, "login-password").send_keys(account["password"])
+        browser.find_element(By.ID, "login-signin").click()
+        until(browser, lambda d: "session" in text_of(d, "who"), "the login")
+        stored = json.loads(
+            browser.execute_script("return sessionStorage.getItem('dim.credentials')")
+        )
+        assert stored["kind"] == "session" and stored["refresh"] and stored["token"].count(".") == 2
         until(
             browser,
             lambda d: "for admins" in text_of(d, "nodes-error"),
             "the member told that nodes are for admins",
         )
         assert "member" in text_of(browser, "nodes-error")
+        until(browser, lambda d: not listed(d), "the member's own (empty) job list")
         await http.aclose()

@@ -302,3 +302,23 @@ async def test_the_pages_reference_nothing_outside_the_gateway(live: Live) -> No
     for module in ("app.js", "api.js", "charts.js"):
         js = (await live.http.get(f"/ui/static/{module}")).text
         assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", js), module
+
+
+async def test_a_ticket_dies_with_its_key(live: Live, bus: Bus) -> None:
+    from services.accounts.keys import read_key, revoke_key
+
+    record, key = await create_key(
+        bus, principal_id="wendy", tenant="acme", roles=("member",), actor="t"
+    )
+    job_id = await _job(live, key)
+    ticket = await _ticket(live, key)
+    await revoke_key(bus, record, by="t")
+
+    async def revoked() -> bool:
+        r = await live.http.get("/v1/me", headers=_auth(key))
+        return r.status_code == 401
+
+    await wait_until(revoked, what="the gateway to see the revocation")
+    assert await read_key(bus, record.key_id) is None
+    ws, frames = await _stream(live, job_id, ["dim.ticket", ticket])
+    assert ws.close_code == 4401 and frames[0]["error"]["code"] == "invalid_api_key"
