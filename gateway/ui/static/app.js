@@ -7,7 +7,8 @@ const WINDOW_MS = 5 * 60 * 1000; // what the charts show; the page keeps this mu
 const POLL = { stats: 2000, nodes: 3000, jobs: 3000, models: 15000 };
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 
-const state = { me: null, timers: [], stats: [], socket: null, jobId: null, texts: new Map() };
+// skew: the gateway's clock less this browser's (from /v1/stats), so ages are the gateway's
+const state = { me: null, timers: [], stats: [], socket: null, jobId: null, texts: new Map(), skew: 0 };
 
 function message(err) {
   if (err instanceof ApiError && err.code) return `${err.message} (${err.code})`;
@@ -22,7 +23,7 @@ function cell(row, text, cls) {
 }
 
 function ago(iso) {
-  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  const s = Math.max(0, (Date.now() + state.skew - Date.parse(iso)) / 1000);
   return s < 60 ? `${s.toFixed(1)} s ago` : `${Math.round(s / 60)} min ago`;
 }
 
@@ -58,6 +59,7 @@ async function signedIn(promise) {
   try {
     await start(await promise);
   } catch (err) {
+    if (err.status === 401) await signOut(); // a key revoked or a session ended meanwhile
     $("signin-error").textContent = message(err);
   }
 }
@@ -83,6 +85,7 @@ async function pollStats() {
   try {
     const snap = await api("GET", "/v1/stats");
     state.stats.push({ t: Date.now(), ...snap });
+    state.skew = snap.at * 1000 - Date.now();
     const oldest = Date.now() - WINDOW_MS - POLL.stats;
     while (state.stats.length && state.stats[0].t < oldest) state.stats.shift();
     $("stats-note").textContent = `· ${snap.nodes_live} live node(s) · ${snap.in_flight} completion(s) in flight`;
@@ -260,7 +263,14 @@ async function watch(jobId) {
     return;
   }
   if (state.jobId !== jobId) return;
-  const socket = await openSocket(`/v1/jobs/${jobId}/stream?after_event=${after}`);
+  let socket;
+  try {
+    socket = await openSocket(`/v1/jobs/${jobId}/stream?after_event=${after}`);
+  } catch (err) {
+    $("job-stream-note").textContent = message(err);
+    return;
+  }
+  if (state.jobId !== jobId) { socket.close(); return; } // another job was chosen meanwhile
   state.socket = socket;
   $("job-stream-note").textContent = "streaming over a WebSocket…";
   socket.onmessage = (msg) => {
