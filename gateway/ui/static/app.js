@@ -242,6 +242,7 @@ async function watch(jobId) {
   state.socket = null;
   state.jobId = jobId;
   state.texts = new Map();
+  for (const row of $("jobs-table").tBodies[0].rows) row.classList.toggle("selected", row.dataset.job === jobId);
   $("job-panel").hidden = false;
   $("job-id").textContent = jobId;
   $("job-output").textContent = "";
