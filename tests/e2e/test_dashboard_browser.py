@@ -279,6 +279,9 @@ async def test_the_dashboard_in_a_real_browser(bus: Bus, settings: Settings, bro
         urls = requested(browser)
         assert any(u.endswith("/ui/static/vendor/redoc/redoc.standalone.js") for u in urls)
         assert external(urls, port) == []
+        # neither page broke its content security policy (it would have, to load from elsewhere)
+        console = [e["message"] for e in browser.get_log("browser")]
+        assert not [m for m in console if "Content Security Policy" in m], console
 
         # a member who logs in with a password: a session; no nodes (admins only), said plainly
         account = {
