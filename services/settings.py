@@ -146,14 +146,16 @@ class Settings(BaseSettings):
         description="other names of served models, 'alias=model,...' (openai: dim name=upstream name)",
     )
     metrics_port: int = Field(
-        0,
+        9400,
         ge=0,
         le=65535,
-        description="port of a worker's /metrics, a projector's /metrics, /healthz and /readyz "
-        "(0: any free port)",
+        description="port of /metrics, /healthz and /readyz of a worker, orchestrator, projector "
+        "or batcher (0: any free port; `dim up` gives its processes this port and the next ones)",
     )
     metrics_host: str = Field(
-        "127.0.0.1", description="address of a worker's or projector's metrics server"
+        "127.0.0.1",
+        description="address of that server (0.0.0.0: every interface, for Prometheus and probes "
+        "from other hosts or containers)",
     )
     model_cache_dir: Path | None = Field(
         None, description="where engines download and cache model weights (vLLM download_dir)"
