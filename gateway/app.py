@@ -149,9 +149,7 @@ def create_app(settings: Settings) -> Litestar:
         prometheus_metrics,
     ]
     # Server spans only when they go somewhere: the middleware costs time on every request.
-    plugins = (
-        [OpenTelemetryPlugin(OpenTelemetryConfig())] if settings.otel_exporter != "none" else []
-    )
+    plugins = [OpenTelemetryPlugin(OpenTelemetryConfig())] if settings.trace_exporters else []
     app = Litestar(
         plugins=plugins,
         route_handlers=handlers,
