@@ -7,7 +7,6 @@ import contextlib
 import gc
 import logging
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -16,6 +15,7 @@ from events.bus import Bus
 from events.connection import redact_url
 from events.errors import CredentialsRefused, while_unavailable
 from events.topology import Topology, topology
+from services import logs
 from services.cpu_policy import use_batch_policy
 from services.health import Health
 from services.settings import Settings
@@ -27,13 +27,9 @@ log = logging.getLogger("dim")
 
 
 def setup_logging(settings: Settings, role: str) -> None:
-    """Log lines as ``time level role: message`` on stderr."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s {role}: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    """Log lines on stderr as ``time level role: message``, or one JSON object per line
+    (``DIM_LOG_FORMAT=json``; services/logs.py)."""
+    logs.configure(settings.log_level, settings.log_format, role)
     for noisy in ("nats", "httpx", "httpcore"):  # httpx logs every upstream request at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # nats-py's protocol answers a TLS connection's end as for plain TCP; asyncio says so on

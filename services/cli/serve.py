@@ -167,7 +167,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level=settings.log_level.lower(),
-        access_log=False,
+        log_config=None,  # uvicorn's lines go through dim's logging (text or JSON)
+        access_log=False,  # dim's own (gateway/access_log.py): request id, key, no query
         lifespan="on",
         timeout_graceful_shutdown=10,
         # bounds of the HTTP server itself (docs/reliability.md): connections at once (503

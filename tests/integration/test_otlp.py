@@ -156,24 +156,3 @@ async def test_spans_of_real_processes_reach_an_otlp_receiver(
         assert attrs["service.namespace"] == settings.namespace
     assert {"worker.task", "engine.generate"} <= by_service["dim-worker"], by_service
     assert all(h.get("x-collector-key") == "k123" for h in received.headers)
-
-
-def test_an_exporter_dim_does_not_have_is_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER names jaeger"):
-        Settings(otel_traces_exporter="otlp,jaeger")
-    with pytest.raises(ValueError, match="http/json"):
-        Settings(otel_protocol="http/json")
-
-
-def test_which_exporters_the_settings_choose() -> None:
-    assert Settings().trace_exporters == ()
-    assert Settings(otel_traces_exporter="none").trace_exporters == ()
-    assert Settings(otel_traces_exporter="otlp, console").trace_exporters == ("otlp", "console")
-    # DIM_OTEL_EXPORTER is dim's override of the standard variable
-    assert Settings(otel_traces_exporter="otlp", otel_exporter="none").trace_exporters == ()
-    assert Settings(otel_traces_exporter="none", otel_exporter="console").trace_exporters == (
-        "console",
-    )
-    # an endpoint alone turns OTLP on (the standard's default exporter, where it can go)
-    assert Settings(otel_otlp_endpoint="http://collector:4318").trace_exporters == ("otlp",)
-    assert Settings(otel_endpoint="http://collector:4318/v1/traces").trace_exporters == ("otlp",)
