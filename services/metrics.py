@@ -22,6 +22,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -230,6 +231,55 @@ class GatewayMetrics:
     def render(self) -> bytes:
         """The exposition text."""
         return generate_latest(self.registry)
+
+
+class OrchestratorMetrics:
+    """What one orchestrator holds now, read when scraped: `orchestrator` is the running
+    instance (its fair queue, active jobs and lost append races)."""
+
+    def __init__(self, orchestrator: Any) -> None:
+        self.orchestrator = orchestrator
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    def collect(self) -> Any:
+        o = self.orchestrator
+        # Read from the server's thread while the loop changes them: copy, and try again if a
+        # dict changed size meanwhile.
+        for _ in range(5):
+            try:
+                held = dict(o.fair.held_by_model())
+                waiting = dict(o.fair.waiting)
+                active = len(o.active)
+                break
+            except RuntimeError:
+                continue
+        else:
+            return
+        family = GaugeMetricFamily(
+            "dim_orchestrator_jobs_held",
+            "Jobs held back by admission now (their model's queue is full), by model",
+            labels=["model"],
+        )
+        for model, count in held.items():
+            family.add_metric([model], count)
+        yield family
+        family = GaugeMetricFamily(
+            "dim_orchestrator_queued_first_attempts",
+            "First attempts this instance counts waiting in the model's shared queue",
+            labels=["model"],
+        )
+        for model, count in waiting.items():
+            family.add_metric([model], count)
+        yield family
+        yield GaugeMetricFamily(
+            "dim_orchestrator_jobs_active", "Unfinished jobs this instance keeps", value=active
+        )
+        yield CounterMetricFamily(
+            "dim_orchestrator_append_conflicts",
+            "Appends refused because another writer appended to the job first",
+            value=o.lost_races,
+        )
 
 
 class ProjectorMetrics:

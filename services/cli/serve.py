@@ -92,6 +92,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_orchestrator(args: argparse.Namespace) -> int:
     from services.health import Health
+    from services.metrics import OrchestratorMetrics
     from services.orchestrator.runner import Orchestrator
     from services.process import serve
 
@@ -100,6 +101,7 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
 
     async def body(bus: Bus, stop: asyncio.Event) -> None:
         orchestrator = Orchestrator(bus, settings)
+        health.include(OrchestratorMetrics(orchestrator).registry)
         for spec in (orchestrator.consumer(), orchestrator.dead_letters.consumer()):
             health.needs_consumer(spec.stream, spec.durable)
         await orchestrator.run(stop)

@@ -67,6 +67,11 @@ async def test_every_process_serves_metrics_health_and_readiness_on_its_port(
             assert 'dim_worker_info{engine="simulated"} 1.0' in worker
             projector = (await http.get(f"http://127.0.0.1:{ports['projector']}/metrics")).text
             assert "dim_projector_views_behind 0.0" in projector
+            orchestrator = (
+                await http.get(f"http://127.0.0.1:{ports['orchestrator']}/metrics")
+            ).text
+            assert "dim_orchestrator_jobs_active 0.0" in orchestrator
+            assert "dim_orchestrator_append_conflicts_total 0.0" in orchestrator
 
 
 async def test_readiness_says_what_is_missing_until_nats_answers(settings: Settings) -> None:
