@@ -99,19 +99,23 @@ class Health:
         if bus is None or not bus.connected:
             return ["nats connection", *missing]
         topo = settings_topology(self.settings)
-        names = [s.name for s in topo.streams] + [f"KV_{b.name}" for b in topo.buckets]
-        for name in names:
+        streams = [s.name for s in topo.streams] + [f"KV_{b.name}" for b in topo.buckets]
+
+        async def stream(name: str) -> str | None:
             try:
-                if not await bus.stream_exists(name):
-                    missing.append(f"stream {name}")
+                return None if await bus.stream_exists(name) else f"stream {name}"
             except Exception:  # connection trouble while checking
-                missing.append(f"stream {name}")
-        for stream, durable in self._consumers:
+                return f"stream {name}"
+
+        async def consumer(stream: str, durable: str) -> str | None:
             try:
-                if await bus.backlog(stream, durable) is None:
-                    missing.append(f"consumer {stream}/{durable}")
+                found = await bus.backlog(stream, durable) is not None
             except Exception:
-                missing.append(f"consumer {stream}/{durable}")
+                found = False
+            return None if found else f"consumer {stream}/{durable}"
+
+        checks = [stream(n) for n in streams] + [consumer(s, d) for s, d in self._consumers]
+        missing += [why for why in await asyncio.gather(*checks) if why]
         return missing
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
@@ -120,14 +124,18 @@ class Health:
         if loop is None or self._bus is None:
             missing = ["nats connection", *(w for w in (c() for c in self._conditions) if w)]
         else:
-            future = asyncio.run_coroutine_threadsafe(self.missing(), loop)
             try:
-                missing = future.result(CHECK_TIMEOUT_S)
-            except FutureTimeout:
-                future.cancel()
-                missing = [f"event loop answering within {CHECK_TIMEOUT_S:g} s"]
-            except Exception as exc:  # the loop closed: the process is stopping
-                missing = [f"readiness check ({type(exc).__name__})"]
+                future = asyncio.run_coroutine_threadsafe(self.missing(), loop)
+            except RuntimeError:  # the loop closed: the process is stopping
+                missing = ["event loop (stopping)"]
+            else:
+                try:
+                    missing = future.result(CHECK_TIMEOUT_S)
+                except FutureTimeout:
+                    future.cancel()
+                    missing = [f"event loop answering within {CHECK_TIMEOUT_S:g} s"]
+                except Exception as exc:  # the check itself failed
+                    missing = [f"readiness check ({type(exc).__name__}: {exc})"]
         if missing:
             return 503, {"status": "unavailable", "role": self.role, "missing": missing}
         for check in self._degraded:
