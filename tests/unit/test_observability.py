@@ -77,3 +77,20 @@ def test_which_exporters_the_settings_choose() -> None:
     env = Settings(otel_traces_exporter="otlp", otel_protocol="grpc").to_env()
     assert not any("TRACES_EXPORTER" in k or "PROTOCOL" in k for k in env)
     assert Settings.variable("otel_protocol") == "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+
+
+def test_the_service_name_is_dims_only_where_the_environment_names_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.telemetry import resource
+
+    s = Settings(namespace="prod")
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    attrs = resource(s, "worker").attributes
+    assert attrs["service.name"] == "dim-worker" and attrs["service.namespace"] == "prod"
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=attrs,service.namespace=team")
+    attrs = resource(s, "worker").attributes
+    assert attrs["service.name"] == "attrs" and attrs["service.namespace"] == "team"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "named")  # over the attributes, as the SDK says
+    assert resource(s, "worker").attributes["service.name"] == "named"
