@@ -68,6 +68,20 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
+_SELECTOR = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{((?:[^{}"]|"(?:[^"\\]|\\.)*")*)\}')
+_MATCHER_LABEL = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+TARGET_LABELS = {"instance", "job"}  # added by Prometheus when it scrapes
+
+
+def matched_labels(expr: str) -> dict[str, set[str]]:
+    """metric -> the label names its selectors match on, in a PromQL expression."""
+    found: dict[str, set[str]] = {}
+    for name, matchers in _SELECTOR.findall(expr):
+        labels = _MATCHER_LABEL.findall(_STRING.sub('""', matchers))
+        found.setdefault(name, set()).update(labels)
+    return found
+
+
 def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     panels = []
     for panel in dashboard["panels"]:
@@ -106,6 +120,9 @@ def test_promql_metric_names_are_found_where_they_hide() -> None:
         "process_start_time_seconds"
     }
     assert metric_names("count by (role) (dim_process_info)") == {"dim_process_info"}
+    assert matched_labels('rate(a_bucket{model=~"x,y=z", le!="1"}[5m]) + b') == {
+        "a_bucket": {"model", "le"}
+    }
 
 
 def test_the_dashboards_are_grafana_dashboards() -> None:
@@ -144,6 +161,15 @@ def test_the_provisioning_points_grafana_at_prometheus_and_at_the_dashboards() -
     providers = yaml.safe_load((GRAFANA / "provisioning/dashboards/dim.yaml").read_text())
     (provider,) = providers["providers"]
     assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
+
+
+def _labels(exposition: str) -> dict[str, set[str]]:
+    """sample name -> the label names its samples carry."""
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    return labels
 
 
 def _known(exposition: str) -> set[str]:
@@ -197,10 +223,23 @@ async def test_every_metric_the_dashboards_query_is_served_by_a_live_mesh(
             for role, port in ports.items():
                 texts[role] = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     served_names: set[str] = set()
+    served_labels: dict[str, set[str]] = {}
     for text in texts.values():
         served_names |= _known(text)
+        for name, labels in _labels(text).items():
+            served_labels.setdefault(name, set()).update(labels)
     missing = {name: sorted(where) for name, where in wanted.items() if name not in served_names}
     assert not missing, f"queried by the dashboards, served by no process: {missing}"
+    # a label a selector matches on is one the metric carries (where it has samples to tell)
+    wrong = []
+    for path in DASHBOARDS:
+        for expr in _queries(json.loads(path.read_text())):
+            for name, labels in matched_labels(expr).items():
+                if name in served_labels:
+                    unknown = labels - served_labels[name] - TARGET_LABELS
+                    if unknown:
+                        wrong.append((path.name, name, sorted(unknown)))
+    assert not wrong, f"selectors on labels their metrics do not have: {wrong}"
     # what the traffic moved is there with samples, not only declared
     assert 'dim_gateway_errors_total{code="model_not_found"}' in texts["gateway"]
     assert "dim_worker_time_to_first_token_seconds_bucket" in texts["worker"]
