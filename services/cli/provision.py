@@ -38,7 +38,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
     rows = []
     for name, field in Settings.model_fields.items():
         value = shown(getattr(current, name), name)
-        rows.append([f"DIM_{name.upper()}", value, field.description or ""])
+        rows.append([Settings.variable(name), value, field.description or ""])
     print(table(["VARIABLE", "VALUE", "MEANING"], rows))
     return 0
 
