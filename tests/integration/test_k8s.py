@@ -13,7 +13,6 @@ the upstream a stand-in serving the worker's model (upstream.env is the operator
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -33,8 +32,6 @@ import pytest
 
 from services.nats_dir import NatsDir
 from services.nats_server import EmbeddedNats
-from services.process import connect
-from services.settings import Settings
 from tests import k8s_render
 from tests.k8s_pods import DIM, WAIT_S, Files, files_of, materialize, probe, start, wait_for
 from tests.k8s_render import KUBECTL, NO_KUBECTL
@@ -42,9 +39,7 @@ from tests.k8s_render import KUBECTL, NO_KUBECTL
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(KUBECTL is None, reason=NO_KUBECTL)]
 
 MODEL_TEXT = "hello from the upstream"
-# The orchestrator and the batch runner serve their probes once every process has the metrics
-# server of issue 19; until then (nothing on their probe port) they show they started otherwise.
-WITHOUT_PROBES = {"dim-orchestrator", "dim-batcher"}
+
 
 Doc = dict[str, Any]
 
@@ -113,42 +108,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         server.stop()
 
 
-def _consumer_exists(admin: dict[str, str], stream: str, durable: str) -> bool:
-    """Whether `stream` has the durable consumer `durable` (asked as the admin identity)."""
-    settings = Settings(
-        nats_url=admin["DIM_NATS_URL"],
-        nats_tls_ca=admin["DIM_NATS_TLS_CA"],
-        nats_nkey_seed=admin["DIM_NATS_NKEY_SEED"],
-        nats_inbox_prefix=admin["DIM_NATS_INBOX_PREFIX"],
-    )
-
-    async def ask() -> bool:
-        bus = await connect(settings, "dim-k8s-test")
-        try:
-            return await bus.backlog(stream, durable) is not None
-        finally:
-            await bus.close()
-
-    return asyncio.run(ask())
-
-
-def _started_otherwise(mesh: Mesh, status: dict[str, int | None]) -> bool:
-    """Every process is ready but those of WITHOUT_PROBES that serve no probe, and those are
-    running: the orchestrator's durable consumer on JOBS exists (it connected as its identity
-    and made it), and the batch runner says it loaded the batch views."""
-    waiting = {n for n, s in status.items() if s != 200}
-    if not waiting or not waiting <= WITHOUT_PROBES or any(status[n] is not None for n in waiting):
-        return False
-    if (
-        "dim-batcher" in waiting
-        and "batch runner: " not in mesh.procs["dim-batcher"][1].read_text()
-    ):
-        return False
-    if "dim-orchestrator" in waiting:
-        return _consumer_exists(mesh.admin, "dim_JOBS", "orchestrator-dim-orchestrator-0")
-    return True
-
-
 @pytest.mark.timeout(300)
 def test_the_services_answer_their_probes(mesh: Mesh) -> None:
     status: dict[str, int | None] = {}
@@ -158,12 +117,12 @@ def test_the_services_answer_their_probes(mesh: Mesh) -> None:
             proc, log = mesh.procs[name]
             assert proc.poll() is None, f"{name} exited:\n{log.read_text()[-3000:]}"
             status[name] = probe(port, path)
-        if all(s == 200 for s in status.values()) or _started_otherwise(mesh, status):
+        if all(s == 200 for s in status.values()):
             break
         time.sleep(0.5)
     logs = {n: (s, mesh.procs[n][1].read_text()[-2000:]) for n, s in status.items() if s != 200}
-    assert all(s == 200 for s in status.values()) or _started_otherwise(mesh, status), logs
-    assert {"dim-gateway", "dim-projector"} <= {n for n, s in status.items() if s == 200}
+    assert not logs
+    assert set(status) == {"dim-gateway", "dim-orchestrator", "dim-projector", "dim-batcher"}
 
 
 class _Upstream(BaseHTTPRequestHandler):
@@ -217,7 +176,10 @@ def test_a_worker_pod_joins_is_approved_and_serves(mesh: Mesh) -> None:
     )
     files = {**mesh.files, ("ConfigMap", "dim-join"): {"join.txt": bundle.stdout}}
     root = mesh.root / "dim-worker-upstream-0"
-    args, env, _ = materialize(worker, files, root)
+    args, env, ports = materialize(worker, files, root)
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    get = container["readinessProbe"]["httpGet"]
     model = args[args.index("--model") + 1]
     _Upstream.model = model
     with contextlib.ExitStack() as stack:
@@ -233,7 +195,7 @@ def test_a_worker_pod_joins_is_approved_and_serves(mesh: Mesh) -> None:
         # the security directory, which reloads this server
         said = wait_for(
             "approval command",
-            lambda: re.search(r"(dim nodes approve \S+ \S+ --models \S+)", log.read_text()),
+            lambda: re.search(r"(dim nodes approve \S+ \S+ --models [^\s\\\"]+)", log.read_text()),
             proc,
             log,
         )
@@ -242,6 +204,8 @@ def test_a_worker_pod_joins_is_approved_and_serves(mesh: Mesh) -> None:
         done = subprocess.run(command, env=mesh.admin, capture_output=True, timeout=60)
         assert done.returncode == 0, done.stderr.decode()
         wait_for("admission", lambda: "admitted" in log.read_text(), proc, log)
+        port = ports[named[get["port"]]]
+        wait_for("readiness", lambda: probe(port, get["path"]) == 200, proc, log)
 
         # a caller's key, then a chat completion through the gateway, served by that worker
         made = subprocess.run(
