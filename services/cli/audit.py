@@ -6,14 +6,16 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from events.bus import Bus
-from services.cli.common import settings_of, with_bus
+from services.cli.common import add_json_flag, print_json, settings_of, with_bus
 
 if TYPE_CHECKING:
+    from events.bus import Bus
     from services.cli.common import Subcommands
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from services.audit import audit, collect, render
 
     listed = Path(args.accepted).read_text().split() if args.accepted else None
@@ -21,7 +23,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     async def go(bus: Bus) -> int:
         histories, usage = await collect(bus)
         report = audit(histories, listed if listed is not None else list(histories), usage)
-        print(render(report))
+        if args.json:
+            print_json(asdict(report) | {"ok": report.ok})
+        else:
+            print(render(report))
         return 0 if report.ok else 1
 
     return with_bus(args, go)
@@ -66,6 +71,7 @@ def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--accepted", help="file of job ids a client had accepted, one per line (default: all)"
     )
+    add_json_flag(s, "the report")
     s.set_defaults(fn=cmd_audit)
 
     s = sub.add_parser("projections", parents=[common], help="manage read models")

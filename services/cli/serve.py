@@ -10,17 +10,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from events.bus import Bus
-from events.errors import DimError
 from services.cli.common import settings_of
-from services.process import run
 
 if TYPE_CHECKING:
+    from events.bus import Bus
     from services.cli.common import Subcommands
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from events.errors import DimError
     from services.cpu_policy import use_batch_policy
+    from services.process import run
     from services.up import up
 
     settings = settings_of(
@@ -144,6 +144,7 @@ def cmd_batcher(args: argparse.Namespace) -> int:
 def cmd_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from events.errors import DimError
     from gateway.app import bounded_http, create_app
     from services.cpu_policy import use_batch_policy
     from services.process import setup_logging, tune_gc

@@ -1,0 +1,126 @@
+"""Text tables that fit the terminal.
+
+On a terminal (or with ``COLUMNS`` set) a table is fitted to its width: the widest columns are
+truncated first, the first column (an id, to be copied) last; the columns a table marks optional
+are dropped when even that is not enough; as a last resort each row is printed as lines of
+``HEADER  value``. Written to a pipe or a file, a table is never cut: plain and stable for scripts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import textwrap
+from collections.abc import Sequence
+
+GAP = "  "
+
+
+def terminal_width() -> int:
+    """Columns to fit: ``COLUMNS``, else the terminal's; 0 (no limit) when stdout is no terminal."""
+    return shutil.get_terminal_size((0, 0)).columns
+
+
+def _ellipsis() -> str:
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    return "…" if encoding == "utf8" else "~"
+
+
+def clip(text: str, width: int) -> str:
+    """`text` cut to `width` characters (0: no limit), its end marked."""
+    if width <= 0 or len(text) <= width:
+        return text
+    return text[: width - 1] + _ellipsis() if width > 1 else text[:width]
+
+
+def _clean(cell: str) -> str:
+    # one line per row, whatever a cell holds (an error message with newlines, a tab)
+    return cell.replace("\r", " ").replace("\n", " ").replace("\t", " ")
+
+
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    right: int = 0,
+    optional: Sequence[int] = (),
+    wrap: bool = False,
+    width: int | None = None,
+) -> str:
+    """A left-aligned text table (the last `right` columns right-aligned) fitted to `width`
+    (default: the terminal's; 0: no limit); `optional`: the columns to drop, first to last, when
+    truncating is not enough; `wrap`: the last column's text wrapped onto more lines, not cut."""
+    width = terminal_width() if width is None else width
+    cells = [[_clean(c) for c in r] for r in rows]
+    keep = list(range(len(headers)))
+    for dropped in (None, *optional):
+        if dropped is not None:
+            keep.remove(dropped)
+        widths = _fit(
+            [headers[i] for i in keep], [[r[i] for i in keep] for r in cells], width, keep[0] == 0
+        )
+        if widths is not None:
+            aligned_right = set(range(len(headers) - right, len(headers)))
+            return _render(
+                [headers[i] for i in keep],
+                [[r[i] for i in keep] for r in cells],
+                widths,
+                [i in aligned_right for i in keep],
+                wrap=wrap,
+            )
+    return _records(headers, cells, width)
+
+
+def _fit(
+    headers: list[str], rows: list[list[str]], width: int, first_is_id: bool
+) -> list[int] | None:
+    """Column widths that fit `width`, or None when no truncation that keeps every header
+    whole does."""
+    natural = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    if width <= 0:
+        return natural
+    room = width - len(GAP) * (len(headers) - 1)
+    floors = [min(n, max(len(h), 3)) for n, h in zip(natural, headers, strict=True)]
+    if sum(floors) > room:
+        return None
+    widths = list(natural)
+    # shrink the widest column by one at a time: the others first, then the first one (an id)
+    for group in (range(1 if first_is_id else 0, len(widths)), range(len(widths))):
+        while sum(widths) > room:
+            shrinkable = [i for i in group if widths[i] > floors[i]]
+            if not shrinkable:
+                break
+            widest = max(shrinkable, key=lambda i: widths[i])
+            widths[widest] -= 1
+    return widths
+
+
+def _render(
+    headers: list[str], rows: list[list[str]], widths: list[int], right: list[bool], *, wrap: bool
+) -> str:
+    def lines(cells: list[str]) -> list[str]:
+        out = []
+        for c, w, r in zip(cells[:-1], widths, right, strict=False):
+            c = clip(c, w)
+            out.append(c.rjust(w) if r else c.ljust(w))
+        last, w = cells[-1], widths[-1]
+        parts = textwrap.wrap(last, w) if wrap and len(last) > w else [clip(last, w)]
+        pad = GAP.join(" " * w for w in widths[:-1])
+        first = GAP.join([*out, parts[0].rjust(w) if right[-1] else parts[0].ljust(w)])
+        return [first.rstrip()] + [f"{pad}{GAP}{part}".rstrip() for part in parts[1:]]
+
+    return "\n".join([*lines(headers), *(line for r in rows for line in lines(r))])
+
+
+def _records(headers: Sequence[str], rows: list[list[str]], width: int) -> str:
+    """Each row as lines of ``HEADER  value``, rows apart by a blank line: for a terminal too
+    narrow for the columns side by side."""
+    label = max(len(h) for h in headers)
+    blocks = [
+        "\n".join(
+            clip(f"{h.ljust(label)}{GAP}{c}".rstrip(), width)
+            for h, c in zip(headers, r, strict=True)
+        )
+        for r in rows
+    ]
+    return "\n\n".join(blocks) if blocks else clip(GAP.join(headers), width)
