@@ -1,9 +1,9 @@
 """Text tables that fit the terminal.
 
 On a terminal (or with ``COLUMNS`` set) a table is fitted to its width: the widest columns are
-truncated first, the first column (an id, to be copied) last; the columns a table marks optional
-are dropped when even that is not enough; as a last resort each row is printed as lines of
-``HEADER  value``. Written to a pipe or a file, a table is never cut: plain and stable for scripts.
+cut first, the first column (an id, to be copied) last; the columns a table marks optional are
+dropped before any column is cut to fewer than 8 characters; as a last resort each row is
+printed as lines of ``HEADER  value``. Written to a pipe or a file, a table is never cut: plain and stable for scripts.
 """
 
 from __future__ import annotations
@@ -52,40 +52,40 @@ def table(
     truncating is not enough; `wrap`: the last column's text wrapped onto more lines, not cut."""
     width = terminal_width() if width is None else width
     cells = [[_clean(c) for c in r] for r in rows]
-    keep = list(range(len(headers)))
-    for dropped in (None, *optional):
-        if dropped is not None:
-            keep.remove(dropped)
-        widths = _fit(
-            [headers[i] for i in keep], [[r[i] for i in keep] for r in cells], width, keep[0] == 0
-        )
+    aligned_right = set(range(len(headers) - right, len(headers)))
+    # the first column (an id, to be copied) whole and every other one at least 8 wide,
+    # dropping optional columns one by one as needed; then, without them all, any column cut
+    # (the id last); else one record a row
+    keeps = [list(range(len(headers)))]
+    for dropped in optional:
+        keeps.append([i for i in keeps[-1] if i != dropped])
+    tries = [(keep, 8, keep[0] == 0) for keep in keeps] + [(keeps[-1], 3, False)]
+    for keep, least, whole_id in tries:
+        shown = [headers[i] for i in keep]
+        kept = [[r[i] for i in keep] for r in cells]
+        widths = _fit(shown, kept, width, least, whole_id)
         if widths is not None:
-            aligned_right = set(range(len(headers) - right, len(headers)))
-            return _render(
-                [headers[i] for i in keep],
-                [[r[i] for i in keep] for r in cells],
-                widths,
-                [i in aligned_right for i in keep],
-                wrap=wrap,
-            )
+            return _render(shown, kept, widths, [i in aligned_right for i in keep], wrap=wrap)
     return _records(headers, cells, width)
 
 
 def _fit(
-    headers: list[str], rows: list[list[str]], width: int, first_is_id: bool
+    headers: list[str], rows: list[list[str]], width: int, least: int, whole_id: bool
 ) -> list[int] | None:
-    """Column widths that fit `width`, or None when no truncation that keeps every header
-    whole does."""
+    """Column widths that fit `width`, every column at least `least` wide (or its header's
+    width, or its widest cell's), the first one whole if `whole_id`; None when none do."""
     natural = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     if width <= 0:
         return natural
     room = width - len(GAP) * (len(headers) - 1)
-    floors = [min(n, max(len(h), 3)) for n, h in zip(natural, headers, strict=True)]
+    floors = [min(n, max(len(h), least)) for n, h in zip(natural, headers, strict=True)]
+    if whole_id:
+        floors[0] = natural[0]
     if sum(floors) > room:
         return None
     widths = list(natural)
     # shrink the widest column by one at a time: the others first, then the first one (an id)
-    for group in (range(1 if first_is_id else 0, len(widths)), range(len(widths))):
+    for group in (range(1, len(widths)), range(len(widths))):
         while sum(widths) > room:
             shrinkable = [i for i in group if widths[i] > floors[i]]
             if not shrinkable:

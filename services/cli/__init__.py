@@ -29,7 +29,8 @@ class _Version(argparse.Action):
             found = version("dim")
         except PackageNotFoundError:
             found = "unknown (not installed)"
-        parser.exit(message=f"dim {found}\n")
+        print(f"dim {found}")
+        parser.exit()
 
 
 def parser() -> argparse.ArgumentParser:
