@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 def cmd_audit(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from services.audit import audit, collect, render
+    from services.audit import audit, collect, counts, findings
+    from services.table import clip, table, terminal_width
 
     listed = Path(args.accepted).read_text().split() if args.accepted else None
 
@@ -26,7 +27,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if args.json:
             print_json(asdict(report) | {"ok": report.ok})
         else:
-            print(render(report))
+            rows = [[what, f"{n:,}"] for what, n in counts(report)]
+            print(table(["CHECK", "JOBS"], rows, right=1))
+            for line in findings(report):
+                print(clip(line, terminal_width()))
         return 0 if report.ok else 1
 
     return with_bus(args, go)
