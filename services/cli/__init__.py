@@ -12,7 +12,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from services.cli import accounts, audit, jobs, nats_config, nodes, provision, serve, usage
+from services.cli import (
+    accounts,
+    audit,
+    jobs,
+    models,
+    nats_config,
+    nodes,
+    provision,
+    serve,
+    usage,
+)
 from services.cli.common import BadSetting, common_flags
 
 
@@ -42,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     common = common_flags()
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In this order in `dim --help`.
-    for group in (serve, accounts, provision, jobs, usage, nodes, audit, nats_config):
+    for group in (serve, accounts, provision, jobs, usage, nodes, models, audit, nats_config):
         group.add_commands(sub, common)
     return p
 

@@ -5,7 +5,6 @@ nodes on other hosts: `bundle` (what `dim worker --join` needs), `approve`, `rev
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +19,8 @@ if TYPE_CHECKING:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
+    import asyncio
+
     from services.registry.enrolled import enrolled_keys
     from services.registry.live import LiveNodes
     from services.render import nodes_table

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +11,8 @@ from typing import TYPE_CHECKING
 from services.cli.common import settings_of
 
 if TYPE_CHECKING:
+    import asyncio
+
     from events.bus import Bus
     from services.cli.common import Subcommands
 
@@ -100,6 +100,9 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
 
 
 def cmd_projector(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
     from services.batches.projection import BatchStatusProjector
     from services.metrics import ProjectorMetrics
     from services.process import serve
@@ -189,7 +192,8 @@ def _add_up(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser(
         "up",
         parents=[common],
-        help="run the whole mesh here: nats-server, orchestrator, projector, workers",
+        help="run the whole mesh here: nats-server, orchestrator, projector, batch runner, "
+        "gateway, simulated workers (3)",
     )
     s.add_argument("--workers", type=int, default=3, help="simulated workers to start (default 3)")
     s.add_argument(

@@ -214,6 +214,7 @@ READS = (
     ("keys", "list"),
     ("nodes",),
     ("nodes", "approvals"),
+    ("models",),
     ("usage",),
     ("usage", "--by", "key,model"),
     ("audit",),
@@ -254,6 +255,9 @@ def test_read_commands_answer_json_fit_a_narrow_terminal_and_stop_at_a_closed_pi
     assert {n["node_id"]: n["verified"] for n in docs["nodes",]} == {"sim-1": True, "sim-2": True}
     # dim up approves its own workers' keys
     assert {a["node_id"] for a in docs["nodes", "approvals"]} == {"sim-1", "sim-2"}
+    (model,) = docs["models",]
+    assert model["model"] == "sim-small" and model["nodes"] == ["sim-1", "sim-2"]
+    assert model["capacity"] == 64 and model["engines"] == ["simulated"]
     assert sum(u["requests"] for u in docs["usage",]) >= 1
     assert {r["model"] for r in docs["usage", "--by"]} == {"sim-small"}
     assert docs["audit",]["ok"] is True and docs["audit",]["completed"] >= 1
