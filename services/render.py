@@ -10,8 +10,6 @@ from events.records import NodeRecord
 from projections.job_state import JobState
 from services.table import clip, table, terminal_width
 
-__all__ = ["job_detail", "jobs_table", "nodes_table", "table"]
-
 
 def _ago(at: datetime | None, now: datetime) -> str:
     if at is None:

@@ -44,7 +44,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from services.accounts.keys import live_keys
-    from services.render import table
+    from services.table import table
 
     async def go(bus: Bus) -> int:
         keys = await live_keys(bus)

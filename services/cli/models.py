@@ -53,7 +53,7 @@ def served(nodes: list[NodeRecord]) -> list[Served]:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from services.registry.live import LiveNodes
-    from services.render import table
+    from services.table import table
 
     settings = settings_of(args)
 

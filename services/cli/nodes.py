@@ -122,7 +122,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_approvals(args: argparse.Namespace) -> int:
-    from services.render import table
+    from services.table import table
 
     approvals = {a.node_id: a for d in _dirs(args) for a in d.approvals().values()}
     if args.json:

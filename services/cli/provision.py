@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 def cmd_settings(args: argparse.Namespace) -> int:
     from services.cli.masking import shown, shown_json
-    from services.render import table
     from services.settings import Settings
+    from services.table import table
 
     current = settings_of()
     if args.json:

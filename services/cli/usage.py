@@ -23,7 +23,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     from projections.usage import USAGE_TOTALS, TenantUsage, day_of
     from projections.usage_breakdown import breakdown, matching
     from projections.usage_detail import UsageDetail
-    from services.render import table
+    from services.table import table
 
     async def go(bus: Bus) -> int:
         usage = await bus.bucket("usage")
@@ -72,7 +72,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 def _table(rows: list[UsageRow], by: Sequence[str]) -> str:
-    from services.render import table
+    from services.table import table
 
     if not rows:
         return "(no usage in these days)"
