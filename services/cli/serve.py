@@ -145,10 +145,13 @@ def cmd_batcher(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
 
     from events.errors import DimError
     from gateway.app import bounded_http, create_app
+    from services.cli.startup_failure import OneLineStartupFailure
     from services.cpu_policy import use_batch_policy
     from services.process import setup_logging, tune_gc
     from services.telemetry import setup_tracing
@@ -178,6 +181,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
     )
+    if settings.log_level.upper() != "DEBUG":  # the traceback of a failed start, only in DEBUG
+        logging.getLogger("uvicorn.error").addFilter(OneLineStartupFailure("the gateway"))
     server = uvicorn.Server(config)
     tune_gc()
     try:

@@ -231,6 +231,24 @@ def test_commands_explain_an_unreachable_server_in_one_line() -> None:
     assert "cannot reach NATS at nats://127.0.0.1:9" in line
 
 
+def test_a_gateway_that_cannot_start_says_why_in_one_line() -> None:
+    from services.nats_server import free_port
+
+    port = str(free_port())
+    key = "k" * 40
+    unreachable = dim(
+        "gateway", "--port", port, DIM_NATS_URL="nats://127.0.0.1:9", DIM_JWT_SECRET=key
+    )
+    no_key = dim("gateway", "--port", port, DIM_JWT_SECRET="short")
+    for run, says in (
+        (unreachable, "the gateway cannot start: cannot reach NATS at nats://127.0.0.1:9"),
+        (no_key, "the gateway cannot start: DIM_JWT_SECRET must be set"),
+    ):
+        assert run.returncode != 0
+        assert "Traceback" not in run.stderr
+        assert says in run.stderr, run.stderr
+
+
 ROWS = [
     ["01JA0000000000000000000001", "completed", "sim-small", "single", "a long error " * 8],
     ["01JA0000000000000000000002", "failed", "sim-large", "fanout", "short"],
