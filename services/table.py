@@ -1,8 +1,8 @@
 """Text tables that fit the terminal.
 
 On a terminal (or with ``COLUMNS`` set) a table is fitted to its width: the widest columns are
-cut first, the first column (an id, to be copied) last; the columns a table marks optional are
-dropped before any column is cut to fewer than 8 characters; as a last resort each row is
+cut first, never the first one (an id, to be copied); the columns a table marks optional are
+dropped before any column is cut to fewer than 8 characters; where that is not enough each row is
 printed as lines of ``HEADER  value``. Written to a pipe or a file, a table is never cut: plain and stable for scripts.
 """
 
@@ -53,45 +53,49 @@ def table(
     width = terminal_width() if width is None else width
     cells = [[_clean(c) for c in r] for r in rows]
     aligned_right = set(range(len(headers) - right, len(headers)))
-    # the first column (an id, to be copied) whole and every other one at least 8 wide,
-    # dropping optional columns one by one as needed; then, without them all, any column cut
-    # (the id last); else one record a row
+    # every column whole but the last, dropping optional columns one by one as needed; else
+    # the same with the columns but the first (an id, to be copied) cut to 8 characters at
+    # least; else one record a row
     keeps = [list(range(len(headers)))]
     for dropped in optional:
         keeps.append([i for i in keeps[-1] if i != dropped])
-    tries = [(keep, 8, keep[0] == 0) for keep in keeps] + [(keeps[-1], 3, False)]
-    for keep, least, whole_id in tries:
-        shown = [headers[i] for i in keep]
-        kept = [[r[i] for i in keep] for r in cells]
-        widths = _fit(shown, kept, width, least, whole_id)
-        if widths is not None:
-            return _render(shown, kept, widths, [i in aligned_right for i in keep], wrap=wrap)
+    for whole in (True, False):
+        for keep in keeps:
+            shown = [headers[i] for i in keep]
+            kept = [[r[i] for i in keep] for r in cells]
+            widths = _fit(shown, kept, width, whole=whole, wrap=wrap)
+            if widths is not None:
+                aligned = [i in aligned_right for i in keep]
+                return _render(shown, kept, widths, aligned, wrap=wrap)
     return _records(headers, cells, width)
 
 
 def _fit(
-    headers: list[str], rows: list[list[str]], width: int, least: int, whole_id: bool
+    headers: list[str], rows: list[list[str]], width: int, *, whole: bool, wrap: bool
 ) -> list[int] | None:
-    """Column widths that fit `width`, every column at least `least` wide (or its header's
-    width, or its widest cell's), the first one whole if `whole_id`; None when none do."""
+    """Column widths that fit `width` with the first column whole (all but the last if
+    `whole`) and every other at least 8 wide (or as wide as its header, or its widest cell, if
+    less) — a wrapped last column at least a third of the room, so that it is not wrapped into a
+    narrow strip; None when none do."""
     natural = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     if width <= 0:
         return natural
     room = width - len(GAP) * (len(headers) - 1)
-    floors = [min(n, max(len(h), least)) for n, h in zip(natural, headers, strict=True)]
-    if whole_id:
-        floors[0] = natural[0]
+    floors = [natural[0]] + [
+        min(n, max(len(h), 8)) for n, h in zip(natural[1:], headers[1:], strict=True)
+    ]
+    if whole:
+        floors[:-1] = natural[:-1]
+    if wrap and len(headers) > 1:
+        floors[-1] = min(natural[-1], max(len(headers[-1]), room // 3))
     if sum(floors) > room:
         return None
     widths = list(natural)
-    # shrink the widest column by one at a time: the others first, then the first one (an id)
-    for group in (range(1, len(widths)), range(len(widths))):
-        while sum(widths) > room:
-            shrinkable = [i for i in group if widths[i] > floors[i]]
-            if not shrinkable:
-                break
-            widest = max(shrinkable, key=lambda i: widths[i])
-            widths[widest] -= 1
+    while sum(widths) > room:  # the widest column shrinks first, a character at a time
+        widest = max(
+            (i for i in range(len(widths)) if widths[i] > floors[i]), key=widths.__getitem__
+        )
+        widths[widest] -= 1
     return widths
 
 
@@ -104,7 +108,11 @@ def _render(
             c = clip(c, w)
             out.append(c.rjust(w) if r else c.ljust(w))
         last, w = cells[-1], widths[-1]
-        parts = textwrap.wrap(last, w) if wrap and len(last) > w else [clip(last, w)]
+        parts = (
+            textwrap.wrap(last, w, break_on_hyphens=False)
+            if wrap and len(last) > w
+            else [clip(last, w)]
+        )
         pad = GAP.join(" " * w for w in widths[:-1])
         first = GAP.join([*out, parts[0].rjust(w) if right[-1] else parts[0].ljust(w)])
         return [first.rstrip()] + [f"{pad}{GAP}{part}".rstrip() for part in parts[1:]]

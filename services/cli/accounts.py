@@ -64,7 +64,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             for k in keys
         ]
         headers = ["KEY ID", "PRINCIPAL", "TENANT", "ROLES", "NAME", "DAILY TOKENS", "CREATED"]
-        print(table(headers, rows))
+        print(table(headers, rows, optional=(6, 3, 1)))
         return 0
 
     return with_bus(args, go)

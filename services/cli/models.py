@@ -77,7 +77,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 str(m.queued),
                 "-" if m.max_context is None else f"{m.max_context:,}",
                 ",".join(m.engines),
-                ",".join(m.nodes),
+                ", ".join(m.nodes),
             ]
             for m in models
         ]
