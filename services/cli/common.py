@@ -10,18 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from events.bus import Bus
     from services.settings import Settings
 
     # What each command group adds its commands to.
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
-# A command's body: given the connection, its exit status.
-Body = Callable[["Bus"], Awaitable[int]]
+    # A command's body: given the connection, its exit status.
+    Body = Callable[[Bus], Awaitable[int]]
 
 
 class BadSetting(ValueError):
