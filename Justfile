@@ -29,6 +29,19 @@ test-gpu *ARGS:
     infra/vllm-env .venv-gpu vllm
     .venv-gpu/bin/python -m pytest tests/vllm {{ARGS}}
 
+# the dashboard in a real headless Chromium (installs Debian's chromium and chromium-driver if missing, as root); screenshot in test-artifacts/
+test-browser *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v chromedriver >/dev/null || ! { command -v chromium || command -v chromium-browser; } >/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+        else
+            echo "test-browser: no chromium/chromedriver, and no apt-get as root to install them; the test will skip" >&2
+        fi
+    fi
+    {{python}} -m pytest -s tests/e2e/test_dashboard_browser.py {{ARGS}}
+
 # ruff (lint and format check), mypy, and the import contracts (lint-imports)
 lint:
     .venv/bin/ruff check .

@@ -173,8 +173,10 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
             for node, key in local.worker_keys(nodes).items():
                 await enroll(bus, node, key, by="dim up")
             say(f"enrolled the keys of {len(nodes)} workers: their node records are signed")
+        ports = metrics_ports(settings, ["orchestrator", "projector", "batcher", *nodes])
         for role in ("orchestrator", "projector", "batcher", "gateway"):
-            children.append(Child(role, [role], child_env(as_(role))))
+            port = {"DIM_METRICS_PORT": str(ports[role])} if role in ports else {}
+            children.append(Child(role, [role], child_env(as_(role), **port)))
         no_secrets = settings.model_copy(
             update={"jwt_secret": "", "jwt_private_key": "", "jwt_previous_secrets": ()}
         )  # a worker signs no tokens
@@ -183,8 +185,10 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
                 as_(worker_identity(node), no_secrets),
                 DIM_NODE_ID=node,
                 DIM_MODELS=",".join(served),
+                DIM_METRICS_PORT=str(ports[node]),
             )
             children.append(Child(node, ["worker"], env))
+        say(metrics_line(settings, ports))
         for child in children:
             await child.start()
             pumps.append(asyncio.create_task(child.pump()))
@@ -229,6 +233,32 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
             pump.cancel()
         await asyncio.to_thread(server.stop)
         say("nats-server stopped; bye")
+
+
+def metrics_ports(settings: Settings, names: list[str]) -> dict[str, int]:
+    """Each process's /metrics, /healthz and /readyz port: DIM_METRICS_PORT and the ones after
+    it, in order (all 0, any free port, when it is 0). A port taken is an error naming it."""
+    base = settings.metrics_port
+    ports = {name: base + i if base else 0 for i, name in enumerate(names)}
+    if base and max(ports.values()) > 65535:
+        raise NatsServerError(f"DIM_METRICS_PORT={base} leaves no room for {len(names)} ports")
+    taken = [p for p in ports.values() if p and port_open(settings.metrics_host, p)]
+    if taken:
+        raise NatsServerError(
+            f"metrics port(s) {', '.join(map(str, taken))} on {settings.metrics_host} already in "
+            "use: is another `dim up` running? Set DIM_METRICS_PORT to another base port, or 0 "
+            "for any free ports"
+        )
+    return ports
+
+
+def metrics_line(settings: Settings, ports: dict[str, int]) -> str:
+    """Where the processes serve /metrics, /healthz and /readyz, for `dim up` to print."""
+    host = settings.metrics_host
+    if not settings.metrics_port:
+        return f"/metrics, /healthz, /readyz of each process on {host}, any free port (DIM_METRICS_PORT=0)"
+    where = ", ".join(f"{name} :{port}" for name, port in ports.items())
+    return f"/metrics, /healthz, /readyz on {host}: {where} (gateway: on its own port)"
 
 
 def _hosts(listen: str) -> tuple[str, ...]:

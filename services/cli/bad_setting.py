@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr, ValidationError
+from pydantic import AliasChoices, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import NoDecode, SettingsError
 
@@ -22,9 +22,16 @@ def explain(exc: ValidationError, from_flags: set[str] | None = None) -> str:
     not repeated."""
     problems = exc.errors(include_url=False)
     first = problems[0]
-    name = str(first["loc"][0]) if first["loc"] else ""
+    given = str(first["loc"][0]) if first["loc"] else ""
+    name = _field_of(given)
     value = first.get("input")
-    line = f"DIM_{name.upper()}" if name else "a setting"
+    alias = Settings.model_fields[name].validation_alias if name in Settings.model_fields else None
+    if isinstance(alias, AliasChoices):  # which of them was set, pydantic does not say
+        line = " or ".join(map(str, alias.choices))
+    elif name in Settings.model_fields:
+        line = Settings.variable(name)
+    else:
+        line = given or "a setting"
     if not is_secret(name, value):
         line += f"={_short(value)}"
     if name in (from_flags or set()):
@@ -40,6 +47,18 @@ def explain(exc: ValidationError, from_flags: set[str] | None = None) -> str:
     return line
 
 
+def _field_of(given: str) -> str:
+    """The field an error names: by its own name, or by the variable it is read from (OTEL_*)."""
+    if given in Settings.model_fields:
+        return given
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        if given in choices:
+            return name
+    return given
+
+
 def explain_source(exc: SettingsError) -> str:
     """A value pydantic-settings could not decode (a JSON setting that is not JSON)."""
     m = re.search(r'field "(\w+)"', str(exc))
@@ -48,7 +67,8 @@ def explain_source(exc: SettingsError) -> str:
     name = m.group(1)
     field = Settings.model_fields.get(name)
     what = expected(field) if field is not None else "a valid value"
-    return f"DIM_{name.upper()}: not valid JSON; expected {what}"
+    variable = Settings.variable(name) if field is not None else name
+    return f"{variable}: not valid JSON; expected {what}"
 
 
 def _short(value: object, most: int = 60) -> str:

@@ -22,13 +22,13 @@ def cmd_settings(args: argparse.Namespace) -> int:
     if args.json:
         print_json(
             {
-                f"DIM_{name.upper()}": shown_json(getattr(current, name), name)
+                Settings.variable(name): shown_json(getattr(current, name), name)
                 for name in Settings.model_fields
             }
         )
         return 0
     rows = [
-        [f"DIM_{name.upper()}", shown(getattr(current, name), name), field.description or ""]
+        [Settings.variable(name), shown(getattr(current, name), name), field.description or ""]
         for name, field in Settings.model_fields.items()
     ]
     print(table(["VARIABLE", "VALUE", "MEANING"], rows, wrap=True))

@@ -20,7 +20,8 @@ from services.nats_server import free_port
 
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("DIM_")} | {
-        "PYTHONUNBUFFERED": "1"
+        "PYTHONUNBUFFERED": "1",
+        "DIM_METRICS_PORT": "0",  # not 9400 and on: other tests may run `dim up` beside this one
     }
 
 

@@ -114,6 +114,7 @@ def test_version_is_the_installed_package_s() -> None:
         ("DIM_HEARTBEAT_S", "-1", "expected a number > 0"),
         ("DIM_VLLM_ENGINE_ARGS", "{not json", "expected a JSON object"),
         ("DIM_NAMESPACE", "has space", "is not valid"),
+        ("OTEL_TRACES_EXPORTER", "zipkin", "OTEL_TRACES_EXPORTER names zipkin"),
     ],
 )
 def test_a_refused_setting_is_one_line_naming_it(variable: str, value: str, says: str) -> None:
@@ -175,7 +176,7 @@ def test_settings_mask_every_secret_in_the_table_and_in_json() -> None:
     assert values["DIM_CAPACITY"] == 32  # plain JSON values otherwise
     assert values["DIM_JWT_SECRET"] == MASK
     assert dim("settings", "--json").stdout.count('"DIM_JWT_SECRET": ""') == 1  # unset: empty
-    assert set(values) == {f"DIM_{n.upper()}" for n in Settings.model_fields}
+    assert set(values) == {Settings.variable(n) for n in Settings.model_fields}
 
 
 def test_every_setting_named_as_a_secret_is_masked() -> None:
@@ -217,7 +218,9 @@ def test_settings_fit_a_narrow_terminal_and_are_whole_in_a_pipe() -> None:
         assert run.returncode == 0
         lines = run.stdout.splitlines()
         assert max(len(ln) for ln in lines) <= columns
-        rows = sum(ln.startswith(("DIM_", "VARIABLE  DIM_")) for ln in lines)  # table, records
+        variables = tuple(f"{Settings.variable(n)} " for n in Settings.model_fields)
+        records = ("VARIABLE  DIM_", "VARIABLE  OTEL_")  # a terminal too narrow for columns
+        rows = sum(ln.startswith((*variables, *records)) for ln in lines)
         assert rows == len(Settings.model_fields)
     whole = dim("settings").stdout  # not a terminal, no COLUMNS: nothing cut, one row a setting
     assert "…" not in whole
