@@ -7,7 +7,7 @@ python := ".venv/bin/python"
 default:
     @just --list
 
-# bring the whole mesh up: embedded nats-server, orchestrator, projector, 3 simulated workers, gateway
+# bring the whole mesh up: embedded nats-server, orchestrator, projector, batch runner, 3 simulated workers, gateway (`dim up --help`)
 up *ARGS:
     .venv/bin/dim up {{ARGS}}
 

@@ -89,14 +89,22 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 async def wait_for_workers(bus: Bus, settings: Settings, count: int, timeout_s: float) -> int:
-    """Wait until `count` workers are live; returns how many are."""
+    """Wait until `count` workers are live, saying each one that becomes live; returns how many
+    are."""
     nodes = LiveNodes(bus, settings.node_ttl_s)
     await nodes.start()
+    seen: set[str] = set()
     try:
         deadline = time.monotonic() + timeout_s
-        while len(nodes.live()) < count and time.monotonic() < deadline:
+        while True:
+            live = {n.node_id: n for n in nodes.live()}
+            for node_id in sorted(live.keys() - seen):
+                seen.add(node_id)
+                served = ", ".join(live[node_id].models)
+                say(f"worker {node_id} live, serving {served} ({len(seen)}/{count})")
+            if len(live) >= count or time.monotonic() >= deadline:
+                return len(live)
             await asyncio.sleep(0.1)
-        return len(nodes.live())
     finally:
         await nodes.stop()
 
@@ -114,6 +122,7 @@ def worker_models(settings: Settings, i: int, *, every_model: bool) -> tuple[str
 
 async def up(settings: Settings, workers: int, *, every_model: bool = False) -> int:
     """Bring the mesh up and keep it up until Ctrl-C or SIGTERM."""
+    began = time.monotonic()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -183,6 +192,7 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
         for child in children:
             await child.start()
             pumps.append(asyncio.create_task(child.pump()))
+        say(f"started {len(children)} processes: {', '.join(c.name for c in children)}")
         live = await wait_for_workers(bus, settings, workers, timeout_s=30)
         deadline = time.monotonic() + 30
         while (
@@ -190,6 +200,10 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
             and time.monotonic() < deadline
         ):
             await asyncio.sleep(0.1)
+        if port_open(settings.gateway_host, settings.gateway_port):
+            say("gateway answering")
+        else:
+            say("the gateway does not answer yet (its lines above say why)")
         await bus.close()
         models = ", ".join(
             dict.fromkeys(
@@ -199,7 +213,8 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
             )
         )
         say(
-            f"ready: {live}/{workers} simulated workers serving {models}; orchestrator, projector and batch runner running"
+            f"ready: {live}/{workers} simulated workers serving {models}; orchestrator, projector "
+            f"and batch runner running ({time.monotonic() - began:.1f} s)"
         )
         gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
         say(f"gateway on {gateway}  (OpenAI-compatible: {gateway}/v1, API docs: {gateway}/openapi)")

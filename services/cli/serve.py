@@ -4,22 +4,23 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from events.bus import Bus
-from events.errors import DimError
 from services.cli.common import settings_of
-from services.process import run
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from events.bus import Bus
     from services.cli.common import Subcommands
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from events.errors import DimError
     from services.cpu_policy import use_batch_policy
+    from services.process import run
     from services.up import up
 
     settings = settings_of(
@@ -110,6 +111,8 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
 
 
 def cmd_projector(args: argparse.Namespace) -> int:
+    import asyncio
+
     from services.batches.projection import BatchStatusProjector
     from services.health import Health
     from services.metrics import ProjectorMetrics
@@ -153,9 +156,13 @@ def cmd_batcher(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
 
+    from events.errors import DimError
     from gateway.app import bounded_http, create_app
+    from services.cli.startup_failure import OneLineStartupFailure
     from services.cpu_policy import use_batch_policy
     from services.process import setup_logging, tune_gc
     from services.telemetry import setup_tracing
@@ -186,6 +193,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
     )
+    if settings.log_level.upper() != "DEBUG":  # the traceback of a failed start, only in DEBUG
+        logging.getLogger("uvicorn.error").addFilter(OneLineStartupFailure("the gateway"))
     server = uvicorn.Server(config)
     tune_gc()
     try:
@@ -200,7 +209,8 @@ def _add_up(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser(
         "up",
         parents=[common],
-        help="run the whole mesh here: nats-server, orchestrator, projector, workers",
+        help="run the whole mesh here: nats-server, orchestrator, projector, batch runner, "
+        "gateway, simulated workers (3)",
     )
     s.add_argument("--workers", type=int, default=3, help="simulated workers to start (default 3)")
     s.add_argument(
