@@ -46,9 +46,8 @@ RUN useradd --system --uid "${DIM_UID}" --user-group --home-dir /var/lib/dim --c
 COPY --from=builder /opt/dim/venv /opt/dim/venv
 COPY infra/docker/healthcheck.py /opt/dim/healthcheck.py
 # Listen on every address inside the container (publish ports on the host as you choose). Each
-# process other than the gateway serves /metrics, /healthz and /readyz on DIM_METRICS_PORT: set it
-# per container (9400 by convention, docs/deploy.md); not here, where `dim up` would hand the one
-# port to every process it starts.
+# process other than the gateway serves /metrics, /healthz and /readyz on DIM_METRICS_PORT
+# (default 9400; `dim up` gives its processes that port and the next ones).
 ENV PATH=/opt/dim/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

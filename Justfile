@@ -7,7 +7,7 @@ python := ".venv/bin/python"
 default:
     @just --list
 
-# bring the whole mesh up: embedded nats-server, orchestrator, projector, 3 simulated workers, gateway
+# bring the whole mesh up: embedded nats-server, orchestrator, projector, batch runner, 3 simulated workers, gateway (`dim up --help`)
 up *ARGS:
     .venv/bin/dim up {{ARGS}}
 
@@ -28,6 +28,19 @@ test-vllm *ARGS:
 test-gpu *ARGS:
     infra/vllm-env .venv-gpu vllm
     .venv-gpu/bin/python -m pytest tests/vllm {{ARGS}}
+
+# the dashboard in a real headless Chromium (installs Debian's chromium and chromium-driver if missing, as root); screenshot in test-artifacts/
+test-browser *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v chromedriver >/dev/null || ! { command -v chromium || command -v chromium-browser; } >/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+        else
+            echo "test-browser: no chromium/chromedriver, and no apt-get as root to install them; the test will skip" >&2
+        fi
+    fi
+    {{python}} -m pytest -s tests/e2e/test_dashboard_browser.py {{ARGS}}
 
 # ruff (lint and format check), mypy, and the import contracts (lint-imports)
 lint:
@@ -107,3 +120,11 @@ compose-down:
 # bring the compose deployment up, send traffic through both gateways, kill a NATS node and a worker, audit, tear down
 compose-smoke *ARGS:
     {{python}} -m tests.compose_smoke {{ARGS}}
+
+# render a Kubernetes overlay of infra/k8s (gpu or upstream) as `kubectl apply -k` would send it
+k8s-render OVERLAY="gpu":
+    kubectl kustomize infra/k8s/overlays/{{OVERLAY}}
+
+# check infra/k8s: the overlays against the Kubernetes and KEDA schemas, dim's own commands and settings, the NATS chart's values; the services started as their pods start them
+k8s-check *ARGS:
+    {{python}} -m pytest tests/unit/test_k8s_manifests.py tests/unit/test_k8s_wiring.py tests/unit/test_k8s_nats.py tests/integration/test_k8s.py {{ARGS}}

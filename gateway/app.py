@@ -18,6 +18,7 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.ids import new_id
+from gateway.access_log import access_log
 from gateway.auth import EXTRA_HEADERS, provide_gateway, provide_principal
 from gateway.controllers.auth import AuthController
 from gateway.controllers.batches import BatchesController
@@ -29,12 +30,17 @@ from gateway.controllers.keys import KeysController
 from gateway.controllers.nodes import NodesController
 from gateway.controllers.openai import ChatController, CompletionsController, ModelsController
 from gateway.controllers.responses import ResponsesController
+from gateway.controllers.stats import StatsController
 from gateway.controllers.stream import job_stream, submit_and_stream
+from gateway.controllers.ui import openapi_router, redoc_plugin, ui_handlers
 from gateway.controllers.usage import UsageController
+from gateway.controllers.ws_tickets import WsTicketsController
+from gateway.cors import cors_config
 from gateway.errors import exception_handlers
 from gateway.http_server import bounded_http
 from gateway.openapi_errors import document_errors
 from gateway.runtime import Gateway
+from services import logs
 from services.metrics import CONTENT_TYPE, GatewayMetrics
 from services.settings import Settings
 
@@ -54,6 +60,7 @@ def request_id(app: ASGIApp) -> ASGIApp:
         given = dict(scope["headers"]).get(REQUEST_ID.encode(), b"")
         # the client's id is echoed only if it is one: printable ASCII, at most 128 characters
         rid = given.decode() if _REQUEST_ID.fullmatch(given) else new_id()
+        token = logs.request_id.set(rid)  # on every log line while this request is answered
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -63,7 +70,10 @@ def request_id(app: ASGIApp) -> ASGIApp:
                     headers.setdefault(name, value)
             await send(message)
 
-        await app(scope, receive, send_with_id)
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            logs.request_id.reset(token)
 
     return middleware
 
@@ -129,6 +139,8 @@ def create_app(settings: Settings) -> Litestar:
         ),
         security=[{"BearerAuth": []}],
         path="/openapi",
+        render_plugins=[redoc_plugin()],  # the vendored renderer: no CDN
+        openapi_router=openapi_router("/openapi"),
     )
     handlers: list[Any] = [
         HealthController,
@@ -147,19 +159,23 @@ def create_app(settings: Settings) -> Litestar:
         job_stream,
         submit_and_stream,
         prometheus_metrics,
+        # browsers: the dashboard, its live figures, WebSocket tickets (docs/dashboard.md)
+        StatsController,
+        WsTicketsController,
+        *ui_handlers(),
     ]
     # Server spans only when they go somewhere: the middleware costs time on every request.
-    plugins = (
-        [OpenTelemetryPlugin(OpenTelemetryConfig())] if settings.otel_exporter != "none" else []
-    )
+    plugins = [OpenTelemetryPlugin(OpenTelemetryConfig())] if settings.trace_exporters else []
     app = Litestar(
         plugins=plugins,
         route_handlers=handlers,
         lifespan=[lifespan],
         dependencies={"gateway": Provide(provide_gateway), "principal": Provide(provide_principal)},
         exception_handlers=exception_handlers,
-        middleware=[request_id, observe(metrics)],
+        middleware=[request_id, *([access_log] if settings.access_log else []), observe(metrics)],
         openapi_config=openapi,
+        cors_config=cors_config(settings),
+        logging_config=None,  # dim's own (services/logs.py): text or JSON, set up by the process
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )

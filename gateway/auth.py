@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Request
 from litestar.di import NamedDependency
 
+from gateway.access_log import PRINCIPAL
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
@@ -38,6 +39,7 @@ async def provide_principal(request: Request[Any, Any, Any], gateway: GatewayDep
     concurrently, in an anyio task group of their own, which costs two tasks per request for
     no gain (measured in docs/benchmarks.md)."""
     principal = authenticate(gateway, request.headers.get("authorization"))
+    request.scope[PRINCIPAL] = principal  # type: ignore[literal-required]  # for the access log
     state = await gateway.limiter.hit(principal)
     if state is not None:
         request.scope.setdefault(EXTRA_HEADERS, {}).update(state.headers())  # type: ignore[misc]

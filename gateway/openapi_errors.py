@@ -71,6 +71,8 @@ _STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/v1/batches"): (*_AUTH, 400),
     ("get", "/v1/batches/{batch_id}"): (*_AUTH, 404),
     ("post", "/v1/batches/{batch_id}/cancel"): (*_AUTH, 404, 409),
+    ("get", "/v1/stats"): _AUTH,
+    ("post", "/v1/ws-tickets"): _AUTH,
 }
 _UNLISTED = (400, 401, 403, 404, 409, 413, 429, 500, 503)  # an operation added and not listed
 # Operations anyone may call (`{}`: no credentials), or with a key for more (registration).

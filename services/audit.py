@@ -117,9 +117,9 @@ async def collect(bus: Bus) -> tuple[dict[str, list[Envelope]], list[TenantUsage
     return dict(histories), records
 
 
-def render(report: AuditReport) -> str:
-    """The report as a small table and the ids of whatever is wrong."""
-    rows = [
+def counts(report: AuditReport) -> list[tuple[str, int]]:
+    """What the report counted, in the order it is shown."""
+    return [
         ("jobs accepted", report.accepted),
         ("jobs in the log", report.in_log),
         ("completed", report.completed),
@@ -130,7 +130,11 @@ def render(report: AuditReport) -> str:
         ("unexpected (never acknowledged)", len(report.unexpected)),
         ("usage mismatches", len(report.usage_mismatches)),
     ]
-    out = [f"| {k:<32} | {v:>8} |" for k, v in rows]
+
+
+def findings(report: AuditReport) -> list[str]:
+    """The ids of whatever is wrong (20 of each at most), and the failure codes."""
+    out = []
     for title, items in (
         ("lost", report.lost),
         ("duplicated", report.duplicated),
@@ -141,4 +145,10 @@ def render(report: AuditReport) -> str:
         out.append(
             "failure codes: " + ", ".join(f"{k} {v}" for k, v in sorted(report.failures.items()))
         )
-    return "\n".join(out)
+    return out
+
+
+def render(report: AuditReport) -> str:
+    """The report as a small table and the ids of whatever is wrong."""
+    out = [f"| {k:<32} | {v:>8} |" for k, v in counts(report)]
+    return "\n".join(out + findings(report))

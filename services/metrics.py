@@ -1,27 +1,28 @@
-"""Prometheus metrics of the gateway, the workers and the projector (documented in
-docs/metrics.md).
+"""Prometheus metrics of every dim process (documented in docs/metrics.md).
 
 Names follow the serving stacks' conventions (vLLM's `vllm:time_to_first_token_seconds`,
 TGI's `tgi_request_duration`): a `dim_` prefix, the component, base units in the name, `_total`
 on counters. Each process object owns its own registry, so several workers in one process (as
-in tests) never collide.
+in tests) never collide. Every served registry also carries the process's own metrics
+(`process_*`, `python_*`: prometheus_client's process, platform and GC collectors), once.
 """
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import metadata
 from typing import Any
 
 from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
-    start_http_server,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -61,6 +62,45 @@ TOKEN_GAP_BUCKETS = (
     0.5,
     1.0,
 )
+
+
+def process_registry(role: str) -> CollectorRegistry:
+    """A registry with the process's own metrics (`process_*` from /proc, `python_info`,
+    `python_gc_*`) and `dim_process_info{role, version}`."""
+    registry = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    info = Gauge(
+        "dim_process_info",
+        "Constant 1, labelled with the process's role and dim's version",
+        ["role", "version"],
+        registry=registry,
+    )
+    info.labels(role=role.split()[0], version=_version()).set(1)
+    return registry
+
+
+def _version() -> str:
+    try:
+        return metadata.version("dim")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Combined:
+    """A collector that yields the metrics of several registries, each family once (the first
+    registry's wins: an engine's own registry may carry the process collectors too)."""
+
+    def __init__(self, *registries: Any) -> None:
+        self.registries = registries
+
+    def collect(self) -> Any:
+        seen: set[str] = set()
+        for registry in self.registries:
+            for family in registry.collect():
+                if family.name not in seen:
+                    seen.add(family.name)
+                    yield family
 
 
 def observe_per_token(histogram: Histogram, seconds: float, tokens: int) -> None:
@@ -135,35 +175,12 @@ class WorkerMetrics:
         """The exposition text."""
         return generate_latest(self.registry)
 
-    def serve(self, host: str, port: int, engine: Any = None) -> tuple[Any, threading.Thread]:
-        """Serve `/metrics` on a background thread; returns (server, thread).
-
-        `engine` is the engine's own registry, if it keeps one (vLLM's `vllm:*` metrics),
-        served beside dim's.
-        """
-        registry = self.registry
-        if engine is not None:
-            registry = CollectorRegistry()
-            registry.register(_Both(self.registry, engine))
-        return start_http_server(port, addr=host, registry=registry)
-
-
-class _Both:
-    """A collector that yields the metrics of two registries."""
-
-    def __init__(self, *registries: Any) -> None:
-        self.registries = registries
-
-    def collect(self) -> Any:
-        for registry in self.registries:
-            yield from registry.collect()
-
 
 class GatewayMetrics:
     """What one gateway measures about the requests it answers."""
 
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
+        self.registry = r = process_registry("gateway")
         self.requests = Counter(
             "dim_gateway_requests",
             "HTTP requests answered, by route template, method and status",
@@ -216,6 +233,55 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
 
+class OrchestratorMetrics:
+    """What one orchestrator holds now, read when scraped: `orchestrator` is the running
+    instance (its fair queue, active jobs and lost append races)."""
+
+    def __init__(self, orchestrator: Any) -> None:
+        self.orchestrator = orchestrator
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    def collect(self) -> Any:
+        o = self.orchestrator
+        # Read from the server's thread while the loop changes them: copy, and try again if a
+        # dict changed size meanwhile.
+        for _ in range(5):
+            try:
+                held = dict(o.fair.held_by_model())
+                waiting = dict(o.fair.waiting)
+                active = len(o.active)
+                break
+            except RuntimeError:
+                continue
+        else:
+            return
+        family = GaugeMetricFamily(
+            "dim_orchestrator_jobs_held",
+            "Jobs held back by admission now (their model's queue is full), by model",
+            labels=["model"],
+        )
+        for model, count in held.items():
+            family.add_metric([model], count)
+        yield family
+        family = GaugeMetricFamily(
+            "dim_orchestrator_queued_first_attempts",
+            "First attempts this instance counts waiting in the model's shared queue",
+            labels=["model"],
+        )
+        for model, count in waiting.items():
+            family.add_metric([model], count)
+        yield family
+        yield GaugeMetricFamily(
+            "dim_orchestrator_jobs_active", "Unfinished jobs this instance keeps", value=active
+        )
+        yield CounterMetricFamily(
+            "dim_orchestrator_append_conflicts",
+            "Appends refused because another writer appended to the job first",
+            value=o.lost_races,
+        )
+
+
 class ProjectorMetrics:
     """What one projector measures about the views it keeps, and whether they match the log."""
 
@@ -260,44 +326,10 @@ class ProjectorMetrics:
         if self.behind.pop(job_id, None) is not None:
             self.views_behind.set(len(self.behind))
 
-    def readiness(self) -> tuple[int, dict[str, Any]]:
-        """`/readyz`: 200 while every view matches its log, else 503 `degraded` with some of
-        the jobs behind and why."""
+    def degraded(self) -> dict[str, Any] | None:
+        """What `/readyz` adds while some job's view lags its log (503 `degraded`): some of
+        the jobs behind and why; None while every view matches its log."""
         behind = dict(list(self.behind.items())[:20])  # a snapshot (written by the loop)
         if not behind:
-            return 200, {"status": "ready"}
-        return 503, {
-            "status": "degraded",
-            "views_behind": len(self.behind),
-            "jobs": behind,
-            "fix": "dim projections rebuild",
-        }
-
-    def serve(self, host: str, port: int) -> ThreadingHTTPServer:
-        """Serve `/metrics`, `/healthz` and `/readyz` on a background thread."""
-        metrics = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    status, body, kind = 200, generate_latest(metrics.registry), CONTENT_TYPE
-                elif path in ("/healthz", "/readyz"):
-                    status, doc = (
-                        (200, {"status": "ok"}) if path == "/healthz" else (metrics.readiness())
-                    )
-                    body, kind = json.dumps(doc).encode(), "application/json"
-                else:
-                    status, body, kind = 404, b"not found\n", "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # no line per probe
-
-        server = ThreadingHTTPServer((host, port), Handler)
-        threading.Thread(target=server.serve_forever, name="projector-http", daemon=True).start()
-        return server
+            return None
+        return {"views_behind": len(self.behind), "jobs": behind, "fix": "dim projections rebuild"}

@@ -7,7 +7,6 @@ import contextlib
 import gc
 import logging
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -16,7 +15,9 @@ from events.bus import Bus
 from events.connection import redact_url
 from events.errors import CredentialsRefused, while_unavailable
 from events.topology import Topology, topology
+from services import logs
 from services.cpu_policy import use_batch_policy
+from services.health import Health
 from services.settings import Settings
 from services.telemetry import setup_tracing
 
@@ -26,13 +27,9 @@ log = logging.getLogger("dim")
 
 
 def setup_logging(settings: Settings, role: str) -> None:
-    """Log lines as ``time level role: message`` on stderr."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s {role}: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    """Log lines on stderr as ``time level role: message``, or one JSON object per line
+    (``DIM_LOG_FORMAT=json``; services/logs.py)."""
+    logs.configure(settings.log_level, settings.log_format, role)
     for noisy in ("nats", "httpx", "httpcore"):  # httpx logs every upstream request at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # nats-py's protocol answers a TLS connection's end as for plain TCP; asyncio says so on
@@ -147,33 +144,44 @@ def serve(
     body: Callable[[Bus, asyncio.Event], Awaitable[None]],
     *,
     awaiting_approval: str | None = None,
+    health: Health | None = None,
 ) -> int:
     """Run `body` until SIGINT/SIGTERM, then let it finish; returns the exit code. With
     `awaiting_approval` (the command that admits this process), a server that refuses its
-    credentials is asked again until it admits them."""
+    credentials is asked again until it admits them. `/metrics`, `/healthz` and `/readyz`
+    (`health`, which `body` fills with its metrics and what it needs to be ready) are served
+    from before the connection to NATS until the end."""
     use_batch_policy(settings.sched_batch)
     setup_logging(settings, role)
     setup_tracing(settings, role.split()[0])
+    probes = health or Health(settings, role)
 
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if awaiting_approval is None:
-            bus = await connect(settings, f"dim-{role}")
-        else:
-            admitted = await connect_when_admitted(settings, f"dim-{role}", awaiting_approval, stop)
-            if admitted is None:
-                return 0
-            bus = admitted
+        probes.serve()
         try:
-            await while_unavailable(
-                lambda: ensure_topology(bus, settings), stop, "provision streams and buckets"
-            )
-            await body(bus, stop)
+            if awaiting_approval is None:
+                bus = await connect(settings, f"dim-{role}")
+            else:
+                admitted = await connect_when_admitted(
+                    settings, f"dim-{role}", awaiting_approval, stop
+                )
+                if admitted is None:
+                    return 0
+                bus = admitted
+            probes.attach(bus)
+            try:
+                await while_unavailable(
+                    lambda: ensure_topology(bus, settings), stop, "provision streams and buckets"
+                )
+                await body(bus, stop)
+            finally:
+                await bus.close()
         finally:
-            await bus.close()
+            probes.close()
         return 0
 
     try:

@@ -8,18 +8,7 @@ from datetime import UTC, datetime
 from events.envelope import Envelope
 from events.records import NodeRecord
 from projections.job_state import JobState
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    """A plain left-aligned text table."""
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-    return "\n".join([line(headers), *(line(r) for r in rows)])
+from services.table import clip, table, terminal_width
 
 
 def _ago(at: datetime | None, now: datetime) -> str:
@@ -46,11 +35,14 @@ def jobs_table(views: list[JobState]) -> str:
         ]
         for v in views
     ]
-    return table(["JOB", "STATUS", "MODEL", "PATTERN", "TOKENS", "CREATED", "ERROR"], rows)
+    return table(
+        ["JOB", "STATUS", "MODEL", "PATTERN", "TOKENS", "CREATED", "ERROR"], rows, optional=(3,)
+    )
 
 
 def job_detail(view: JobState | None, events: list[tuple[int, Envelope]]) -> str:
-    """A job's view and its event history."""
+    """A job's view and its event history, fitted to the terminal (the output wrapped)."""
+    width = terminal_width()
     out = []
     if view is not None:
         u = view.usage
@@ -62,8 +54,9 @@ def job_detail(view: JobState | None, events: list[tuple[int, Envelope]]) -> str
             f"usage    prompt {u.prompt_tokens}  completion {u.completion_tokens}  total {u.total_tokens}"
             + (f"   ttft {view.ttft_ms:.1f} ms" if view.ttft_ms is not None else ""),
         ]
+        out = [clip(line, width) for line in out]
         if view.output is not None:
-            out.append(f"output   {view.output}")
+            out += _wrapped("output   ", view.output, width)
         out.append("")
     start = events[0][1].at if events else None
     rows = []
@@ -72,8 +65,21 @@ def job_detail(view: JobState | None, events: list[tuple[int, Envelope]]) -> str
         rows.append(
             [str(seq), e.at.strftime("%H:%M:%S.%f")[:-3], offset, e.type, e.actor, _summary(e)]
         )
-    out.append(table(["SEQ", "AT", "", "EVENT", "ACTOR", "DETAIL"], rows))
+    out.append(
+        table(["SEQ", "AT", "", "EVENT", "ACTOR", "DETAIL"], rows, optional=(2, 4), wrap=True)
+    )
     return "\n".join(out)
+
+
+def _wrapped(label: str, text: str, width: int) -> list[str]:
+    """`text` after `label`, its lines wrapped to `width` (0: as they are) and indented."""
+    import textwrap
+
+    indent = " " * len(label)
+    lines = text.split("\n")
+    if width > len(label) + 10:
+        lines = [part for line in lines for part in textwrap.wrap(line, width - len(label)) or [""]]
+    return [clip((label if i == 0 else indent) + line, width) for i, line in enumerate(lines)]
 
 
 def _summary(e: Envelope) -> str:
@@ -132,4 +138,6 @@ def nodes_table(nodes: list[NodeRecord], ttl_s: float, verified: Collection[str]
             "VERIFIED",
         ],
         rows,
+        # dropped in this order where the terminal is too narrow for them all
+        optional=(14, 11, 13, 10, 8, 7, 3, 5, 9),
     )

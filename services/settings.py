@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from events.capabilities import EVERY, Capability
@@ -28,10 +28,16 @@ def _default_node_id() -> str:
     return (host or "node")[:100]
 
 
+def _exporters(value: str) -> tuple[str, ...]:
+    return tuple(e.strip().lower() for e in value.split(",") if e.strip())
+
+
 class Settings(BaseSettings):
     """Every knob of every dim process."""
 
-    model_config = SettingsConfigDict(env_prefix="DIM_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="DIM_", frozen=True, extra="ignore", populate_by_name=True
+    )
 
     # bus
     nats_url: str = Field(
@@ -146,14 +152,16 @@ class Settings(BaseSettings):
         description="other names of served models, 'alias=model,...' (openai: dim name=upstream name)",
     )
     metrics_port: int = Field(
-        0,
+        9400,
         ge=0,
         le=65535,
-        description="port of a worker's /metrics, a projector's /metrics, /healthz and /readyz "
-        "(0: any free port)",
+        description="port of /metrics, /healthz and /readyz of a worker, orchestrator, projector "
+        "or batcher (0: any free port; `dim up` gives its processes this port and the next ones)",
     )
     metrics_host: str = Field(
-        "127.0.0.1", description="address of a worker's or projector's metrics server"
+        "127.0.0.1",
+        description="address of that server (0.0.0.0: every interface, for Prometheus and probes "
+        "from other hosts or containers)",
     )
     model_cache_dir: Path | None = Field(
         None, description="where engines download and cache model weights (vLLM download_dir)"
@@ -387,6 +395,20 @@ class Settings(BaseSettings):
         description="tasks waiting for a model above which new requests get 503 (0: no bound)",
     )
 
+    # browsers (dashboard, CORS)
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="origins (scheme://host[:port], comma-separated, or *) whose pages may call "
+        "the API from a browser; empty: no CORS headers at all (the dashboard at /ui is "
+        "same-origin and needs none)",
+    )
+    ws_ticket_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        le=120,
+        description="lifetime of a WebSocket ticket (POST /v1/ws-tickets); each opens one socket",
+    )
+
     # Batch API (gateway and `dim batcher`)
     batch_in_flight: int = Field(
         32,
@@ -403,19 +425,57 @@ class Settings(BaseSettings):
         50_000, ge=1, description="most requests one batch input file may hold (400 above)"
     )
 
-    # observability
+    # observability (docs/metrics.md): logs, the access log, traces. The OTEL_* fields read the
+    # standard OpenTelemetry variables (no DIM_ prefix); the exporters read their endpoint,
+    # headers, timeout and TLS files, and the resource its OTEL_RESOURCE_ATTRIBUTES, themselves.
     log_level: str = Field("INFO", description="Python logging level")
-    otel_exporter: Literal["none", "console", "otlp"] = Field(
-        "none", description="where trace spans go"
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="log lines as text, or json: one object per line with time, level, logger, "
+        "message, request id and the current trace and span ids",
+    )
+    access_log: bool = Field(
+        True,
+        description="the gateway logs one line per HTTP request: method, path (no query), status, "
+        "duration, request id, key and tenant",
+    )
+    otel_exporter: Literal["none", "console", "otlp"] | None = Field(
+        None,
+        description="where trace spans go, over OTEL_TRACES_EXPORTER: none, console, otlp "
+        "(unset: OTEL_TRACES_EXPORTER; else otlp when an OTLP endpoint is set; else none)",
     )
     otel_endpoint: str = Field(
-        "", description="OTLP/HTTP traces endpoint (default: the exporter's own)"
+        "",
+        description="OTLP traces endpoint, over OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT "
+        "(http/protobuf: the whole URL, .../v1/traces; grpc: host and port)",
+    )
+    otel_traces_exporter: str = Field(
+        "",
+        validation_alias="OTEL_TRACES_EXPORTER",
+        description="the standard variable: otlp, console or none, comma-separated for several",
+    )
+    otel_protocol: str = Field(
+        "",
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"
+        ),
+        description="OTLP transport: http/protobuf (the default) or grpc (the standard "
+        "variables; the traces one first)",
+    )
+    otel_otlp_endpoint: str = Field(
+        "",
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
+        ),
+        description="the standard endpoint variables, read by the exporter itself; set, they "
+        "turn the otlp exporter on when no exporter is named",
     )
 
     @field_validator(
         "models",
         "tenants",
         "jwt_previous_secrets",
+        "cors_origins",
         "sim_capabilities",
         "upstream_capabilities",
         mode="before",
@@ -435,6 +495,27 @@ class Settings(BaseSettings):
                 raise ValueError("model aliases are 'alias=model' pairs separated by commas")
             return {a.strip(): m.strip() for a, m in pairs}
         return value
+
+    @field_validator("otel_traces_exporter")
+    @classmethod
+    def _known_exporters(cls, value: str) -> str:
+        unknown = [e for e in _exporters(value) if e not in ("otlp", "console", "none")]
+        if unknown:
+            raise ValueError(
+                f"OTEL_TRACES_EXPORTER names {', '.join(unknown)}: dim exports spans with otlp "
+                "(to a collector, Jaeger, Tempo ...), console or none"
+            )
+        return value
+
+    @field_validator("otel_protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        if value.strip().lower() not in ("", "grpc", "http/protobuf"):
+            raise ValueError(
+                f"OTLP protocol {value!r}: dim's exporters speak grpc or http/protobuf "
+                "(OpenTelemetry's Python SDK has no http/json exporter)"
+            )
+        return value.strip().lower()
 
     @field_validator("namespace")
     @classmethod
@@ -472,13 +553,24 @@ class Settings(BaseSettings):
     def _valid_id(cls, value: str) -> str:
         return check_id("id", value)
 
+    @classmethod
+    def variable(cls, name: str) -> str:
+        """The environment variable field `name` is read from (the first, for several)."""
+        alias = cls.model_fields[name].validation_alias
+        if isinstance(alias, str):
+            return alias
+        if isinstance(alias, AliasChoices):
+            return str(alias.choices[0])
+        return f"DIM_{name.upper()}"
+
     def to_env(self) -> dict[str, str]:
-        """These settings as ``DIM_*`` variables, for a child process to start with the same."""
+        """These settings as ``DIM_*`` variables, for a child process to start with the same
+        (the standard OTEL_* ones it inherits as they are)."""
         env = {}
-        for name in type(self).model_fields:
+        for name, field in type(self).model_fields.items():
             value = getattr(self, name)
-            if value is None:
-                continue  # the child's default is None too
+            if value is None or field.validation_alias is not None:
+                continue  # the child's default is None too; OTEL_* pass through the environment
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             elif isinstance(value, tuple):
@@ -504,6 +596,18 @@ class Settings(BaseSettings):
             tls_key=self.nats_tls_key,
             tls_hostname=self.nats_tls_hostname,
         )
+
+    @property
+    def trace_exporters(self) -> tuple[str, ...]:
+        """Where spans go (`otlp`, `console`; empty: nowhere): DIM_OTEL_EXPORTER if set, else
+        OTEL_TRACES_EXPORTER, else otlp when an OTLP endpoint is set, else nowhere."""
+        if self.otel_exporter is not None:
+            named: tuple[str, ...] = (self.otel_exporter,)
+        elif self.otel_traces_exporter.strip():
+            named = _exporters(self.otel_traces_exporter)
+        else:
+            named = ("otlp",) if self.otel_endpoint or self.otel_otlp_endpoint else ()
+        return tuple(dict.fromkeys(e for e in named if e != "none"))
 
     @property
     def signed_only(self) -> bool:

@@ -89,14 +89,22 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 async def wait_for_workers(bus: Bus, settings: Settings, count: int, timeout_s: float) -> int:
-    """Wait until `count` workers are live; returns how many are."""
+    """Wait until `count` workers are live, saying each one that becomes live; returns how many
+    are."""
     nodes = LiveNodes(bus, settings.node_ttl_s)
     await nodes.start()
+    seen: set[str] = set()
     try:
         deadline = time.monotonic() + timeout_s
-        while len(nodes.live()) < count and time.monotonic() < deadline:
+        while True:
+            live = {n.node_id: n for n in nodes.live()}
+            for node_id in sorted(live.keys() - seen):
+                seen.add(node_id)
+                served = ", ".join(live[node_id].models)
+                say(f"worker {node_id} live, serving {served} ({len(seen)}/{count})")
+            if len(live) >= count or time.monotonic() >= deadline:
+                return len(live)
             await asyncio.sleep(0.1)
-        return len(nodes.live())
     finally:
         await nodes.stop()
 
@@ -114,6 +122,7 @@ def worker_models(settings: Settings, i: int, *, every_model: bool) -> tuple[str
 
 async def up(settings: Settings, workers: int, *, every_model: bool = False) -> int:
     """Bring the mesh up and keep it up until Ctrl-C or SIGTERM."""
+    began = time.monotonic()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -164,8 +173,10 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
             for node, key in local.worker_keys(nodes).items():
                 await enroll(bus, node, key, by="dim up")
             say(f"enrolled the keys of {len(nodes)} workers: their node records are signed")
+        ports = metrics_ports(settings, ["orchestrator", "projector", "batcher", *nodes])
         for role in ("orchestrator", "projector", "batcher", "gateway"):
-            children.append(Child(role, [role], child_env(as_(role))))
+            port = {"DIM_METRICS_PORT": str(ports[role])} if role in ports else {}
+            children.append(Child(role, [role], child_env(as_(role), **port)))
         no_secrets = settings.model_copy(
             update={"jwt_secret": "", "jwt_private_key": "", "jwt_previous_secrets": ()}
         )  # a worker signs no tokens
@@ -174,11 +185,14 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
                 as_(worker_identity(node), no_secrets),
                 DIM_NODE_ID=node,
                 DIM_MODELS=",".join(served),
+                DIM_METRICS_PORT=str(ports[node]),
             )
             children.append(Child(node, ["worker"], env))
+        say(metrics_line(settings, ports))
         for child in children:
             await child.start()
             pumps.append(asyncio.create_task(child.pump()))
+        say(f"started {len(children)} processes: {', '.join(c.name for c in children)}")
         live = await wait_for_workers(bus, settings, workers, timeout_s=30)
         deadline = time.monotonic() + 30
         while (
@@ -186,6 +200,10 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
             and time.monotonic() < deadline
         ):
             await asyncio.sleep(0.1)
+        if port_open(settings.gateway_host, settings.gateway_port):
+            say("gateway answering")
+        else:
+            say("the gateway does not answer yet (its lines above say why)")
         await bus.close()
         models = ", ".join(
             dict.fromkeys(
@@ -195,7 +213,8 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
             )
         )
         say(
-            f"ready: {live}/{workers} simulated workers serving {models}; orchestrator, projector and batch runner running"
+            f"ready: {live}/{workers} simulated workers serving {models}; orchestrator, projector "
+            f"and batch runner running ({time.monotonic() - began:.1f} s)"
         )
         gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
         say(f"gateway on {gateway}  (OpenAI-compatible: {gateway}/v1, API docs: {gateway}/openapi)")
@@ -214,6 +233,32 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
             pump.cancel()
         await asyncio.to_thread(server.stop)
         say("nats-server stopped; bye")
+
+
+def metrics_ports(settings: Settings, names: list[str]) -> dict[str, int]:
+    """Each process's /metrics, /healthz and /readyz port: DIM_METRICS_PORT and the ones after
+    it, in order (all 0, any free port, when it is 0). A port taken is an error naming it."""
+    base = settings.metrics_port
+    ports = {name: base + i if base else 0 for i, name in enumerate(names)}
+    if base and max(ports.values()) > 65535:
+        raise NatsServerError(f"DIM_METRICS_PORT={base} leaves no room for {len(names)} ports")
+    taken = [p for p in ports.values() if p and port_open(settings.metrics_host, p)]
+    if taken:
+        raise NatsServerError(
+            f"metrics port(s) {', '.join(map(str, taken))} on {settings.metrics_host} already in "
+            "use: is another `dim up` running? Set DIM_METRICS_PORT to another base port, or 0 "
+            "for any free ports"
+        )
+    return ports
+
+
+def metrics_line(settings: Settings, ports: dict[str, int]) -> str:
+    """Where the processes serve /metrics, /healthz and /readyz, for `dim up` to print."""
+    host = settings.metrics_host
+    if not settings.metrics_port:
+        return f"/metrics, /healthz, /readyz of each process on {host}, any free port (DIM_METRICS_PORT=0)"
+    where = ", ".join(f"{name} :{port}" for name, port in ports.items())
+    return f"/metrics, /healthz, /readyz on {host}: {where} (gateway: on its own port)"
 
 
 def _hosts(listen: str) -> tuple[str, ...]:

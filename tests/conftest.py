@@ -87,6 +87,7 @@ def fast_settings(nats_url: str, namespace: str) -> Settings:
         sim_tokens_per_s=0,
         node_id="w0",
         jwt_secret="test-secret-that-is-long-enough-for-hs256-0123",
+        metrics_port=0,  # many processes of many tests on one host
     )
 
 

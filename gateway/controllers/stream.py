@@ -15,6 +15,9 @@ Frames (JSON):
 A client that reconnects with ``?after=<last seq>&after_event=<last event_seq>`` gets exactly what
 it missed: no gaps, no repeats. Closing the socket does not cancel the job (reconnecting is the
 point); send ``{"type": "cancel"}`` to cancel it.
+
+The caller authenticates with the `Authorization` header, or, from a browser, with the
+subprotocols ``dim.bearer, <key>`` or ``dim.ticket, <ticket>`` (`gateway/socket_auth.py`).
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ from events.jobs import JobCancelled, JobCompleted, JobFailed
 from events.text import TextAssembler
 from events.work import TokensProduced
 from gateway import jobs
-from gateway.auth import authenticate, gateway_of
+from gateway.auth import gateway_of
 from gateway.completions import cancel_job
 from gateway.errors import ApiError
 from gateway.principal import Principal
 from gateway.runtime import Gateway
 from gateway.schemas.jobs import JobRequest
+from gateway.socket_auth import offer_of, socket_principal
 from projections.job_state import evolve
 from services.jobs.validation import first_problem
 
@@ -148,9 +152,10 @@ async def _pump(
 
 @contextlib.asynccontextmanager
 async def _admitted(gw: Gateway, socket: WebSocket[Any, Any, Any]) -> AsyncIterator[Principal]:
-    """The socket's caller, authenticated, counted against its rate limit (a socket is a
-    request, as on HTTP) and its tenant's sockets (`DIM_WS_PER_TENANT` at most, per gateway)."""
-    principal = authenticate(gw, socket.headers.get("authorization"))
+    """The socket's caller, authenticated (`gateway/socket_auth.py`), counted against its rate
+    limit (a socket is a request, as on HTTP) and its tenant's sockets (`DIM_WS_PER_TENANT` at
+    most, per gateway)."""
+    principal = await socket_principal(gw, socket, offer_of(socket))
     await gw.limiter.hit(principal)
     tenant, cap = principal.tenant, gw.settings.ws_per_tenant
     if gw.sockets[tenant] >= cap:
@@ -192,7 +197,8 @@ async def _first_message(gw: Gateway, socket: WebSocket[Any, Any, Any]) -> str:
 @websocket("/v1/jobs/{job_id:str}/stream", name="job-stream")
 async def job_stream(socket: WebSocket[Any, Any, Any], job_id: FromPath[str]) -> None:
     """Stream one job's text and steps (resumable with ``after`` / ``after_event``)."""
-    await socket.accept()
+    # a browser drops a socket whose answer names none of the protocols it offered
+    await socket.accept(subprotocols=offer_of(socket).protocol)
     gw = gateway_of(socket)  # type: ignore[arg-type]
     try:
         async with _admitted(gw, socket) as principal:
@@ -208,7 +214,8 @@ async def job_stream(socket: WebSocket[Any, Any, Any], job_id: FromPath[str]) ->
 @websocket("/v1/jobs/stream", name="submit-and-stream")
 async def submit_and_stream(socket: WebSocket[Any, Any, Any]) -> None:
     """Send a job request as the first message; get ``{"type": "accepted", "job_id"}``, then its frames."""
-    await socket.accept()
+    # a browser drops a socket whose answer names none of the protocols it offered
+    await socket.accept(subprotocols=offer_of(socket).protocol)
     gw = gateway_of(socket)  # type: ignore[arg-type]
     try:
         async with _admitted(gw, socket) as principal:

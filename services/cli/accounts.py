@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from events.bus import Bus
-from services.cli.common import settings_of, with_bus
+from services.cli.common import add_json_flag, print_json, settings_of, with_bus
 
 if TYPE_CHECKING:
+    from events.bus import Bus
     from services.cli.common import Subcommands
 
 
@@ -44,9 +44,13 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from services.accounts.keys import live_keys
-    from services.render import table
+    from services.table import table
 
     async def go(bus: Bus) -> int:
+        keys = await live_keys(bus)
+        if args.json:  # the records hold only the secret's hash; it is left out all the same
+            print_json([k.model_dump(mode="json", exclude={"secret_sha256"}) for k in keys])
+            return 0
         rows = [
             [
                 k.key_id,
@@ -57,10 +61,10 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
                 f"{k.daily_tokens:,}" if k.daily_tokens else "-",
                 k.created_at.isoformat(timespec="seconds"),
             ]
-            for k in await live_keys(bus)
+            for k in keys
         ]
         headers = ["KEY ID", "PRINCIPAL", "TENANT", "ROLES", "NAME", "DAILY TOKENS", "CREATED"]
-        print(table(headers, rows))
+        print(table(headers, rows, optional=(6, 3, 1)))
         return 0
 
     return with_bus(args, go)
@@ -139,6 +143,7 @@ def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     )
     k.set_defaults(fn=cmd_keys_create)
     k = ksub.add_parser("list", parents=[common], help="list live keys (never their secrets)")
+    add_json_flag(k, "the keys")
     k.set_defaults(fn=cmd_keys_list)
     k = ksub.add_parser("revoke", parents=[common], help="revoke a key on every gateway at once")
     k.add_argument("key_id")

@@ -6,22 +6,31 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from events.bus import Bus
-from services.cli.common import settings_of, with_bus
+from services.cli.common import add_json_flag, print_json, settings_of, with_bus
 
 if TYPE_CHECKING:
+    from events.bus import Bus
     from services.cli.common import Subcommands
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from services.audit import audit, collect, render
+    from dataclasses import asdict
+
+    from services.audit import audit, collect, counts, findings
+    from services.table import clip, table, terminal_width
 
     listed = Path(args.accepted).read_text().split() if args.accepted else None
 
     async def go(bus: Bus) -> int:
         histories, usage = await collect(bus)
         report = audit(histories, listed if listed is not None else list(histories), usage)
-        print(render(report))
+        if args.json:
+            print_json(asdict(report) | {"ok": report.ok})
+        else:
+            rows = [[what, f"{n:,}"] for what, n in counts(report)]
+            print(table(["CHECK", "JOBS"], rows, right=1))
+            for line in findings(report):
+                print(clip(line, terminal_width()))
         return 0 if report.ok else 1
 
     return with_bus(args, go)
@@ -66,6 +75,7 @@ def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--accepted", help="file of job ids a client had accepted, one per line (default: all)"
     )
+    add_json_flag(s, "the report")
     s.set_defaults(fn=cmd_audit)
 
     s = sub.add_parser("projections", parents=[common], help="manage read models")

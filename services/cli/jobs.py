@@ -7,24 +7,25 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from events.bus import Bus
-from events.inference import Prompt, SamplingParams
-from events.jobs import JobCancelled, JobCompleted, JobFailed
-from events.work import TokensProduced
-from services.cli.common import settings_of, with_bus
+from services.cli.common import add_json_flag, print_json, settings_of, with_bus
 
 if TYPE_CHECKING:
+    from events.bus import Bus
     from services.cli.common import Subcommands
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from events.inference import Prompt, SamplingParams
     from events.job_log import JobFollower, single, submit_event
+    from events.jobs import JobCancelled, JobCompleted, JobFailed
     from events.text import TextAssembler
+    from events.work import TokensProduced
     from services.jobs.bounds import check_bounds
     from services.jobs.validation import first_problem, validate
 
+    settings = settings_of(args)
     try:  # checked as the gateway checks every request, before anything is sent
         job = single(
             model=args.model,
@@ -38,10 +39,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             ),
             owner=args.owner,
             node_id=args.node,
-            max_attempts=settings_of(args).max_attempts,
+            max_attempts=settings.max_attempts,
         )
         validate(job)
-        check_bounds(job, max_prompt_bytes=settings_of(args).max_prompt_bytes)
+        check_bounds(job, max_prompt_bytes=settings.max_prompt_bytes)
     except ValidationError as exc:
         why, field = first_problem(exc)
         print(f"dim submit: invalid job: {field}: {why}", file=sys.stderr)
@@ -99,7 +100,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             bus, lambda v: args.status is None or v.status == args.status, limit=args.limit
         )
         if args.json:
-            print(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
+            print_json([v.model_dump(mode="json") for v in views])
         else:
             print(jobs_table(views))
         return 0
@@ -133,7 +134,7 @@ def cmd_job(args: argparse.Namespace) -> int:
                     for s, e in events
                 ],
             }
-            print(json.dumps(doc, indent=2))
+            print_json(doc)
         else:
             print(job_detail(view, events))
         return 0
@@ -163,10 +164,10 @@ def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("jobs", parents=[common], help="list recent jobs")
     s.add_argument("--limit", type=int, default=20)
     s.add_argument("--status", choices=["queued", "running", "completed", "failed", "cancelled"])
-    s.add_argument("--json", action="store_true")
+    add_json_flag(s, "the jobs' views")
     s.set_defaults(fn=cmd_jobs)
 
     s = sub.add_parser("job", parents=[common], help="show a job and its event history")
     s.add_argument("job_id")
-    s.add_argument("--json", action="store_true")
+    add_json_flag(s, "the job's view and its events")
     s.set_defaults(fn=cmd_job)

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from events.subjects import Names
-from services.nats_auth import ROLES, Identity, inbox_prefix
-from services.nats_dir import NatsDir
-from services.nats_tls import TlsFiles, server_tls
+from services.cli.common import settings_of
 
 if TYPE_CHECKING:
+    from events.subjects import Names
     from services.cli.common import Subcommands
+    from services.nats_auth import Identity
+    from services.nats_dir import NatsDir
+    from services.nats_tls import TlsFiles
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,10 @@ class SecurityDir:
 
 def generate(out: Path, hosts: list[str], names: Names) -> SecurityDir:
     """Write (or complete) the security directory `out` for servers reached as `hosts`."""
+    from services.nats_auth import ROLES
+    from services.nats_dir import NatsDir
+    from services.nats_tls import server_tls
+
     if not any(h.strip() for h in hosts):
         raise ValueError("name the hosts clients and routes dial the server(s) by (--host)")
     d = NatsDir(out)
@@ -52,6 +57,8 @@ def generate(out: Path, hosts: list[str], names: Names) -> SecurityDir:
 
 def instructions(made: SecurityDir, namespace: str) -> str:
     """What to do with the directory: where each file goes, what each process is given."""
+    from services.nats_auth import inbox_prefix
+
     root, tls = made.dir.root.resolve(), made.tls
     lines = [
         f"wrote the security directory {root} (namespace {namespace!r}):",
@@ -94,8 +101,6 @@ def instructions(made: SecurityDir, namespace: str) -> str:
 
 
 def cmd_nats_config(args: argparse.Namespace) -> int:
-    from services.cli.common import settings_of
-
     settings = settings_of(args)
     try:
         made = generate(Path(args.out), args.host, settings.names)

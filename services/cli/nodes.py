@@ -5,22 +5,22 @@ nodes on other hosts: `bundle` (what `dim worker --join` needs), `approve`, `rev
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from events.bus import Bus
-from services.cli.common import settings_of, with_bus
-from services.nats_dir import NatsDir
+from services.cli.common import add_json_flag, print_json, settings_of, with_bus
 
 if TYPE_CHECKING:
+    from events.bus import Bus
     from services.cli.common import Body, Subcommands
+    from services.nats_dir import NatsDir
     from services.registry.admission import Applied
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
+    import asyncio
+
     from services.registry.enrolled import enrolled_keys
     from services.registry.live import LiveNodes
     from services.render import nodes_table
@@ -44,7 +44,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
                         n.model_dump(mode="json") | {"verified": n.node_id in verified}
                         for n in records
                     ]
-                    print(json.dumps(out, indent=2))
+                    print_json(out)
                 else:
                     print(nodes_table(records, settings.node_ttl_s, verified), flush=True)
         finally:
@@ -59,6 +59,7 @@ def _dirs(args: argparse.Namespace) -> list[NatsDir]:
     """The security directories to change: ``--nats-dir`` (each server's), else the one of the
     `dim up` in the data directory."""
     from services.local_bus import nats_dir
+    from services.nats_dir import NatsDir
 
     if args.nats_dir:
         return [NatsDir(Path(d)) for d in args.nats_dir]
@@ -121,14 +122,23 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_approvals(args: argparse.Namespace) -> int:
+    from services.table import table
+
     approvals = {a.node_id: a for d in _dirs(args) for a in d.approvals().values()}
     if args.json:
-        print(json.dumps([a.model_dump(mode="json") for a in approvals.values()], indent=2))
+        print_json([a.model_dump(mode="json") for a in approvals.values()])
         return 0
-    print(f"{'NODE':<20} {'KEY':<58} {'BY':<12} {'APPROVED':<20} MODELS")
-    for a in approvals.values():
-        when = a.approved_at.strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{a.node_id:<20} {a.public_key:<58} {a.by:<12} {when:<20} {','.join(a.models)}")
+    rows = [
+        [
+            a.node_id,
+            a.public_key,
+            a.by,
+            a.approved_at.strftime("%Y-%m-%d %H:%M:%S"),
+            ",".join(a.models),
+        ]
+        for a in approvals.values()
+    ]
+    print(table(["NODE", "KEY", "BY", "APPROVED", "MODELS"], rows))
     return 0
 
 
@@ -173,7 +183,7 @@ def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
         help="list worker nodes (VERIFIED: the record is signed by the node's enrolled key); "
         "approve, revoke and join nodes",
     )
-    s.add_argument("--json", action="store_true")
+    add_json_flag(s, "the nodes (with --watch: one document per redraw)")
     s.add_argument(
         "--watch", type=float, metavar="SECONDS", help="redraw every SECONDS (the load moving)"
     )
@@ -214,7 +224,7 @@ def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     r.set_defaults(fn=cmd_revoke)
 
     ap = more.add_parser("approvals", parents=[common, dirs], help="the approved nodes")
-    ap.add_argument("--json", action="store_true")
+    add_json_flag(ap, "the approvals")
     ap.set_defaults(fn=cmd_approvals)
 
     b = more.add_parser(

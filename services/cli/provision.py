@@ -6,40 +6,32 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from pydantic import SecretStr
-
-from events.bus import Bus
-from events.connection import redact_url
-from services.cli.common import settings_of, with_bus
-from services.settings import Settings
+from services.cli.common import add_json_flag, print_json, settings_of, with_bus
 
 if TYPE_CHECKING:
+    from events.bus import Bus
     from services.cli.common import Subcommands
 
 
-def shown(value: object, name: str = "") -> str:
-    """A setting's value as `dim settings` prints it: secrets masked (a SecretStr, or a setting
-    named as one: the token-signing keys, an upstream's API key), URLs without passwords."""
-    if isinstance(value, SecretStr):
-        return "********" if value.get_secret_value() else ""
-    if any(word in name for word in ("secret", "private_key", "api_key")):
-        return "********" if value else ""
-    if isinstance(value, tuple):
-        return ",".join(value)
-    if isinstance(value, str):
-        return redact_url(value) if "://" in value else value
-    return str(value)
-
-
 def cmd_settings(args: argparse.Namespace) -> int:
-    from services.render import table
+    from services.cli.masking import shown, shown_json
+    from services.settings import Settings
+    from services.table import table
 
-    current = Settings()
-    rows = []
-    for name, field in Settings.model_fields.items():
-        value = shown(getattr(current, name), name)
-        rows.append([f"DIM_{name.upper()}", value, field.description or ""])
-    print(table(["VARIABLE", "VALUE", "MEANING"], rows))
+    current = settings_of()
+    if args.json:
+        print_json(
+            {
+                Settings.variable(name): shown_json(getattr(current, name), name)
+                for name in Settings.model_fields
+            }
+        )
+        return 0
+    rows = [
+        [Settings.variable(name), shown(getattr(current, name), name), field.description or ""]
+        for name, field in Settings.model_fields.items()
+    ]
+    print(table(["VARIABLE", "VALUE", "MEANING"], rows, wrap=True))
     return 0
 
 
@@ -59,7 +51,11 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     """`settings`, `provision`."""
-    s = sub.add_parser("settings", help="list every DIM_* setting with its current value")
+    s = sub.add_parser(
+        "settings",
+        help="list every DIM_* setting with its current value (secrets masked) and meaning",
+    )
+    add_json_flag(s, "the settings (variable: value)")
     s.set_defaults(fn=cmd_settings)
 
     s = sub.add_parser(

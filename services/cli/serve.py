@@ -4,23 +4,23 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from events.bus import Bus
-from events.errors import DimError
 from services.cli.common import settings_of
-from services.process import run
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from events.bus import Bus
     from services.cli.common import Subcommands
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from events.errors import DimError
     from services.cpu_policy import use_batch_policy
+    from services.process import run
     from services.up import up
 
     settings = settings_of(
@@ -43,6 +43,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from services.engines.factory import build_engine
+    from services.health import Health
     from services.process import serve
     from services.worker.runner import Worker
 
@@ -81,50 +82,63 @@ def cmd_worker(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    async def body(bus: Bus, stop: asyncio.Event) -> None:
-        await Worker(bus, build_engine(settings), settings).run(stop)
+    role = f"worker {settings.node_id}"
+    health = Health(settings, role)
 
-    return serve(settings, f"worker {settings.node_id}", body, awaiting_approval=admission)
+    async def body(bus: Bus, stop: asyncio.Event) -> None:
+        await Worker(bus, build_engine(settings), settings, health).run(stop)
+
+    return serve(settings, role, body, awaiting_approval=admission, health=health)
 
 
 def cmd_orchestrator(args: argparse.Namespace) -> int:
+    from services.health import Health
+    from services.metrics import OrchestratorMetrics
     from services.orchestrator.runner import Orchestrator
     from services.process import serve
 
-    settings = settings_of(args, instance_id=args.instance_id)
+    settings = settings_of(args, instance_id=args.instance_id, metrics_port=args.metrics_port)
+    health = Health(settings, "orchestrator")
 
     async def body(bus: Bus, stop: asyncio.Event) -> None:
-        await Orchestrator(bus, settings).run(stop)
+        orchestrator = Orchestrator(bus, settings)
+        health.include(OrchestratorMetrics(orchestrator).registry)
+        for spec in (orchestrator.consumer(), orchestrator.dead_letters.consumer()):
+            health.needs_consumer(spec.stream, spec.durable)
+        await orchestrator.run(stop)
 
-    return serve(settings, "orchestrator", body)
+    return serve(settings, "orchestrator", body, health=health)
 
 
 def cmd_projector(args: argparse.Namespace) -> int:
+    import asyncio
+
     from services.batches.projection import BatchStatusProjector
+    from services.health import Health
     from services.metrics import ProjectorMetrics
     from services.process import serve
     from services.projector import JobStatusProjector, UsageProjector
 
     settings = settings_of(args, instance_id=args.instance_id, metrics_port=args.metrics_port)
+    health = Health(settings, "projector")
 
     async def body(bus: Bus, stop: asyncio.Event) -> None:
         metrics = ProjectorMetrics()
-        server = metrics.serve(settings.metrics_host, settings.metrics_port)
-        host, port = server.server_address[:2]
-        logging.getLogger("dim.projector").info(
-            "projector: /metrics, /healthz and /readyz on http://%s:%d", host, port
-        )
-        try:
-            await asyncio.gather(
-                JobStatusProjector(bus, settings, metrics).run(stop),
-                UsageProjector(bus, settings).run(stop),
-                BatchStatusProjector(bus, settings).run(stop),
-            )
-        finally:
-            server.shutdown()
-            server.server_close()
+        jobs = JobStatusProjector(bus, settings, metrics)
+        usage = UsageProjector(bus, settings)
+        batches = BatchStatusProjector(bus, settings)
+        health.include(metrics.registry)
+        health.degraded_when(metrics.degraded)
+        for spec in (
+            jobs.consumer(),
+            usage.consumer(),
+            batches.batches_consumer(),
+            batches.lines_consumer(),
+        ):
+            health.needs_consumer(spec.stream, spec.durable)
+        await asyncio.gather(jobs.run(stop), usage.run(stop), batches.run(stop))
 
-    return serve(settings, "projector", body)
+    return serve(settings, "projector", body, health=health)
 
 
 def cmd_batcher(args: argparse.Namespace) -> int:
@@ -132,7 +146,7 @@ def cmd_batcher(args: argparse.Namespace) -> int:
     from services.batches.runner import BatchRunner
     from services.process import serve
 
-    settings = settings_of(args, instance_id=args.instance_id)
+    settings = settings_of(args, instance_id=args.instance_id, metrics_port=args.metrics_port)
 
     async def body(bus: Bus, stop: asyncio.Event) -> None:
         # the runner writes each line's answer as the endpoint would: the gateway's rendering
@@ -142,9 +156,13 @@ def cmd_batcher(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
 
+    from events.errors import DimError
     from gateway.app import bounded_http, create_app
+    from services.cli.startup_failure import OneLineStartupFailure
     from services.cpu_policy import use_batch_policy
     from services.process import setup_logging, tune_gc
     from services.telemetry import setup_tracing
@@ -158,7 +176,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level=settings.log_level.lower(),
-        access_log=False,
+        log_config=None,  # uvicorn's lines go through dim's logging (text or JSON)
+        access_log=False,  # dim's own (gateway/access_log.py): request id, key, no query
         lifespan="on",
         timeout_graceful_shutdown=10,
         # bounds of the HTTP server itself (docs/reliability.md): connections at once (503
@@ -174,6 +193,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
     )
+    if settings.log_level.upper() != "DEBUG":  # the traceback of a failed start, only in DEBUG
+        logging.getLogger("uvicorn.error").addFilter(OneLineStartupFailure("the gateway"))
     server = uvicorn.Server(config)
     tune_gc()
     try:
@@ -188,7 +209,8 @@ def _add_up(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser(
         "up",
         parents=[common],
-        help="run the whole mesh here: nats-server, orchestrator, projector, workers",
+        help="run the whole mesh here: nats-server, orchestrator, projector, batch runner, "
+        "gateway, simulated workers (3)",
     )
     s.add_argument("--workers", type=int, default=3, help="simulated workers to start (default 3)")
     s.add_argument(
@@ -232,7 +254,10 @@ def _add_worker(sub: Subcommands, common: argparse.ArgumentParser) -> None:
         "--aliases", help="more names for served models: alias=model,... (env DIM_MODEL_ALIASES)"
     )
     s.add_argument(
-        "--metrics-port", type=int, help="Prometheus /metrics port (env DIM_METRICS_PORT; 0: any)"
+        "--metrics-port",
+        type=int,
+        help="port of its /metrics, /healthz and /readyz (env DIM_METRICS_PORT; default 9400; "
+        "0: any free port)",
     )
     s.add_argument("--capacity", type=int, help="requests in flight at once (env DIM_CAPACITY)")
     s.add_argument(
@@ -265,12 +290,12 @@ def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
         s.add_argument(
             "--instance-id", help="stable id of this instance (env DIM_INSTANCE_ID; default 0)"
         )
-        if name == "projector":
-            s.add_argument(
-                "--metrics-port",
-                type=int,
-                help="port of its /metrics, /healthz and /readyz (env DIM_METRICS_PORT; 0: any)",
-            )
+        s.add_argument(
+            "--metrics-port",
+            type=int,
+            help="port of its /metrics, /healthz and /readyz (env DIM_METRICS_PORT; default "
+            "9400; 0: any free port)",
+        )
         s.set_defaults(fn=fn)
 
     s = sub.add_parser(

@@ -4,15 +4,14 @@ with `--by`, broken down by API key, model and/or end user."""
 from __future__ import annotations
 
 import argparse
-import json
 from typing import TYPE_CHECKING
 
-from events.bus import Bus
-from services.cli.common import with_bus
+from services.cli.common import add_json_flag, print_json, with_bus
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from events.bus import Bus
     from projections.usage_breakdown import UsageRow
     from services.cli.common import Subcommands
 
@@ -24,6 +23,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     from projections.usage import USAGE_TOTALS, TenantUsage, day_of
     from projections.usage_breakdown import breakdown, matching
     from projections.usage_detail import UsageDetail
+    from services.table import table
 
     async def go(bus: Bus) -> int:
         usage = await bus.bucket("usage")
@@ -40,7 +40,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
             keep = matching(key_id=args.key, model=args.model, user=args.user)
             rows = breakdown(details, args.by, keep)
             if args.json:
-                print(json.dumps([r.model_dump() for r in rows]))
+                print_json([r.model_dump() for r in rows])
             else:
                 print(_table(rows, args.by))
             return 0
@@ -54,25 +54,25 @@ def cmd_usage(args: argparse.Namespace) -> int:
                     records.append(record)
         records.sort(key=lambda r: (r.day, r.tenant), reverse=True)
         if args.json:
-            print(json.dumps([r.model_dump() | {"total_tokens": r.total_tokens} for r in records]))
+            print_json([r.model_dump() | {"total_tokens": r.total_tokens} for r in records])
             return 0
-        print(
-            f"{'day':<12}{'tenant':<24}{'requests':>10}{'prompt':>12}{'completion':>12}{'total':>12}"
-        )
-        for r in records:
-            print(
-                f"{r.day:<12}{r.tenant:<24}{r.requests:>10,}{r.prompt_tokens:>12,}"
-                f"{r.completion_tokens:>12,}{r.total_tokens:>12,}"
-            )
         if not records:
             print("(no usage in these days)")
+            return 0
+        cells = [
+            [r.day, r.tenant]
+            + [f"{n:,}" for n in (r.requests, r.prompt_tokens, r.completion_tokens, r.total_tokens)]
+            for r in records
+        ]
+        headers = ["DAY", "TENANT", "REQUESTS", "PROMPT", "COMPLETION", "TOTAL"]
+        print(table(headers, cells, right=4))
         return 0
 
     return with_bus(args, go)
 
 
 def _table(rows: list[UsageRow], by: Sequence[str]) -> str:
-    from services.render import table
+    from services.table import table
 
     if not rows:
         return "(no usage in these days)"
@@ -91,7 +91,7 @@ def _table(rows: list[UsageRow], by: Sequence[str]) -> str:
         cells += [f"{n:,}" for n in (r.requests, r.prompt_tokens, r.completion_tokens)]
         cells.append(f"{r.total_tokens:,}")
         lines.append(cells)
-    return table(headers, lines)
+    return table(headers, lines, right=4)
 
 
 def _dimensions(text: str) -> tuple[str, ...]:
@@ -122,5 +122,5 @@ def add_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     s.add_argument("--key", help="with --by: only this API key id")
     s.add_argument("--model", help="with --by: only this model")
     s.add_argument("--user", help="with --by: only this end user")
-    s.add_argument("--json", action="store_true", help="print the rows as JSON")
+    add_json_flag(s, "the rows")
     s.set_defaults(fn=cmd_usage)

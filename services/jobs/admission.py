@@ -226,6 +226,10 @@ class FairQueue:
             out.append(job_id)
         return out
 
+    def held_by_model(self) -> Counter[str]:
+        """Jobs held per model."""
+        return Counter(model for model, _, _ in self._where.values())
+
     def held_by_tenant(self) -> Counter[str]:
         """Jobs held per tenant, every model together."""
         return Counter(tenant for _, _, tenant in self._where.values())

@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from wsgiref.simple_server import WSGIServer
 
 from events.bus import Bus
 from events.consume import run_pool
 from events.jobs import JobCancelled, JobFailed
 from services.engines.protocol import Engine
+from services.health import Health
 from services.metrics import WorkerMetrics
 from services.settings import Settings
 from services.worker.generation import Generation
@@ -29,9 +29,13 @@ log = logging.getLogger(__name__)
 
 class Worker(Intake):
     """One worker node serving `engine`'s models: the `Intake` its task consumers deliver to,
-    with a `Generation` to run the tasks and a `Presence` to keep its node record."""
+    with a `Generation` to run the tasks and a `Presence` to keep its node record. Its
+    `/metrics`, `/healthz` and `/readyz` are `health`'s (served by `dim worker` from its start),
+    else its own server's."""
 
-    def __init__(self, bus: Bus, engine: Engine, settings: Settings) -> None:
+    def __init__(
+        self, bus: Bus, engine: Engine, settings: Settings, health: Health | None = None
+    ) -> None:
         tally = Tally()
         metrics = WorkerMetrics(engine.kind)
         generation = Generation(bus, engine, settings, metrics, tally)
@@ -39,6 +43,8 @@ class Worker(Intake):
         self.engine = engine
         self.capacity = min(settings.capacity, engine.capacity)
         self.presence = Presence(bus, engine, settings, self.capacity, metrics, tally)
+        self.health = health or Health(settings, f"worker {settings.node_id}")
+        self._loaded = False
 
     # The counts, as the worker reports them.
     @property
@@ -67,7 +73,25 @@ class Worker(Intake):
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then drain and deregister."""
-        server = await self._start_engine()
+        health = self.health
+        own_server = not health.serving  # in tests: a worker in the test's process
+        health.include(self.metrics.registry)
+        health.include(lambda: getattr(self.engine, "metrics_registry", None))  # vLLM's own
+        health.needs(lambda: None if self._loaded else "engine loaded")
+        health.needs(lambda: "draining" if self.presence.draining else None)
+        for spec in self.consumers():
+            health.needs_consumer(spec.stream, spec.durable)
+        if own_server:
+            health.serve()
+        health.attach(self.bus)
+        try:
+            await self._serve(stop)
+        finally:
+            if own_server:
+                health.close()
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        await self._start_engine()
         presence = self.presence
         nodes = await presence.join(stop)
         heartbeat = asyncio.create_task(presence.heartbeat(nodes, stop))
@@ -99,8 +123,6 @@ class Worker(Intake):
             with contextlib.suppress(Exception):
                 await presence.leave(nodes)
             await self.engine.close()
-            server.shutdown()
-            server.server_close()
             log.info(
                 "worker %s stopped (%d completed, %d failed)",
                 self.node_id,
@@ -108,20 +130,13 @@ class Worker(Intake):
                 self.failed,
             )
 
-    async def _start_engine(self) -> WSGIServer:
-        """Load and warm the model, check it serves, and serve /metrics; the metrics server."""
+    async def _start_engine(self) -> None:
+        """Load and warm the model and check it serves; the node record names /metrics."""
         t0 = time.monotonic()
         await self.engine.start()  # load and warm the model before announcing the node
         await self.engine.check_health()  # announce only an engine that can serve
         cold_start_s = time.monotonic() - t0
         self.presence.cold_start_s = cold_start_s
         self.metrics.cold_start.set(cold_start_s)
-        server: WSGIServer
-        server, _ = self.metrics.serve(
-            self.settings.metrics_host,
-            self.settings.metrics_port,
-            getattr(self.engine, "metrics_registry", None),
-        )
-        host = self.settings.metrics_host
-        self.presence.metrics_url = f"http://{host}:{server.server_port}/metrics"
-        return server
+        self._loaded = True
+        self.presence.metrics_url = f"{self.health.base_url}/metrics"

@@ -38,6 +38,7 @@ async def run(args: argparse.Namespace) -> None:
         server = embedded_server(Path(tmp), "dim-bench-cancel")
         server.start()
         settings = Settings(
+            metrics_port=0,  # many processes on one host
             nats_url=server.url,
             namespace="cancel",
             sim_ttft_ms=0,

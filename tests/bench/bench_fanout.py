@@ -86,6 +86,7 @@ async def run(args: argparse.Namespace) -> None:
         server = embedded_server(Path(tmp), "dim-bench-fanout")
         server.start()
         settings = Settings(
+            metrics_port=0,  # many processes on one host
             data_dir=Path(tmp),
             namespace="bench",
             models=("sim-small",),

@@ -89,6 +89,7 @@ async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gw_port, bare_port, mock_port = free_port(), free_port(), free_port()
         settings = Settings(
+            metrics_port=0,  # many processes on one host
             data_dir=Path(tmp),
             namespace="benchgw",
             gateway_port=gw_port,

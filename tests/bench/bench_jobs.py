@@ -231,7 +231,9 @@ def table(rows: list[tuple[str, str, str]]) -> str:
 
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp), namespace="bench", models=("sim-small",))
+        settings = Settings(
+            metrics_port=0, data_dir=Path(tmp), namespace="bench", models=("sim-small",)
+        )
         nodes = {f"bench-{i}": settings.models for i in range(args.workers)}
         local = local_bus(settings, nodes) if args.secure else None
         server = embedded_server(

@@ -183,6 +183,7 @@ async def run(args: argparse.Namespace) -> None:
         server = embedded_server(Path(tmp) / "nats", "dim-bench-vllm")
         server.start()
         settings = Settings(
+            metrics_port=0,  # many processes on one host
             nats_url=server.url,
             namespace="benchvllm",
             gateway_port=free_port(),

@@ -209,6 +209,7 @@ async def main(args: argparse.Namespace) -> int:
                 sim_tokens_per_s=150,
                 capacity=16,
                 log_level="WARNING",
+                metrics_port=0,  # many processes on one host
             )
             local = (
                 None if args.open else local_bus(settings, dict.fromkeys(WORKERS, settings.models))

@@ -20,7 +20,8 @@ from services.nats_server import free_port
 
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("DIM_")} | {
-        "PYTHONUNBUFFERED": "1"
+        "PYTHONUNBUFFERED": "1",
+        "DIM_METRICS_PORT": "0",  # not 9400 and on: other tests may run `dim up` beside this one
     }
 
 
@@ -89,24 +90,39 @@ def system(tmp_path: Path) -> Iterator[System]:
         print((tmp_path / "up.log").read_text())
 
 
-def dim(target: System | str, *args: str) -> subprocess.CompletedProcess[str]:
+def _target(target: System | str) -> dict[str, str]:
+    if isinstance(target, str):
+        return {"DIM_NATS_URL": target}
+    return {"DIM_NATS_URL": target.nats_url, "DIM_DATA_DIR": str(target.data_dir)}
+
+
+def dim(target: System | str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`dim <args>` against a running system (as on its machine: the admin identity is found in
-    its data directory) or a bare NATS URL."""
-    env = (
-        {"DIM_NATS_URL": target}
-        if isinstance(target, str)
-        else {
-            "DIM_NATS_URL": target.nats_url,
-            "DIM_DATA_DIR": str(target.data_dir),
-        }
-    )
+    its data directory) or a bare NATS URL; `env`: more variables (``COLUMNS``, say)."""
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args],
-        env=_env() | env,
+        env=_env() | _target(target) | env,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def dim_into_a_closed_pipe(target: System, *args: str) -> subprocess.CompletedProcess[str]:
+    """`dim <args>` whose reader has gone before it writes, as when `dim jobs | head -1` ends."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli", *args],
+            env=_env() | _target(target),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
 
 
 def test_a_new_user_submits_a_job_and_reads_its_history(system: System) -> None:
@@ -182,10 +198,87 @@ def test_every_process_dim_up_starts_runs_under_the_batch_policy(system: System)
 
 
 def test_commands_explain_an_unreachable_server() -> None:
-    run = dim(f"nats://127.0.0.1:{free_port()}", "jobs")
-    assert run.returncode == 1
-    assert "cannot reach NATS" in run.stderr
-    assert "dim up" in run.stderr
+    url = f"nats://127.0.0.1:{free_port()}"
+    for args in (["jobs"], ["nodes", "--json"], ["keys", "list"], ["usage"]):
+        run = dim(url, *args)
+        assert run.returncode == 1
+        assert "Traceback" not in run.stderr
+        (line,) = run.stderr.splitlines()  # one line, naming the URL and what to do
+        assert f"cannot reach NATS at {url}" in line
+        assert "dim up" in line
+
+
+# every command that reads, with the arguments it needs ({job}: a job's id)
+READS = (
+    ("jobs",),
+    ("job", "{job}"),
+    ("keys", "list"),
+    ("nodes",),
+    ("nodes", "approvals"),
+    ("models",),
+    ("usage",),
+    ("usage", "--by", "key,model"),
+    ("audit",),
+    ("settings",),
+)
+
+
+def test_read_commands_answer_json_fit_a_narrow_terminal_and_stop_at_a_closed_pipe(
+    system: System,
+) -> None:
+    up_log = (system.data_dir.parent / "up.log").read_text()  # and `dim up` said how it started
+    for said in ("started 6 processes: orchestrator, projector, batcher, gateway, sim-1, sim-2",):
+        assert said in up_log
+    for worker in ("sim-1", "sim-2"):
+        assert f"worker {worker} live, serving sim-small" in up_log
+    assert "gateway answering" in up_log
+
+    run = dim(system, "submit", "hello", "--model", "sim-small", "--max-tokens", "5")
+    assert run.returncode == 0, run.stderr
+    job_id = run.stderr.split()[-1]
+    key_id = _key(system, "--name", "a-rather-long-name-for-a-key-" * 3).split("_")[1]
+    deadline = time.monotonic() + 10
+    while not json.loads(dim(system, "usage", "--json").stdout):
+        assert time.monotonic() < deadline, "no usage recorded"
+        time.sleep(0.2)
+
+    docs = {}
+    for command in READS:
+        args = [a.format(job=job_id) for a in command]
+        run = dim(system, *args, "--json")
+        assert run.returncode == 0, (args, run.stderr)
+        docs[command[:2]] = json.loads(run.stdout)  # one JSON document
+    assert job_id in {j["job_id"] for j in docs["jobs",]}
+    assert docs["job", "{job}"]["job"]["status"] == "completed"
+    assert docs["job", "{job}"]["events"][-1]["type"] == "job.completed"
+    assert key_id in {k["key_id"] for k in docs["keys", "list"]}
+    assert all("secret" not in field for k in docs["keys", "list"] for field in k)
+    assert {n["node_id"]: n["verified"] for n in docs["nodes",]} == {"sim-1": True, "sim-2": True}
+    # dim up approves its own workers' keys
+    assert {a["node_id"] for a in docs["nodes", "approvals"]} == {"sim-1", "sim-2"}
+    (model,) = docs["models",]
+    assert model["model"] == "sim-small" and model["nodes"] == ["sim-1", "sim-2"]
+    assert model["capacity"] == 64 and model["engines"] == ["simulated"]
+    assert sum(u["requests"] for u in docs["usage",]) >= 1
+    assert {r["model"] for r in docs["usage", "--by"]} == {"sim-small"}
+    assert docs["audit",]["ok"] is True and docs["audit",]["completed"] >= 1
+    assert docs["settings",]["DIM_NATS_URL"] == system.nats_url
+
+    for command in READS:
+        args = [a.format(job=job_id) for a in command]
+        wide = dim(system, *args)
+        assert wide.returncode == 0, (args, wide.stderr)
+        for columns in (72, 40):
+            narrow = dim(system, *args, COLUMNS=str(columns))
+            assert narrow.returncode == 0, (args, narrow.stderr)
+            assert max(map(len, narrow.stdout.splitlines())) <= columns, (args, narrow.stdout)
+    listed = dim(system, "jobs", COLUMNS="72").stdout
+    assert job_id in listed  # the id whole, to be copied
+
+    for command in (("jobs",), ("nodes",), ("job", job_id), ("settings",)):
+        run = dim_into_a_closed_pipe(system, *command)
+        assert run.returncode == 141, run.stderr
+        assert run.stderr == ""
 
 
 def _key(system: System, *flags: str) -> str:

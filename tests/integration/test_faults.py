@@ -289,6 +289,7 @@ async def test_a_request_while_nats_does_not_answer_gets_503_and_its_retry_submi
         sim_ttft_ms=0,
         sim_tokens_per_s=0,
         jwt_secret="test-secret-that-is-long-enough-for-hs256-0123",
+        metrics_port=0,
     )
     bus = await Bus.connect(server.url, settings.names)
     try:

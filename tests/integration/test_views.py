@@ -15,6 +15,7 @@ from events.job_log import submit
 from events.work import MessageRejected
 from projections.job_status import decode_view
 from projections.reservations import Reservations, reservation_key
+from services.health import Health
 from services.settings import Settings
 from tests.mesh import mesh, wait_terminal, wait_until
 
@@ -35,8 +36,12 @@ async def test_a_view_that_cannot_be_stored_degrades_readiness_until_it_is_store
         projector = (await m.projector()).obj
         await m.orchestrator()
         await m.worker("w1")
-        server = projector.metrics.serve("127.0.0.1", 0)
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+        health = Health(quota, "projector")
+        health.include(projector.metrics.registry)
+        health.degraded_when(projector.metrics.degraded)
+        health.serve()
+        health.attach(bus)
+        base = health.base_url
         try:
             async with httpx.AsyncClient(base_url=base) as http:
                 assert (await http.get("/readyz")).status_code == 200
@@ -79,8 +84,7 @@ async def test_a_view_that_cannot_be_stored_degrades_readiness_until_it_is_store
 
                 await wait_until(ready, timeout_s=30, what="the view stored again")
         finally:
-            server.shutdown()
-            server.server_close()
+            health.close()
         entry = await (await bus.bucket("jobs")).get(job.job_id)
         assert entry is not None and decode_view(entry.value).status == "completed"
         # the job's end, folded only by the rewrite, gave its quota reservation back
