@@ -10,11 +10,13 @@ traffic through both gateways while a NATS node and a worker are killed, then th
 4. chat completions (the official `openai` SDK) and collaborative jobs (the jobs API, one
    Idempotency-Key per job, retried with the same key) alternate between the two gateways;
    a quarter of the way in, `docker kill` (SIGKILL) takes nats-2 and the worker sim-2 away;
-   three quarters in, they are started again (and must be healthy again by the end);
-5. every request must have its answer (a chat its completion; a job `completed`), and `dim audit`
-   over the accepted job ids must find none lost, none duplicated, usage counted once (the
-   history of the first failed or lost jobs is printed, to see what happened);
-6. prints Prometheus's view of its targets (each must be up);
+   half way, they are started again (and must be healthy again by the end);
+5. every request must have its answer (a chat its completion; a job `completed`); `dim audit`
+   over the accepted job ids must find none lost, none duplicated, usage counted once; and no
+   accepted job may have ended otherwise than completed in the log (`dim jobs --status failed`,
+   `cancelled`), whatever its client saw. The history of the first failed or lost jobs is
+   printed, to see what happened;
+6. prints Prometheus's view of its targets once each has been scraped up (bounded);
 7. tears everything down, volumes included (also on failure; `--keep` leaves it running).
 
 Every wait is bounded in time and every retry in count. Exit 0 when all held, 1 otherwise.
@@ -53,6 +55,7 @@ TERMINAL = ("completed", "failed", "cancelled")
 RETRY_FOR_S = 90  # a request failing for a transient reason is repeated, 1 s apart, this long
 MAX_ATTEMPTS = 120
 SHOW_JOBS = 5  # failed or lost jobs whose history is printed
+PROMETHEUS_WAIT_S = 45  # three scrape intervals: a restarted process is scraped again
 STARTED = time.monotonic()
 
 
@@ -331,8 +334,8 @@ def faults(
     d: Deployment, victims: dict[str, str], tally: Tally, total: int, stop: threading.Event
 ) -> None:
     """SIGKILL the `victims` (service -> container id) a quarter of the way in; start them again
-    three quarters in."""
-    for share, action in ((1 / 4, "kill"), (3 / 4, "start")):
+    half way (the rest of the traffic runs with them back)."""
+    for share, action in ((1 / 4, "kill"), (1 / 2, "start")):
         while tally.done() < total * share and not stop.wait(0.1):
             pass
         if stop.is_set():
@@ -369,17 +372,35 @@ def traffic(d: Deployment, key: str, args: argparse.Namespace) -> Tally:
     return tally
 
 
-def prometheus_targets(d: Deployment, unhealthy_ok: set[str]) -> list[str]:
-    """Each scrape target's health as Prometheus sees it; the problems."""
-    with urllib.request.urlopen(f"{d.prometheus}/api/v1/targets", timeout=10) as answer:
-        targets = json.load(answer)["data"]["activeTargets"]
-    problems = []
+def prometheus_targets(d: Deployment, unhealthy_ok: set[str], timeout_s: float) -> list[str]:
+    """Until Prometheus has scraped every target up (a restarted one waits for its next scrape;
+    bounded), then each target's health as it sees it; the problems."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(f"{d.prometheus}/api/v1/targets", timeout=10) as answer:
+            targets = json.load(answer)["data"]["activeTargets"]
+        down = [
+            t
+            for t in targets
+            if t["health"] != "up"
+            and re.sub(r"-\d+$", "", t["labels"]["instance"].split(":")[0]) not in unhealthy_ok
+        ]
+        if not down or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     for t in sorted(targets, key=lambda t: t["scrapeUrl"]):
         say(f"prometheus: {t['scrapeUrl']} {t['health']} {t['lastError']}".rstrip())
-        instance = t["labels"]["instance"].split(":")[0]
-        if t["health"] != "up" and re.sub(r"-\d+$", "", instance) not in unhealthy_ok:
-            problems.append(f"prometheus target {t['scrapeUrl']} is {t['health']}")
-    return problems
+    return [f"prometheus target {t['scrapeUrl']} is {t['health']}" for t in down]
+
+
+def ended_otherwise(d: Deployment, accepted: list[str]) -> list[str]:
+    """Accepted jobs the log ended otherwise than completed (failed or cancelled), whatever the
+    client saw: `dim jobs --status` with the admin identity."""
+    wanted, found = set(accepted), []
+    for status in ("failed", "cancelled"):
+        out = d.compose("run", "--rm", "-T", "admin", "jobs", "--status", status, "--limit", "1000")
+        found += [j for j in re.findall(r"\b[0-9A-HJKMNP-TV-Z]{26}\b", out) if j in wanted]
+    return sorted(set(found))
 
 
 def smoke(args: argparse.Namespace) -> int:
@@ -436,12 +457,19 @@ def smoke(args: argparse.Namespace) -> int:
         if audit.returncode != 0:
             problems.append(f"dim audit: exit {audit.returncode} {audit.stderr.strip()[-500:]}")
         lost = re.findall(r"lost: (.+)", audit.stdout)
-        suspects = list(failed_jobs) + [j for line in lost for j in line.split(", ")]
+        not_completed = ended_otherwise(d, tally.accepted)
+        problems += [
+            f"job {j} was accepted but ended otherwise than completed in the log"
+            for j in not_completed
+            if j not in failed_jobs
+        ]
+        suspects = list(failed_jobs) + not_completed + [j for x in lost for j in x.split(", ")]
+        suspects = list(dict.fromkeys(j.strip() for j in suspects))
         for job_id in suspects[:SHOW_JOBS]:  # what happened to each, from the log
-            shown = d.compose("run", "--rm", "-T", "admin", "job", job_id.strip(), check=False)
+            shown = d.compose("run", "--rm", "-T", "admin", "job", job_id, check=False)
             for line in shown.strip().splitlines():
-                say(f"job {job_id.strip()}: {line}")
-        problems += prometheus_targets(d, unhealthy_ok)
+                say(f"job {job_id}: {line}")
+        problems += prometheus_targets(d, unhealthy_ok, PROMETHEUS_WAIT_S)
         for p in problems:
             say(f"PROBLEM: {p}")
         say("passed" if not problems else f"FAILED: {len(problems)} problems")
