@@ -77,7 +77,7 @@ def dim_up(image: str) -> Iterator[tuple[str, str]]:
         yield name, f"http://127.0.0.1:{port}"
     finally:
         logs = _docker("logs", "--tail", "40", name, check=False)
-        _docker("rm", "-f", name, check=False)
+        _docker("rm", "-f", "-v", name, check=False)
         print(logs)
 
 
