@@ -124,6 +124,10 @@ def test_dim_up_in_a_container_answers_the_openai_sdk(dim_up: tuple[str, str]) -
     assert answer.choices[0].finish_reason in ("stop", "length")
     assert answer.usage is not None and answer.usage.completion_tokens > 0
 
+    # the dashboard's files are in the installed package, not only in the source tree
+    with urllib.request.urlopen(f"{url}/ui", timeout=10) as page:
+        assert page.status == 200 and b"<html" in page.read().lower()
+
     # the image's HEALTHCHECK (infra/docker/healthcheck.py) finds the gateway of `dim up`
     deadline = time.monotonic() + 60
     while (health := _health(container)) != "healthy":
