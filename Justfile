@@ -29,17 +29,23 @@ test-gpu *ARGS:
     infra/vllm-env .venv-gpu vllm
     .venv-gpu/bin/python -m pytest tests/vllm {{ARGS}}
 
-# the dashboard in a real headless Chromium (installs Debian's chromium and chromium-driver if missing, as root); screenshot in test-artifacts/
-test-browser *ARGS:
+# Debian's chromium and chromium-driver for the browser test, when missing (needs apt-get as root; else says so)
+browser:
     #!/usr/bin/env bash
     set -euo pipefail
-    if ! command -v chromedriver >/dev/null || ! { command -v chromium || command -v chromium-browser; } >/dev/null; then
-        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
-        else
-            echo "test-browser: no chromium/chromedriver, and no apt-get as root to install them; the test will skip" >&2
-        fi
+    if command -v chromedriver >/dev/null && { command -v chromium || command -v chromium-browser; } >/dev/null; then
+        exit 0
     fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "browser: installing Debian's chromium and chromium-driver" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+            || echo "browser: apt-get could not install them; the browser test will skip, saying so" >&2
+    else
+        echo "browser: no chromium/chromedriver, and no apt-get as root to install them; the browser test will skip" >&2
+    fi
+
+# the dashboard in a real headless Chromium (installs the browser first, see `browser`); screenshot in test-artifacts/
+test-browser *ARGS: browser
     {{python}} -m pytest -s tests/e2e/test_dashboard_browser.py {{ARGS}}
 
 # ruff (lint and format check), mypy, and the import contracts (lint-imports)
