@@ -190,6 +190,10 @@ class Generation:
             Envelope(failed, actor=self.actor),
         )
 
+    def running(self, job_id: str) -> bool:
+        """Whether an engine request runs here for `job_id`."""
+        return bool(self._requests.get(job_id))
+
     async def abort(self, job_id: str) -> None:
         """Abort the engine requests running for `job_id` (it ended)."""
         for request_id in list(self._requests.get(job_id, ())):

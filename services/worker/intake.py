@@ -5,6 +5,7 @@ on while it was being started."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 
@@ -12,7 +13,7 @@ from opentelemetry import propagate, trace
 
 from events.bus import Bus, Message
 from events.consume import ConsumerSpec, Delivery, Reject
-from events.job_log import history
+from events.job_log import history, terminal_from_log
 from events.retry import RACED_START
 from events.subjects import encode_token, job_id_of
 from events.work import TaskRequested
@@ -24,7 +25,12 @@ from services.worker.tally import Tally
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("dim.worker")
-_ENDED_MEMORY = 100_000  # job ids remembered as ended, newest kept
+_ENDED_MEMORY = 100_000  # job ids remembered as ended (and ends heard), newest kept
+# An end heard on the bus is believed once the job's log holds it: a JetStream append reaches
+# subscribers whether or not the stream stores it (one refused for its expected sequence, or
+# lost with a server, is still delivered), and an append stored on three servers may be heard
+# a moment before it can be read. Seconds to wait before each look.
+_END_LOOKS_S = (0.0, 0.05, 0.2, 0.5, 1.0)
 
 
 def model_durable(model: str) -> str:
@@ -52,7 +58,9 @@ class Intake:
         self.generation = generation
         self.names = bus.names
         self.node_id = settings.node_id
-        self._ended: OrderedDict[str, None] = OrderedDict()  # jobs that ended early, recent
+        self._ended: OrderedDict[str, None] = OrderedDict()  # jobs whose log holds their end
+        self._heard: OrderedDict[str, None] = OrderedDict()  # ends heard, not yet looked up
+        self._looking: set[asyncio.Task[None]] = set()
 
     def consumers(self) -> list[ConsumerSpec]:
         """One durable per served model (shared by every worker serving it) and one for this node."""
@@ -91,6 +99,10 @@ class Intake:
             raise Reject(f"expected task.requested on a task subject, got {request.type}")
         if request.task.prompt is None:
             raise Reject(f"task {request.task.task_id} has no prompt")
+        if request.job_id in self._heard:
+            self._heard.pop(request.job_id, None)
+            if await self._ended_in_log(request.job_id):
+                _remember(self._ended, request.job_id)
         if request.job_id in self._ended:
             self.tally.skipped += 1
             log.info("skipping %s: its job has ended", request.task.task_id)
@@ -167,10 +179,41 @@ class Intake:
         log.info("skipping superseded attempt %d of %s", request.attempt, request.task.task_id)
 
     async def on_end(self, msg: Message) -> None:
-        """A job ended early (cancelled, or failed): skip its tasks still queued here, abort
-        what runs for it."""
+        """A job ended early (cancelled, or failed), as heard on the bus: once its log holds the
+        end, abort what runs for it here; its tasks still queued here are looked up when they
+        come (an end the log never holds is not acted on)."""
         job_id = job_id_of(msg.subject)
-        self._ended[job_id] = None
-        if len(self._ended) > _ENDED_MEMORY:
-            self._ended.popitem(last=False)
-        await self.generation.abort(job_id)
+        if job_id in self._ended:
+            return
+        if not self.generation.running(job_id):
+            _remember(self._heard, job_id)
+            return
+        looking = asyncio.create_task(self._abort_when_logged(job_id))  # not on the bus's reader
+        self._looking.add(looking)
+        looking.add_done_callback(self._looking.discard)
+
+    async def _abort_when_logged(self, job_id: str) -> None:
+        try:
+            ended = await self._ended_in_log(job_id)
+        except Exception as exc:  # the log cannot be read now: the end is not believed
+            log.warning("job %s: an end was heard, its log could not be read: %r", job_id, exc)
+            return
+        if ended:
+            _remember(self._ended, job_id)
+            await self.generation.abort(job_id)
+        else:
+            log.warning("job %s: an end was heard that its log does not hold; ignored", job_id)
+
+    async def _ended_in_log(self, job_id: str) -> bool:
+        """Whether the job's log holds its end, looking a few times over a second or two."""
+        for delay in _END_LOOKS_S:
+            await asyncio.sleep(delay)
+            if await terminal_from_log(self.bus, job_id) is not None:
+                return True
+        return False
+
+
+def _remember(jobs: OrderedDict[str, None], job_id: str) -> None:
+    jobs[job_id] = None
+    if len(jobs) > _ENDED_MEMORY:
+        jobs.popitem(last=False)

@@ -11,9 +11,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from events.bus import Bus
+from events.envelope import Envelope
+from events.errors import WrongLastSequence
 from events.inference import Prompt
 from events.job_log import submit
-from events.jobs import JobCompleted
+from events.jobs import JobCancelled, JobCompleted
 from gateway.app import create_app
 from gateway.completions import cancel_job
 from services.accounts.keys import create_key, revoke_key
@@ -330,6 +332,34 @@ async def test_a_cancelled_job_is_aborted_on_its_worker(bus: Bus, settings: Sett
     assert completed.data.finish_reason == "abort"  # type: ignore[attr-defined]
     assert (completed.at - cancelled.at).total_seconds() < 0.5  # long before its natural end
     assert worker.obj.aborted == 1
+
+
+async def test_an_end_the_log_refused_neither_aborts_nor_skips_the_work(
+    bus: Bus, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A JetStream append refused for its expected sequence (another orchestrator decided first)
+    still reaches every subscriber of its subject: a worker believes an end only from the log."""
+    async with mesh(settings) as m:
+        await m.orchestrator()
+        worker = await m.worker("slow", sim_ttft_ms=0, sim_tokens_per_s=5)  # >= 2.6 s per answer
+        await wait_until(lambda: _true(bool(worker.obj.engine.models)), what="worker")
+        await asyncio.sleep(0.5)
+        job = await submit(bus, model="sim-small", prompt=Prompt(text="take your time"))
+        await wait_until(lambda: _has(bus, job.job_id, "task.started"), what="start")
+        end = Envelope(JobCancelled(job_id=job.job_id, reason="a refused append"), actor="test")
+        with pytest.raises(WrongLastSequence):  # the job has events: "none yet" is wrong
+            await bus.publish(
+                bus.names.job(job.job_id, end.type),
+                end,
+                expected_last_seq=0,
+                expected_last_subject=bus.names.job_all(job.job_id),
+            )
+        events = await wait_terminal(bus, job.job_id)
+    assert events[-1].type == "job.completed", [e.type for e in events]
+    completed = next(e for e in events if e.type == "task.completed")
+    assert completed.data.finish_reason != "abort"  # type: ignore[attr-defined]
+    assert worker.obj.aborted == 0
+    assert f"job {job.job_id}: an end was heard that its log does not hold" in caplog.text
 
 
 async def test_a_client_that_hangs_up_mid_stream_cancels_and_aborts_its_job(
