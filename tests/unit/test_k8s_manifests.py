@@ -20,7 +20,6 @@ import yaml
 from events.subjects import Names
 from services.settings import Settings
 from services.worker.intake import model_durable
-from tests import k8s_render
 from tests.k8s_render import (
     K8S,
     KUBECTL,
@@ -38,22 +37,6 @@ K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason=NO_KUBECTL)
 
 Doc = dict[str, Any]
-
-
-@pytest.fixture(scope="module")
-def rendered() -> dict[str, list[Doc]]:
-    """Each overlay's objects, as `kubectl kustomize` renders them."""
-    if KUBECTL is None:
-        pytest.skip(NO_KUBECTL)
-    return {name: k8s_render.overlay(name) for name in OVERLAYS}
-
-
-@pytest.fixture(scope="module")
-def made_by_script(tmp_path_factory: pytest.TempPathFactory) -> list[Doc]:
-    """What infra/k8s/secrets.sh prints for a security directory `dim nats-config` wrote."""
-    if KUBECTL is None:
-        pytest.skip(NO_KUBECTL)
-    return k8s_render.secrets(k8s_render.security_dir(tmp_path_factory.mktemp("nats-dim")))
 
 
 @needs_kubectl

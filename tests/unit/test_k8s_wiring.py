@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from services.nats_auth import ROLES, inbox_prefix
-from tests import k8s_render
 from tests.k8s_render import (
     KUBECTL,
     NO_KUBECTL,
@@ -33,22 +32,6 @@ OPERATOR_SECRETS = {
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason=NO_KUBECTL)
 
 Doc = dict[str, Any]
-
-
-@pytest.fixture(scope="module")
-def rendered() -> dict[str, list[Doc]]:
-    """Each overlay's objects, as `kubectl kustomize` renders them."""
-    if KUBECTL is None:
-        pytest.skip(NO_KUBECTL)
-    return {name: k8s_render.overlay(name) for name in OVERLAYS}
-
-
-@pytest.fixture(scope="module")
-def made_by_script(tmp_path_factory: pytest.TempPathFactory) -> list[Doc]:
-    """What infra/k8s/secrets.sh prints for a security directory `dim nats-config` wrote."""
-    if KUBECTL is None:
-        pytest.skip(NO_KUBECTL)
-    return k8s_render.secrets(k8s_render.security_dir(tmp_path_factory.mktemp("nats-dim")))
 
 
 def _refs(pod: Doc) -> set[tuple[str, str, str | None]]:
