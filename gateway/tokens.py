@@ -86,29 +86,40 @@ class Signer:
             claims, self.signing_key, algorithm=self.algorithm, headers={"kid": self.key_id}
         )
 
+    def decode(
+        self, token: str, *, audience: str, issuer: str, require: list[str]
+    ) -> dict[str, Any]:
+        """The claims of a token one of our keys signed, for `audience` from `issuer`; PyJWT's
+        errors otherwise (`jwt.InvalidKeyError`: a key this gateway does not, or no longer,
+        accept)."""
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = self.verifying_keys.get(kid or self.key_id)
+        if key is None:
+            raise jwt.InvalidKeyError("signed by a key this gateway does not accept")
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[self.algorithm],
+            audience=audience,
+            issuer=issuer,
+            options={"require": require},
+        )
+        return claims
+
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a valid, unexpired token of ours; `TokenError` otherwise."""
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
-            key = self.verifying_keys.get(kid) if kid else self.verifying_keys[self.key_id]
-            if key is None:
-                raise TokenError(
-                    "the access token is signed by a key this gateway no longer accepts; "
-                    "log in again"
-                )
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key,
-                algorithms=[self.algorithm],
-                audience=AUDIENCE,
-                issuer=ISSUER,
-                options={"require": ["exp", "sub", "sid", "tid"]},
+            return self.decode(
+                token, audience=AUDIENCE, issuer=ISSUER, require=["exp", "sub", "sid", "tid"]
             )
+        except jwt.InvalidKeyError:
+            raise TokenError(
+                "the access token is signed by a key this gateway no longer accepts; log in again"
+            ) from None
         except jwt.ExpiredSignatureError:
             raise TokenError("the access token has expired; refresh it") from None
         except jwt.PyJWTError as exc:
             raise TokenError(f"invalid access token: {exc}") from None
-        return claims
 
     def jwks(self) -> dict[str, Any]:
         """The public keys other services verify our tokens with, current and previous (none
