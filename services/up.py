@@ -218,6 +218,7 @@ async def up(settings: Settings, workers: int, *, every_model: bool = False) -> 
         )
         gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
         say(f"gateway on {gateway}  (OpenAI-compatible: {gateway}/v1, API docs: {gateway}/openapi)")
+        say(f"dashboard: {gateway}/ui  (sign in with an API key: dim keys create --name you)")
         say(f'try:  dim submit "hello" --model {settings.models[0]}   (Ctrl-C stops everything)')
         await supervise(children, pumps, stop)
         say("stopping: draining workers")
