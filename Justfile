@@ -60,10 +60,11 @@ fmt:
     .venv/bin/ruff format .
     .venv/bin/ruff check --fix .
 
-# benchmarks: jobs through the mesh, the gateway, node selection, cancel (prints tables; not tests)
+# benchmarks: jobs through the mesh, the gateway (and its access log), node selection, cancel (prints tables; not tests)
 bench:
     {{python}} -m tests.bench.bench_jobs
     {{python}} -m tests.bench.bench_gateway
+    {{python}} -m tests.bench.bench_access_log
     {{python}} -m tests.bench.bench_select
     {{python}} -m tests.bench.bench_cancel
     {{python}} -m tests.bench.bench_signing
@@ -97,6 +98,10 @@ bench-select *ARGS:
 # benchmark: chat completions through the gateway vs. a bare endpoint; SSE to 100 clients
 bench-gateway *ARGS:
     {{python}} -m tests.bench.bench_gateway {{ARGS}}
+
+# benchmark: the gateway's access log on vs off, two gateways on one mesh, rounds interleaved
+bench-access-log *ARGS:
+    {{python}} -m tests.bench.bench_access_log {{ARGS}}
 
 # chaos: kill -9 every kind of process (and, with --cluster 3, nats-servers) while jobs flow;
 # prints the faults and the audit (lost, duplicated, usage); bounded in jobs and time
