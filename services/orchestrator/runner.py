@@ -137,7 +137,7 @@ class Orchestrator:
         """A node for a task; counted on the node at once, so the next pick (of the same
         decision, say a fan-out's next shard) sees it busier."""
         pool = self.nodes.pool
-        node = pool.pick(need, random.random(), datetime.now(UTC))
+        node = pool.pick(need, random.random(), self.nodes.as_of())
         if node:
             pool.sent(node)
             self._picks.append(node)  # taken back if the decision's dispatch is not stored
@@ -428,7 +428,7 @@ class Orchestrator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=min(1.0, self.settings.heartbeat_s / 2))
             try:
-                await record_lost(self.bus, self.nodes.pool, self.actor)
+                await record_lost(self.bus, self.nodes, self.actor)
             except Exception:
                 log.warning("recording lost nodes failed", exc_info=True)
             try:
