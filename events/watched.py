@@ -8,8 +8,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-import nats.errors
-from nats.js.kv import KeyValue, StopIterSentinel
+from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
 from events.bus import Bus
@@ -46,12 +45,14 @@ class WatchedBucket(Generic[M]):
         self.current_at: datetime | None = None
         self.current_since: datetime | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
         """Load every entry and follow changes; returns once the initial load is done, or
         raises `TimeoutError` after 10 s — calling it again then keeps the follower that is
         still trying and waits for it anew."""
+        self._stopping = False
         if self._task is None or self._task.done():
             kv = await self.bus.js.key_value(self.bucket)
             self._task = asyncio.create_task(self._follow(kv))
@@ -59,6 +60,7 @@ class WatchedBucket(Generic[M]):
 
     async def stop(self) -> None:
         """Stop following."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -104,7 +106,7 @@ class WatchedBucket(Generic[M]):
         return False
 
     async def _follow(self, kv: KeyValue) -> None:
-        while True:
+        while not self._stopping:
             watcher = None
             try:
                 # Inside the try: a watch that cannot be set up (NATS slow to answer, away) is
@@ -112,15 +114,18 @@ class WatchedBucket(Generic[M]):
                 asked = datetime.now(UTC)
                 watcher = await kv.watch(self.keys)
                 loaded: set[str] | None = set()  # keys of the initial values, until their end
-                while True:
+                while not self._stopping:
                     try:
-                        entry = await watcher.updates(timeout=self.quiet_s or 3600.0)  # type: ignore[no-untyped-call]
-                    except nats.errors.TimeoutError:
-                        if self.quiet_s is None or await self._caught_up(kv):
+                        # asyncio.timeout, not nats-py's `updates` (wait_for): on Python 3.11
+                        # wait_for can swallow a cancel, and `stop` would wait forever
+                        async with asyncio.timeout(self.quiet_s):
+                            entry = await anext(watcher)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        if self._stopping or await self._caught_up(kv):
                             continue
                         break  # behind: watch anew
-                    if isinstance(entry, StopIterSentinel):
-                        break
                     if entry is None:  # the end of the initial values
                         if loaded is not None:
                             # keys that vanished while an earlier watch was not delivering

@@ -46,20 +46,22 @@ async def heartbeating(bus: Bus, node_id: str) -> AsyncIterator[None]:
     kv = await bus.bucket("nodes")
     started = _record(node_id)
 
+    stop = asyncio.Event()
+
     async def beat() -> None:
-        while True:
+        while not stop.is_set():
             record = started.model_copy(update={"heartbeat_at": datetime.now(UTC)})
             with contextlib.suppress(Exception):
                 await kv.put(node_id, record.model_dump_json().encode())
-            await asyncio.sleep(0.2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
 
     task = asyncio.create_task(beat())
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()  # not a cancel: a put's wait_for may swallow it (Python 3.11)
+        await asyncio.wait_for(task, 10)
 
 
 async def _never_gone(nodes: LiveNodes, node_id: str, for_s: float) -> None:
