@@ -260,6 +260,29 @@ def test_a_node_lost_verdict_and_its_result_fold_alike_in_either_order() -> None
     assert later.state.tasks[0].status == "dispatched"
 
 
+def test_a_completed_task_is_never_lost_whatever_the_view_says_of_its_node() -> None:
+    # The compose smoke test's last attempt: its result stored, then a verdict decided on a
+    # stale view of the nodes. The task stays completed and the job completes, never fails.
+    every_node_gone = NodeView(
+        serves=lambda m: m == "m",
+        node_live=lambda n: False,
+        live_models=lambda: {"m"},
+        node_gone=lambda n: True,
+    )
+    log = Log(max_attempts=1)
+    log.run_decisions()
+    log.append(TaskStarted(job_id="J", task_id="J-0", attempt=1, node_id="gpu-1"))
+    (lost,) = log.decide(every_node_gone)  # running on a node it thinks gone
+    assert isinstance(lost, TaskLost)
+    log.append(_completed())  # the result came first after all
+    (done,) = log.decide(every_node_gone)
+    assert isinstance(done, JobCompleted)
+    log.append(lost)  # stored anyway (by an older build): it changes nothing
+    assert log.state is not None and log.state.tasks[0].status == "completed"
+    (done,) = log.decide(every_node_gone)
+    assert isinstance(done, JobCompleted)
+
+
 def test_n_choices_plan_one_task_each_and_complete_with_every_answer() -> None:
     log = Log(params=SamplingParams(n=3, seed=7))
     (planned,) = log.run_decisions()
