@@ -112,8 +112,8 @@ class Orchestrator:
         self._recovered: dict[str, int] = {}
         self._sent: OrderedDict[str, None] = OrderedDict()
         # job -> the sequences of this instance's own appends beyond the job's folded position
-        # (folded when appended; skipped when they come back, while the reports stored before
-        # them are still folded when they arrive)
+        # (folded when appended; dropped from their group when they come back, while the
+        # reports stored before them are still folded when they arrive)
         self._own: dict[str, set[int]] = {}
         self._turns: dict[str, _Turn] = {}  # job -> its turn, while one is taken or wanted
         # job -> when to send the work of its plan made at the door, if not started by then
@@ -189,9 +189,9 @@ class Orchestrator:
             if seq <= upto:
                 return False  # folded on recovery only: handle it, so its work is sent
             del self._recovered[job_id]
-        own = self._own.get(job_id)
-        if own is not None and seq in own:
-            return True
+        # This instance's own appends are not skipped here though folded: `_fold` drops them
+        # from their group and moves the job's position past them, after the reports stored
+        # before them (in the same group, perhaps) are folded.
         state = self.active.get(job_id)
         if state is not None:
             return seq <= state.last_seq
