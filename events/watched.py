@@ -39,11 +39,11 @@ class WatchedBucket(Generic[M]):
         self.quiet_s = quiet_s
         self.items: dict[str, M] = {}
         self.revision = 0  # the newest bucket revision this view has applied
-        # The view is known to hold every write made up to `current_at` (None: not loaded yet),
-        # and has been known current without a gap (NATS away or not answering for two quiet
-        # spells: writers could not write either) since `current_since`.
+        # The view is known to hold every write made up to `current_at` (None: not loaded yet).
+        # `gap`: the last spell, (from, to), in which it was not known current for two quiet
+        # spells (NATS away or not answering: writers could not write either).
         self.current_at: datetime | None = None
-        self.current_since: datetime | None = None
+        self.gap: tuple[datetime, datetime] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._ready = asyncio.Event()
@@ -75,11 +75,12 @@ class WatchedBucket(Generic[M]):
 
     def _current(self, at: datetime, heard: datetime) -> None:
         """The view holds every write made up to `at`, as learnt at `heard`."""
-        gap = 2 * self.quiet_s if self.quiet_s is not None else None
-        if self.current_at is None or self.current_since is None:
-            self.current_since = heard
-        elif gap is not None and (heard - self.current_at).total_seconds() > gap:
-            self.current_since = heard  # NATS was away or slow: the writers were cut off too
+        if (
+            self.current_at is not None
+            and self.quiet_s is not None
+            and (heard - self.current_at).total_seconds() > 2 * self.quiet_s
+        ):
+            self.gap = (self.current_at, heard)
         if self.current_at is None or at > self.current_at:
             self.current_at = at
 

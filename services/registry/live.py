@@ -119,13 +119,14 @@ class LiveNodes(WatchedBucket[NodeRecord]):
         return stale
 
     def fresh(self, record: NodeRecord, now: datetime | None = None) -> bool:
-        """Whether the node heartbeated within the TTL, as of `as_of(now)`; a heartbeat it
-        could not have stored (before the view's last gap: NATS away) counts as at the gap's
-        end, so a node is gone only once the view watched a whole TTL pass without one."""
-        last = record.heartbeat_at
-        if self.current_since is not None and self.current_since > last:
-            last = self.current_since
-        return self.as_of(now) - last <= timedelta(seconds=self.ttl_s)
+        """Whether the node heartbeated within the TTL, as of `as_of(now)`. A node still fresh
+        when the view's last gap began (NATS away: it could not store a heartbeat) counts as
+        heartbeating at the gap's end, so it is gone only once the view watched a whole TTL
+        pass without one."""
+        last, ttl = record.heartbeat_at, timedelta(seconds=self.ttl_s)
+        if self.gap is not None and last < self.gap[1] and self.gap[0] - last <= ttl:
+            last = self.gap[1]
+        return self.as_of(now) - last <= ttl
 
     def gone(self, node_id: str, now: datetime | None = None) -> bool:
         """Whether the node stopped heartbeating, removed its record, or is no longer believed
