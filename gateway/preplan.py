@@ -79,7 +79,7 @@ class Preplanner:
         mesh = view_of(
             self.nodes,
             admit=admit,
-            pick=lambda need: pool.pick(need, random.random(), datetime.now(UTC)),
+            pick=lambda need: pool.pick(need, random.random(), self.nodes.as_of()),
         )
         planned = plan_at_door(
             state, datetime.now(UTC), mesh, self.names, dispatch_timeout_s=self.dispatch_timeout_s

@@ -314,7 +314,8 @@ def _planned_event(event: JobPlanned, state: JobState, at: datetime) -> JobState
 def _dispatched_event(event: TaskDispatched, state: JobState, at: datetime) -> JobState:
     i = state.position(event.task_id)
     task = None if i is None else state.tasks[i]
-    if i is None or task is None or event.attempt <= task.attempt:
+    # a completed task is not sent again (a retry decided before its result was seen)
+    if i is None or task is None or event.attempt <= task.attempt or task.status == "completed":
         return state
     sent = _dispatched(task, event, at)
     return state.model_copy(update={"tasks": (*state.tasks[:i], sent, *state.tasks[i + 1 :])})
@@ -337,14 +338,19 @@ def _started(event: TaskStarted, state: JobState, at: datetime) -> JobState:
 
 @_changes(TaskCompleted)
 def _completed(event: TaskCompleted, state: JobState, at: datetime) -> JobState:
+    task = state.task(event.task_id)
+    if task is None or task.status == "completed" or event.attempt > task.attempt:
+        return state  # one result per task: the first stored
     undone: dict[str, object] = {}
     if _guessed_lost(state, event.task_id, event.attempt):
-        task = state.task(event.task_id)
-        assert task is not None
         # as if the verdict had come second (and changed nothing)
         undone = {"error": None, "error_kind": None, "retriable": True, "tried": task.tried[:-1]}
-    elif not _open_attempt(state, event.task_id, event.attempt):
-        return state
+    elif event.attempt < task.attempt or task.status == "failed":
+        # An earlier attempt's result (its node was thought lost, or its work redelivered to
+        # another node that finished it): the work was done, and a gateway may already have
+        # answered with it (it takes a job's first `task.completed`). What newer attempts do
+        # is not wanted.
+        undone = {"error": None, "error_kind": None, "retriable": True}
     return _with_task(
         state,
         event.task_id,

@@ -10,7 +10,10 @@ decision is made does not refuse it (a 1,000-task job gets a report every few mi
 expecting the job's last event, decisions lost nearly every race): a decision may thus be
 stored after reports it did not see, which `evolve` folds to the same state in either order,
 and which this instance folds when they arrive (its own appended events are remembered as
-folded, not its position in the log). Any instance can be killed and restarted at any time:
+folded, not its position in the log). Verdicts a report can contradict are the exception: a
+`task.lost` (the node's result may be on its way) and a `job.failed` (one may have come since
+the failure it names) expect the job's last event, so one stored after a result it did not see
+is refused and decided again on that result. Any instance can be killed and restarted at any time:
 its state is the log.
 """
 
@@ -31,10 +34,12 @@ from events.consume import ConsumerSpec, Delivery, run_ordered
 from events.envelope import Envelope
 from events.errors import WrongLastSequence, while_unavailable
 from events.jobs import (
+    JobFailed,
     JobSubmitted,
     TaskCompleted,
     TaskDispatched,
     TaskFailed,
+    TaskLost,
     TaskStarted,
 )
 from events.retry import DECISION
@@ -107,8 +112,8 @@ class Orchestrator:
         self._recovered: dict[str, int] = {}
         self._sent: OrderedDict[str, None] = OrderedDict()
         # job -> the sequences of this instance's own appends beyond the job's folded position
-        # (folded when appended; skipped when they come back, while the reports stored before
-        # them are still folded when they arrive)
+        # (folded when appended; dropped from their group when they come back, while the
+        # reports stored before them are still folded when they arrive)
         self._own: dict[str, set[int]] = {}
         self._turns: dict[str, _Turn] = {}  # job -> its turn, while one is taken or wanted
         # job -> when to send the work of its plan made at the door, if not started by then
@@ -137,7 +142,7 @@ class Orchestrator:
         """A node for a task; counted on the node at once, so the next pick (of the same
         decision, say a fan-out's next shard) sees it busier."""
         pool = self.nodes.pool
-        node = pool.pick(need, random.random(), datetime.now(UTC))
+        node = pool.pick(need, random.random(), self.nodes.as_of())
         if node:
             pool.sent(node)
             self._picks.append(node)  # taken back if the decision's dispatch is not stored
@@ -184,9 +189,9 @@ class Orchestrator:
             if seq <= upto:
                 return False  # folded on recovery only: handle it, so its work is sent
             del self._recovered[job_id]
-        own = self._own.get(job_id)
-        if own is not None and seq in own:
-            return True
+        # This instance's own appends are not skipped here though folded: `_fold` drops them
+        # from their group and moves the job's position past them, after the reports stored
+        # before them (in the same group, perhaps) are folded.
         state = self.active.get(job_id)
         if state is not None:
             return seq <= state.last_seq
@@ -227,9 +232,13 @@ class Orchestrator:
         """Fold the job's delivered events, perform their effects and advance the job; the
         models whose queues have room since."""
         own = self._own.get(job_id)
+        delivered = max(d.stream_seq for d in group)
         if own:  # appended by this instance while these waited for the job's turn: folded
             group = [d for d in group if d.stream_seq not in own]
             if not group:
+                state = self.active.get(job_id)
+                if state is not None and delivered > state.last_seq:
+                    self._remember(state.model_copy(update={"last_seq": delivered}))
                 return set()
         state = self.active.get(job_id)
         if state is None:
@@ -241,6 +250,8 @@ class Orchestrator:
         if state is None:
             log.warning("events for job %s, which has no job.submitted; ignoring", job_id)
             return set()
+        if delivered > state.last_seq:  # the rest were its own, folded when appended
+            state = state.model_copy(update={"last_seq": delivered})
         freed: set[str] = set()
         for d in group:
             event = d.envelope.data
@@ -327,6 +338,12 @@ class Orchestrator:
             stored: set[str] = set()  # task ids whose dispatch was appended
             sent_to: list[str] = []  # nodes whose dispatch was appended
             picks = self._picks
+            # A verdict a report can contradict expects the job's last event (module doc); with
+            # appends of its own not delivered yet, that is not known: the feed or the ticker
+            # brings the job back.
+            whole = any(isinstance(e, TaskLost | JobFailed) for e in events)
+            if whole and any(s > state.last_seq for s in self._own.get(state.job_id, ())):
+                events = []
             try:
                 for event in events:
                     envelope = Envelope(event, actor=self.actor)
@@ -334,15 +351,17 @@ class Orchestrator:
                         ack = await self.bus.publish(
                             self.names.job(state.job_id, event.type),
                             envelope,
-                            expected_last_seq=state.decided_seq,
-                            expected_last_subject=self.names.job_decisions(state.job_id),
+                            expected_last_seq=state.last_seq if whole else state.decided_seq,
+                            expected_last_subject=self.names.job_all(state.job_id)
+                            if whole
+                            else self.names.job_decisions(state.job_id),
                         )
                     except WrongLastSequence:
                         # Someone decided first; their events are on their way to us.
                         self.lost_races += 1
                         self._remember(state)
                         return
-                    state = self._fold_own(state, envelope, ack.seq)
+                    state = self._fold_own(state, envelope, ack.seq, exact=whole)
                     dispatched = [d for d, _ in dispatches_in(envelope)]
                     if picks:
                         sent_to.extend(d.node_id for d in dispatched if d.node_id)
@@ -394,11 +413,14 @@ class Orchestrator:
                 await self._send_tasks(state, envelope)
             del self._door[job_id]
 
-    def _fold_own(self, state: JobState, envelope: Envelope, seq: int) -> JobState:
+    def _fold_own(
+        self, state: JobState, envelope: Envelope, seq: int, *, exact: bool = False
+    ) -> JobState:
         """Fold this instance's own append, stored at `seq`, without moving the job's folded
-        position there: reports stored before it may not have arrived yet."""
+        position there: reports stored before it may not have arrived yet — unless it was
+        `exact` (appended expecting the job's last event: nothing came between)."""
         self._own.setdefault(state.job_id, set()).add(seq)
-        return evolve(state, envelope, seq, at_seq=state.last_seq) or state
+        return evolve(state, envelope, seq, at_seq=seq if exact else state.last_seq) or state
 
     def _remember(self, state: JobState) -> None:
         current = self.active.get(state.job_id)
@@ -428,7 +450,7 @@ class Orchestrator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=min(1.0, self.settings.heartbeat_s / 2))
             try:
-                await record_lost(self.bus, self.nodes.pool, self.actor)
+                await record_lost(self.bus, self.nodes, self.actor)
             except Exception:
                 log.warning("recording lost nodes failed", exc_info=True)
             try:

@@ -6,25 +6,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
 
 from events.bus import Bus
 from events.envelope import Envelope
 from events.nodes import NodeLost
 from events.records import TenantQueue
 from events.subjects import encode_token
-from services.registry.select import Pool
+from services.registry.live import LiveNodes
 
 log = logging.getLogger(__name__)
 
 
-async def record_lost(bus: Bus, pool: Pool, actor: str) -> None:
+async def record_lost(bus: Bus, nodes: LiveNodes, actor: str) -> None:
     """Drop nodes with stale heartbeats from selection and record each as `node.lost`.
 
     Every orchestrator instance notices; the message id (node and last heartbeat) makes
-    JetStream keep one event.
+    JetStream keep one event. Judged as `LiveNodes.gone` judges: a view that stopped delivering,
+    or NATS away, loses no node.
     """
-    for node_id, record in pool.expire(datetime.now(UTC)):
+    for node_id, record in nodes.expire():
         lost = NodeLost(
             node_id=node_id, last_heartbeat_at=record.heartbeat_at, in_flight=record.in_flight
         )

@@ -3,9 +3,10 @@ record is signed by the key enrolled for its node."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from events.bus import Bus
 from events.records import EnrolledKey, NodeRecord
@@ -13,6 +14,8 @@ from events.signing import record_verified
 from events.watched import WatchedBucket
 from services.registry.select import Pool
 from services.registry.trust import Trust
+
+log = logging.getLogger(__name__)
 
 # A live list this recent is reused: every request asks several times, heartbeats are seconds
 # apart, and a record changing in the bucket drops it at once.
@@ -23,11 +26,19 @@ class LiveNodes(WatchedBucket[NodeRecord]):
     """Every node record, by id; `live()` filters by heartbeat age (expiry sends no delete).
 
     With a `trust` that requires signatures, only nodes whose records their enrolled keys
-    signed enter the selection pool (and leave it when their key is revoked or replaced)."""
+    signed enter the selection pool (and leave it when their key is revoked or replaced).
+
+    Ages are judged as of `as_of()`: the last moment the view is known to hold every write, not
+    the wall clock. A view whose watch stopped delivering (the NATS node it watched through
+    died) would otherwise see every live node's heartbeat age and call it gone; while it is
+    `stale` (not current for a whole TTL) it cannot tell, and `gone` says no."""
 
     def __init__(self, bus: Bus, ttl_s: float, trust: Trust | None = None) -> None:
-        super().__init__(bus, bus.names.bucket("nodes"), NodeRecord)
+        # Live nodes write every heartbeat (well within the TTL): a watch quiet for a third of
+        # it is checked against the bucket.
+        super().__init__(bus, bus.names.bucket("nodes"), NodeRecord, quiet_s=ttl_s / 3)
         self.ttl_s = ttl_s
+        self._said_stale = False  # whether the stale view was logged (once per spell)
         self.trust = trust if trust is not None and trust.required else None
         if self.trust is not None:
             self.trust.enrolled.listeners.append(self._rekeyed)
@@ -85,13 +96,60 @@ class LiveNodes(WatchedBucket[NodeRecord]):
         record = self.items.get(node_id)
         return record is not None and record.started_at > since
 
+    def as_of(self, now: datetime | None = None) -> datetime:
+        """The time heartbeat ages are judged at: `now`, or the last moment the view is known
+        to be current if that is earlier."""
+        now = now or datetime.now(UTC)
+        return now if self.current_at is None else min(now, self.current_at)
+
+    def stale(self, now: datetime | None = None) -> bool:
+        """Whether the view has not been known current for a whole TTL (its watch stopped
+        delivering): it cannot tell whether any node is gone. Logged once per spell."""
+        stale = self.behind_for(now) > self.ttl_s
+        if stale and not self._said_stale:
+            log.warning(
+                "the view of %s is stale (not current for %.1f s): no node is called gone "
+                "until it is read again",
+                self.bucket,
+                self.behind_for(now),
+            )
+        elif not stale and self._said_stale:
+            log.info("the view of %s is current again", self.bucket)
+        self._said_stale = stale
+        return stale
+
+    def fresh(self, record: NodeRecord, now: datetime | None = None) -> bool:
+        """Whether the node heartbeated within the TTL, as of `as_of(now)`. A node still fresh
+        when the view's last gap began (NATS away: it could not store a heartbeat) counts as
+        heartbeating at the gap's end, so it is gone only once the view watched a whole TTL
+        pass without one."""
+        last, ttl = record.heartbeat_at, timedelta(seconds=self.ttl_s)
+        if self.gap is not None and last < self.gap[1] and self.gap[0] - last <= ttl:
+            last = self.gap[1]
+        return self.as_of(now) - last <= ttl
+
     def gone(self, node_id: str, now: datetime | None = None) -> bool:
         """Whether the node stopped heartbeating, removed its record, or is no longer believed
-        (its key revoked: it is cut off); draining is not gone."""
-        record = self.items.get(node_id)
-        if record is None or node_id in self.unbelieved:
+        (its key revoked: it is cut off); draining is not gone. A stale view says no (except
+        for a node not believed: that is the trust view's word)."""
+        if node_id in self.unbelieved:
             return True
-        return not record.fresh(now or datetime.now(UTC), self.ttl_s)
+        if self.stale(now):
+            return False
+        record = self.items.get(node_id)
+        return record is None or not self.fresh(record, now)
+
+    def expire(self) -> list[tuple[str, NodeRecord]]:
+        """Drop the nodes `gone` calls gone (not those not believed: they are out already)
+        from the selection pool; returns them."""
+        lost = [
+            (i, r)
+            for i, r in list(self.pool.records.items())
+            if i not in self.unbelieved and self.gone(i)
+        ]
+        for i, _ in lost:
+            self.pool.remove(i)
+        return lost
 
     @property
     def nodes(self) -> dict[str, NodeRecord]:
@@ -104,16 +162,15 @@ class LiveNodes(WatchedBucket[NodeRecord]):
             return [
                 n
                 for n in self.items.values()
-                if n.live(now, self.ttl_s) and n.node_id not in self.unbelieved
+                if not n.draining and self.fresh(n, now) and n.node_id not in self.unbelieved
             ]
         t = time.monotonic()
         if self._live is not None and t - self._live[0] < _LIVE_FOR_S:
             return self._live[1]
-        wall = datetime.now(UTC)
         nodes = [
             n
             for n in self.items.values()
-            if n.live(wall, self.ttl_s) and n.node_id not in self.unbelieved
+            if not n.draining and self.fresh(n) and n.node_id not in self.unbelieved
         ]
         self._live = (t, nodes)
         return nodes

@@ -156,16 +156,15 @@ def test_a_non_retriable_failure_fails_the_job_at_once() -> None:
     assert "could not be retried" in failed.reason
 
 
-def test_results_of_stale_attempts_and_redeliveries_change_nothing() -> None:
+def test_a_superseded_attempts_result_completes_the_task_and_redeliveries_change_nothing() -> None:
     log = Log()
     log.run_decisions()
     log.append(_failed(1))
     log.run_decisions()  # attempt 2 dispatched
-    before = log.state
-    log.append(_completed(attempt=1, output="late"))  # result of the superseded attempt
+    log.append(_completed(attempt=1, output="late"))  # its work redelivered and finished
     assert log.state is not None
-    assert before is not None
-    assert log.state.tasks == before.tasks
+    task = log.state.tasks[0]
+    assert (task.status, task.output, task.error) == ("completed", "late", None)
     # The same stored event delivered again (same seq) is a no-op.
     again = evolve(log.state, Envelope(_completed(attempt=2), actor="t"), log.seq)
     assert again is log.state
@@ -250,14 +249,88 @@ def test_a_node_lost_verdict_and_its_result_fold_alike_in_either_order() -> None
         0
     ].model_dump(exclude=when)
     assert result_first.state.tasks[0].status == "completed"
-    # a result after a newer attempt was sent is still stale
+    # a result after a newer attempt was sent is a result too (the next test)
     later = Log()
     later.run_decisions()
     later.append(started, _lost())
     later.run_decisions()  # attempt 2
     later.append(_completed(attempt=1, output="late"))
-    assert later.state is not None and later.state.tasks[0].attempt == 2
-    assert later.state.tasks[0].status == "dispatched"
+    assert later.state is not None and later.state.tasks[0].status == "completed"
+    assert later.state.tasks[0].output == "late"
+
+
+def _usage(n: int) -> Usage:
+    return Usage(prompt_tokens=1, completion_tokens=n)
+
+
+def test_the_first_result_of_any_attempt_completes_the_task_and_is_counted_once() -> None:
+    # The compose smoke test's job, in its stored order: attempt 1's node was thought lost, and
+    # its result came after attempts 2 and 3 were sent. A gateway answers with a single task's
+    # first `task.completed`; the job records that one, its usage once, whatever came after.
+    log = Log(max_attempts=3)
+    log.run_decisions()
+    log.append(TaskStarted(job_id="J", task_id="J-0", attempt=1, node_id="gpu-3"))
+    log.append(_lost(1))
+    log.append(*log.decide())  # attempt 2
+    log.append(_lost(2))
+    log.append(*log.decide())  # attempt 3
+    assert log.state is not None and log.state.tasks[0].attempt == 3
+    first = _completed(attempt=1, output="first").model_copy(update={"usage": _usage(5)})
+    log.append(first)
+    for attempt in (2, 3):  # the newer attempts still ran: their results change nothing
+        log.append(TaskStarted(job_id="J", task_id="J-0", attempt=attempt, node_id="gpu-1"))
+        log.append(
+            _completed(attempt=attempt, output="again").model_copy(update={"usage": _usage(7)})
+        )
+    log.append(_lost(3))
+    task = log.state.tasks[0]
+    assert (task.status, task.output, task.usage) == ("completed", "first", _usage(5))
+    assert task.error is None
+    (done,) = log.decide(
+        NodeView(
+            serves=lambda m: True,
+            node_live=lambda n: False,
+            live_models=lambda: {"m"},
+            node_gone=lambda n: True,
+        )
+    )
+    assert isinstance(done, JobCompleted)
+    assert (done.output, done.usage) == ("first", _usage(5))
+
+
+def test_a_retry_stored_after_the_tasks_result_does_not_send_it_again() -> None:
+    log = Log(max_attempts=3)
+    log.run_decisions()
+    log.append(TaskStarted(job_id="J", task_id="J-0", attempt=1, node_id="gpu-1"))
+    log.append(_lost(1))
+    (retry,) = log.decide()  # decided before the result was seen, stored after it
+    log.append(_completed(attempt=1), retry)
+    assert log.state is not None and log.state.tasks[0].status == "completed"
+    (done,) = log.decide()
+    assert isinstance(done, JobCompleted)
+
+
+def test_a_completed_task_is_never_lost_whatever_the_view_says_of_its_node() -> None:
+    # The compose smoke test's last attempt: its result stored, then a verdict decided on a
+    # stale view of the nodes. The task stays completed and the job completes, never fails.
+    every_node_gone = NodeView(
+        serves=lambda m: m == "m",
+        node_live=lambda n: False,
+        live_models=lambda: {"m"},
+        node_gone=lambda n: True,
+    )
+    log = Log(max_attempts=1)
+    log.run_decisions()
+    log.append(TaskStarted(job_id="J", task_id="J-0", attempt=1, node_id="gpu-1"))
+    (lost,) = log.decide(every_node_gone)  # running on a node it thinks gone
+    assert isinstance(lost, TaskLost)
+    log.append(_completed())  # the result came first after all
+    (done,) = log.decide(every_node_gone)
+    assert isinstance(done, JobCompleted)
+    log.append(lost)  # stored anyway (by an older build): it changes nothing
+    assert log.state is not None and log.state.tasks[0].status == "completed"
+    (done,) = log.decide(every_node_gone)
+    assert isinstance(done, JobCompleted)
 
 
 def test_n_choices_plan_one_task_each_and_complete_with_every_answer() -> None:
