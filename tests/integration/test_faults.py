@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +44,6 @@ def pause(pid: int) -> None:
     while Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in ("T", "t"):
         assert time.monotonic() < deadline, f"process {pid} did not stop"
         time.sleep(0.001)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    srv = EmbeddedNats(tmp_path / "nats", port=0, name="dim-faults")
-    srv.start()
-    try:
-        yield srv
-    finally:
-        if srv.proc is not None and srv.proc.poll() is None:
-            os.kill(srv.proc.pid, signal.SIGCONT)
-        srv.stop()
 
 
 def _submitted(job_id: str) -> Envelope:

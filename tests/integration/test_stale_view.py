@@ -9,11 +9,8 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
-
-import pytest
 
 from events.bus import Bus
 from events.records import NodeRecord
@@ -100,18 +97,6 @@ async def test_a_view_whose_watch_consumer_is_deleted_keeps_live_nodes_and_catch
         assert not nodes.stale()
     finally:
         await nodes.stop()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    srv = EmbeddedNats(tmp_path / "nats", port=0, name="dim-stale-view")
-    srv.start()
-    try:
-        yield srv
-    finally:
-        if srv.proc is not None and srv.proc.poll() is None:
-            os.kill(srv.proc.pid, signal.SIGCONT)
-        srv.stop()
 
 
 async def test_a_view_cut_off_from_nats_is_stale_calls_no_node_gone_and_recovers(
