@@ -15,7 +15,7 @@ from events.bus import Bus
 from services.accounts.keys import create_key
 from services.nats_server import free_port
 from services.settings import Settings
-from tests.mesh import spawn, wait_ready
+from tests.mesh import spawn, wait_ready, wait_until
 
 HEADER_S, BODY_S = 1.0, 2.0
 
@@ -90,9 +90,16 @@ async def test_trickling_clients_are_dropped_and_others_are_served(
             bus, principal_id="ann", tenant="acme", roles=("member",), actor="test"
         )
         auth = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(base_url=base, headers=auth) as http:
+            # the gateway learns a new key through its watch of the keys bucket
+            await wait_until(lambda: _known(http), what="the gateway knows the new key")
         url = f"ws://127.0.0.1:{port}/v1/jobs/stream"
         async with websockets.connect(url, additional_headers=auth) as ws:
             await asyncio.sleep(HEADER_S + BODY_S)
             await ws.send("{}")
             reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert reply["type"] == "error" and "invalid job request" in str(reply), reply
+
+
+async def _known(http: httpx.AsyncClient) -> bool:
+    return (await http.get("/v1/models")).status_code == 200
